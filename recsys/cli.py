@@ -1,0 +1,48 @@
+"""Shared command-line plumbing: turn user errors into one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+from recsys.errors import RecsysError
+
+EXIT_USER_ERROR = 2
+
+
+def user_error(exc: BaseException) -> RecsysError | None:
+    """The :class:`RecsysError` behind ``exc`` (Hydra wraps errors raised while instantiating)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, RecsysError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def report_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for Hydra task functions: a user error prints ``error: <message>`` on stderr
+    and exits with status 2, without a traceback; anything else propagates (a bug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            err = user_error(e)
+            if err is None:
+                raise
+            logging.getLogger("recsys").debug("user error", exc_info=True)
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper
+
+
+# The configs/ folder of the source tree (the package is installed editable: `pip install -e .`).
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")

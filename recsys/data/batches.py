@@ -1,0 +1,266 @@
+"""The few batch shapes models consume, and the loaders that build them with tensor ops.
+
+Shapes (``B`` users or pairs per batch, ``I`` items, ``L`` sequence length):
+
+- :class:`PairBatch` — (user, item) training pairs with sampled negatives: MF, NCF.
+- :class:`UserBatch` — users with their history (each user's items in time order, concatenated):
+  the input of every ``score`` call, and the training batch of autoencoders. ``dense()`` gives the
+  (B, I) multi-hot rows, ``padded()`` the (B, L) most recent items for sequence models.
+- :class:`EvalBatch` — a :class:`UserBatch` plus the held-out target items of those users.
+
+Loaders are plain iterables with ``__len__``; batches are cut from tensors on the model's device
+by indexing, never by a Python loop over users or interactions. A loader's ``sampler.set_epoch``
+(called by Lightning before each epoch) seeds its randomness from ``(seed, epoch)``, so a resumed
+run draws exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+
+def _to(obj, device: torch.device):
+    """Copy of a batch dataclass with every tensor field moved to ``device``."""
+    kwargs = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, Tensor):
+            v = v.to(device, non_blocking=True)
+        elif hasattr(v, "to") and hasattr(v, "__dataclass_fields__"):
+            v = v.to(device)
+        kwargs[f.name] = v
+    return type(obj)(**kwargs)
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    user: Tensor  # (B,) int64
+    item: Tensor  # (B,) int64 positive items
+    neg: Tensor | None = None  # (B, N) int64 sampled negatives (never a training positive)
+    rating: Tensor | None = None  # (B,) float32 explicit values, where the data has them
+
+    def to(self, device: torch.device) -> PairBatch:
+        return _to(self, device)
+
+
+@dataclass(frozen=True)
+class UserBatch:
+    user: Tensor  # (B,) int64; -1 for a history that belongs to no known user
+    items: Tensor  # (nnz,) int64 history items, user by user, oldest first
+    offsets: Tensor  # (B + 1,) int64: user b's items are items[offsets[b]:offsets[b + 1]]
+
+    def to(self, device: torch.device) -> UserBatch:
+        return _to(self, device)
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def rows(self) -> Tensor:
+        """(nnz,) the batch row of each history item."""
+        return torch.repeat_interleave(
+            torch.arange(len(self.user), device=self.items.device),
+            self.lengths,
+            output_size=len(self.items),
+        )
+
+    def dense(self, num_items: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """(B, I) multi-hot history rows, built on the batch's device."""
+        out = torch.zeros(len(self.user), num_items, dtype=dtype, device=self.items.device)
+        out[self.rows(), self.items] = 1
+        return out
+
+    def padded(self, max_len: int, pad: int) -> Tensor:
+        """(B, max_len) each user's ``max_len`` most recent items, left-padded with ``pad``."""
+        rows = self.rows()
+        # position counted from the user's most recent item: 0 = newest
+        from_end = self.offsets[1:][rows] - 1 - torch.arange(len(self.items), device=rows.device)
+        keep = from_end < max_len
+        out = torch.full((len(self.user), max_len), pad, dtype=torch.long, device=self.items.device)
+        out[rows[keep], max_len - 1 - from_end[keep]] = self.items[keep]
+        return out
+
+    @staticmethod
+    def from_lists(users: list[int], histories: list[list[int]]) -> UserBatch:
+        """Build a batch from Python lists (small inputs: serving, tests)."""
+        lengths = torch.tensor([len(h) for h in histories], dtype=torch.long)
+        offsets = torch.zeros(len(histories) + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(lengths, 0)
+        items = torch.tensor([i for h in histories for i in h], dtype=torch.long)
+        return UserBatch(torch.tensor(users, dtype=torch.long), items, offsets)
+
+
+@dataclass(frozen=True)
+class EvalBatch:
+    users: UserBatch  # model input: the users and the history known at this stage
+    target_rows: Tensor  # (nnz_t,) int64 batch row of each held-out item
+    target_items: Tensor  # (nnz_t,) int64 held-out items
+
+    def to(self, device: torch.device) -> EvalBatch:
+        return _to(self, device)
+
+
+class RowStore:
+    """A CSR (users → items in time order) kept as tensors on one device."""
+
+    def __init__(self, indptr: Tensor, indices: Tensor):
+        self.indptr = indptr
+        self.indices = indices
+
+    def gather(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Items and offsets of ``rows``, concatenated: (nnz,), (len(rows) + 1,)."""
+        starts = self.indptr[rows]
+        counts = self.indptr[rows + 1] - starts
+        offsets = torch.zeros(len(rows) + 1, dtype=torch.long, device=rows.device)
+        torch.cumsum(counts, 0, out=offsets[1:])
+        total = int(offsets[-1])
+        row_of = torch.repeat_interleave(
+            torch.arange(len(rows), device=rows.device), counts, output_size=total
+        )
+        idx = starts[row_of] + torch.arange(total, device=rows.device) - offsets[row_of]
+        return self.indices[idx], offsets
+
+    def users(self, rows: Tensor) -> UserBatch:
+        items, offsets = self.gather(rows)
+        return UserBatch(rows, items, offsets)
+
+
+class _EpochSeed:
+    """Lightning calls ``set_epoch`` on a loader's ``sampler``; randomness derives from it."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        g = torch.Generator(device=device)
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return g
+
+
+def sample_negatives(
+    user: Tensor,
+    num_items: int,
+    num: int,
+    positive_keys: Tensor | None,
+    generator: torch.Generator,
+    max_rounds: int = 20,
+) -> Tensor:
+    """(B, num) items drawn uniformly, redrawn where they hit a training positive of the user.
+
+    ``positive_keys`` is the sorted tensor of ``user * num_items + item`` over training events;
+    membership is a ``searchsorted``, and only the hits are redrawn (a few rounds at usual
+    densities; after ``max_rounds`` the remaining draws are kept).
+    """
+    neg = torch.randint(num_items, (len(user), num), generator=generator, device=user.device)
+    if positive_keys is None or len(positive_keys) == 0:
+        return neg
+    for _ in range(max_rounds):
+        keys = user[:, None] * num_items + neg
+        pos = torch.searchsorted(positive_keys, keys).clamp_(max=len(positive_keys) - 1)
+        hit = positive_keys[pos] == keys
+        n_hit = int(hit.sum())
+        if n_hit == 0:
+            break
+        neg[hit] = torch.randint(num_items, (n_hit,), generator=generator, device=user.device)
+    return neg
+
+
+class PairLoader:
+    """Shuffled training pairs with ``num_negatives`` sampled negatives per pair."""
+
+    def __init__(
+        self,
+        user: Tensor,
+        item: Tensor,
+        rating: Tensor | None,
+        num_items: int,
+        num_negatives: int,
+        batch_size: int,
+        seed: int,
+    ):
+        self.user, self.item, self.rating = user, item, rating
+        self.num_items, self.num_negatives, self.batch_size = num_items, num_negatives, batch_size
+        self.sampler = _EpochSeed(seed)
+        self.positive_keys = torch.sort(user * num_items + item).values if num_negatives else None
+
+    def __len__(self) -> int:
+        return -(-len(self.user) // self.batch_size)
+
+    def __iter__(self) -> Iterator[PairBatch]:
+        g = self.sampler.generator(self.user.device)
+        perm = torch.randperm(len(self.user), generator=g, device=self.user.device)
+        for start in range(0, len(perm), self.batch_size):
+            idx = perm[start : start + self.batch_size]
+            user = self.user[idx]
+            neg = None
+            if self.num_negatives:
+                neg = sample_negatives(
+                    user, self.num_items, self.num_negatives, self.positive_keys, g
+                )
+            rating = None if self.rating is None else self.rating[idx]
+            yield PairBatch(user=user, item=self.item[idx], neg=neg, rating=rating)
+
+
+class UserLoader:
+    """Shuffled users (those with a training history) with their training rows."""
+
+    def __init__(self, store: RowStore, batch_size: int, seed: int):
+        self.store = store
+        counts = store.indptr[1:] - store.indptr[:-1]
+        self.active = torch.nonzero(counts > 0).flatten()
+        self.batch_size = batch_size
+        self.sampler = _EpochSeed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.active) // self.batch_size)
+
+    def __iter__(self) -> Iterator[UserBatch]:
+        g = self.sampler.generator(self.active.device)
+        perm = self.active[torch.randperm(len(self.active), generator=g, device=g.device)]
+        for start in range(0, len(perm), self.batch_size):
+            yield self.store.users(perm[start : start + self.batch_size])
+
+
+class EvalLoader:
+    """Users with at least one held-out item, in id order, with their history and targets.
+
+    ``rank``/``world_size`` give each process a disjoint slice of the users (DDP).
+    """
+
+    def __init__(
+        self,
+        history: RowStore,
+        targets: RowStore,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.history, self.targets = history, targets
+        counts = targets.indptr[1:] - targets.indptr[:-1]
+        self.users = torch.nonzero(counts > 0).flatten()[rank::world_size]
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.users) // self.batch_size)
+
+    def __iter__(self) -> Iterator[EvalBatch]:
+        for start in range(0, len(self.users), self.batch_size):
+            rows = self.users[start : start + self.batch_size]
+            t_items, t_offsets = self.targets.gather(rows)
+            t_rows = torch.repeat_interleave(
+                torch.arange(len(rows), device=rows.device),
+                t_offsets[1:] - t_offsets[:-1],
+                output_size=len(t_items),
+            )
+            yield EvalBatch(self.history.users(rows), t_rows, t_items)

@@ -1,0 +1,136 @@
+"""RecDataModule: prepares a split once and serves the batch shape the model declares."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from recsys.data.batches import EvalLoader, PairLoader, RowStore, UserLoader
+from recsys.data.interactions import CSR, Interactions, Split
+from recsys.data.pipeline import fingerprint, prepare
+from recsys.errors import ConfigError
+
+
+def _store(csr: CSR, device: torch.device) -> RowStore:
+    return RowStore(
+        torch.as_tensor(csr.indptr, device=device), torch.as_tensor(csr.indices, device=device)
+    )
+
+
+class RecDataModule(pl.LightningDataModule):
+    """Serves one prepared split.
+
+    Training batches follow the model's ``train_batch`` ("pairs" or "users"); validation and
+    test batches are :class:`~recsys.data.batches.EvalBatch` es whose history is what is known
+    at that stage (train for validation, train + validation for test) and whose targets are the
+    stage's held-out items.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], seed: int = 0, eval_batch_size: int = 1024):
+        super().__init__()
+        self.cfg = dict(cfg)
+        self.seed = int(seed)
+        self.eval_batch_size = int(eval_batch_size)
+        self.split: Split | None = None
+        self.train_batch: str | None = "pairs"
+        self.num_negatives = 0
+
+    # -- data -------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.split is None:
+            self.split = prepare(self.cfg, self.seed)
+
+    @property
+    def data(self) -> Split:
+        self.setup()
+        assert self.split is not None
+        return self.split
+
+    @property
+    def n_users(self) -> int:
+        return self.data.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.data.n_items
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.cfg)
+
+    def summary(self) -> dict[str, int]:
+        d = self.data
+        return {
+            "n_users": d.n_users,
+            "n_items": d.n_items,
+            "n_train": len(d.train),
+            "n_val": len(d.val),
+            "n_test": len(d.test),
+        }
+
+    def history(self, stage: str) -> Interactions:
+        """Events known when evaluating ``stage``: train, plus validation for test."""
+        return self.data.train if stage == "val" else self.data.train.concat(self.data.val)
+
+    def train_matrix(self) -> torch.Tensor:
+        """(n_users, n_items) sparse COO tensor of training events (1.0 each, summed on repeats)."""
+        t = self.data.train
+        idx = torch.as_tensor(np.stack([t.user, t.item]))
+        return torch.sparse_coo_tensor(
+            idx, torch.ones(len(t)), (t.n_users, t.n_items)
+        ).coalesce()
+
+    # -- batches ----------------------------------------------------------------------------
+    def configure_for(self, model: torch.nn.Module) -> None:
+        """Serve the batch shape ``model`` declares (its ``train_batch`` and ``num_negatives``)."""
+        self.train_batch = getattr(model, "train_batch", "pairs")
+        self.num_negatives = int(getattr(model, "num_negatives", 0))
+
+    @property
+    def device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _batch_size(self) -> int:
+        bs = int(self.cfg.get("batch_size", 1024))
+        if bs < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {bs}")
+        return bs
+
+    def train_dataloader(self):
+        d, dev = self.data.train, self.device
+        if self.train_batch == "pairs":
+            return PairLoader(
+                torch.as_tensor(d.user, device=dev),
+                torch.as_tensor(d.item, device=dev),
+                None if d.rating is None else torch.as_tensor(d.rating, device=dev),
+                num_items=d.n_items,
+                num_negatives=self.num_negatives,
+                batch_size=self._batch_size(),
+                seed=self.seed,
+            )
+        if self.train_batch == "users":
+            return UserLoader(_store(d.to_csr(), dev), self._batch_size(), self.seed)
+        raise ConfigError(f"model declares an unknown train_batch {self.train_batch!r}")
+
+    def _eval_loader(self, stage: str) -> EvalLoader:
+        target = self.data.val if stage == "val" else self.data.test
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return EvalLoader(
+            _store(self.history(stage).to_csr(), self.device),
+            _store(target.to_csr(), self.device),
+            self.eval_batch_size,
+            rank=rank,
+            world_size=world,
+        )
+
+    def val_dataloader(self):
+        return self._eval_loader("val")
+
+    def test_dataloader(self):
+        return self._eval_loader("test")

@@ -1,0 +1,163 @@
+"""The typed containers every dataset passes through.
+
+``Interactions`` is a columnar log of (user, item) events whose ids are contiguous integers, with
+the external ids kept so they come back out at export. ``Split`` is three such logs over the same
+id space. ``CSR`` is the per-user view (a user's items in time order) used for masking, model
+inputs and batching. Everything here is numpy; tensors are made where batches are made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class CSR:
+    """Rows of item ids per user, each row in time order.
+
+    ``indices[indptr[u]:indptr[u + 1]]`` are user ``u``'s items, oldest first.
+    """
+
+    indptr: np.ndarray  # (n_users + 1,) int64
+    indices: np.ndarray  # (nnz,) int64
+    n_cols: int
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def counts(self) -> np.ndarray:
+        """(n_rows,) int64: number of items per row."""
+        return np.diff(self.indptr)
+
+    def row(self, u: int) -> np.ndarray:
+        return self.indices[self.indptr[u] : self.indptr[u + 1]]
+
+    def take_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Coordinates of ``rows``' entries: (row position in ``rows``, item), row-major.
+
+        Vectorized: no Python loop over rows.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, ends = self.indptr[rows], self.indptr[rows + 1]
+        counts = ends - starts
+        pos = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
+        # offset of each entry inside its row, then the global index into ``indices``
+        within = np.arange(counts.sum(), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        return pos, self.indices[np.repeat(starts, counts) + within]
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """An interaction log with contiguous ids.
+
+    Attributes:
+        user, item: (n,) int64 internal ids in ``[0, n_users)`` and ``[0, n_items)``.
+        time: (n,) float64 order key (a timestamp, or the position in a user's sequence), or None
+            for logs without any order.
+        rating: (n,) float32 explicit values (ratings, play counts), or None.
+        user_ids, item_ids: external id of each internal id; shared by all parts of a split.
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    time: np.ndarray | None
+    rating: np.ndarray | None
+    user_ids: np.ndarray = field(repr=False)
+    item_ids: np.ndarray = field(repr=False)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame) -> Interactions:
+        """Encode a frame with columns ``user, item`` (+ optional ``time, rating``) of external ids.
+
+        Internal ids follow the sorted order of the external ids, so the mapping is deterministic.
+        """
+        user_ids, user = np.unique(df["user"].to_numpy(), return_inverse=True)
+        item_ids, item = np.unique(df["item"].to_numpy(), return_inverse=True)
+        time = df["time"].to_numpy(np.float64) if "time" in df else None
+        rating = df["rating"].to_numpy(np.float32) if "rating" in df else None
+        return cls(
+            user=user.astype(np.int64).ravel(),
+            item=item.astype(np.int64).ravel(),
+            time=time,
+            rating=rating,
+            user_ids=user_ids,
+            item_ids=item_ids,
+        )
+
+    def select(self, index: np.ndarray) -> Interactions:
+        """The events at ``index`` (a boolean mask or integer positions), same id space."""
+        return Interactions(
+            user=self.user[index],
+            item=self.item[index],
+            time=None if self.time is None else self.time[index],
+            rating=None if self.rating is None else self.rating[index],
+            user_ids=self.user_ids,
+            item_ids=self.item_ids,
+        )
+
+    def concat(self, other: Interactions) -> Interactions:
+        """This log followed by ``other`` (same id space)."""
+
+        def cat(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None or b is None else np.concatenate([a, b])
+
+        return Interactions(
+            user=np.concatenate([self.user, other.user]),
+            item=np.concatenate([self.item, other.item]),
+            time=cat(self.time, other.time),
+            rating=cat(self.rating, other.rating),
+            user_ids=self.user_ids,
+            item_ids=self.item_ids,
+        )
+
+    def order(self) -> np.ndarray:
+        """Stable permutation sorting events by (user, time, position in the log)."""
+        if self.time is None:
+            return np.argsort(self.user, kind="stable")
+        return np.lexsort((self.time, self.user))  # lexsort is stable; last key is primary
+
+    def to_csr(self) -> CSR:
+        """Per-user item rows in time order."""
+        perm = self.order()
+        counts = np.bincount(self.user, minlength=self.n_users)
+        indptr = np.zeros(self.n_users + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        return CSR(indptr=indptr, indices=self.item[perm].astype(np.int64), n_cols=self.n_items)
+
+    def item_counts(self) -> np.ndarray:
+        """(n_items,) int64 number of events per item."""
+        return np.bincount(self.item, minlength=self.n_items)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train, validation and test logs over one id space; the three never share an event."""
+
+    train: Interactions
+    val: Interactions
+    test: Interactions
+    name: str = ""
+
+    @property
+    def n_users(self) -> int:
+        return self.train.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.train.n_items

@@ -1,0 +1,126 @@
+"""Train / validation / test splits: pure functions of an :class:`Interactions` log.
+
+Every function returns a :class:`Split` whose three parts partition the input events (no event is
+in two parts, none is lost) and share the input's id maps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys.data.interactions import Interactions, Split
+from recsys.errors import ConfigError, DataError
+
+SPLITS = ("leave_one_out", "random", "temporal")
+
+
+def _parts(inter: Interactions, part: np.ndarray, name: str) -> Split:
+    """Build a Split from a per-event label: 0 train, 1 validation, 2 test."""
+    return Split(
+        train=inter.select(part == 0),
+        val=inter.select(part == 1),
+        test=inter.select(part == 2),
+        name=name,
+    )
+
+
+def _rank_in_user_from_end(inter: Interactions, perm: np.ndarray) -> np.ndarray:
+    """For events sorted by ``perm`` (grouped by user), each event's position counted from the
+    user's last event (0 = last), returned in the original event order."""
+    users = inter.user[perm]
+    counts = np.bincount(users, minlength=inter.n_users)
+    ends = np.cumsum(counts)  # exclusive end of each user's block in sorted order
+    pos_from_end = ends[users] - 1 - np.arange(len(perm))
+    out = np.empty(len(perm), dtype=np.int64)
+    out[perm] = pos_from_end
+    return out
+
+
+def _require_time(inter: Interactions, split: str) -> None:
+    if inter.time is None:
+        raise DataError(
+            f"data.split={split} needs an interaction order (timestamps or sequence positions), "
+            "but this dataset has none; use data.split=random"
+        )
+
+
+def leave_one_out(inter: Interactions) -> Split:
+    """Each user's last event (by time) is test, the second-to-last validation, the rest train.
+
+    Users with two events have only a test event; users with one event are train-only. Ties in
+    time keep the log order (stable), so the split is deterministic.
+    """
+    _require_time(inter, "leave_one_out")
+    from_end = _rank_in_user_from_end(inter, inter.order())
+    counts = np.bincount(inter.user, minlength=inter.n_users)[inter.user]
+    part = np.zeros(len(inter), dtype=np.int8)
+    part[(from_end == 0) & (counts >= 2)] = 2
+    part[(from_end == 1) & (counts >= 3)] = 1
+    return _parts(inter, part, "leave_one_out")
+
+
+def random_split(
+    inter: Interactions, val_ratio: float, test_ratio: float, seed: int
+) -> Split:
+    """Per user, shuffle the events and hold out ``val_ratio`` and ``test_ratio`` of them.
+
+    Counts follow RecBole's ``RS`` split: ``floor(ratio * n)`` per held-out part, raised to one
+    event when ``0 < ratio * n < 1`` while the user keeps at least one training event.
+    """
+    _check_ratios(val_ratio, test_ratio)
+    n = np.bincount(inter.user, minlength=inter.n_users)
+    n_val = np.floor(val_ratio * n).astype(np.int64)
+    n_test = np.floor(test_ratio * n).astype(np.int64)
+    # RecBole raises a held-out part from 0 to 1 (test first, then validation) while train keeps > 1.
+    for n_part, ratio in ((n_test, test_ratio), (n_val, val_ratio)):
+        n_train = n - n_val - n_test
+        bump = (ratio * n > 0) & (ratio * n < 1) & (n_train > 1)
+        n_part += bump
+    rng = np.random.default_rng(seed)
+    perm = np.lexsort((rng.random(len(inter)), inter.user))  # random order inside each user
+    from_end = _rank_in_user_from_end(inter, perm)
+    u_test, u_val = n_test[inter.user], n_val[inter.user]
+    part = np.zeros(len(inter), dtype=np.int8)
+    part[from_end < u_test + u_val] = 1
+    part[from_end < u_test] = 2
+    return _parts(inter, part, "random")
+
+
+def temporal_split(inter: Interactions, val_ratio: float, test_ratio: float) -> Split:
+    """A global time cutoff: the latest ``test_ratio`` of events (by time) are test, the
+    ``val_ratio`` before them validation. Every training event precedes every validation event,
+    which precedes every test event; ties at a cutoff go to the later part."""
+    _require_time(inter, "temporal")
+    _check_ratios(val_ratio, test_ratio)
+    assert inter.time is not None
+    t = np.sort(inter.time)
+    n = len(t)
+    t_test = t[min(n - 1, int(np.floor(n * (1 - test_ratio))))]
+    t_val = t[min(n - 1, int(np.floor(n * (1 - test_ratio - val_ratio))))]
+    part = np.zeros(n, dtype=np.int8)
+    part[inter.time >= t_val] = 1
+    part[inter.time >= t_test] = 2
+    return _parts(inter, part, "temporal")
+
+
+def _check_ratios(val_ratio: float, test_ratio: float) -> None:
+    for key, value in (("data.val_ratio", val_ratio), ("data.test_ratio", test_ratio)):
+        if not 0 <= value < 1:
+            raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    if val_ratio + test_ratio >= 1:
+        raise ConfigError(
+            f"data.val_ratio + data.test_ratio must be < 1, got {val_ratio} + {test_ratio}"
+        )
+
+
+def make_split(
+    inter: Interactions, method: str, val_ratio: float, test_ratio: float, seed: int
+) -> Split:
+    """Dispatch on ``data.split``."""
+    if method == "leave_one_out":
+        return leave_one_out(inter)
+    if method == "random":
+        return random_split(inter, val_ratio, test_ratio, seed)
+    if method == "temporal":
+        return temporal_split(inter, val_ratio, test_ratio)
+    raise ConfigError(f"data.split must be one of {', '.join(SPLITS)}, got {method!r}")

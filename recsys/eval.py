@@ -1,0 +1,76 @@
+"""``recsys-eval``: re-evaluate a checkpoint on the test split of the run that produced it.
+
+    recsys-eval ckpt_path=<run_dir>/checkpoints/best.ckpt
+
+The data and split are rebuilt from the config stored in the checkpoint (same seed, same split),
+so the printed metrics equal the ones the training run reported for that checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from recsys.cli import CONFIG_DIR, report_errors
+from recsys.errors import CheckpointError
+from recsys.reporting import format_table, write_json
+from recsys.runner import datamodule_from_config, evaluate, load_checkpoint, module_from_checkpoint
+
+
+def evaluate_checkpoint(
+    ckpt_path: str,
+    out_dir: str | Path | None = None,
+    data_root: str | None = None,
+    accelerator: str = "auto",
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Validation and test metrics of a checkpoint; written to ``out_dir/metrics.json``."""
+    ckpt = load_checkpoint(ckpt_path)
+    module = module_from_checkpoint(ckpt)
+    config = ckpt["hyper_parameters"].get("config")
+    if not isinstance(config, dict) or "data" not in config:
+        raise CheckpointError(f"ckpt_path: {ckpt_path} does not record the data config of its run")
+    if data_root is not None:
+        config["data"]["root"] = data_root
+    if batch_size is not None:
+        config["eval"]["batch_size"] = batch_size
+    dm = datamodule_from_config(config)
+    dm.configure_for(module.model)
+    if (dm.n_users, dm.n_items) != (module.model.num_users, module.model.num_items):
+        raise CheckpointError(
+            f"ckpt_path: the data now has {dm.n_users} users / {dm.n_items} items, the checkpoint "
+            f"was trained on {module.model.num_users} / {module.model.num_items}"
+        )
+    val, _ = evaluate(module, dm, "val", accelerator)
+    t0 = time.perf_counter()
+    test, _ = evaluate(module, dm, "test", accelerator)
+    metrics = {
+        "checkpoint": str(Path(ckpt_path).resolve()),
+        "model": config["model"]["_target_"],
+        "val": val,
+        "test": test,
+        "data": {"name": config["data"].get("name"), "fingerprint": dm.fingerprint, **dm.summary()},
+        "timing": {"eval_s": round(time.perf_counter() - t0, 4)},
+    }
+    if out_dir is not None:
+        write_json(Path(out_dir) / "metrics.json", metrics)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@report_errors
+def main(cfg: DictConfig) -> None:
+    out_dir = Path(cfg.paths.output_dir)
+    metrics = evaluate_checkpoint(
+        cfg.ckpt_path, out_dir, cfg.data_root, cfg.accelerator, cfg.batch_size
+    )
+    print(f"\n{format_table({'val': metrics['val'], 'test': metrics['test']})}\n")
+    print(f"metrics written to {out_dir / 'metrics.json'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""RecModule: the one LightningModule that trains and evaluates every model.
+
+It builds the model from its config with the dataset sizes injected, owns the optimizer, runs the
+model's ``loss`` on training batches, and evaluates by full ranking: score every item for a chunk
+of users, mask the items each user has already seen (unless ``evaluation.mask_seen`` is off),
+take the top K, and accumulate per-user metrics. It never branches on which model it holds.
+
+Its hyper-parameters are plain values (dicts, lists, numbers, strings), so checkpoints load with
+``torch.load(weights_only=True)`` and ``RecModule(**ckpt["hyper_parameters"])`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from recsys.data.batches import EvalBatch
+from recsys.errors import ConfigError
+from recsys.metrics.ranking import METRICS, ranking_metrics, topk_hits
+from recsys.models.base import build_model
+
+EVAL_DEFAULTS: dict[str, Any] = {
+    "topk": [10, 20],
+    "metrics": list(METRICS),
+    "mask_seen": True,
+}
+OPTIM_DEFAULTS: dict[str, Any] = {"_target_": "torch.optim.Adam", "lr": 1e-3}
+
+
+def validate_eval(evaluation: dict[str, Any], num_items: int | None = None) -> None:
+    """Refuse bad evaluation settings with a one-line reason naming the key."""
+    topk = evaluation.get("topk")
+    if not isinstance(topk, list | tuple) or len(topk) == 0:
+        raise ConfigError(f"eval.topk must be a non-empty list of positive integers, got {topk!r}")
+    for k in topk:
+        if not isinstance(k, int) or k < 1:
+            raise ConfigError(f"eval.topk entries must be positive integers, got {k!r}")
+        if num_items is not None and k > num_items:
+            raise ConfigError(
+                f"eval.topk contains {k}, larger than the catalogue ({num_items} items)"
+            )
+    unknown = [m for m in evaluation.get("metrics", []) if m not in METRICS]
+    if unknown or not evaluation.get("metrics"):
+        raise ConfigError(
+            f"eval.metrics must be a non-empty subset of {list(METRICS)}, got {evaluation.get('metrics')!r}"
+        )
+
+
+class RecModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: dict[str, Any],
+        num_users: int,
+        num_items: int,
+        optim: dict[str, Any] | None = None,
+        evaluation: dict[str, Any] | None = None,
+        seed: int = 0,
+        config: dict[str, Any] | None = None,
+    ):
+        """
+        Args:
+            model: model config with ``_target_`` and the constructor's hyper-parameters.
+            num_users, num_items: dataset sizes, injected into the model.
+            optim: optimizer config with ``_target_`` (a ``torch.optim`` class) and its kwargs.
+            evaluation: ``topk``, ``metrics``, ``mask_seen``.
+            seed: seeds the model's per-epoch randomness (dropout, in-model sampling).
+            config: the whole resolved run config, stored so a checkpoint describes its run.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(model, num_users, num_items)
+        self.optim_cfg = {**OPTIM_DEFAULTS, **(optim or {})}
+        self.eval_cfg = {**EVAL_DEFAULTS, **(evaluation or {})}
+        validate_eval(self.eval_cfg, num_items)
+        self.topk = sorted(int(k) for k in self.eval_cfg["topk"])
+        self._outputs: dict[str, list[dict[str, Tensor]]] = defaultdict(list)
+        self.results: dict[str, dict[str, float]] = {}
+        self.per_user: dict[str, dict[str, np.ndarray]] = {}
+
+    @property
+    def closed_form(self) -> bool:
+        return self.model.train_batch is None
+
+    # -- training -----------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        # in-model randomness (dropout, masking) depends only on (seed, epoch): resume-exact
+        torch.manual_seed(int(self.hparams.seed) * 1_000_003 + self.current_epoch)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        out = self.model.loss(batch)
+        if isinstance(out, Tensor):
+            out = {"loss": out}
+        bs = len(getattr(batch, "user", [])) or None
+        for name, value in out.items():
+            self.log(f"train/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=bs)
+        return out["loss"]
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return None
+        cfg = dict(self.optim_cfg)
+        target = cfg.pop("_target_")
+        module, _, name = target.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError):
+            raise ConfigError(f"optim._target_: cannot import {target!r}") from None
+        if float(cfg.get("lr", 1.0)) <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {cfg.get('lr')}")
+        return cls(params, **cfg)
+
+    def fit_closed_form(self, train: Tensor) -> None:
+        """Fit a closed-form model (``train_batch is None``) on the sparse training matrix."""
+        self.model.fit(train.to(self.device))
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int):
+        return batch.to(device) if hasattr(batch, "to") else super().transfer_batch_to_device(
+            batch, device, dataloader_idx
+        )
+
+    def evaluate_batch(self, batch: EvalBatch) -> dict[str, Tensor]:
+        """Per-user metrics for one chunk of users: score all items, mask, top-k, compare."""
+        users = batch.users
+        scores = self.model.score(users).float()  # (B, I)
+        if self.eval_cfg["mask_seen"]:
+            scores = scores.clone()
+            scores[users.rows(), users.items] = float("-inf")
+        target = torch.zeros_like(scores, dtype=torch.bool)
+        target[batch.target_rows, batch.target_items] = True
+        n_rel = target.sum(1)
+        hits = topk_hits(scores, target, max(self.topk))
+        values = ranking_metrics(hits, n_rel, self.topk, tuple(self.eval_cfg["metrics"]))
+        values["user"] = users.user
+        return values
+
+    def _eval_step(self, stage: str, batch: EvalBatch) -> None:
+        self._outputs[stage].append({k: v.detach() for k, v in self.evaluate_batch(batch).items()})
+
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        outs = self._outputs.pop(stage, [])
+        if not outs:
+            return
+        cat = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+        if self.trainer.world_size > 1:  # each rank scored a disjoint set of users
+            cat = {k: self.all_gather(v).flatten(0, 1) for k, v in cat.items()}
+        users = cat.pop("user")
+        means = {k: float(v.double().mean()) for k, v in cat.items()}
+        self.results[stage] = means
+        self.per_user[stage] = {"user": users.cpu().numpy(), **{k: v.cpu().numpy() for k, v in cat.items()}}
+        self.log_dict({f"{stage}/{k}": v for k, v in means.items()}, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")

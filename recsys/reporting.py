@@ -1,0 +1,44 @@
+"""Run outputs: the results table printed at the end of a run, and atomic JSON files."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write JSON atomically: a temporary file in the same directory, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _metric_order(name: str) -> tuple[int, str]:
+    metric, _, k = name.partition("@")
+    return (int(k) if k.isdigit() else 0, metric)
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    """A fixed-width table: one row per label, one column per metric (sorted by K, then name)."""
+    cols = sorted({c for r in rows.values() for c in r}, key=_metric_order)
+    label_w = max([len("split")] + [len(r) for r in rows])
+    widths = [max(len(c), 6) for c in cols]
+    lines = [
+        "  ".join(["split".ljust(label_w)] + [c.rjust(w) for c, w in zip(cols, widths)]),
+    ]
+    lines.append("-" * len(lines[0]))
+    for label, r in rows.items():
+        cells = [(f"{r[c]:.4f}" if c in r else "").rjust(w) for c, w in zip(cols, widths)]
+        lines.append("  ".join([label.ljust(label_w)] + cells))
+    return "\n".join(lines)

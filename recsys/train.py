@@ -1,0 +1,175 @@
+"""``recsys-train``: train one model on one dataset, evaluate it, leave a complete run directory.
+
+    recsys-train model=mf data=synthetic data.n_users=5000 trainer.max_epochs=20 seed=7
+
+The run directory (``hydra.run.dir``) receives the composed config (``.hydra/``), checkpoints
+(``checkpoints/best.ckpt``, ``last.ckpt``), TensorBoard events (``tensorboard/``), per-user test
+metrics (``per_user_test.npz``) and ``metrics.json``, the run's machine-readable summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from recsys.cli import CONFIG_DIR, report_errors
+from recsys.errors import CheckpointError
+from recsys.module import RecModule
+from recsys.reporting import format_table, write_json
+from recsys.runner import (
+    datamodule_from_config,
+    evaluate,
+    load_checkpoint,
+    module_from_checkpoint,
+    validate_config,
+)
+
+log = logging.getLogger("recsys")
+
+
+def _resume_dir(ckpt_path: Path, default: Path) -> Path:
+    """Resuming continues the run the checkpoint belongs to (``<run>/checkpoints/last.ckpt``)."""
+    ckpt_path = ckpt_path.resolve()
+    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else default
+
+
+def _check_resume_compatible(ckpt: dict[str, Any], config: dict[str, Any], path: str) -> None:
+    stored = ckpt["hyper_parameters"].get("config") or {}
+    for group in ("model", "data"):
+        if stored.get(group) != config[group]:
+            raise CheckpointError(
+                f"ckpt_path: {path} was trained with a different {group} config; "
+                f"resume with the same overrides as the interrupted run"
+            )
+
+
+def build_trainer(config: dict[str, Any], run_dir: Path) -> pl.Trainer:
+    callbacks = []
+    for name, cb_cfg in (config.get("callbacks") or {}).items():
+        if cb_cfg is None:
+            continue
+        extra = {"dirpath": str(run_dir / "checkpoints")} if name == "model_checkpoint" else {}
+        callbacks.append(hydra.utils.instantiate(cb_cfg, **extra))
+    logger = (
+        hydra.utils.instantiate(config["logger"], save_dir=str(run_dir))
+        if config.get("logger")
+        else False
+    )
+    return hydra.utils.instantiate(
+        config["trainer"], callbacks=callbacks, logger=logger, default_root_dir=str(run_dir)
+    )
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train, select the best checkpoint on validation, test it; return the metrics dict."""
+    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    validate_config(config)
+    run_dir = Path(config["paths"]["output_dir"])
+    resume = config.get("ckpt_path")
+    resume_epochs = 0
+    if resume:
+        ckpt = load_checkpoint(resume)
+        _check_resume_compatible(ckpt, config, resume)
+        resume_epochs = int(ckpt.get("epoch", -1)) + 1
+        run_dir = _resume_dir(Path(resume), run_dir)
+        log.info("resuming %s after epoch %d", run_dir, resume_epochs)
+
+    pl.seed_everything(config["seed"], workers=True, verbose=False)
+    dm = datamodule_from_config(config)
+    dm.setup()
+    evaluation = {k: config["eval"][k] for k in ("topk", "metrics", "mask_seen")}
+    module = RecModule(
+        model=config["model"],
+        num_users=dm.n_users,
+        num_items=dm.n_items,
+        optim=config["optim"],
+        evaluation=evaluation,
+        seed=config["seed"],
+        config=config,
+    )
+    dm.configure_for(module.model)
+    log.info("data %s: %s", config["data"].get("name"), dm.summary())
+    trainer = build_trainer(config, run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+
+    t0 = time.perf_counter()
+    if module.closed_form:
+        module.fit_closed_form(dm.train_matrix())
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        trainer.strategy.connect(module)
+        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+        shutil.copyfile(ckpt_dir / "last.ckpt", ckpt_dir / "best.ckpt")
+        epochs = 0
+    else:
+        trainer.fit(module, datamodule=dm, ckpt_path=resume)
+        epochs = trainer.current_epoch - resume_epochs
+    fit_s = time.perf_counter() - t0
+
+    best = ckpt_dir / "best.ckpt"
+    best_module = module_from_checkpoint(load_checkpoint(best, "best checkpoint"))
+    accelerator = config["trainer"].get("accelerator", "auto")
+    val, _ = evaluate(best_module, dm, "val", accelerator)
+    t1 = time.perf_counter()
+    test, per_user = evaluate(best_module, dm, "test", accelerator)
+    eval_s = time.perf_counter() - t1
+    baseline = _baseline(config, dm, accelerator)
+
+    if trainer.logger:
+        trainer.logger.log_metrics({f"test/{k}": v for k, v in test.items()}, step=trainer.global_step)
+        trainer.logger.save()
+    np.savez_compressed(run_dir / "per_user_test.npz", **per_user)
+    metrics = {
+        "model": config["model"]["_target_"],
+        "val": val,
+        "test": test,
+        "baseline": baseline,
+        "data": {"name": config["data"].get("name"), "fingerprint": dm.fingerprint, **dm.summary()},
+        "timing": {
+            "fit_s": round(fit_s, 3),
+            "epochs": int(epochs),
+            "s_per_epoch": round(fit_s / epochs, 4) if epochs else None,
+            "eval_s": round(eval_s, 4),
+        },
+        "best_checkpoint": str(best),
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    rows = {"val": val, "test": test}
+    if baseline:
+        rows[f"{baseline['name']} (test)"] = baseline["test"]
+    print(f"\n{format_table(rows)}\n\nrun directory: {run_dir}", flush=True)
+    return metrics
+
+
+def _baseline(config: dict[str, Any], dm, accelerator: str) -> dict[str, Any]:
+    """The reference row: the configured baseline model, fitted and tested on the same split."""
+    base_cfg = config["eval"].get("baseline")
+    if not base_cfg:
+        return {}
+    evaluation = {k: config["eval"][k] for k in ("topk", "metrics", "mask_seen")}
+    module = RecModule(
+        model=base_cfg, num_users=dm.n_users, num_items=dm.n_items, evaluation=evaluation
+    )
+    module.fit_closed_form(dm.train_matrix())
+    test, _ = evaluate(module, dm, "test", accelerator)
+    name = base_cfg["_target_"].rpartition(".")[2].lower()
+    return {"name": name, "test": test}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@report_errors
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    monitor = str(cfg.eval.monitor).split("/", 1)
+    return metrics.get(monitor[0], {}).get(monitor[-1]) if len(monitor) == 2 else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Shared fixtures: compose the real configs (as the CLI does) with tiny sizes and tmp outputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from recsys.cli import CONFIG_DIR
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY_DATA = [
+    "data.n_users=300",
+    "data.n_items=120",
+    "data.mean_length=25",
+    "data.n_groups=4",
+]
+FAST_TRAINER = [
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.max_epochs=3",
+    "logger=tensorboard",
+]
+
+
+def compose_config(config_name: str = "train", overrides: list[str] | None = None, output_dir: Path | None = None) -> DictConfig:
+    """The config the CLI would build for ``overrides``, with ``paths.output_dir`` set."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides or []))
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    return TINY_DATA + FAST_TRAINER
+
+
+def shared_datasets() -> Path | None:
+    """The offline dataset copies (RECSYS_DATA_DIR or ../shared/datasets), if present."""
+    env = os.environ.get("RECSYS_DATA_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "datasets")
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
