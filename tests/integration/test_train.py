@@ -1,0 +1,82 @@
+"""End to end on tiny synthetic data: train, run directory contents, reload, re-evaluate, resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from recsys.eval import evaluate_checkpoint
+from recsys.train import train
+from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config
+
+OVERRIDES = TINY_DATA + FAST_TRAINER + ["optim.lr=0.01", "seed=5", "trainer.max_epochs=10"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("run")
+    metrics = train(compose_config("train", OVERRIDES, out))
+    return out, metrics
+
+
+def test_run_directory_is_complete(run):
+    out, metrics = run
+    for rel in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.json", "per_user_test.npz"):
+        assert (out / rel).is_file(), rel
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved) >= {"val", "test", "baseline", "data", "timing"}
+    assert set(saved["data"]) >= {"n_users", "n_items", "n_train", "n_val", "n_test"}
+    assert set(saved["timing"]) >= {"fit_s", "epochs", "s_per_epoch", "eval_s"}
+    assert saved["timing"]["epochs"] == 10
+    for key in ("ndcg@10", "recall@20", "precision@10", "map@20", "mrr@10", "hit@20"):
+        assert 0.0 <= saved["test"][key] <= 1.0
+    assert saved["baseline"]["name"] == "popularity"
+    assert saved["data"]["n_train"] + saved["data"]["n_val"] + saved["data"]["n_test"] > 0
+
+
+def test_checkpoint_is_plain_and_reloads_to_identical_metrics(run):
+    out, metrics = run
+    ckpt = torch.load(out / "checkpoints/best.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["model"]["_target_"] == "recsys.models.mf.MF"
+    again = evaluate_checkpoint(str(out / "checkpoints/best.ckpt"), accelerator="cpu")
+    assert again["test"] == metrics["test"]
+    assert again["val"] == metrics["val"]
+
+
+def test_recsys_eval_cli_prints_and_writes_metrics(run, tmp_path):
+    out, metrics = run
+    proc = subprocess.run(
+        [sys.executable, "-m", "recsys.eval", f"ckpt_path={out}/checkpoints/best.ckpt",
+         f"hydra.run.dir={tmp_path}", "accelerator=cpu"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["test"] == metrics["test"]
+    assert f"{metrics['test']['ndcg@10']:.4f}" in proc.stdout
+
+
+def test_mf_beats_popularity_on_synthetic(run):
+    _, metrics = run
+    assert metrics["test"]["ndcg@10"] > 1.5 * metrics["baseline"]["test"]["ndcg@10"]
+
+
+def test_resume_reaches_the_uninterrupted_result(tmp_path):
+    base = TINY_DATA + ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+                        "optim.lr=0.01", "seed=11", "callbacks.early_stopping=null"]
+    full = train(compose_config("train", base + ["trainer.max_epochs=4"], tmp_path / "full"))
+    train(compose_config("train", base + ["trainer.max_epochs=2"], tmp_path / "part"))
+    last = tmp_path / "part" / "checkpoints" / "last.ckpt"
+    resumed = train(compose_config(
+        "train", base + ["trainer.max_epochs=4", f"ckpt_path={last}"], tmp_path / "other"))
+    assert resumed["test"] == full["test"]
+    assert resumed["val"] == full["val"]
+    # the resumed run continues in its own directory
+    assert json.loads((tmp_path / "part" / "metrics.json").read_text())["test"] == full["test"]
+    assert resumed["timing"]["epochs"] == 2

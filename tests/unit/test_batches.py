@@ -1,0 +1,70 @@
+"""Batch shapes and loaders: dense/padded views, negative sampling, per-epoch determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from recsys.data.batches import EvalLoader, PairLoader, RowStore, UserBatch, sample_negatives
+from recsys.data.interactions import Interactions
+from recsys.data.synthetic import generate
+
+
+def test_dense_and_padded_views():
+    b = UserBatch.from_lists([0, 1, 2], [[3, 1], [], [0, 1, 2, 4]])
+    dense = b.dense(5)
+    assert dense.tolist() == [[0, 1, 0, 1, 0], [0] * 5, [1, 1, 1, 0, 1]]
+    pad = 9
+    assert b.padded(3, pad).tolist() == [[pad, 3, 1], [pad, pad, pad], [1, 2, 4]]
+
+
+def test_row_store_gathers_rows_in_order():
+    inter = Interactions.from_frame(
+        __import__("pandas").DataFrame(
+            {"user": [1, 1, 2, 3, 3, 3], "item": [5, 6, 5, 7, 6, 5], "time": [2, 1, 0, 0, 1, 2]}
+        )
+    )
+    csr = inter.to_csr()
+    store = RowStore(torch.as_tensor(csr.indptr), torch.as_tensor(csr.indices))
+    items, offsets = store.gather(torch.tensor([2, 0]))
+    ext = inter.item_ids[items.numpy()]
+    assert ext.tolist() == [7, 6, 5, 6, 5]  # user 3 then user 1, each oldest first
+    assert offsets.tolist() == [0, 3, 5]
+
+
+def test_negatives_are_never_training_positives():
+    df, _ = generate(n_users=100, n_items=40, n_groups=2, mean_length=15, seed=0)
+    inter = Interactions.from_frame(df)
+    user, item = torch.as_tensor(inter.user), torch.as_tensor(inter.item)
+    keys = torch.sort(user * inter.n_items + item).values
+    g = torch.Generator().manual_seed(0)
+    neg = sample_negatives(user, inter.n_items, 5, keys, g)
+    positives = set(zip(inter.user.tolist(), inter.item.tolist()))
+    assert neg.shape == (len(user), 5)
+    assert not any((u, n) in positives for u, row in zip(inter.user.tolist(), neg.tolist()) for n in row)
+
+
+def test_pair_loader_epochs_are_reproducible_and_distinct():
+    user = torch.arange(50).repeat(4)
+    item = torch.arange(200) % 37
+    loader = PairLoader(user, item, None, 37, 1, batch_size=64, seed=3)
+
+    def epoch(e):
+        loader.sampler.set_epoch(e)
+        return [torch.cat([b.user, b.item, b.neg.flatten()]) for b in loader]
+
+    a, b, c = epoch(2), epoch(2), epoch(3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    assert sum(len(x) for x in a) == 200 * 3 and len(a) == len(loader) == 4
+
+
+def test_eval_loader_covers_each_user_with_targets_once():
+    hist = RowStore(torch.tensor([0, 2, 2, 3]), torch.tensor([0, 1, 2]))
+    targets = RowStore(torch.tensor([0, 1, 1, 3]), torch.tensor([4, 0, 3]))
+    shards = [list(EvalLoader(hist, targets, 1, rank=r, world_size=2)) for r in range(2)]
+    users = sorted(int(b.users.user[0]) for shard in shards for b in shard)
+    assert users == [0, 2]  # user 1 has no target
+    b = next(b for s in shards for b in s if int(b.users.user[0]) == 2)
+    assert b.users.items.tolist() == [2] and b.target_items.tolist() == [0, 3]
+    assert np.array_equal(b.target_rows.numpy(), [0, 0])
