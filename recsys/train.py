@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys.cli import CONFIG_DIR, report_errors
 from recsys.errors import CheckpointError
+from recsys.manifest import end_manifest, start_manifest
 from recsys.module import RecModule
 from recsys.reporting import format_table, write_json
 from recsys.runner import (
@@ -31,8 +32,11 @@ from recsys.runner import (
     module_from_checkpoint,
     validate_config,
 )
+from recsys.sweep import log_hparams, record_failures, run_name, sweep_dir, task_overrides
 
 log = logging.getLogger("recsys")
+# evaluation settings RecModule receives (the rest of eval: selection, batching, baseline)
+EVAL_KEYS = ("topk", "metrics", "mask_seen", "task", "rating_clip")
 
 
 def _resume_dir(ckpt_path: Path, default: Path) -> Path:
@@ -58,10 +62,16 @@ def build_trainer(config: dict[str, Any], run_dir: Path) -> pl.Trainer:
             continue
         extra = {"dirpath": str(run_dir / "checkpoints")} if name == "model_checkpoint" else {}
         callbacks.append(hydra.utils.instantiate(cb_cfg, **extra))
+    logger_args: dict[str, Any] = {"save_dir": str(run_dir)}
+    sweep = sweep_dir()
+    if sweep is not None and config.get("logger"):
+        # one TensorBoard root per sweep; each run in a folder named from its model and overrides
+        from hydra.core.hydra_config import HydraConfig
+
+        name = run_name(config, task_overrides(), int(HydraConfig.get().job.num))
+        logger_args = {"save_dir": str(sweep), "version": name}
     logger = (
-        hydra.utils.instantiate(config["logger"], save_dir=str(run_dir))
-        if config.get("logger")
-        else False
+        hydra.utils.instantiate(config["logger"], **logger_args) if config.get("logger") else False
     )
     return hydra.utils.instantiate(
         config["trainer"], callbacks=callbacks, logger=logger, default_root_dir=str(run_dir)
@@ -85,7 +95,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(config["seed"], workers=True, verbose=False)
     dm = datamodule_from_config(config)
     dm.setup()
-    evaluation = {k: config["eval"][k] for k in ("topk", "metrics", "mask_seen")}
+    evaluation = {k: config["eval"][k] for k in EVAL_KEYS if k in config["eval"]}
     module = RecModule(
         model=config["model"],
         num_users=dm.n_users,
@@ -99,6 +109,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("data %s: %s", config["data"].get("name"), dm.summary())
     trainer = build_trainer(config, run_dir)
     ckpt_dir = run_dir / "checkpoints"
+    manifest = start_manifest(run_dir, config, dm.fingerprint, str(trainer.strategy.root_device))
 
     t0 = time.perf_counter()
     if module.closed_form:
@@ -124,6 +135,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     if trainer.logger:
         trainer.logger.log_metrics({f"test/{k}": v for k, v in test.items()}, step=trainer.global_step)
+        log_hparams(trainer.logger, config, task_overrides(), {"val": val, "test": test})
         trainer.logger.save()
     np.savez_compressed(run_dir / "per_user_test.npz", **per_user)
     metrics = {
@@ -131,7 +143,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val": val,
         "test": test,
         "baseline": baseline,
-        "data": {"name": config["data"].get("name"), "fingerprint": dm.fingerprint, **dm.summary()},
+        "data": {
+            "name": config["data"].get("name"),
+            "fingerprint": dm.fingerprint,
+            **dm.summary(),
+            "audit": dm.data.audit,
+        },
         "timing": {
             "fit_s": round(fit_s, 3),
             "epochs": int(epochs),
@@ -141,6 +158,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": str(best),
     }
     write_json(run_dir / "metrics.json", metrics)
+    log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger else None
+    end_manifest(run_dir, manifest, tensorboard=log_dir)
     rows = {"val": val, "test": test}
     if baseline:
         rows[f"{baseline['name']} (test)"] = baseline["test"]
@@ -153,7 +172,7 @@ def _baseline(config: dict[str, Any], dm, accelerator: str) -> dict[str, Any]:
     base_cfg = config["eval"].get("baseline")
     if not base_cfg:
         return {}
-    evaluation = {k: config["eval"][k] for k in ("topk", "metrics", "mask_seen")}
+    evaluation = {k: config["eval"][k] for k in EVAL_KEYS if k in config["eval"]}
     module = RecModule(
         model=base_cfg, num_users=dm.n_users, num_items=dm.n_items, evaluation=evaluation
     )
@@ -165,9 +184,10 @@ def _baseline(config: dict[str, Any], dm, accelerator: str) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @report_errors
+@record_failures  # in a sweep (-m): a failing run is recorded, the others go on
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
-    monitor = str(cfg.eval.monitor).split("/", 1)
+    monitor = str(cfg.get("optimized_metric") or cfg.eval.monitor).split("/", 1)
     return metrics.get(monitor[0], {}).get(monitor[-1]) if len(monitor) == 2 else None
 
 

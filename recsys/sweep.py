@@ -1,0 +1,169 @@
+"""Sweep plumbing for ``recsys-train -m``: run names, TensorBoard hyper-parameters, failures.
+
+- In a multirun every run logs TensorBoard events under one root, ``<sweep_dir>/tensorboard/``,
+  in a folder named from the model and the run's overrides (:func:`run_name`), so
+  ``tensorboard --logdir <sweep_dir>`` compares them side by side.
+- :func:`hparams` gives the values shown in TensorBoard's HPARAMS tab: every overridden key, the
+  model's hyper-parameters and the optimizer's.
+- :func:`record_failures` keeps a sweep going when one run fails: the failure (overrides, error,
+  traceback) is written to ``<sweep_dir>/failures/<job>.json`` and the run returns NaN (Optuna
+  marks such a trial failed). :class:`FailureReport`, a Hydra callback, lists the failures once
+  the sweep ends and exits with status 1 if there were any.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import re
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("recsys")
+
+EXIT_SWEEP_FAILED = 1
+_SKIP_OVERRIDES = ("hydra.", "paths.", "trainer.enable_progress_bar")
+
+
+def _hydra_config() -> Any | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get() if HydraConfig.initialized() else None
+    except Exception:  # noqa: BLE001 - no Hydra context (a run from Python)
+        return None
+
+
+def in_multirun() -> bool:
+    hc = _hydra_config()
+    return hc is not None and str(hc.mode) == "RunMode.MULTIRUN"
+
+
+def sweep_dir() -> Path | None:
+    hc = _hydra_config()
+    return Path(hc.sweep.dir).resolve() if hc is not None and in_multirun() else None
+
+
+def task_overrides() -> list[str]:
+    """This run's command-line overrides (including the swept values), or [] outside Hydra."""
+    hc = _hydra_config()
+    return list(hc.overrides.task) if hc is not None else []
+
+
+def model_name(config: dict[str, Any]) -> str:
+    target = str(config.get("model", {}).get("_target_", "model"))
+    return target.rpartition(".")[2].lower()
+
+
+def run_name(config: dict[str, Any], overrides: list[str], job_num: int | None = None) -> str:
+    """A folder-safe name: ``<job>-<model>-<key=value,...>`` over the overrides that matter."""
+    parts = [
+        o.lstrip("+~")
+        for o in overrides
+        if not o.lstrip("+~").startswith(_SKIP_OVERRIDES) and not o.lstrip("+~").startswith("model=")
+    ]
+    name = ",".join([model_name(config), *parts])
+    name = re.sub(r"[^A-Za-z0-9_.,=@+-]+", "_", name)[:180]
+    return f"{job_num:03d}-{name}" if job_num is not None else name
+
+
+def _scalar(value: Any) -> Any:
+    if value is None:
+        return "null"
+    if isinstance(value, bool | int | float | str):
+        return value
+    return json.dumps(value)
+
+
+def hparams(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Hyper-parameters for TensorBoard's HPARAMS tab (scalars only)."""
+    out: dict[str, Any] = {"model": model_name(config), "seed": config.get("seed")}
+    for key, value in config.get("model", {}).items():
+        if key != "_target_":
+            out[f"model.{key}"] = value
+    for key, value in (config.get("optim") or {}).items():
+        out[f"optim.{key}"] = value.rpartition(".")[2] if key == "_target_" else value
+    for o in overrides:
+        key, sep, _ = o.lstrip("+~").partition("=")
+        if not sep or key.startswith(_SKIP_OVERRIDES) or "/" in key:
+            continue
+        node: Any = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            continue  # a config group choice (model=mf): already named above
+        out[key] = node
+    return {k: _scalar(v) for k, v in out.items()}
+
+
+def log_hparams(logger: Any, config: dict[str, Any], overrides: list[str], results: dict[str, dict[str, float]]) -> None:
+    """Write the HPARAMS entry of this run: its hyper-parameters with the final metrics.
+
+    The metrics go under ``final/<stage>/<metric>`` so the per-epoch curves are left untouched.
+    """
+    if not logger or not hasattr(logger, "log_hyperparams"):
+        return
+    metrics = {f"final/{stage}/{k}": float(v) for stage, vals in results.items() for k, v in vals.items()}
+    logger.log_hyperparams(hparams(config, overrides), metrics=metrics)
+
+
+def record_failures(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for the Hydra task function: in a multirun, a failing run is recorded and the
+    sweep goes on; in a single run the exception propagates unchanged."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not in_multirun():
+            return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any failure of one run must not stop the sweep
+            hc = _hydra_config()
+            overrides = task_overrides()
+            num = int(hc.job.num) if hc is not None else 0
+            record = {
+                "job": num,
+                "overrides": overrides,
+                "output_dir": str(hc.runtime.output_dir) if hc is not None else None,
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(),
+            }
+            folder = (sweep_dir() or Path(".")) / "failures"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{num:03d}.json").write_text(json.dumps(record, indent=2) + "\n")
+            log.error("run %d failed (%s): %s", num, " ".join(overrides), record["error"])
+            print(f"error: run {num} ({' '.join(overrides)}) failed: {record['error']}", file=sys.stderr, flush=True)
+            return math.nan
+
+    return wrapper
+
+
+def failures(sweep: str | Path) -> list[dict[str, Any]]:
+    folder = Path(sweep) / "failures"
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+try:  # the callback base class exists whenever Hydra is installed (a core dependency)
+    from hydra.experimental.callback import Callback as _Callback
+except ImportError:  # pragma: no cover
+    _Callback = object  # type: ignore[assignment,misc]
+
+
+class FailureReport(_Callback):  # type: ignore[misc,valid-type]
+    """Hydra callback: after a multirun, list the failed runs and exit 1 if there were any."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep = Path(str(config.hydra.sweep.dir))
+        failed = failures(sweep)
+        if not failed:
+            return
+        lines = [f"{len(failed)} run(s) of the sweep failed (details: {sweep / 'failures'}):"]
+        for f in failed:
+            lines.append(f"  job {f['job']}: {' '.join(f['overrides'])}\n    {f['error']}")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+        sys.exit(EXIT_SWEEP_FAILED)
