@@ -23,18 +23,36 @@ from torch import Tensor
 from recsys.data.batches import EvalBatch
 from recsys.errors import ConfigError
 from recsys.metrics.ranking import METRICS, ranking_metrics, topk_hits
+from recsys.metrics.rating import RATING_METRICS, error_sums, per_row, pooled
 from recsys.models.base import build_model
 
 EVAL_DEFAULTS: dict[str, Any] = {
     "topk": [10, 20],
     "metrics": list(METRICS),
     "mask_seen": True,
+    "task": "ranking",
+    "rating_clip": None,
 }
+TASKS = ("ranking", "rating")
 OPTIM_DEFAULTS: dict[str, Any] = {"_target_": "torch.optim.Adam", "lr": 1e-3}
 
 
 def validate_eval(evaluation: dict[str, Any], num_items: int | None = None) -> None:
     """Refuse bad evaluation settings with a one-line reason naming the key."""
+    task = evaluation.get("task", "ranking")
+    if task not in TASKS:
+        raise ConfigError(f"eval.task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task == "rating":
+        bad = [m for m in evaluation.get("metrics", []) if m not in RATING_METRICS]
+        if bad or not evaluation.get("metrics"):
+            raise ConfigError(
+                f"eval.metrics must be a non-empty subset of {list(RATING_METRICS)} when "
+                f"eval.task=rating, got {evaluation.get('metrics')!r}"
+            )
+        clip = evaluation.get("rating_clip")
+        if clip is not None and (not isinstance(clip, list | tuple) or len(clip) != 2 or clip[0] >= clip[1]):
+            raise ConfigError(f"eval.rating_clip must be null or [low, high] with low < high, got {clip!r}")
+        return
     topk = evaluation.get("topk")
     if not isinstance(topk, list | tuple) or len(topk) == 0:
         raise ConfigError(f"eval.topk must be a non-empty list of positive integers, got {topk!r}")
@@ -126,8 +144,28 @@ class RecModule(pl.LightningModule):
             batch, device, dataloader_idx
         )
 
+    def evaluate_ratings(self, batch: EvalBatch) -> dict[str, Tensor]:
+        """Per-user error sums of the model's ``predict(user, item)`` on held-out ratings."""
+        if batch.target_ratings is None:
+            raise ConfigError("eval.task=rating needs a dataset with ratings (this one has none)")
+        predict = getattr(self.model, "predict", None)
+        if predict is None:
+            raise ConfigError(
+                f"eval.task=rating needs a model with predict(user, item); "
+                f"{type(self.model).__name__} only ranks"
+            )
+        users = batch.users.user
+        pred = predict(users[batch.target_rows], batch.target_items).float()
+        clip = self.eval_cfg.get("rating_clip")
+        if clip is not None:
+            pred = pred.clamp(float(clip[0]), float(clip[1]))
+        sums = error_sums(pred, batch.target_ratings, batch.target_rows, len(users))
+        return {**sums, "user": users}
+
     def evaluate_batch(self, batch: EvalBatch) -> dict[str, Tensor]:
         """Per-user metrics for one chunk of users: score all items, mask, top-k, compare."""
+        if self.eval_cfg["task"] == "rating":
+            return self.evaluate_ratings(batch)
         users = batch.users
         scores = self.model.score(users).float()  # (B, I)
         if self.eval_cfg["mask_seen"]:
@@ -158,7 +196,11 @@ class RecModule(pl.LightningModule):
         if self.trainer.world_size > 1:  # each rank scored a disjoint set of users
             cat = {k: self.all_gather(v).flatten(0, 1) for k, v in cat.items()}
         users = cat.pop("user")
-        means = {k: float(v.double().mean()) for k, v in cat.items()}
+        if self.eval_cfg["task"] == "rating":  # pooled over ratings, not averaged over users
+            means = pooled(cat, self.eval_cfg["metrics"])
+            cat = {k: v for k, v in per_row(cat).items() if k in means}
+        else:
+            means = {k: float(v.double().mean()) for k, v in cat.items()}
         self.results[stage] = means
         self.per_user[stage] = {"user": users.cpu().numpy(), **{k: v.cpu().numpy() for k, v in cat.items()}}
         self.log_dict({f"{stage}/{k}": v for k, v in means.items()}, sync_dist=False)

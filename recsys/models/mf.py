@@ -1,12 +1,26 @@
-"""Matrix factorization: dot products of learned user and item factors.
+"""Matrix factorization: dot products of learned user and item factors, ``s(u, i) = p_u · q_i``.
 
-Loss ``bpr`` is Bayesian Personalized Ranking (Rendle et al., UAI 2009):
-``-log σ(s(u, i) - s(u, j))`` for a training pair (u, i) and a sampled item j the user has not
-interacted with in training, averaged over the ``num_negatives`` negatives of each pair, plus
-``reg`` times the squared L2 norm of the factors in the batch (per pair).
+Three objectives (``loss``), all on (user, positive item) training pairs:
+
+- ``bpr``: Bayesian Personalized Ranking (Rendle et al., UAI 2009),
+  ``-log σ(s(u, i) - s(u, j))`` for sampled items j the user has not interacted with in training,
+  averaged over the ``num_negatives`` negatives of each pair;
+- ``sampled_softmax``: cross-entropy of the positive against itself plus ``num_negatives``
+  uniformly sampled non-positives, ``-log softmax([s(u,i), s(u,j_1..N)] / τ)_0``;
+- ``softmax``: cross-entropy over the whole catalogue, ``-log softmax(s(u, ·) / τ)_i`` (no
+  sampling; ``num_negatives`` is ignored and no negatives are drawn).
+
+Every loss adds ``reg`` times the squared L2 norm of the factors in the batch (per pair).
+Dot-product MF with a well-tuned loss is the baseline Rendle et al. (RecSys 2020, "Neural
+Collaborative Filtering vs. Matrix Factorization Revisited") showed NCF does not beat.
+
+``init: xavier`` (RecBole's BPR initialisation: normal with std sqrt(2 / (rows + dim)) per table)
+or ``init: normal`` (std ``init_std``).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +28,8 @@ from torch import Tensor, nn
 
 from recsys.data.batches import PairBatch, UserBatch
 from recsys.models.base import Recommender, require
+
+LOSSES = ("bpr", "softmax", "sampled_softmax")
 
 
 class MF(Recommender):
@@ -27,33 +43,51 @@ class MF(Recommender):
         loss: str = "bpr",
         num_negatives: int = 1,
         reg: float = 0.0,
+        init: str = "normal",
         init_std: float = 0.1,
+        temperature: float = 1.0,
     ):
         super().__init__(num_users, num_items)
         require(embedding_size >= 1, "embedding_size", embedding_size, "an integer >= 1")
-        require(loss in ("bpr",), "loss", loss, "one of: bpr")
+        require(loss in LOSSES, "loss", loss, f"one of: {', '.join(LOSSES)}")
         require(num_negatives >= 1, "num_negatives", num_negatives, "an integer >= 1")
         require(reg >= 0, "reg", reg, ">= 0")
+        require(init in ("normal", "xavier"), "init", init, "one of: normal, xavier")
         require(init_std > 0, "init_std", init_std, "> 0")
+        require(temperature > 0, "temperature", temperature, "> 0")
         self.loss_name = loss
-        self.num_negatives = int(num_negatives)
+        # the full softmax uses every item as a negative: the loader need not sample any
+        self.num_negatives = 0 if loss == "softmax" else int(num_negatives)
         self.reg = float(reg)
+        self.temperature = float(temperature)
         self.user_emb = nn.Embedding(num_users, embedding_size)
         self.item_emb = nn.Embedding(num_items, embedding_size)
-        nn.init.normal_(self.user_emb.weight, std=init_std)
-        nn.init.normal_(self.item_emb.weight, std=init_std)
+        for table in (self.user_emb, self.item_emb):
+            n = table.weight.shape[0]
+            std = math.sqrt(2.0 / (n + embedding_size)) if init == "xavier" else init_std
+            nn.init.normal_(table.weight, std=std)
 
     def loss(self, batch: PairBatch) -> dict[str, Tensor]:
         u = self.user_emb(batch.user)  # (B, d)
         pos = self.item_emb(batch.item)  # (B, d)
-        neg = self.item_emb(batch.neg)  # (B, N, d)
-        s_pos = (u * pos).sum(-1, keepdim=True)  # (B, 1)
-        s_neg = torch.einsum("bd,bnd->bn", u, neg)  # (B, N)
-        bpr = -F.logsigmoid(s_pos - s_neg).mean()
-        out = {"loss": bpr, "bpr": bpr}
+        sq = u.pow(2).sum() + pos.pow(2).sum()
+        if self.loss_name == "softmax":
+            logits = u @ self.item_emb.weight.T / self.temperature  # (B, I)
+            main = F.cross_entropy(logits, batch.item)
+        else:
+            assert batch.neg is not None, "MF needs sampled negatives (num_negatives >= 1)"
+            neg = self.item_emb(batch.neg)  # (B, N, d)
+            sq = sq + neg.pow(2).sum() / neg.shape[1]
+            s_pos = (u * pos).sum(-1, keepdim=True)  # (B, 1)
+            s_neg = torch.einsum("bd,bnd->bn", u, neg)  # (B, N)
+            if self.loss_name == "bpr":
+                main = -F.logsigmoid(s_pos - s_neg).mean()
+            else:  # sampled softmax: the positive is class 0 among 1 + N candidates
+                logits = torch.cat([s_pos, s_neg], 1) / self.temperature  # (B, 1 + N)
+                main = F.cross_entropy(logits, torch.zeros_like(batch.item))
+        out = {"loss": main, self.loss_name: main}
         if self.reg:
-            l2 = (u.pow(2).sum() + pos.pow(2).sum() + neg.pow(2).sum() / neg.shape[1]) / len(u)
-            out["loss"] = bpr + self.reg * l2
+            out["loss"] = main + self.reg * sq / len(u)
         return out
 
     def score(self, users: UserBatch) -> Tensor:

@@ -1,0 +1,99 @@
+"""EASE: Embarrassingly Shallow Autoencoder (Steck, WWW 2019).
+
+Closed form, no training loop. With the (users × items) binary training matrix ``X`` and
+``G = XᵀX + λ I``, the item-item weights minimising ``‖X - XB‖² + λ‖B‖²`` subject to
+``diag(B) = 0`` are
+
+    P = G⁻¹,   B = I - P · diag(1 / diag(P))   (i.e. B_ij = -P_ij / P_jj, B_jj = 0),
+
+and a user's scores are ``x_u B``. The inverse is computed in float64 and stored in float32.
+
+B is a dense I × I matrix: construction refuses, with the sizes, a catalogue whose matrix (and
+the float64 work space of the inversion) would not fit in the available memory, instead of
+failing inside the allocator or swapping the machine to a halt.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from recsys.data.batches import UserBatch
+from recsys.errors import ConfigError
+from recsys.models.base import Recommender, require
+
+GIB = 1024**3
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process on the CPU (None when unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def ease_memory_bytes(num_items: int) -> int:
+    """Peak bytes of a fit: the float32 weights plus three float64 I × I work matrices."""
+    return num_items * num_items * (4 + 3 * 8)
+
+
+class EASE(Recommender):
+    train_batch = None
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        reg: float = 250.0,
+        max_memory_gb: float | None = None,
+    ):
+        super().__init__(num_users, num_items)
+        require(reg > 0, "reg", reg, "> 0")
+        require(
+            max_memory_gb is None or max_memory_gb > 0,
+            "max_memory_gb",
+            max_memory_gb,
+            "> 0 or null",
+        )
+        need = ease_memory_bytes(num_items)
+        budget = max_memory_gb * GIB if max_memory_gb is not None else available_memory()
+        if budget is not None and need > budget:
+            raise ConfigError(
+                f"model (EASE): the {num_items:,} x {num_items:,} item-item matrix needs about "
+                f"{need / GIB:.1f} GiB to fit, more than the {budget / GIB:.1f} GiB "
+                f"{'allowed (model.max_memory_gb)' if max_memory_gb is not None else 'of memory available'}; "
+                "shrink the catalogue (data.min_item_interactions) or use a factorised model"
+            )
+        self.reg = float(reg)
+        self.register_buffer("weight", torch.zeros(num_items, num_items))
+
+    def fit(self, train: Tensor) -> None:
+        """``train``: (num_users, num_items) sparse tensor of training events (binarised here)."""
+        x = train.coalesce()
+        ones = torch.ones_like(x.values(), dtype=torch.float64)
+        x = torch.sparse_coo_tensor(x.indices(), ones, x.shape).coalesce()
+        xt = x.t().coalesce()  # (I, U)
+        gram = torch.empty(self.num_items, self.num_items, dtype=torch.float64, device=x.device)
+        block = max(1, (1 << 24) // max(1, x.shape[0]))  # items per block: U x block dense columns
+        for start in range(0, self.num_items, block):
+            cols = torch.arange(start, min(start + block, self.num_items), device=x.device)
+            gram[:, cols] = torch.sparse.mm(xt, x.index_select(1, cols).to_dense())  # (I, b)
+        gram.diagonal().add_(self.reg)
+        p = torch.linalg.inv(gram)
+        del gram
+        b = -p / p.diagonal()[None, :]  # B_ij = -P_ij / P_jj
+        b.fill_diagonal_(0.0)
+        self.weight.copy_(b.to(self.weight))
+
+    def score(self, users: UserBatch) -> Tensor:
+        return users.dense(self.num_items) @ self.weight  # (B, I)
