@@ -194,7 +194,7 @@ class RecModule(pl.LightningModule):
             return
         cat = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
         if self.trainer.world_size > 1:  # each rank scored a disjoint set of users
-            cat = {k: self.all_gather(v).flatten(0, 1) for k, v in cat.items()}
+            cat = self._gather_users(cat)
         users = cat.pop("user")
         if self.eval_cfg["task"] == "rating":  # pooled over ratings, not averaged over users
             means = pooled(cat, self.eval_cfg["metrics"])
@@ -204,6 +204,28 @@ class RecModule(pl.LightningModule):
         self.results[stage] = means
         self.per_user[stage] = {"user": users.cpu().numpy(), **{k: v.cpu().numpy() for k, v in cat.items()}}
         self.log_dict({f"{stage}/{k}": v for k, v in means.items()}, sync_dist=False)
+
+    def _gather_users(self, cat: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every rank's per-user values, concatenated and sorted by user id.
+
+        Ranks hold different numbers of users, so each pads its values to the largest count
+        before ``all_gather`` and the padding is dropped by a validity mask. Sorting by user id
+        gives the order (and so the floating-point sums) of a single-process run.
+        """
+        n = torch.tensor([len(cat["user"])], device=self.device)
+        n_max = int(self.all_gather(n).max())
+        out: dict[str, Tensor] = {}
+        valid = None
+        for k, v in cat.items():
+            pad = torch.zeros((n_max - len(v), *v.shape[1:]), dtype=v.dtype, device=v.device)
+            gathered = self.all_gather(torch.cat([v, pad])).flatten(0, 1)  # (world * n_max, ...)
+            if valid is None:
+                mask = torch.zeros(n_max, dtype=torch.uint8, device=v.device)  # gloo: no bool
+                mask[: len(v)] = 1
+                valid = self.all_gather(mask).flatten(0, 1).bool()
+            out[k] = gathered[valid]
+        order = torch.argsort(out["user"])
+        return {k: v[order] for k, v in out.items()}
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
