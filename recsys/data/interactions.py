@@ -153,6 +153,8 @@ class Split:
     val: Interactions
     test: Interactions
     name: str = ""
+    # leakage audit of the split (recsys.data.audit.audit_split), set by the data pipeline
+    audit: dict | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_users(self) -> int:

@@ -10,18 +10,33 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from recsys.data.audit import audit_split
+from recsys.data.cache import cache_dir, cache_key
+from recsys.data.cache import load as cache_load
+from recsys.data.cache import save as cache_save
 from recsys.data.interactions import Interactions, Split
 from recsys.data.preprocess import preprocess
+from recsys.data.sources import data_root, notice, raw_files
 from recsys.data.splits import make_split
 from recsys.errors import ConfigError
 
 # Keys of a data config that change where files live or how batches are cut, not what the data is.
-LOADER_KEYS = frozenset({"root", "cache_dir", "batch_size", "max_seq_len", "num_workers"})
+LOADER_KEYS = frozenset(
+    {
+        "root", "cache_dir", "cache", "download", "remote",
+        "batch_size", "max_seq_len", "num_workers", "seq_windowing",
+    }
+)
+# Splits that draw random numbers: their seed is part of the cache key.
+SEEDED_SPLITS = frozenset({"random", "holdout_users"})
 
 
 def resolve_source(path: str) -> Callable[[Mapping[str, Any]], pd.DataFrame]:
@@ -40,10 +55,20 @@ def fingerprint(cfg: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def prepare(cfg: Mapping[str, Any], seed: int) -> Split:
-    """Load, preprocess and split the dataset described by ``cfg`` (a plain dict)."""
+def _effective_seed(cfg: Mapping[str, Any], seed: int) -> int | None:
+    """The seed the split uses (None when the split is deterministic without one)."""
+    if str(cfg.get("split", "leave_one_out")) not in SEEDED_SPLITS:
+        return None
+    split_seed = cfg.get("split_seed")
+    return int(seed if split_seed is None else split_seed)
+
+
+def build(cfg: Mapping[str, Any], seed: int) -> Split:
+    """Load, preprocess and split the dataset described by ``cfg``, without the cache."""
     name = cfg.get("name", "dataset")
     df = resolve_source(cfg["source"])(cfg)
+    if isinstance(df, Split):  # a source with an official split of its own (recsys.data.folds)
+        return replace(df, audit=audit_split(df))
     df = preprocess(
         df,
         rating_threshold=cfg.get("rating_threshold"),
@@ -56,10 +81,54 @@ def prepare(cfg: Mapping[str, Any], seed: int) -> Split:
     )
     inter = Interactions.from_frame(df)
     split_seed = cfg.get("split_seed")
-    return make_split(
+    split = make_split(
         inter,
         str(cfg.get("split", "leave_one_out")),
         float(cfg.get("val_ratio", 0.1)),
         float(cfg.get("test_ratio", 0.1)),
         seed=int(seed if split_seed is None else split_seed),
     )
+    return replace(split, audit=audit_split(split))
+
+
+def cache_path(cfg: Mapping[str, Any], seed: int) -> tuple[Path, str] | None:
+    """Where the prepared split of ``cfg`` is cached and its key, or None when it is not cached
+    (``data.cache=false``, a source without raw files such as ``synthetic``, or no writable
+    cache directory). Downloads missing raw files first."""
+    if not cfg.get("cache", True):
+        return None
+    files = raw_files(cfg)
+    if not files:
+        return None
+    cdir = cache_dir(cfg, data_root(cfg))
+    if cdir is None:
+        return None
+    values = {k: v for k, v in cfg.items() if k not in LOADER_KEYS}
+    values["_split_seed"] = _effective_seed(cfg, seed)
+    key = cache_key(values, files, cdir)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(cfg.get("name", "dataset")))
+    return cdir / f"{name}-{key[:20]}.npz", key
+
+
+def prepare(cfg: Mapping[str, Any], seed: int) -> Split:
+    """Load, preprocess and split the dataset described by ``cfg`` (a plain dict), through the
+    cache: a cached split with the same key is reused (one line on stderr says so); otherwise
+    it is built and written atomically. The returned split carries its audit (``Split.audit``).
+    """
+    where = cache_path(cfg, seed)
+    if where is None:
+        return build(cfg, seed)
+    path, key = where
+    if path.is_file():
+        hit = cache_load(path, key)
+        if hit is not None:
+            notice(f"data: reusing cached {cfg.get('name')} split {path}")
+            return hit[0]
+        notice(f"data: cache file {path} is unreadable or stale; rebuilding it")
+    split = build(cfg, seed)
+    try:
+        cache_save(path, split, key, {"audit": split.audit, "config": {
+            k: v for k, v in cfg.items() if k not in LOADER_KEYS}})
+    except OSError as e:  # a full disk must not fail the run: the split is in memory
+        notice(f"data: could not write the cache {path} ({e.strerror or e})")
+    return split

@@ -1,0 +1,130 @@
+"""Leakage audit and descriptive statistics of a prepared split.
+
+The audit answers, for every split: do the parts share (user, item) pairs; does training see
+interactions later than the first test interaction (must be 0 for a global time cutoff; for
+leave-one-out it is reported, being the known cross-user leakage of that protocol); which test
+users and items never occur in training; and where the item vocabulary and popularity statistics
+come from. All values are plain ints, floats, strings or None, so the audit goes to JSON as is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from recsys.data.interactions import Interactions, Split
+
+
+def _sorted_unique(x: np.ndarray) -> np.ndarray:
+    x = np.sort(x)
+    return x[np.concatenate([[True], x[1:] != x[:-1]])] if len(x) else x
+
+
+def _pair_keys(inter: Interactions) -> np.ndarray:
+    """Sorted distinct (user, item) pairs as int64 keys."""
+    return _sorted_unique(inter.user.astype(np.int64) * inter.n_items + inter.item)
+
+
+def _overlap(a: Interactions, b: Interactions) -> int:
+    """Number of distinct (user, item) pairs present in both logs."""
+    ka, kb = _pair_keys(a), _pair_keys(b)
+    if not len(ka) or not len(kb):
+        return 0
+    pos = np.minimum(np.searchsorted(ka, kb), len(ka) - 1)
+    return int((ka[pos] == kb).sum())
+
+
+def _absent(target: np.ndarray, known: np.ndarray, n: int) -> int:
+    """Number of distinct ids in ``target`` that never occur in ``known``."""
+    return int(((np.bincount(target, minlength=n) > 0) & (np.bincount(known, minlength=n) == 0)).sum())
+
+
+def audit_split(split: Split) -> dict[str, Any]:
+    """The leakage audit of ``split`` (see the module docstring)."""
+    tr, va, te = split.train, split.val, split.test
+    # the history the model sees: the training log, plus fold-in input of held-out users
+    known = tr
+    for extra in (getattr(split, "val_input", None), getattr(split, "test_input", None)):
+        if extra is not None:
+            known = known.concat(extra)
+    overlap = {
+        "train_val": _overlap(known, va),
+        "train_test": _overlap(known, te),
+        "val_test": _overlap(va, te),
+    }
+    temporal: dict[str, Any] = {"applicable": False}
+    if tr.time is not None and len(te):
+        first_test = float(te.time.min())
+        temporal = {
+            "applicable": True,
+            "first_test_time": first_test,
+            "train_after_first_test": int((tr.time > first_test).sum()),
+            "val_after_first_test": int((va.time > first_test).sum()) if len(va) else 0,
+            # only a global cutoff promises 0; per-user protocols report it
+            "must_be_zero": split.name == "temporal",
+        }
+    item_train = np.bincount(tr.item, minlength=tr.n_items) > 0
+    result: dict[str, Any] = {
+        "split": split.name,
+        "pair_overlap": overlap,
+        "temporal": temporal,
+        "test_users_not_in_train": _absent(te.user, tr.user, tr.n_users),
+        "test_items_not_in_train": _absent(te.item, tr.item, tr.n_items),
+        "val_users_not_in_train": _absent(va.user, tr.user, tr.n_users),
+        "val_items_not_in_train": _absent(va.item, tr.item, tr.n_items),
+        # ids are encoded over the whole preprocessed log, so the vocabulary includes items that
+        # occur only in validation or test; popularity (the baseline, samplers) counts train only
+        "item_vocabulary": "train" if item_train.all() else "full log (before the split)",
+        "items_outside_train": int((~item_train).sum()),
+        "popularity_statistics": "train",
+        "preprocessing_scope": "full log (before the split)",
+    }
+    leaks = sum(overlap.values())
+    if temporal.get("must_be_zero"):
+        leaks += temporal["train_after_first_test"] + temporal["val_after_first_test"]
+    result["ok"] = leaks == 0
+    return result
+
+
+def gini(counts: np.ndarray) -> float:
+    """Gini coefficient of a non-negative count vector (0: uniform, -> 1: concentrated)."""
+    x = np.sort(np.asarray(counts, dtype=np.float64))
+    n, total = len(x), x.sum()
+    if n == 0 or total == 0:
+        return 0.0
+    return float((2.0 * np.sum(np.arange(1, n + 1) * x) / (n * total)) - (n + 1.0) / n)
+
+
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
+
+
+def describe(split: Split) -> dict[str, Any]:
+    """Dataset statistics over all parts of ``split`` plus split sizes and the audit."""
+    parts = [split.train, split.val, split.test]
+    fold_in = (getattr(split, "val_input", None), getattr(split, "test_input", None))
+    parts += [p for p in fold_in if p is not None]
+    all_users = np.concatenate([p.user for p in parts])
+    all_items = np.concatenate([p.item for p in parts])
+    per_user = np.bincount(all_users, minlength=split.n_users)
+    per_user = per_user[per_user > 0]
+    per_item = np.bincount(all_items, minlength=split.n_items)
+    n_users, n_items, n = int(len(per_user)), int((per_item > 0).sum()), int(len(all_users))
+    sizes = {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
+    for name, part in zip(("val_input", "test_input"), fold_in):
+        if part is not None:
+            sizes[name] = len(part)
+    return {
+        "users": n_users,
+        "items": n_items,
+        "interactions": n,
+        "density": n / (n_users * n_items) if n_users and n_items else 0.0,
+        "history_length": {
+            **{f"q{int(q * 100)}": float(np.quantile(per_user, q)) for q in QUANTILES},
+            "mean": float(per_user.mean()) if len(per_user) else 0.0,
+        },
+        "item_gini": gini(per_item[per_item > 0]),
+        "split": split.name,
+        "split_sizes": {k: int(v) for k, v in sizes.items()},
+        "audit": split.audit if split.audit is not None else audit_split(split),
+    }

@@ -1,0 +1,176 @@
+"""A cache of prepared splits: preprocessing + split of a raw log, stored once and reused.
+
+The key is a SHA-256 over the content of the raw files and every value that shapes the data
+(every data config key except where files live and how batches are cut; the split seed when the
+split is random). A cache file is ``<cache dir>/<name>-<key>.npz`` holding the three parts, the
+id maps, the audit and the key itself; it is written to a temporary name and renamed, so a crash
+never leaves a half-written file under the final name. A file that fails to load (truncated,
+corrupted: the zip members carry CRCs) or whose stored key differs is rebuilt, never crashed on.
+
+The cache directory is ``data.cache_dir`` if set, else ``<data root>/cache``; when that is not
+writable (a read-only shared data root), ``data/cache`` under the working directory is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys.data.interactions import Interactions, Split
+
+CACHE_VERSION = 1
+PARTS = ("train", "val", "test")
+OPTIONAL_PARTS = ("val_input", "test_input")  # set by splits with held-out users
+_HASHES = "file-hashes.json"
+
+
+def writable(d: Path) -> bool:
+    """Whether files may be created in ``d`` (created if needed). A directory whose mode has no
+    write bit counts as read-only even for root, so a shared read-only data root is never
+    written to."""
+    existing = d
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if existing.is_dir() and not existing.stat().st_mode & 0o222:
+            return False
+    except OSError:
+        return False
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=d, prefix=".probe-"):
+            pass
+        return True
+    except OSError:
+        return False
+
+
+def cache_dir(cfg: Mapping[str, Any], root: Path) -> Path | None:
+    """The first writable of ``data.cache_dir`` / ``<root>/cache``, then ``./data/cache``."""
+    first = Path(str(cfg["cache_dir"])).expanduser() if cfg.get("cache_dir") else root / "cache"
+    for d in (first, Path("data") / "cache"):
+        if writable(d):
+            return d
+    return None
+
+
+def file_digest(path: Path, memo_dir: Path | None = None) -> str:
+    """SHA-256 of a file's content, memoized by (path, size, mtime) in ``memo_dir``."""
+    st = path.stat()
+    stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    memo: dict[str, str] = {}
+    memo_path = memo_dir / _HASHES if memo_dir is not None else None
+    if memo_path is not None and memo_path.is_file():
+        try:
+            memo = json.loads(memo_path.read_text())
+        except (OSError, ValueError):
+            memo = {}
+        if stamp in memo:
+            return memo[stamp]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    digest = h.hexdigest()
+    if memo_path is not None:
+        memo[stamp] = digest
+        try:
+            _atomic_write_bytes(memo_path, json.dumps(memo, indent=0).encode())
+        except OSError:
+            pass
+    return digest
+
+
+def cache_key(values: Mapping[str, Any], files: Sequence[Path], memo_dir: Path | None) -> str:
+    """SHA-256 over the raw files' content digests and the data-shaping ``values``."""
+    payload = {
+        "version": CACHE_VERSION,
+        "files": [[p.name, file_digest(p, memo_dir)] for p in files],
+        "values": {k: values[k] for k in sorted(values)},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache is as readable as the data
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _ids(a: np.ndarray) -> np.ndarray:
+    """External ids in a pickle-free dtype (numbers stay numbers, anything else becomes str)."""
+    return a if a.dtype.kind in "iufU" else a.astype(str)
+
+
+def save(path: Path, split: Split, key: str, meta: Mapping[str, Any]) -> None:
+    """Write ``split`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    arrays: dict[str, np.ndarray] = {
+        "user_ids": _ids(split.train.user_ids),
+        "item_ids": _ids(split.train.item_ids),
+        "meta": np.array(json.dumps({"key": key, "name": split.name, **meta}, default=str)),
+    }
+    for part in PARTS + OPTIONAL_PARTS:
+        inter: Interactions | None = getattr(split, part, None)
+        if inter is None:
+            continue
+        arrays[f"{part}.user"] = inter.user
+        arrays[f"{part}.item"] = inter.item
+        if inter.time is not None:
+            arrays[f"{part}.time"] = inter.time
+        if inter.rating is not None:
+            arrays[f"{part}.rating"] = inter.rating
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache is as readable as the data
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: Path, key: str) -> tuple[Split, dict[str, Any]] | None:
+    """The cached split and its metadata, or None when the file is absent, unreadable or was
+    written for another key."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"][()]))
+            if meta.get("key") != key:
+                return None
+            user_ids, item_ids = z["user_ids"], z["item_ids"]
+            parts = {}
+            for part in PARTS + OPTIONAL_PARTS:
+                if f"{part}.user" not in z.files and part in OPTIONAL_PARTS:
+                    continue
+                parts[part] = Interactions(
+                    user=z[f"{part}.user"],
+                    item=z[f"{part}.item"],
+                    time=z[f"{part}.time"] if f"{part}.time" in z.files else None,
+                    rating=z[f"{part}.rating"] if f"{part}.rating" in z.files else None,
+                    user_ids=user_ids,
+                    item_ids=item_ids,
+                )
+    except Exception:  # truncated, bad CRC, not a zip, missing member: rebuild
+        return None
+    split = Split(**parts, name=str(meta.get("name", "")), audit=meta.get("audit"))
+    return split, meta
