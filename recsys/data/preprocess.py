@@ -24,16 +24,36 @@ def binarize(df: pd.DataFrame, threshold: float | None) -> pd.DataFrame:
     return df[df["rating"].to_numpy() >= threshold]
 
 
+def pair_codes(df: pd.DataFrame) -> np.ndarray:
+    """(n,) int64: one code per distinct (user, item) pair (vectorized; no multi-column hash)."""
+    codes = []
+    for col in ("user", "item"):
+        x = df[col].to_numpy()
+        if x.dtype.kind in "iu" and len(x) and x.min() >= 0:
+            codes.append(x.astype(np.int64, copy=False))
+        else:
+            codes.append(pd.factorize(x)[0].astype(np.int64))
+    u, i = codes
+    width = int(i.max()) + 1 if len(i) else 1
+    if len(u) and int(u.max()) >= np.iinfo(np.int64).max // width:  # would overflow: re-code
+        u = pd.factorize(u)[0].astype(np.int64)
+        i = pd.factorize(i)[0].astype(np.int64)
+        width = int(i.max()) + 1
+    return u * width + i
+
+
 def deduplicate(df: pd.DataFrame) -> pd.DataFrame:
     """Keep one event per (user, item): the latest in time (the last in the log on ties)."""
+    key = pair_codes(df)
     if "time" in df:
         # stable sort by time, then keep the last occurrence of each pair, in original log order
         order = np.argsort(df["time"].to_numpy(), kind="stable")
-        last = ~df.iloc[order].duplicated(["user", "item"], keep="last").to_numpy()
+        last = ~pd.Series(key[order]).duplicated(keep="last").to_numpy()
         keep = np.zeros(len(df), dtype=bool)
         keep[order[last]] = True
-        return df[keep]
-    return df[~df.duplicated(["user", "item"], keep="last").to_numpy()]
+    else:
+        keep = ~pd.Series(key).duplicated(keep="last").to_numpy()
+    return df if keep.all() else df[keep]
 
 
 def kcore(df: pd.DataFrame, min_user: int, min_item: int) -> pd.DataFrame:

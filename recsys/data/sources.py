@@ -170,35 +170,39 @@ def _header(path: Path, sep: str, data: Any) -> list[str]:
     first = first.rstrip("\r\n").lstrip("\ufeff")
     if not first.strip():
         raise DataError(f"{path}: line 1: empty header (expected column names)")
-    return [c.strip() for c in first.split(sep)]
+    return [c.strip().strip("\"") for c in first.split(sep)]
 
 
 def _typed_frame(table: Any, wanted: Mapping[str, str], int_ids: bool, id_as_string: bool):
+    """Check the parsed columns' types and return them as a frame named by role (no copy into
+    a consolidated block: ``split_blocks``)."""
+    import pyarrow as pa
     import pyarrow.types as pat
 
-    out = {}
+    arrays, names = [], []
     for role, col in wanted.items():
         arr = table.column(col)
         if arr.null_count:
             raise _NeedsDiagnosis(f"empty values in {col}")
         t = arr.type
         if role in ("user", "item"):
-            if id_as_string:
-                out[role] = arr.to_numpy().astype(str)
-                continue
             if int_ids and not pat.is_integer(t):
                 raise _NeedsDiagnosis(f"{col} is {t}")
             if int_ids and pc_min(arr) < 0:
                 raise _NeedsDiagnosis(f"negative id in {col}")
-            if pat.is_string(t) or pat.is_large_string(t):
-                out[role] = arr.to_numpy().astype(str)
-            else:
-                out[role] = arr.to_numpy()
+            if pat.is_integer(t) and not id_as_string:
+                arr = arr.cast(pa.int64())
         else:
             if not (pat.is_integer(t) or pat.is_floating(t)):
                 raise _NeedsDiagnosis(f"{col} is {t}")
-            out[role] = arr.to_numpy().astype(np.float64)
-    return pd.DataFrame(out)
+            arr = arr.cast(pa.float64())
+        arrays.append(arr)
+        names.append(role)
+    frame = pa.table(arrays, names=names).to_pandas(split_blocks=True, self_destruct=True)
+    for role in ("user", "item"):
+        if role in frame and frame[role].dtype.kind not in "iu":
+            frame[role] = frame[role].astype(str).to_numpy(dtype=object)
+    return frame
 
 
 def pc_min(arr: Any) -> int:
