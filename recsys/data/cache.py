@@ -25,7 +25,7 @@ import numpy as np
 
 from recsys.data.interactions import Interactions, Split
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump when the stored layout or audit changes
 PARTS = ("train", "val", "test")
 OPTIONAL_PARTS = ("val_input", "test_input")  # set by splits with held-out users
 _HASHES = "file-hashes.json"

@@ -49,6 +49,13 @@ def format_stats(name: str, stats: dict[str, Any]) -> str:
             **a["pair_overlap"]
         ),
     ]
+    if a.get("repeats_allowed"):
+        lines.append(
+            "  repeated pairs kept (data.dedup=false): identical events across parts: "
+            "train/val {train_val}, train/test {train_test}, val/test {val_test}".format(
+                **a["event_overlap"]
+            )
+        )
     t = a["temporal"]
     if t.get("applicable"):
         note = "must be 0 (global cutoff)" if t["must_be_zero"] else "reported: cross-user, inherent to this protocol"

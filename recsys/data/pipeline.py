@@ -88,7 +88,7 @@ def build(cfg: Mapping[str, Any], seed: int) -> Split:
         float(cfg.get("test_ratio", 0.1)),
         seed=int(seed if split_seed is None else split_seed),
     )
-    return replace(split, audit=audit_split(split))
+    return replace(split, audit=audit_split(split, repeats=not bool(cfg.get("dedup", True))))
 
 
 def cache_path(cfg: Mapping[str, Any], seed: int) -> tuple[Path, str] | None:

@@ -145,3 +145,16 @@ def test_describe_and_gini():
     assert d["density"] == pytest.approx(len(inter) / 30)
     assert d["history_length"]["q50"] == np.median(counts) and d["history_length"]["q100"] == counts.max()
     assert d["split_sizes"] == {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
+
+
+def test_audit_with_repeated_pairs_counts_identical_events_only():
+    # user 0 consumes item 1 twice (positions 0 and 3): leave-one-out puts one copy in test
+    df = pd.DataFrame({"user": [0, 0, 0, 0, 1, 1, 1], "item": [1, 2, 3, 1, 2, 3, 4],
+                       "time": [0.0, 1, 2, 3, 0, 1, 2]})
+    split = leave_one_out(Interactions.from_frame(df))
+    a = audit_split(split, repeats=True)
+    assert a["pair_overlap"]["train_test"] == 1 and a["event_overlap"]["train_test"] == 0 and a["ok"]
+    assert not audit_split(split)["ok"]  # with de-duplication promised, a shared pair is a leak
+    same_event = split.train.concat(split.test.select(np.array([0])))
+    b = audit_split(Split(same_event, split.val, split.test, name="leave_one_out"), repeats=True)
+    assert b["event_overlap"]["train_test"] == 1 and not b["ok"]
