@@ -48,7 +48,9 @@ def _event_overlap(a: Interactions, b: Interactions) -> int:
 
 def _absent(target: np.ndarray, known: np.ndarray, n: int) -> int:
     """Number of distinct ids in ``target`` that never occur in ``known``."""
-    return int(((np.bincount(target, minlength=n) > 0) & (np.bincount(known, minlength=n) == 0)).sum())
+    return int(
+        ((np.bincount(target, minlength=n) > 0) & (np.bincount(known, minlength=n) == 0)).sum()
+    )
 
 
 def audit_split(split: Split, repeats: bool = False) -> dict[str, Any]:
@@ -137,7 +139,7 @@ def describe(split: Split) -> dict[str, Any]:
     per_item = np.bincount(all_items, minlength=split.n_items)
     n_users, n_items, n = int(len(per_user)), int((per_item > 0).sum()), int(len(all_users))
     sizes = {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
-    for name, part in zip(("val_input", "test_input"), fold_in):
+    for name, part in zip(("val_input", "test_input"), fold_in, strict=False):
         if part is not None:
             sizes[name] = len(part)
     return {

@@ -40,8 +40,9 @@ def format_stats(name: str, stats: dict[str, Any]) -> str:
         f"interactions: {stats['interactions']}",
         f"density: {stats['density']:.6f} ({100 * stats['density']:.4f}%)",
         "history length: min {} | p25 {} | median {} | p75 {} | p90 {} | p99 {} | max {} | "
-        "mean {:.2f}".format(*(_fmt(h[k]) for k in ("q0", "q25", "q50", "q75", "q90", "q99", "q100")),
-                             h["mean"]),
+        "mean {:.2f}".format(
+            *(_fmt(h[k]) for k in ("q0", "q25", "q50", "q75", "q90", "q99", "q100")), h["mean"]
+        ),
         f"item popularity gini: {stats['item_gini']:.4f}",
         f"split ({stats['split']}): {sizes}",
         "audit:",
@@ -58,7 +59,11 @@ def format_stats(name: str, stats: dict[str, Any]) -> str:
         )
     t = a["temporal"]
     if t.get("applicable"):
-        note = "must be 0 (global cutoff)" if t["must_be_zero"] else "reported: cross-user, inherent to this protocol"
+        note = (
+            "must be 0 (global cutoff)"
+            if t["must_be_zero"]
+            else "reported: cross-user, inherent to this protocol"
+        )
         lines.append(
             f"  temporal: {t['train_after_first_test']} train and {t['val_after_first_test']} "
             f"validation interactions after the first test interaction ({note})"
@@ -93,8 +98,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if command == "prepare":
         where = cache_path(data, seed)
         target = f"cached at {where[0]}" if where else "not cached (no raw files or cache disabled)"
-        print(f"{data.get('name')}: {len(split.train)} train, {len(split.val)} val, "
-              f"{len(split.test)} test interactions; {target} ({elapsed:.1f}s)", flush=True)
+        print(
+            f"{data.get('name')}: {len(split.train)} train, {len(split.val)} val, "
+            f"{len(split.test)} test interactions; {target} ({elapsed:.1f}s)",
+            flush=True,
+        )
         return {"cache": str(where[0]) if where else None}
     stats = describe(split)
     if cfg.get("json"):
@@ -118,8 +126,11 @@ def main() -> None:
     args = sys.argv[1:]
     if args and args[0] in COMMANDS:
         sys.argv = [sys.argv[0], f"command={args[0]}", *args[1:]]
-    elif not args or not any(a.startswith(("--help", "-h", "--hydra-help", "--cfg", "--info")) or
-                             a.startswith("command=") for a in args):
+    elif not args or not any(
+        a.startswith(("--help", "-h", "--hydra-help", "--cfg", "--info"))
+        or a.startswith("command=")
+        for a in args
+    ):
         print(USAGE, file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     _hydra_main()

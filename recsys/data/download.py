@@ -57,8 +57,14 @@ def fetch_dataset(
         ) from None
     try:
         archive = tmp / (url.rstrip("/").rpartition("/")[2] or "download")
-        download(url, archive, sha256=remote.get("sha256"), md5=remote.get("md5"), timeout=timeout,
-                 hint=_manual(url, folder, files))
+        download(
+            url,
+            archive,
+            sha256=remote.get("sha256"),
+            md5=remote.get("md5"),
+            timeout=timeout,
+            hint=_manual(url, folder, files),
+        )
         unpacked = tmp / "unpacked"
         unpacked.mkdir()
         if kind == "zip":
@@ -70,8 +76,10 @@ def fetch_dataset(
         src = unpacked / str(remote.get("archive_dir") or "")
         absent = [f for f in files if not (src / f).is_file()]
         if absent:
-            raise DataError(f"{url}: the archive has no {', '.join(absent)} under "
-                            f"{remote.get('archive_dir') or 'its top level'}")
+            raise DataError(
+                f"{url}: the archive has no {', '.join(absent)} under "
+                f"{remote.get('archive_dir') or 'its top level'}"
+            )
         for name, expected in (remote.get("files_sha256") or {}).items():
             got = file_sha256(src / name)
             if got != str(expected).lower():
@@ -118,9 +126,17 @@ def download(
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (http(s) only)
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with open(dest, "wb") as out, tqdm(
-                total=total, unit="B", unit_scale=True, desc=dest.name, disable=None, leave=False
-            ) as bar:
+            with (
+                open(dest, "wb") as out,
+                tqdm(
+                    total=total,
+                    unit="B",
+                    unit_scale=True,
+                    desc=dest.name,
+                    disable=None,
+                    leave=False,
+                ) as bar,
+            ):
                 while chunk := resp.read(CHUNK):
                     out.write(chunk)
                     for h in hashes.values():
@@ -132,7 +148,9 @@ def download(
     except (_Truncated, http.client.IncompleteRead) as e:
         dest.unlink(missing_ok=True)
         detail = e if isinstance(e, _Truncated) else f"got {len(e.partial) + written} bytes"
-        raise DataError(f"{url}: truncated transfer ({detail}); the partial file was deleted{suffix}") from None
+        raise DataError(
+            f"{url}: truncated transfer ({detail}); the partial file was deleted{suffix}"
+        ) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
         dest.unlink(missing_ok=True)
         reason = getattr(e, "reason", None) or e

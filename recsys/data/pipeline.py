@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from recsys.data import sources
 from recsys.data.audit import audit_split
 from recsys.data.cache import cache_dir, cache_key
 from recsys.data.cache import load as cache_load
@@ -31,8 +32,15 @@ from recsys.errors import ConfigError
 # Keys of a data config that change where files live or how batches are cut, not what the data is.
 LOADER_KEYS = frozenset(
     {
-        "root", "cache_dir", "cache", "download", "remote",
-        "batch_size", "max_seq_len", "num_workers", "seq_windowing",
+        "root",
+        "cache_dir",
+        "cache",
+        "download",
+        "remote",
+        "batch_size",
+        "max_seq_len",
+        "num_workers",
+        "seq_windowing",
     }
 )
 # Splits that draw random numbers: their seed is part of the cache key.
@@ -52,7 +60,8 @@ def resolve_source(path: str) -> Callable[[Mapping[str, Any]], pd.DataFrame]:
 def fingerprint(cfg: Mapping[str, Any]) -> str:
     """A short hash of every value that determines the prepared data and split."""
     payload = {k: v for k, v in sorted(cfg.items()) if k not in LOADER_KEYS}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
 
 
 def _effective_seed(cfg: Mapping[str, Any], seed: int) -> int | None:
@@ -66,6 +75,7 @@ def _effective_seed(cfg: Mapping[str, Any], seed: int) -> int | None:
 def build(cfg: Mapping[str, Any], seed: int) -> Split:
     """Load, preprocess and split the dataset described by ``cfg``, without the cache."""
     name = cfg.get("name", "dataset")
+    sources.NOTICES.clear()
     df = resolve_source(cfg["source"])(cfg)
     if isinstance(df, Split):  # a source with an official split of its own (recsys.data.folds)
         return replace(df, audit=audit_split(df))
@@ -122,13 +132,23 @@ def prepare(cfg: Mapping[str, Any], seed: int) -> Split:
     if path.is_file():
         hit = cache_load(path, key)
         if hit is not None:
+            for message in hit[1].get("notices") or []:
+                notice(message)  # what the source said when the cache was built
             notice(f"data: reusing cached {cfg.get('name')} split {path}")
             return hit[0]
         notice(f"data: cache file {path} is unreadable or stale; rebuilding it")
     split = build(cfg, seed)
     try:
-        cache_save(path, split, key, {"audit": split.audit, "config": {
-            k: v for k, v in cfg.items() if k not in LOADER_KEYS}})
+        cache_save(
+            path,
+            split,
+            key,
+            {
+                "audit": split.audit,
+                "notices": list(sources.NOTICES),
+                "config": {k: v for k, v in cfg.items() if k not in LOADER_KEYS},
+            },
+        )
     except OSError as e:  # a full disk must not fail the run: the split is in memory
         notice(f"data: could not write the cache {path} ({e.strerror or e})")
     return split

@@ -105,9 +105,11 @@ def preprocess(
         ),
         (
             "history length filter (data.min_history / data.max_history)",
-            lambda d: filter_history_length(d, min_history, max_history)
-            if (min_history > 0 or max_history is not None)
-            else d,
+            lambda d: (
+                filter_history_length(d, min_history, max_history)
+                if (min_history > 0 or max_history is not None)
+                else d
+            ),
         ),
     ]
     if len(df) == 0:

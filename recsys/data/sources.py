@@ -29,8 +29,14 @@ ROLES = ("user", "item", "time", "rating")
 _SEP_PLACEHOLDER = "\x1f"  # multi-character separators (ml-1m's "::") are rewritten to this
 
 
-def notice(message: str) -> None:
+# Notices about the data itself (not about the cache), kept so a cached split can repeat them.
+NOTICES: list[str] = []
+
+
+def notice(message: str, about_data: bool = False) -> None:
     """A one-line notice for the user (stderr, so stdout stays parseable)."""
+    if about_data:
+        NOTICES.append(message)
     print(message, file=sys.stderr, flush=True)
 
 
@@ -170,7 +176,7 @@ def _header(path: Path, sep: str, data: Any) -> list[str]:
     first = first.rstrip("\r\n").lstrip("\ufeff")
     if not first.strip():
         raise DataError(f"{path}: line 1: empty header (expected column names)")
-    return [c.strip().strip("\"") for c in first.split(sep)]
+    return [c.strip().strip('"') for c in first.split(sep)]
 
 
 def _typed_frame(table: Any, wanted: Mapping[str, str], int_ids: bool, id_as_string: bool):
@@ -314,7 +320,7 @@ def load_ml1m(cfg: Mapping[str, Any]) -> pd.DataFrame:
             f"timestamps; {' and '.join(needs)}: use data.split=random and "
             f"data.rating_threshold=null, or put the official ratings.dat in {folder}/"
         )
-    notice(f"ml-1m: using {path}: implicit (user, movie) pairs, no ratings or timestamps")
+    notice(f"ml-1m: using {path}: implicit (user, movie) pairs, no ratings or timestamps", True)
     frame = read_parquet(path, {"user": "userID", "item": "movieID"}, int_ids=True)
     return _finish(frame, path)
 
@@ -385,7 +391,9 @@ def read_parquet(
     try:
         schema = pq.read_schema(path)
     except Exception as e:  # not a parquet file, truncated footer
-        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
+        raise DataError(
+            f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})"
+        ) from None
     wanted = {r: c for r, c in columns.items() if c is not None}
     for role, col in wanted.items():
         if col not in schema.names:
@@ -469,7 +477,9 @@ def load_atomic(cfg: Mapping[str, Any]) -> pd.DataFrame:
         if role in ("time", "rating") and kind != "float":
             raise DataError(f"{path}: field {full!r} ({role}) must have type float")
         cols[role] = full
-    frame = read_delimited(path, sep=sep, header=True, columns=cols, int_ids=False, id_as_string=True)
+    frame = read_delimited(
+        path, sep=sep, header=True, columns=cols, int_ids=False, id_as_string=True
+    )
     return _finish(frame, path)
 
 
@@ -497,7 +507,9 @@ def load_csv(cfg: Mapping[str, Any]) -> pd.DataFrame:
     fmt = str(cfg.get("format") or "auto")
     if fmt == "auto":
         suffix = path.suffix.lower()
-        fmt = {".parquet": "parquet", ".pq": "parquet", ".tsv": "tsv", ".tab": "tsv"}.get(suffix, "csv")
+        fmt = {".parquet": "parquet", ".pq": "parquet", ".tsv": "tsv", ".tab": "tsv"}.get(
+            suffix, "csv"
+        )
     id_type = str(cfg.get("id_type") or "auto")
     if fmt == "parquet":
         return _finish(read_parquet(path, mapping, int_ids=id_type == "int"), path)

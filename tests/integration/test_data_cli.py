@@ -16,14 +16,24 @@ from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config, shared_datas
 def recsys_data(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "recsys.data.cli", *args],
-        capture_output=True, text=True, timeout=300, cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
     )
 
 
 def write_ml100k(root) -> int:
-    rows = [(u, i, 1 + (u + i) % 5, 100 * u + i) for u in range(1, 31) for i in range(1, 21) if (u + i) % 3]
+    rows = [
+        (u, i, 1 + (u + i) % 5, 100 * u + i)
+        for u in range(1, 31)
+        for i in range(1, 21)
+        if (u + i) % 3
+    ]
     (root / "ml-100k").mkdir(parents=True)
-    (root / "ml-100k" / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+    (root / "ml-100k" / "u.data").write_text(
+        "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows)
+    )
     assert len({r[0] for r in rows}) == 30 and len({r[1] for r in rows}) == 20
     return len(rows)
 
@@ -35,9 +45,15 @@ def test_stats_prepare_and_cache_reuse(tmp_path):
     assert first.returncode == 0, first.stderr
     out = first.stdout
     assert "users: 30\n" in out and "items: 20\n" in out and f"interactions: {n}\n" in out
-    for needle in ("density:", "history length: min", "item popularity gini:",
-                   "split (leave_one_out): train", "pair overlap: train/val 0, train/test 0, val/test 0",
-                   "cold in test: 0 users", "leak-free: yes"):
+    for needle in (
+        "density:",
+        "history length: min",
+        "item popularity gini:",
+        "split (leave_one_out): train",
+        "pair overlap: train/val 0, train/test 0, val/test 0",
+        "cold in test: 0 users",
+        "leak-free: yes",
+    ):
         assert needle in out
     assert "reusing" not in first.stderr
     cache_files = list((tmp_path / "root" / "cache").glob("ml-100k-*.npz"))
@@ -59,7 +75,10 @@ def test_stats_prepare_and_cache_reuse(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("1\t2\t3\t4\n1\t3\tx\t5\n", "u.data: line 2: column 'rating' (rating) must be a number, got 'x'"),
+        (
+            "1\t2\t3\t4\n1\t3\tx\t5\n",
+            "u.data: line 2: column 'rating' (rating) must be a number, got 'x'",
+        ),
         ("1\t2\t3\t4\n2\t3\t4\n", "u.data: line 2: missing value in column 'timestamp' (time)"),
         (None, "missing u.data in"),
     ],
@@ -68,7 +87,9 @@ def test_bad_data_one_error_line_exit_2(tmp_path, content, message):
     (tmp_path / "ml-100k").mkdir()
     if content is not None:
         (tmp_path / "ml-100k" / "u.data").write_text(content)
-    r = recsys_data("stats", "data=ml-100k", f"data.root={tmp_path}", "data.download=false", cwd=tmp_path)
+    r = recsys_data(
+        "stats", "data=ml-100k", f"data.root={tmp_path}", "data.download=false", cwd=tmp_path
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
@@ -86,8 +107,13 @@ def test_beauty_statistics_from_shared_copy(tmp_path):
     root = shared_datasets()
     if not (root / "beauty" / "Beauty.txt").is_file():
         pytest.skip("Beauty.txt absent")
-    r = recsys_data("stats", "data=amazon-beauty", f"data.root={root}", f"data.cache_dir={tmp_path}",
-                    cwd=tmp_path)
+    r = recsys_data(
+        "stats",
+        "data=amazon-beauty",
+        f"data.root={root}",
+        f"data.cache_dir={tmp_path}",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "users: 22363\n" in r.stdout and "items: 12101\n" in r.stdout
     assert "interactions: 198502\n" in r.stdout

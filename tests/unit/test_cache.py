@@ -9,12 +9,19 @@ import pytest
 from recsys.data import cache, sources
 from recsys.data.pipeline import build, cache_path, prepare
 
-ROWS = [(u, i, 1 + (u * i) % 5, 1000 * u + 10 * i) for u in range(1, 21) for i in range(1, 16) if (u + i) % 3]
+ROWS = [
+    (u, i, 1 + (u * i) % 5, 1000 * u + 10 * i)
+    for u in range(1, 21)
+    for i in range(1, 16)
+    if (u + i) % 3
+]
 
 
 def write_ml100k(root, rows=ROWS) -> None:
     (root / "ml-100k").mkdir(parents=True, exist_ok=True)
-    (root / "ml-100k" / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+    (root / "ml-100k" / "u.data").write_text(
+        "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows)
+    )
 
 
 def cfg(root, **kw) -> dict:
@@ -179,11 +186,45 @@ def test_string_ids_round_trip_without_pickle(tmp_path):
         "user_id:token\titem_id:token\ttimestamp:float\n"
         + "".join(f"u{u}\ti{i}\t{u * 10 + i}\n" for u in range(6) for i in range(5))
     )
-    c = {"name": "d", "source": "recsys.data.sources.load_atomic", "root": str(tmp_path),
-         "folder": "d", "files": ["d.inter"], "fields": {"user": "user_id", "item": "item_id",
-         "time": "timestamp"}, "split": "leave_one_out"}
+    c = {
+        "name": "d",
+        "source": "recsys.data.sources.load_atomic",
+        "root": str(tmp_path),
+        "folder": "d",
+        "files": ["d.inter"],
+        "fields": {"user": "user_id", "item": "item_id", "time": "timestamp"},
+        "split": "leave_one_out",
+    }
     fresh = build(c, 0)
     prepare(c, 0)
     cached = prepare(c, 0)
     assert same_split(fresh, cached)
     assert cached.train.user_ids.tolist() == [f"u{u}" for u in range(6)]
+
+
+def test_ml1m_pairs_notice_is_repeated_on_a_cache_hit(tmp_path, capsys):
+    import pandas as pd
+
+    (tmp_path / "ml-1m").mkdir()
+    pd.DataFrame(
+        {
+            "userID": [str(u) for u in range(1, 9) for _ in range(4)],
+            "movieID": [str(i) for _ in range(8) for i in range(1, 5)],
+        }
+    ).to_parquet(tmp_path / "ml-1m" / "ratings.parquet")
+    c = {
+        "name": "ml-1m",
+        "source": "recsys.data.sources.load_ml1m",
+        "root": str(tmp_path),
+        "folder": "ml-1m",
+        "files": ["ratings.dat"],
+        "alternative_files": ["ratings.parquet"],
+        "split": "random",
+        "split_seed": 0,
+    }
+    prepare(c, 0)
+    first = capsys.readouterr().err.strip().splitlines()
+    prepare(c, 0)
+    second = capsys.readouterr().err.strip().splitlines()
+    assert len(first) == 1 and "implicit (user, movie) pairs" in first[0]
+    assert second[0] == first[0] and second[1].startswith("data: reusing cached ml-1m split")

@@ -86,8 +86,13 @@ def leftovers(root) -> list[str]:
 
 
 def test_download_verifies_unpacks_and_installs(server, tmp_path):
-    cfg = cfg_for(tmp_path, f"{server}/ml-100k.zip", sha256=sha(ARCHIVE),
-                  md5=hashlib.md5(ARCHIVE).hexdigest(), files_sha256={"u.data": sha(U_DATA)})
+    cfg = cfg_for(
+        tmp_path,
+        f"{server}/ml-100k.zip",
+        sha256=sha(ARCHIVE),
+        md5=hashlib.md5(ARCHIVE).hexdigest(),
+        files_sha256={"u.data": sha(U_DATA)},
+    )
     df = sources.load_ml100k(cfg)
     assert df["item"].tolist() == [10, 10, 20]
     assert (tmp_path / "ml-100k" / "u.data").read_bytes() == U_DATA
@@ -96,8 +101,13 @@ def test_download_verifies_unpacks_and_installs(server, tmp_path):
 
 def test_plain_file_download(server, tmp_path):
     remote = {"url": f"{server}/Beauty.txt", "sha256": sha(b"1 5 6\n2 6 5 7\n")}
-    cfg = {"name": "amazon-beauty", "root": str(tmp_path), "folder": "beauty",
-           "files": ["Beauty.txt"], "remote": remote}
+    cfg = {
+        "name": "amazon-beauty",
+        "root": str(tmp_path),
+        "folder": "beauty",
+        "files": ["Beauty.txt"],
+        "remote": remote,
+    }
     df = sources.load_user_sequences(cfg)
     assert df["item"].tolist() == [5, 6, 6, 5, 7]
 
@@ -114,7 +124,9 @@ def test_checksum_mismatch_deletes_everything(server, tmp_path):
 
 def test_unpacked_file_checksum_mismatch_installs_nothing(server, tmp_path):
     cfg = cfg_for(tmp_path, f"{server}/ml-100k.zip", files_sha256={"u.data": "f" * 64})
-    with pytest.raises(DataError, match="u.data has SHA-256 .* expected f{64}; nothing was installed"):
+    with pytest.raises(
+        DataError, match="u.data has SHA-256 .* expected f{64}; nothing was installed"
+    ):
         sources.load_ml100k(cfg)
     assert leftovers(tmp_path) == []
 

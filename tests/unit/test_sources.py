@@ -71,9 +71,15 @@ def test_ml1m_parquet_pairs_and_refusals(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["ml-20m", "ml-latest-small"])
 def test_movielens_csv_fixture(tmp_path, name):
     folder = data_cfg(name, f"data.root={tmp_path}")["folder"]
-    write(tmp_path / folder / "ratings.csv", "userId,movieId,rating,timestamp\n1,2,3.5,10\n4,5,4.0,20\n")
+    write(
+        tmp_path / folder / "ratings.csv",
+        "userId,movieId,rating,timestamp\n1,2,3.5,10\n4,5,4.0,20\n",
+    )
     df = sources.load_movielens_csv(data_cfg(name, f"data.root={tmp_path}"))
-    assert df[["user", "item", "rating", "time"]].to_numpy().tolist() == [[1, 2, 3.5, 10], [4, 5, 4, 20]]
+    assert df[["user", "item", "rating", "time"]].to_numpy().tolist() == [
+        [1, 2, 3.5, 10],
+        [4, 5, 4, 20],
+    ]
 
 
 @pytest.mark.parametrize("name", ["amazon-beauty", "amazon-sports", "amazon-toys", "yelp"])
@@ -87,18 +93,25 @@ def test_user_sequence_fixture(tmp_path, name):
 
 
 def test_lastfm_fixture_with_crlf(tmp_path):
-    write(tmp_path / "lastfm-hetrec2011-2k" / "user_artists.dat",
-          b"userID\tartistID\tweight\r\n2\t51\t13883\r\n2\t52\t11690\r\n3\t51\t228\r\n")
+    write(
+        tmp_path / "lastfm-hetrec2011-2k" / "user_artists.dat",
+        b"userID\tartistID\tweight\r\n2\t51\t13883\r\n2\t52\t11690\r\n3\t51\t228\r\n",
+    )
     df = sources.load_lastfm(data_cfg("lastfm", f"data.root={tmp_path}"))
     assert df[["user", "item", "rating"]].to_numpy().tolist() == [
-        [2, 51, 13883], [2, 52, 11690], [3, 51, 228]]
+        [2, 51, 13883],
+        [2, 52, 11690],
+        [3, 51, 228],
+    ]
     assert "time" not in df
 
 
 def test_atomic_fixture(tmp_path):
-    write(tmp_path / "mydata" / "mydata.inter",
-          "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-          "u1\ti9\t4\t881250949\nu2\ti1\t3\t891717742\n")
+    write(
+        tmp_path / "mydata" / "mydata.inter",
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        "u1\ti9\t4\t881250949\nu2\ti1\t3\t891717742\n",
+    )
     cfg = data_cfg("atomic", f"data.root={tmp_path}", "data.name=mydata")
     assert cfg["folder"] == "mydata" and cfg["files"] == ["mydata.inter"]
     df = sources.load_atomic(cfg)
@@ -113,25 +126,56 @@ def test_atomic_without_rating_and_time(tmp_path):
 
 
 def test_csv_mapping_tsv_and_parquet(tmp_path):
-    write(tmp_path / "log.tsv", "ts\tuid\tsku\tstars\n5\talice\tA\t1\n6\tbob\tB\t2\n7\talice\tB\t5\n")
-    cfg = data_cfg("csv", f"data.path={tmp_path / 'log.tsv'}", "data.columns.user=uid",
-                   "data.columns.item=sku", "data.columns.time=ts", "data.columns.rating=stars")
+    write(
+        tmp_path / "log.tsv", "ts\tuid\tsku\tstars\n5\talice\tA\t1\n6\tbob\tB\t2\n7\talice\tB\t5\n"
+    )
+    cfg = data_cfg(
+        "csv",
+        f"data.path={tmp_path / 'log.tsv'}",
+        "data.columns.user=uid",
+        "data.columns.item=sku",
+        "data.columns.time=ts",
+        "data.columns.rating=stars",
+    )
     df = sources.load_csv(cfg)
-    assert df["user"].tolist() == ["alice", "bob", "alice"] and df["item"].tolist() == ["A", "B", "B"]
+    assert df["user"].tolist() == ["alice", "bob", "alice"] and df["item"].tolist() == [
+        "A",
+        "B",
+        "B",
+    ]
     assert df["time"].tolist() == [5, 6, 7] and df["rating"].tolist() == [1, 2, 5]
 
     pd.DataFrame({"u": [1, 2, 2], "i": [3, 3, 4]}).to_parquet(tmp_path / "log.parquet")
-    df = sources.load_csv(data_cfg("csv", f"data.path={tmp_path / 'log.parquet'}",
-                                   "data.columns.user=u", "data.columns.item=i"))
+    df = sources.load_csv(
+        data_cfg(
+            "csv",
+            f"data.path={tmp_path / 'log.parquet'}",
+            "data.columns.user=u",
+            "data.columns.item=i",
+        )
+    )
     assert df["user"].tolist() == [1, 2, 2] and df["item"].tolist() == [3, 3, 4]
 
 
 def test_csv_without_header_by_position_relative_to_root(tmp_path):
     write(tmp_path / "logs" / "x.csv", "7|1|100\n8|2|200\n7|2|300\n")
-    df = sources.load_csv(data_cfg(
-        "csv", f"data.root={tmp_path}", "data.path=logs/x.csv", "data.header=false",
-        "data.sep='|'", "data.columns.user=0", "data.columns.item=1", "data.columns.time=2"))
-    assert df[["user", "item", "time"]].to_numpy().tolist() == [[7, 1, 100], [8, 2, 200], [7, 2, 300]]
+    df = sources.load_csv(
+        data_cfg(
+            "csv",
+            f"data.root={tmp_path}",
+            "data.path=logs/x.csv",
+            "data.header=false",
+            "data.sep='|'",
+            "data.columns.user=0",
+            "data.columns.item=1",
+            "data.columns.time=2",
+        )
+    )
+    assert df[["user", "item", "time"]].to_numpy().tolist() == [
+        [7, 1, 100],
+        [8, 2, 200],
+        [7, 2, 300],
+    ]
 
 
 def test_data_root_defaults_to_env_then_data(tmp_path, monkeypatch):
@@ -158,8 +202,9 @@ def one_line_error(fn, *args) -> str:
 
 
 def test_missing_file_names_files_directory_and_url(tmp_path):
-    msg = one_line_error(sources.load_ml100k,
-                         data_cfg("ml-100k", f"data.root={tmp_path}", "data.download=false"))
+    msg = one_line_error(
+        sources.load_ml100k, data_cfg("ml-100k", f"data.root={tmp_path}", "data.download=false")
+    )
     assert "missing u.data" in msg and str(tmp_path / "ml-100k") in msg
     assert "https://files.grouplens.org/datasets/movielens/ml-100k.zip" in msg
 
@@ -169,14 +214,18 @@ def test_missing_column(tmp_path):
     msg = one_line_error(sources.load_movielens_csv, data_cfg("ml-20m", f"data.root={tmp_path}"))
     assert "ratings.csv: missing column 'movieId' (item)" in msg and "userId, itemId" in msg
     write(tmp_path / "d" / "d.inter", "user_id:token\tproduct:token\n1\t2\n")
-    msg = one_line_error(sources.load_atomic, data_cfg("atomic", f"data.root={tmp_path}", "data.name=d"))
+    msg = one_line_error(
+        sources.load_atomic, data_cfg("atomic", f"data.root={tmp_path}", "data.name=d")
+    )
     assert "d.inter: missing field 'item_id' (item" in msg
 
 
 def test_unparseable_line_reports_file_and_line(tmp_path):
     msg = one_line_error(sources.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n1\t3\t4\t5\t6\n"))
     assert msg.endswith("u.data: line 2: expected 4 fields, found 5")
-    msg = one_line_error(sources.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n5\t6\t7\t8\n1\t3\n"))
+    msg = one_line_error(
+        sources.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n5\t6\t7\t8\n1\t3\n")
+    )
     assert "u.data: line 3: missing value in column 'rating' (rating)" in msg
     write(tmp_path / "ml-1m" / "ratings.dat", "1::2::3::4\n1::2::3\n")
     msg = one_line_error(sources.load_ml1m, data_cfg("ml-1m", f"data.root={tmp_path}"))
@@ -186,22 +235,32 @@ def test_unparseable_line_reports_file_and_line(tmp_path):
 def test_non_numeric_rating_and_timestamp(tmp_path):
     msg = one_line_error(sources.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n1\t3\tfive\t5\n"))
     assert "u.data: line 2: column 'rating' (rating) must be a number, got 'five'" in msg
-    write(tmp_path / "ml-latest-small" / "ratings.csv",
-          "userId,movieId,rating,timestamp\n1,2,3,4\n1,3,4,5\n2,2,1,yesterday\n")
-    msg = one_line_error(sources.load_movielens_csv, data_cfg("ml-latest-small", f"data.root={tmp_path}"))
+    write(
+        tmp_path / "ml-latest-small" / "ratings.csv",
+        "userId,movieId,rating,timestamp\n1,2,3,4\n1,3,4,5\n2,2,1,yesterday\n",
+    )
+    msg = one_line_error(
+        sources.load_movielens_csv, data_cfg("ml-latest-small", f"data.root={tmp_path}")
+    )
     assert "ratings.csv: line 4: column 'timestamp' (time) must be a number, got 'yesterday'" in msg
 
 
 def test_negative_or_non_integer_ids(tmp_path):
     msg = one_line_error(sources.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n-1\t3\t4\t5\n"))
-    assert "u.data: line 2: column 'user_id' (user) must be a non-negative integer id, got '-1'" in msg
+    assert (
+        "u.data: line 2: column 'user_id' (user) must be a non-negative integer id, got '-1'" in msg
+    )
     msg = one_line_error(sources.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n2\t3.5\t4\t5\n"))
     assert "line 2: column 'item_id' (item) must be a non-negative integer id, got '3.5'" in msg
     write(tmp_path / "beauty" / "Beauty.txt", "1 2 3\n2 3 4\n\n3 4 x7\n")
-    msg = one_line_error(sources.load_user_sequences, data_cfg("amazon-beauty", f"data.root={tmp_path}"))
+    msg = one_line_error(
+        sources.load_user_sequences, data_cfg("amazon-beauty", f"data.root={tmp_path}")
+    )
     assert "Beauty.txt: line 4: item id at field 3 must be a non-negative integer, got 'x7'" in msg
     write(tmp_path / "beauty" / "Beauty.txt", "1 2 3\n-2 3 4\n")
-    msg = one_line_error(sources.load_user_sequences, data_cfg("amazon-beauty", f"data.root={tmp_path}"))
+    msg = one_line_error(
+        sources.load_user_sequences, data_cfg("amazon-beauty", f"data.root={tmp_path}")
+    )
     assert "line 2: user id at field 1 must be a non-negative integer, got '-2'" in msg
 
 
@@ -246,7 +305,10 @@ needs_shared = pytest.mark.skipif(SHARED is None, reason="shared datasets absent
 )
 def test_shared_statistics(name, users, items, interactions, tmp_path):
     cfg = data_cfg(name, f"data.root={SHARED}", f"data.cache_dir={tmp_path}")
-    if not any((sources._folder(cfg) / f).is_file() for f in cfg["files"] + cfg.get("alternative_files", [])):
+    if not any(
+        (sources._folder(cfg) / f).is_file()
+        for f in cfg["files"] + cfg.get("alternative_files", [])
+    ):
         pytest.skip(f"{name} absent from {SHARED}")
     split = prepare(cfg, seed=0)
     n = len(split.train) + len(split.val) + len(split.test)
