@@ -70,11 +70,18 @@ class RecDataModule(pl.LightningDataModule):
             "n_train": len(d.train),
             "n_val": len(d.val),
             "n_test": len(d.test),
+            **({"n_val_input": len(d.val_input)} if d.val_input is not None else {}),
+            **({"n_test_input": len(d.test_input)} if d.test_input is not None else {}),
         }
 
     def history(self, stage: str) -> Interactions:
-        """Events known when evaluating ``stage``: train, plus validation for test."""
-        return self.data.train if stage == "val" else self.data.train.concat(self.data.val)
+        """Events known when evaluating ``stage``: train, plus validation for test; or, for
+        splits with held-out users (``Split.val_input``/``test_input``), their fold-in events."""
+        d = self.data
+        fold_in = d.val_input if stage == "val" else d.test_input
+        if fold_in is not None:
+            return fold_in
+        return d.train if stage == "val" else d.train.concat(d.val)
 
     def train_matrix(self) -> torch.Tensor:
         """(n_users, n_items) sparse COO tensor of training events (1.0 each, summed on repeats)."""

@@ -147,12 +147,20 @@ class Interactions:
 
 @dataclass(frozen=True)
 class Split:
-    """Train, validation and test logs over one id space; the three never share an event."""
+    """Train, validation and test logs over one id space; the parts never share an event.
+
+    ``val_input`` / ``test_input`` are set by splits whose evaluated users are not training
+    users (strong generalization, ``holdout_users``): the events fed to the model as those
+    users' history at that stage (their fold-in part), while ``val`` / ``test`` hold the
+    targets. When None, the history is the training log (plus validation at test time).
+    """
 
     train: Interactions
     val: Interactions
     test: Interactions
     name: str = ""
+    val_input: Interactions | None = None
+    test_input: Interactions | None = None
     # leakage audit of the split (recsys.data.audit.audit_split), set by the data pipeline
     audit: dict | None = field(default=None, compare=False, repr=False)
 

@@ -97,6 +97,8 @@ def build(cfg: Mapping[str, Any], seed: int) -> Split:
         float(cfg.get("val_ratio", 0.1)),
         float(cfg.get("test_ratio", 0.1)),
         seed=int(seed if split_seed is None else split_seed),
+        n_heldout_users=int(cfg.get("n_heldout_users") or 0),
+        fold_in_ratio=float(cfg.get("fold_in_ratio", 0.8)),
     )
     return replace(split, audit=audit_split(split, repeats=not bool(cfg.get("dedup", True))))
 

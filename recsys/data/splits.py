@@ -11,7 +11,7 @@ import numpy as np
 from recsys.data.interactions import Interactions, Split
 from recsys.errors import ConfigError, DataError
 
-SPLITS = ("leave_one_out", "random", "temporal")
+SPLITS = ("leave_one_out", "random", "temporal", "holdout_users")
 
 
 def _parts(inter: Interactions, part: np.ndarray, name: str) -> Split:
@@ -103,6 +103,70 @@ def temporal_split(inter: Interactions, val_ratio: float, test_ratio: float) -> 
     return _parts(inter, part, "temporal")
 
 
+def holdout_users(
+    inter: Interactions, n_heldout_users: int, fold_in_ratio: float, seed: int
+) -> Split:
+    """Strong generalization (Liang et al., WWW 2018): evaluated users never train.
+
+    A seeded random permutation of the users picks ``n_heldout_users`` validation users and
+    ``n_heldout_users`` test users; every other user is a training user with all their events in
+    ``train``. Each held-out user's events are shuffled (seeded) and ``floor(fold_in_ratio * n)``
+    of them, kept within ``[1, n - 1]`` when ``n >= 2``, become their fold-in input
+    (``val_input`` / ``test_input``: the history fed to the model); the rest are the targets
+    (``val`` / ``test``). A held-out user with one event has only input and is not evaluated.
+
+    As in the paper's preprocessing, items no training user interacted with are removed from the
+    catalogue (their events dropped, item ids re-encoded): no model can learn them. Apart from
+    those events, the five parts partition the input.
+    """
+    if not isinstance(n_heldout_users, int) or n_heldout_users < 1:
+        raise ConfigError(f"data.n_heldout_users must be a positive integer, got {n_heldout_users!r}")
+    if not 0 < fold_in_ratio < 1:
+        raise ConfigError(f"data.fold_in_ratio must be in (0, 1), got {fold_in_ratio}")
+    active = np.flatnonzero(np.bincount(inter.user, minlength=inter.n_users))
+    if 2 * n_heldout_users >= len(active):
+        raise ConfigError(
+            f"data.n_heldout_users={n_heldout_users}: 2 x {n_heldout_users} held-out users leave "
+            f"no training user among the {len(active)} users; lower it"
+        )
+    rng = np.random.default_rng(seed)
+    role = np.zeros(inter.n_users, dtype=np.int8)  # 0 train, 1 validation, 2 test
+    held = rng.permutation(active)[: 2 * n_heldout_users]
+    role[held[:n_heldout_users]] = 1
+    role[held[n_heldout_users:]] = 2
+
+    # keep only items seen in training, re-encoded to contiguous ids in the same order
+    train_items = np.unique(inter.item[role[inter.user] == 0])
+    remap = np.full(inter.n_items, -1, dtype=np.int64)
+    remap[train_items] = np.arange(len(train_items))
+    keep = remap[inter.item] >= 0
+    inter = Interactions(
+        user=inter.user[keep],
+        item=remap[inter.item[keep]],
+        time=None if inter.time is None else inter.time[keep],
+        rating=None if inter.rating is None else inter.rating[keep],
+        user_ids=inter.user_ids,
+        item_ids=inter.item_ids[train_items],
+    )
+
+    n = np.bincount(inter.user, minlength=inter.n_users)
+    n_in = np.floor(fold_in_ratio * n).astype(np.int64)
+    n_in = np.where(n >= 2, np.clip(n_in, 1, n - 1), n)
+    perm = np.lexsort((rng.random(len(inter)), inter.user))  # random order inside each user
+    from_end = _rank_in_user_from_end(inter, perm)
+    is_target = from_end < (n - n_in)[inter.user]
+    r = role[inter.user]
+    part = np.where(r == 0, 0, np.where(is_target, r, r + 2)).astype(np.int8)
+    return Split(
+        train=inter.select(part == 0),
+        val=inter.select(part == 1),
+        test=inter.select(part == 2),
+        name="holdout_users",
+        val_input=inter.select(part == 3),
+        test_input=inter.select(part == 4),
+    )
+
+
 def _check_ratios(val_ratio: float, test_ratio: float) -> None:
     for key, value in (("data.val_ratio", val_ratio), ("data.test_ratio", test_ratio)):
         if not 0 <= value < 1:
@@ -114,9 +178,17 @@ def _check_ratios(val_ratio: float, test_ratio: float) -> None:
 
 
 def make_split(
-    inter: Interactions, method: str, val_ratio: float, test_ratio: float, seed: int
+    inter: Interactions,
+    method: str,
+    val_ratio: float,
+    test_ratio: float,
+    seed: int,
+    n_heldout_users: int = 0,
+    fold_in_ratio: float = 0.8,
 ) -> Split:
     """Dispatch on ``data.split``."""
+    if method == "holdout_users":
+        return holdout_users(inter, n_heldout_users, fold_in_ratio, seed)
     if method == "leave_one_out":
         return leave_one_out(inter)
     if method == "random":

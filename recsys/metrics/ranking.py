@@ -6,6 +6,9 @@ For a user with relevant set :math:`R` (``n_rel = |R|``) and ranked list with hi
 - ``hit@K``       :math:`= \max_{i \le K} h_i`
 - ``precision@K`` :math:`= \frac{1}{K} \sum_{i \le K} h_i`
 - ``recall@K``    :math:`= \frac{1}{|R|} \sum_{i \le K} h_i`
+- ``recall_capped@K`` :math:`= \frac{1}{\min(K, |R|)} \sum_{i \le K} h_i`: Recall@K as defined
+  by Liang et al. (WWW 2018) for Mult-VAE, also used by EASE; it reaches 1 whenever the top K
+  are all relevant, even when the user has more than K relevant items
 - ``ndcg@K``      :math:`= \mathrm{DCG}/\mathrm{IDCG}`, :math:`\mathrm{DCG} = \sum_{i \le K}
   h_i / \log_2(i + 1)`, IDCG the DCG of :math:`\min(K, |R|)` hits at the top
 - ``mrr@K``       :math:`= 1 / \text{rank of the first hit}` (0 without a hit in the top K)
@@ -20,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-METRICS = ("recall", "precision", "ndcg", "map", "mrr", "hit")
+METRICS = ("recall", "precision", "ndcg", "map", "mrr", "hit", "recall_capped")
 
 
 def topk_hits(scores: Tensor, target: Tensor, k: int) -> Tensor:
@@ -69,6 +72,8 @@ def ranking_metrics(
                 v = cum_hits[:, c] / k
             elif m == "recall":
                 v = cum_hits[:, c] / n_rel
+            elif m == "recall_capped":
+                v = cum_hits[:, c] / n_ideal
             elif m == "ndcg":
                 v = dcg[:, c] / idcg_table[n_ideal.long() - 1]
             elif m == "mrr":
