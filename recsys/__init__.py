@@ -4,4 +4,14 @@ from recsys.errors import CheckpointError, ConfigError, DataError, RecsysError
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "RecsysError", "__version__"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "RecsysError", "__version__", "load"]
+
+
+def load(directory, backend: str = "auto"):
+    """Load an exported artifact (``recsys-export``): see :func:`recsys.artifact.load`.
+
+    Imported on first use, so ``import recsys`` stays light (no torch, Hydra or Lightning).
+    """
+    from recsys.artifact import load as _load
+
+    return _load(directory, backend=backend)

@@ -60,13 +60,45 @@ def model_name(config: dict[str, Any]) -> str:
     return target.rpartition(".")[2].lower()
 
 
-def run_name(config: dict[str, Any], overrides: list[str], job_num: int | None = None) -> str:
-    """A folder-safe name: ``<job>-<model>-<key=value,...>`` over the overrides that matter."""
-    parts = [
-        o.lstrip("+~")
-        for o in overrides
-        if not o.lstrip("+~").startswith(_SKIP_OVERRIDES) and not o.lstrip("+~").startswith("model=")
-    ]
+def swept_keys(sweep: Path | None = None) -> set[str] | None:
+    """Keys the sweep varies (from ``<sweep_dir>/multirun.yaml``), or None when unknown."""
+    hc = _hydra_config()
+    params = getattr(getattr(hc, "sweeper", None), "params", None) if hc is not None else None
+    if params:  # Optuna: the search space (it writes no multirun.yaml)
+        return set(params)
+    sweep = sweep or sweep_dir()
+    path = sweep / "multirun.yaml" if sweep is not None else None
+    if path is None or not path.is_file():
+        return None
+    import yaml
+
+    hydra_cfg = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
+    keys = set((hydra_cfg.get("sweeper") or {}).get("params") or {})
+    for o in (hydra_cfg.get("overrides") or {}).get("task") or []:
+        key, _, value = str(o).lstrip("+~").partition("=")
+        if "," in value or value.startswith(("range(", "choice(", "interval(", "glob(", "tag(")):
+            keys.add(key)
+    return keys
+
+
+def run_name(
+    config: dict[str, Any], overrides: list[str], job_num: int | None = None, keys: set[str] | None = None
+) -> str:
+    """A folder-safe name: ``<job>-<model>-<key=value,...>``, over the swept keys when known."""
+    keys = swept_keys() if keys is None else keys
+    parts = []
+    for o in overrides:
+        o = o.lstrip("+~")
+        key = o.partition("=")[0]
+        if key == "model" or o.startswith(_SKIP_OVERRIDES) or (keys is not None and key not in keys):
+            continue
+        value = o.partition("=")[2]
+        try:  # sampled floats: 3 significant digits are enough to tell runs apart
+            if "." in value or "e" in value:
+                value = f"{float(value):.3g}"
+        except ValueError:
+            pass
+        parts.append(f"{key.removeprefix('model.')}={value}")
     name = ",".join([model_name(config), *parts])
     name = re.sub(r"[^A-Za-z0-9_.,=@+-]+", "_", name)[:180]
     return f"{job_num:03d}-{name}" if job_num is not None else name

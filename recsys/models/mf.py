@@ -92,3 +92,7 @@ class MF(Recommender):
 
     def score(self, users: UserBatch) -> Tensor:
         return self.user_emb(users.user) @ self.item_emb.weight.T  # (B, I)
+
+    def embeddings(self) -> dict[str, Tensor]:
+        """The factor tables exported for ANN search: score(u, i) = user[u] · item[i]."""
+        return {"user": self.user_emb.weight, "item": self.item_emb.weight}

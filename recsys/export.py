@@ -1,0 +1,338 @@
+"""``recsys-export``: turn a trained checkpoint into a self-contained serving artifact.
+
+    recsys-export run=outputs/<date>/<time>                      # -> <run>/artifact/
+    recsys-export ckpt_path=<run>/checkpoints/best.ckpt out=artifacts/mf
+
+The data and split are rebuilt from the config stored in the checkpoint (as ``recsys-eval``
+does) to recover the external id maps and each user's history. The layout of the artifact is
+described in :mod:`recsys.artifact`; ``recsys.load(<dir>)`` serves it. Scorers (TorchScript and
+ONNX) are traced at fixed shapes and verified against the model in memory on real users before
+they are written; a model that does not trace cleanly gets none, and the reason is recorded in
+``artifact.json`` (``recsys.load`` then rebuilds the model from ``weights.pt``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from recsys.artifact import FORMAT, MANIFEST, VERSION, chunks, pack, read_manifest, sha256
+from recsys.data.batches import UserBatch
+from recsys.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("recsys")
+
+
+class Scorer(nn.Module):
+    """The traced function: (users (R,), items (N,), offsets (R+1,)) -> (R, num_items) scores."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, users: Tensor, items: Tensor, offsets: Tensor) -> Tensor:
+        return self.model.score(UserBatch(users, items, offsets)).float()
+
+
+def embeddings(model: nn.Module) -> dict[str, np.ndarray]:
+    """User/item embedding tables: ``model.embeddings()`` if defined, else the unique
+    ``nn.Embedding`` whose row count is the number of users (items, plus up to 2 padding rows)."""
+    if hasattr(model, "embeddings"):
+        return {k: v.detach().float().cpu().numpy() for k, v in model.embeddings().items()}
+    found: dict[str, list[Tensor]] = {"user": [], "item": []}
+    for m in model.modules():
+        if isinstance(m, nn.Embedding):
+            if m.num_embeddings == model.num_users:
+                found["user"].append(m.weight)
+            elif 0 <= m.num_embeddings - model.num_items <= 2:
+                found["item"].append(m.weight[: model.num_items])
+    return {k: v[0].detach().float().cpu().numpy() for k, v in found.items() if len(v) == 1}
+
+
+def _history_csr(split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every known event (train, validation, test and fold-in parts) as per-user rows in time order."""
+    inter = split.train
+    for part in (split.val, split.test, getattr(split, "val_input", None), getattr(split, "test_input", None)):
+        if part is not None and len(part):
+            inter = inter.concat(part)
+    csr = inter.to_csr()
+    return csr.indptr, csr.indices, inter.item_counts()
+
+
+def _ids(values: np.ndarray) -> np.ndarray:
+    """External ids as an array numpy saves without pickling (objects become strings)."""
+    values = np.asarray(values)
+    return values.astype(str) if values.dtype == object else values
+
+
+def _eager_scores(model: nn.Module, users: list[int], histories: list[np.ndarray]) -> np.ndarray:
+    with torch.no_grad():
+        b = UserBatch.from_lists(users, [h.tolist() for h in histories])
+        return model.score(b).float().numpy()
+
+
+def _probe_history(model: nn.Module, hist: np.ndarray) -> bool:
+    """True when the model scores a bare history: the same scores whatever the user id (or -1)."""
+    try:
+        ids = [-1, 0] + ([model.num_users - 1] if model.num_users > 1 else [])
+        s = _eager_scores(model, ids, [hist] * len(ids))
+    except Exception:  # noqa: BLE001 - e.g. an embedding lookup of -1
+        return False
+    return bool(np.isfinite(s).all() and np.allclose(s, s[0:1], rtol=1e-5, atol=1e-6))
+
+
+def _probe_sets(indptr: np.ndarray, rows: int, length: int, seed: int = 0) -> list[list[int]]:
+    """Packings of real users for tracing and verifying a scorer.
+
+    The first (the trace example) holds the longest histories, so shape decisions a model takes
+    from its input (e.g. trimming padding columns) are taken for the widest case; the others
+    (random users, the shortest histories, a single user) must then score identically.
+    """
+    lengths = np.diff(indptr)
+    users = np.flatnonzero(lengths > 0)
+    by_len = users[np.argsort(-lengths[users], kind="stable")]
+    rng = np.random.default_rng(seed)
+    picks = rng.permutation(users)
+    out = []
+    for order in (by_len, picks, by_len[::-1]):
+        s, e = next(iter(chunks(lengths[order].tolist(), rows, length)))
+        out.append(order[s:e].tolist())
+    out.append(picks[:1].tolist())
+    return out
+
+
+def _verify(run, model: nn.Module, probes: list[list[int]], hist, rows: int, length: int) -> str | None:
+    """None if ``run(users, items, offsets)`` matches the eager model on every probe, else why not."""
+    for users in probes:
+        histories = [hist(u) for u in users]
+        want = _eager_scores(model, users, histories)
+        u, items, offsets = pack(rows, length, users, histories)
+        got = run(u, items, offsets)[: len(users)]
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
+            err = float(np.abs(got - want).max()) if got.shape == want.shape else f"shape {got.shape}"
+            return f"scores differ from the eager model (max abs error {err}) on a probe batch"
+    return None
+
+
+def _write_torchscript(scorer: Scorer, example, path: Path, verify) -> str | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(scorer, example, check_trace=False)
+            torch.jit.save(traced, str(path))
+            loaded = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - the model does not trace
+        path.unlink(missing_ok=True)
+        return f"tracing failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+    def run(u, items, offsets):
+        with torch.no_grad():
+            return loaded(torch.from_numpy(u), torch.from_numpy(items), torch.from_numpy(offsets)).numpy()
+
+    reason = verify(run)
+    if reason:
+        path.unlink(missing_ok=True)
+    return reason
+
+
+def _write_onnx(scorer: Scorer, example, path: Path, verify) -> str | None:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return "onnx is not installed (pip install -e '.[export]')"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                scorer, example, str(path), input_names=["users", "items", "offsets"],
+                output_names=["scores"], dynamo=False, opset_version=17,
+            )
+    except Exception as e:  # noqa: BLE001 - an operator without an ONNX mapping, ...
+        path.unlink(missing_ok=True)
+        return f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None  # written, not verified
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001
+        path.unlink(missing_ok=True)
+        return f"onnxruntime cannot load the exported graph: {str(e).splitlines()[0][:200]}"
+    names = {i.name for i in sess.get_inputs()}
+
+    def run(u, items, offsets):
+        feed = {k: v for k, v in (("users", u), ("items", items), ("offsets", offsets)) if k in names}
+        return sess.run(None, feed)[0]
+
+    reason = verify(run)
+    if reason:
+        path.unlink(missing_ok=True)
+    return reason
+
+
+def export(
+    ckpt_path: str | Path,
+    out: str | Path,
+    data_root: str | None = None,
+    run_dir: str | Path | None = None,
+    rows: int = 33,
+    torchscript: bool = True,
+    onnx: bool = True,
+) -> Path:
+    """Write the artifact of ``ckpt_path`` to ``out`` and return ``out``."""
+    from recsys.runner import datamodule_from_config, load_checkpoint, module_from_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
+    module = module_from_checkpoint(ckpt)
+    model = module.model.eval().cpu()
+    config = dict(ckpt["hyper_parameters"].get("config") or {})
+    if not config.get("data"):
+        raise CheckpointError(f"ckpt_path: {ckpt_path} holds no run config; cannot rebuild its id maps")
+    if data_root:
+        config["data"] = {**config["data"], "root": data_root}
+    dm = datamodule_from_config(config)
+    dm.setup()
+    split = dm.data
+    if (split.n_users, split.n_items) != (model.num_users, model.num_items):
+        raise CheckpointError(
+            f"the data rebuilt from the checkpoint's config has {split.n_users} users and {split.n_items} "
+            f"items, the model {model.num_users} and {model.num_items}: the dataset changed since training"
+        )
+    run_dir = Path(run_dir) if run_dir else Path(ckpt_path).resolve().parent.parent
+    return export_model(
+        model, config, split, dm.fingerprint, out, run_dir=run_dir, rows=rows,
+        torchscript=torchscript, onnx=onnx, source=str(Path(ckpt_path).resolve()),
+    )
+
+
+def export_model(
+    model: nn.Module,
+    config: dict[str, Any],
+    split,
+    fingerprint: str,
+    out: str | Path,
+    run_dir: str | Path | None = None,
+    rows: int = 33,
+    torchscript: bool = True,
+    onnx: bool = True,
+    source: str | None = None,
+) -> Path:
+    """Write the artifact of an in-memory ``model`` trained on ``split`` (``config``: the run's)."""
+    if rows < 2:
+        raise ConfigError(f"rows must be >= 2 (one real row and the filler), got {rows}")
+    import yaml
+
+    model = model.eval().cpu()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ConfigError(f"out: {out} exists and is not an artifact directory; choose an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # an interrupted export leaves no valid manifest
+
+    indptr, indices, counts = _history_csr(split)
+    lengths = np.diff(indptr)
+    mean_len = max(1, math.ceil(float(lengths[lengths > 0].mean()))) if (lengths > 0).any() else 1
+    length = int(max(int(lengths.max(initial=1)), (rows - 1) * mean_len))
+
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "weights.pt")
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    np.savez(out / "ids.npz", user_ids=_ids(split.train.user_ids), item_ids=_ids(split.train.item_ids))
+    np.savez_compressed(out / "history.npz", indptr=indptr, indices=indices, item_counts=counts)
+    emb = embeddings(model)
+    if emb:
+        np.savez(out / "embeddings.npz", **emb)
+    for name in ("metrics.json", "manifest.json"):
+        if run_dir is not None and (Path(run_dir) / name).is_file():
+            shutil.copyfile(Path(run_dir) / name, out / name)
+
+    def hist(u: int) -> np.ndarray:
+        return indices[indptr[u] : indptr[u + 1]]
+
+    probes = _probe_sets(indptr, rows, length)
+    first = probes[0]
+    supports_history = _probe_history(model, hist(first[0]))
+    scorer = Scorer(model).eval()
+    example = tuple(torch.from_numpy(a) for a in pack(rows, length, first, [hist(u) for u in first]))
+
+    def verify(run):
+        return _verify(run, model, probes, hist, rows, length)
+
+    scorer_meta: dict[str, Any] = {"rows": rows, "length": length, "torchscript": None, "onnx": None}
+    for kind, enabled, fname, write in (
+        ("torchscript", torchscript, "scorer.ts", _write_torchscript),
+        ("onnx", onnx, "scorer.onnx", _write_onnx),
+    ):
+        reason = write(scorer, example, out / fname, verify) if enabled else "disabled"
+        if reason is None:
+            scorer_meta[kind] = fname
+        else:
+            scorer_meta[f"{kind}_error"] = reason
+            log.warning("no %s scorer for %s: %s", kind, config["model"]["_target_"], reason)
+
+    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != MANIFEST)
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": config["model"],
+        "num_users": int(model.num_users),
+        "num_items": int(model.num_items),
+        "supports_history": supports_history,
+        "scorer": scorer_meta,
+        "embeddings": sorted(emb),
+        "data": {"name": config["data"].get("name"), "fingerprint": fingerprint},
+        "source_checkpoint": source,
+        "files": {f: {"sha256": sha256(out / f), "bytes": (out / f).stat().st_size} for f in files},
+    }
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp.replace(out / MANIFEST)
+    read_manifest(out)  # what was written reads back
+    return out
+
+
+def _main(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    ckpt, run = c.get("ckpt_path"), c.get("run")
+    if bool(ckpt) == bool(run):
+        raise ConfigError("give exactly one of ckpt_path=<checkpoint> or run=<run directory>")
+    if run:
+        run_path = Path(run)
+        if not run_path.is_dir():
+            raise ConfigError(f"run: no such run directory: {run_path}")
+        ckpt = run_path / "checkpoints" / "best.ckpt"
+    out = c.get("out") or (Path(ckpt).resolve().parent.parent / "artifact")
+    path = export(
+        ckpt, out, data_root=c.get("data_root"), rows=int(c.get("rows", 33)),
+        torchscript=bool(c.get("torchscript", True)), onnx=bool(c.get("onnx", True)),
+    )
+    meta = read_manifest(path, verify=False)
+    s = meta["scorer"]
+    print(f"artifact: {path}")
+    print(f"  model: {meta['model']['_target_']}  users: {meta['num_users']}  items: {meta['num_items']}")
+    print(f"  torchscript: {s['torchscript'] or 'no (' + s.get('torchscript_error', '') + ')'}")
+    print(f"  onnx: {s['onnx'] or 'no (' + s.get('onnx_error', '') + ')'}")
+    print(f"  embeddings: {', '.join(meta['embeddings']) or 'none'}  history input: {meta['supports_history']}")
+
+
+def main() -> None:
+    import hydra
+
+    from recsys.cli import CONFIG_DIR, report_errors
+
+    hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")(report_errors(_main))()
+
+
+if __name__ == "__main__":
+    main()
