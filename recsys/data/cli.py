@@ -11,12 +11,14 @@ exit with status 2.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 from recsys.cli import CONFIG_DIR, EXIT_USER_ERROR, report_errors
 from recsys.errors import ConfigError
@@ -90,7 +92,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     command = str(cfg.command)
     if command not in COMMANDS:
         raise ConfigError(f"command must be one of {', '.join(COMMANDS)}, got {command!r}")
-    data: dict[str, Any] = OmegaConf.to_container(cfg.data, resolve=True)  # type: ignore[assignment]
+    try:
+        data: dict[str, Any] = OmegaConf.to_container(  # type: ignore[assignment]
+            cfg.data, resolve=True, throw_on_missing=True
+        )
+    except (MissingMandatoryValue, InterpolationToMissingValueError) as e:
+        # e.g. data=csv without data.path, data=atomic without data.name
+        missing = re.search(r"Missing mandatory value: ([\w.]+)", str(e))
+        key = missing.group(1) if missing else str(e.full_key)
+        key = key if key.startswith("data.") else f"data.{key}"
+        raise ConfigError(f"{key} must be set for this dataset (add {key}=...)") from None
     seed = int(cfg.seed)
     t0 = time.perf_counter()
     split = prepare(data, seed)

@@ -87,7 +87,10 @@ def raw_files(cfg: Mapping[str, Any]) -> list[Path]:
     """The files a source reads (for the cache key): ``data.path`` for ``csv``, else the present
     ``data.files`` (or, failing those, ``data.alternative_files``) under the dataset folder."""
     if cfg.get("path"):
-        return [_csv_path(cfg)]
+        path = _csv_path(cfg)
+        if not path.is_file():
+            raise DataError(f"{path}: no such file (data.path)")
+        return [path]
     if not cfg.get("files"):
         return []
     folder = dataset_dir(cfg)

@@ -127,3 +127,15 @@ def test_metrics_json_carries_the_audit(tmp_path):
     assert audit == metrics["data"]["audit"]
     assert audit["pair_overlap"] == {"train_val": 0, "train_test": 0, "val_test": 0}
     assert audit["split"] == cfg.data.split and audit["popularity_statistics"] == "train"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data=csv"], "error: data.path must be set for this dataset (add data.path=...)"),
+        (["data=atomic"], "error: data.name must be set for this dataset (add data.name=...)"),
+    ],
+)
+def test_mandatory_keys_are_named(tmp_path, args, message):
+    r = recsys_data("stats", *args, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == message
