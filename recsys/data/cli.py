@@ -62,7 +62,7 @@ def format_stats(name: str, stats: dict[str, Any]) -> str:
     t = a["temporal"]
     if t.get("applicable"):
         note = (
-            "must be 0 (global cutoff)"
+            "must be 0 for a global cutoff"
             if t["must_be_zero"]
             else "reported: cross-user, inherent to this protocol"
         )
