@@ -5,8 +5,10 @@ TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 ARGS   ?=
+COMPARE ?=
+RECBOLE_VENV ?= .venv-recbole
 
-.PHONY: help install train test lint tensorboard clean
+.PHONY: help install train test lint tensorboard clean bench bench-quick recbole-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -15,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,sweep,export]'
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv and install recsys (override the pin with TORCH=...)
@@ -30,8 +32,24 @@ lint: install  ## ruff lint and format check
 	$(VENV)/bin/ruff check recsys tests
 	$(VENV)/bin/ruff format --check recsys tests
 
-tensorboard: install  ## TensorBoard over every run under outputs/ and multirun/
-	$(VENV)/bin/tensorboard --logdir . --bind_all=false
+bench: install $(if $(filter recbole,$(COMPARE)),recbole-venv)  ## full benchmark matrix -> benchmarks/results.md (COMPARE=recbole: side by side)
+	$(PY) -m recsys.bench $(if $(COMPARE),--compare $(COMPARE) --recbole-python $(RECBOLE_VENV)/bin/python) $(ARGS)
+
+bench-quick: install  ## small benchmark (synthetic, ml-100k if present), a few minutes
+	$(PY) -m recsys.bench --quick $(if $(COMPARE),--compare $(COMPARE) --recbole-python $(RECBOLE_VENV)/bin/python) $(ARGS)
+
+# RecBole 1.2.1 in its own venv (numpy<2, pandas<3, no ray), driven by recsys/bench_recbole.py
+recbole-venv: $(RECBOLE_VENV)/.installed  ## venv with RecBole 1.2.1 for COMPARE=recbole
+$(RECBOLE_VENV)/.installed:
+	test -x $(RECBOLE_VENV)/bin/python || $(PYTHON) -m venv $(RECBOLE_VENV)
+	$(RECBOLE_VENV)/bin/pip install -q "$(TORCH)"
+	$(RECBOLE_VENV)/bin/pip install -q --no-deps "recbole==1.2.1"
+	$(RECBOLE_VENV)/bin/pip install -q "numpy<2" "pandas<3" "scipy<1.14" scikit-learn tqdm pyyaml \
+		"colorlog==4.7.2" "colorama==0.4.4" tensorboard thop tabulate texttable psutil plotly
+	touch $@
+
+tensorboard: install  ## TensorBoard over outputs/ and multirun/ (one sweep: LOGDIR=multirun/<date>/<time>)
+	$(VENV)/bin/tensorboard $(if $(LOGDIR),--logdir $(LOGDIR),--logdir_spec outputs:outputs,multirun:multirun) --bind_all=false
 
 clean:  ## remove caches and run outputs (keeps .venv and data/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache
