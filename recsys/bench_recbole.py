@@ -23,6 +23,7 @@ files have no missing values, and the venv pins pandas < 3 anyway.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import resource
@@ -134,6 +135,8 @@ def compare(entry: dict[str, Any], ours: dict[str, Any], python: str | None = No
     rb = dict(entry["recbole"])
     rb_model = rb["model"]
     py = Path(python) if python else DEFAULT_PYTHON
+    if not python and not py.exists() and importlib.util.find_spec("recbole") is not None:
+        py = Path(sys.executable)  # `pip install -e '.[compare]'`: RecBole in our environment
     if not py.exists():
         raise RuntimeError(f"no RecBole interpreter at {py} (run `make recbole-venv`)")
     ckpt = load_checkpoint(ours["best_checkpoint"])
