@@ -12,6 +12,7 @@ Its hyper-parameters are plain values (dicts, lists, numbers, strings), so check
 from __future__ import annotations
 
 import importlib
+import logging
 from collections import defaultdict
 from typing import Any
 
@@ -25,6 +26,8 @@ from recsys.errors import ConfigError
 from recsys.metrics.ranking import METRICS, ranking_metrics, topk_hits
 from recsys.metrics.rating import RATING_METRICS, error_sums, per_row, pooled
 from recsys.models.base import build_model
+
+log = logging.getLogger("recsys")
 
 EVAL_DEFAULTS: dict[str, Any] = {
     "topk": [10, 20],
@@ -70,6 +73,20 @@ def validate_eval(evaluation: dict[str, Any], num_items: int | None = None) -> N
         )
 
 
+def validate_sampled(sampled: Any, num_items: int | None = None) -> None:
+    """``eval.sampled``: null, or ``{n: int >= 1, strategy: uniform | popularity}``."""
+    if sampled is None:
+        return
+    n = sampled.get("n") if isinstance(sampled, dict) else None
+    strategy = sampled.get("strategy", "uniform") if isinstance(sampled, dict) else None
+    if not isinstance(n, int) or n < 1 or (num_items is not None and n >= num_items):
+        raise ConfigError(
+            f"eval.sampled must be null or {{n: int in [1, num_items), strategy: uniform|popularity}}, got {sampled!r}"
+        )
+    if strategy not in ("uniform", "popularity"):
+        raise ConfigError(f"eval.sampled.strategy must be uniform or popularity, got {strategy!r}")
+
+
 class RecModule(pl.LightningModule):
     def __init__(
         self,
@@ -100,6 +117,10 @@ class RecModule(pl.LightningModule):
         self._outputs: dict[str, list[dict[str, Tensor]]] = defaultdict(list)
         self.results: dict[str, dict[str, float]] = {}
         self.per_user: dict[str, dict[str, np.ndarray]] = {}
+        # eval.sampled (train.py passes a fixed set of eval keys; read it from the run config too)
+        self.sampled = self.eval_cfg.get("sampled") or ((config or {}).get("eval") or {}).get("sampled")
+        validate_sampled(self.sampled, num_items)
+        self._item_pop: Tensor | None = None
 
     @property
     def closed_form(self) -> bool:
@@ -176,8 +197,48 @@ class RecModule(pl.LightningModule):
         n_rel = target.sum(1)
         hits = topk_hits(scores, target, max(self.topk))
         values = ranking_metrics(hits, n_rel, self.topk, tuple(self.eval_cfg["metrics"]))
+        if self.sampled:
+            values.update(self.sampled_metrics(batch, scores, target))
         values["user"] = users.user
         return values
+
+    def sampled_metrics(self, batch: EvalBatch, scores: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """Metrics ranking each user's targets among ``eval.sampled.n`` sampled negatives only
+        (never a history item or a target; uniform, or popularity-weighted without replacement
+        by Gumbel top-k), named ``sampled_<metric>@K``. Krichene & Rendle (KDD 2020): sampled
+        metrics can disagree with full ranking, even on which model is better."""
+        if not getattr(self, "_sampled_warned", False):
+            log.warning(
+                "eval.sampled: metrics over %d sampled negatives (%s) can reorder models relative to "
+                "full ranking (Krichene & Rendle, KDD 2020); they are reported as sampled_*",
+                self.sampled["n"], self.sampled.get("strategy", "uniform"),
+            )
+            self._sampled_warned = True
+        users = batch.users
+        g = torch.Generator(device=scores.device)
+        g.manual_seed(int(self.hparams.seed) * 1_000_003 + int(users.user[0]) + 1)
+        keys = torch.rand(scores.shape, generator=g, device=scores.device)
+        if self.sampled.get("strategy", "uniform") == "popularity":
+            keys = self.item_popularity().log()[None] - torch.log(-torch.log(keys.clamp_min(1e-20)))
+        excluded = target.clone()
+        excluded[users.rows(), users.items] = True
+        keys = keys.masked_fill(excluded, float("-inf"))
+        neg = torch.topk(keys, int(self.sampled["n"]), dim=1).indices  # (B, n)
+        candidate = target.clone().scatter_(1, neg, True)
+        sampled = scores.masked_fill(~candidate, float("-inf"))
+        hits = topk_hits(sampled, target, max(self.topk))
+        values = ranking_metrics(hits, target.sum(1), self.topk, tuple(self.eval_cfg["metrics"]))
+        return {f"sampled_{k}": v for k, v in values.items()}
+
+    def item_popularity(self) -> Tensor:
+        """(I,) training events per item, from the attached datamodule (cached)."""
+        if self._item_pop is None:
+            dm = getattr(self.trainer, "datamodule", None)
+            if dm is None:
+                raise ConfigError("eval.sampled.strategy=popularity needs the run's datamodule")
+            counts = torch.as_tensor(dm.data.train.item_counts(), dtype=torch.float32)
+            self._item_pop = counts.to(self.device)
+        return self._item_pop
 
     def _eval_step(self, stage: str, batch: EvalBatch) -> None:
         self._outputs[stage].append({k: v.detach() for k, v in self.evaluate_batch(batch).items()})

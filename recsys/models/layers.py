@@ -1,0 +1,155 @@
+"""Building blocks shared by the sequence models (SASRec, BERT4Rec, GRU4Rec).
+
+Sequences are ``(B, L)`` item ids **left-padded** with ``pad`` (= ``num_items``), so the most
+recent item is always at column ``L - 1``. Positions are counted from the end of a window of
+``max_len`` (column ``j`` of an ``L``-wide batch is position ``max_len - L + j``), so trimming
+all-padding columns off the left of a batch changes nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+
+
+def attention_mask(real: Tensor, causal: bool) -> Tensor:
+    """(B, 1, L, L) bool, True where query ``i`` may attend to key ``j``.
+
+    Keys that are padding are hidden; with ``causal`` so are keys after the query. Every query
+    sees itself, so a padding query (whose output is never used) has no empty row and
+    ``scaled_dot_product_attention`` never returns NaN.
+
+    Args:
+        real: (B, L) bool, True at real (non-padding) items.
+    """
+    L = real.shape[1]
+    eye = torch.eye(L, dtype=torch.bool, device=real.device)
+    mask = real[:, None, None, :].expand(-1, 1, L, -1)  # (B, 1, L, L) by key
+    if causal:
+        mask = mask & torch.ones(L, L, dtype=torch.bool, device=real.device).tril()
+    return mask | eye
+
+
+class TransformerBlock(nn.Module):
+    """Multi-head self-attention and a position-wise feed-forward network, each wrapped in
+    dropout, a residual connection and layer norm (``norm_first``: pre-LN as in the SASRec
+    paper's code; otherwise post-LN as in BERT4Rec / RecBole). Attention runs through
+    ``F.scaled_dot_product_attention``."""
+
+    def __init__(
+        self,
+        d: int,
+        n_heads: int,
+        inner: int,
+        dropout: float,
+        attn_dropout: float,
+        activation: str = "gelu",
+        norm_first: bool = True,
+        eps: float = 1e-8,
+    ):
+        super().__init__()
+        assert d % n_heads == 0, "hidden size must be divisible by the number of heads"
+        self.n_heads, self.attn_dropout, self.norm_first = n_heads, attn_dropout, norm_first
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.ff1, self.ff2 = nn.Linear(d, inner), nn.Linear(inner, d)
+        self.ln1, self.ln2 = nn.LayerNorm(d, eps=eps), nn.LayerNorm(d, eps=eps)
+        self.drop = nn.Dropout(dropout)
+        self.act = ACTIVATIONS[activation]
+
+    def _attn(self, x: Tensor, mask: Tensor) -> Tensor:
+        B, L, d = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, d // self.n_heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, d/H)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        return self.drop(self.out(y.transpose(1, 2).reshape(B, L, d)))
+
+    def _ff(self, x: Tensor) -> Tensor:
+        return self.drop(self.ff2(self.drop(self.act(self.ff1(x)))))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x: (B, L, d); mask: (B, 1, L, L) bool from :func:`attention_mask`."""
+        if self.norm_first:
+            x = x + self._attn(self.ln1(x), mask)
+            return x + self._ff(self.ln2(x))
+        x = self.ln1(x + self._attn(x, mask))
+        return self.ln2(x + self._ff(x))
+
+
+class SequenceEncoder(nn.Module):
+    """Item + learned position embeddings, dropout, ``n_layers`` :class:`TransformerBlock` s.
+
+    The item table has ``num_items + extra_tokens`` rows: ids ``0..num_items-1`` are items,
+    ``num_items`` is padding (a zero row that gets no gradient), ``num_items + 1`` BERT4Rec's mask
+    token. Its first ``num_items`` rows double as the output layer (tied weights).
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        extra_tokens: int,
+        max_len: int,
+        d: int,
+        n_layers: int,
+        n_heads: int,
+        inner: int,
+        dropout: float,
+        attn_dropout: float,
+        activation: str,
+        norm_first: bool,
+        eps: float,
+        init_std: float,
+    ):
+        super().__init__()
+        self.num_items, self.max_len, self.norm_first = num_items, max_len, norm_first
+        self.item = nn.Embedding(num_items + extra_tokens, d, padding_idx=num_items)
+        self.pos = nn.Embedding(max_len, d)
+        # BERT-style (post-LN) normalises the embedding sum; pre-LN blocks normalise inside
+        self.emb_ln = nn.Identity() if norm_first else nn.LayerNorm(d, eps=eps)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(d, n_heads, inner, dropout, attn_dropout, activation, norm_first, eps)
+            for _ in range(n_layers)
+        )
+        self.final_ln = nn.LayerNorm(d, eps=eps) if norm_first else nn.Identity()
+        self.apply(lambda m: _init(m, init_std))
+        with torch.no_grad():
+            self.item.weight[num_items].zero_()
+
+    @property
+    def item_weight(self) -> Tensor:
+        """(I, d) the output layer: embeddings of the real items."""
+        return self.item.weight[: self.num_items]
+
+    def forward(self, seq: Tensor, causal: bool) -> Tensor:
+        """(B, L) left-padded ids, L <= max_len → (B, L, d) hidden states (padding rows zero)."""
+        L = seq.shape[1]
+        real = seq != self.num_items  # (B, L)
+        pos = torch.arange(self.max_len - L, self.max_len, device=seq.device)
+        x = self.emb_ln(self.item(seq) + self.pos(pos)[None])  # (B, L, d)
+        x = self.drop(x) * real[..., None]
+        mask = attention_mask(real, causal)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.final_ln(x) * real[..., None]
+
+
+def _init(m: nn.Module, std: float) -> None:
+    if isinstance(m, nn.Linear | nn.Embedding):
+        nn.init.normal_(m.weight, std=std)
+    if isinstance(m, nn.Linear) and m.bias is not None:
+        nn.init.zeros_(m.bias)
+
+
+def trim_padding(seq: Tensor, pad: int) -> Tensor:
+    """Drop the leading columns that are padding in every row (keeps at least one column)."""
+    real_cols = (seq != pad).any(0)
+    if not bool(real_cols.any()):
+        return seq[:, -1:]
+    first = int(real_cols.int().argmax())
+    return seq[:, first:]
