@@ -48,6 +48,7 @@ class Run:
     path: Path
     metrics: dict[str, Any]
     config: dict[str, Any]
+    split: str | None = None  # content hash of the prepared split (manifest.json), when known
 
     @property
     def seed(self) -> Any:
@@ -114,14 +115,20 @@ def load_run(path: Path) -> Run:
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"{metrics_path}: not a readable metrics.json ({e})") from None
     config: dict[str, Any] = {}
+    split = None
     manifest = path / "manifest.json"
     if manifest.is_file():
-        config = json.loads(manifest.read_text()).get("config") or {}
+        try:
+            m = json.loads(manifest.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{manifest}: not a readable manifest.json ({e})") from None
+        config = m.get("config") or {}
+        split = (m.get("data") or {}).get("split_fingerprint")
     elif (path / ".hydra" / "config.yaml").is_file():
         config = _load_yaml(path / ".hydra" / "config.yaml")
     if not config:
         config = {"model": {"_target_": metrics.get("model", "?")}}
-    return Run(path, metrics, config)
+    return Run(path, metrics, config, split)
 
 
 def find_runs(paths: list[str]) -> tuple[list[Run], list[str]]:
@@ -153,6 +160,18 @@ def check_fingerprints(runs: list[Run]) -> None:
             "runs were evaluated on different data or splits (data fingerprints differ); "
             "compare runs of one dataset and split only:\n" + "\n".join(lines)
         )
+    # same config fingerprint and seed, yet different prepared data: the raw files changed
+    by_seed: dict[Any, dict[str, Path]] = {}
+    for r in runs:
+        if r.split:
+            by_seed.setdefault(r.seed, {}).setdefault(r.split, r.path)
+    for seed, splits in by_seed.items():
+        if len(splits) > 1:
+            paths = ", ".join(f"{p} ({fp})" for fp, p in splits.items())
+            raise DataError(
+                f"runs with seed {seed} were evaluated on different prepared data (split fingerprints "
+                f"differ although the data config is the same: the raw files changed?): {paths}"
+            )
 
 
 def group_runs(runs: list[Run]) -> list[Group]:

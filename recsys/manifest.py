@@ -8,6 +8,7 @@ code when it is a git checkout, package versions, device, seed, and start and en
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 import sys
@@ -53,11 +54,39 @@ def git_state(path: Path | None = None) -> dict[str, Any] | None:
         return None
 
 
-def start_manifest(run_dir: Path, config: dict[str, Any], fingerprint: str, device: str) -> dict[str, Any]:
-    """Write ``manifest.json`` for a starting run and return it (completed by :func:`end_manifest`)."""
+def split_fingerprint(split: Any) -> str:
+    """A short hash of the prepared split's content (user, item of train/val/test and fold-in
+    parts, and the id maps): it changes when the raw files, the preprocessing or the split do."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for name in ("train", "val", "test", "val_input", "test_input"):
+        part = getattr(split, name, None)
+        h.update(name.encode())
+        if part is None:
+            continue
+        for arr in (part.user, part.item):
+            h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
+    for ids in (split.train.user_ids, split.train.item_ids):
+        h.update(np.asarray(ids).astype(str).tobytes())
+    return h.hexdigest()[:16]
+
+
+def start_manifest(
+    run_dir: Path, config: dict[str, Any], fingerprint: str, device: str, split: str | None = None
+) -> dict[str, Any]:
+    """Write ``manifest.json`` for a starting run and return it (completed by :func:`end_manifest`).
+
+    ``fingerprint`` hashes the data config values; ``split`` (from :func:`split_fingerprint`)
+    the prepared data itself.
+    """
     manifest = {
         "config": config,
-        "data": {"name": config.get("data", {}).get("name"), "fingerprint": fingerprint},
+        "data": {
+            "name": config.get("data", {}).get("name"),
+            "fingerprint": fingerprint,
+            "split_fingerprint": split,
+        },
         "seed": config.get("seed"),
         "git": git_state(),
         "versions": package_versions(),

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys.cli import CONFIG_DIR, report_errors
 from recsys.errors import CheckpointError
-from recsys.manifest import end_manifest, start_manifest
+from recsys.manifest import end_manifest, split_fingerprint, start_manifest
 from recsys.module import RecModule
 from recsys.reporting import format_table, write_json
 from recsys.runner import (
@@ -109,7 +109,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("data %s: %s", config["data"].get("name"), dm.summary())
     trainer = build_trainer(config, run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    manifest = start_manifest(run_dir, config, dm.fingerprint, str(trainer.strategy.root_device))
+    manifest = start_manifest(
+        run_dir, config, dm.fingerprint, str(trainer.strategy.root_device), split_fingerprint(dm.data)
+    )
 
     t0 = time.perf_counter()
     if module.closed_form:

@@ -59,6 +59,7 @@ def test_failed_runs_are_reported_and_the_others_complete(sweep):
 
 def test_manifest_records_the_run(sweep):
     out, _ = sweep
+    splits = set()
     for run in _runs(out):
         m = json.loads((run / "manifest.json").read_text())
         metrics = json.loads((run / "metrics.json").read_text())
@@ -69,6 +70,9 @@ def test_manifest_records_the_run(sweep):
         assert m["device"] == "cpu"
         assert {"python", "torch", "pytorch-lightning", "hydra-core", "numpy", "pandas"} <= set(m["versions"])
         assert "commit" in (m["git"] or {"commit": None})
+        splits.add(m["data"]["split_fingerprint"])
+    # leave-one-out does not depend on the seed: all four runs saw the same prepared data
+    assert len(splits) == 1 and len(splits.pop()) == 16
 
 
 def test_one_tensorboard_root_with_named_runs_and_hparams(sweep):

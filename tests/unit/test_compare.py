@@ -14,7 +14,8 @@ from recsys.compare import compare, holm, main
 from recsys.errors import DataError
 
 
-def make_run(root: Path, name: str, model: str, seed: int, per_user: np.ndarray, fingerprint: str = "fp1", **model_kw) -> Path:
+def make_run(root: Path, name: str, model: str, seed: int, per_user: np.ndarray, fingerprint: str = "fp1",
+             split: str | None = None, **model_kw) -> Path:
     d = root / name
     d.mkdir(parents=True)
     config = {"seed": seed, "model": {"_target_": f"recsys.models.{model}", **model_kw}, "data": {"name": "toy"},
@@ -26,7 +27,7 @@ def make_run(root: Path, name: str, model: str, seed: int, per_user: np.ndarray,
         "val": {"ndcg@10": float(per_user.mean())},
         "data": {"fingerprint": fingerprint},
     }))
-    (d / "manifest.json").write_text(json.dumps({"config": config}))
+    (d / "manifest.json").write_text(json.dumps({"config": config, "data": {"split_fingerprint": split}}))
     np.savez_compressed(d / "per_user_test.npz", user=users, **{"ndcg@10": per_user})
     return d
 
@@ -110,3 +111,12 @@ def test_unknown_metric_and_baseline_are_clear_errors(sweep):
         compare([str(root)], ["test/nope@3"])
     with pytest.raises(Exception, match="matches no row"):
         compare([str(root)], ["test/ndcg@10"], baseline="xyz")
+
+
+def test_refuses_same_config_on_different_prepared_data(tmp_path):
+    make_run(tmp_path, "a", "mf.MF", 1, np.full(10, 0.2), split="s1")
+    make_run(tmp_path, "b", "popularity.Popularity", 1, np.full(10, 0.3), split="s2")
+    make_run(tmp_path, "c", "popularity.Popularity", 2, np.full(10, 0.3), split="s3")  # other seed: fine
+    with pytest.raises(DataError, match="split fingerprints differ"):
+        compare([str(tmp_path)], ["test/ndcg@10"])
+    assert len(compare([str(tmp_path / "a"), str(tmp_path / "c")], ["test/ndcg@10"])["rows"]) == 2
