@@ -120,3 +120,25 @@ def test_datamodule_serves_fold_in_history(tmp_path):
     assert batch_users == set(np.unique(s.train.user).tolist())
     summary = dm.summary()
     assert summary["n_val_input"] == len(s.val_input) and summary["n_test"] == len(s.test)
+
+
+def test_recall_capped_is_hits_over_min_k_and_relevant():
+    import torch
+
+    from recsys.metrics.ranking import ranking_metrics, topk_hits
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(30, 25, generator=g)
+    target = torch.rand(30, 25, generator=g) < 0.3
+    target[:, 0] |= ~target.any(1)
+    n_rel = target.sum(1)
+    got = ranking_metrics(topk_hits(scores, target, 20), n_rel, [5, 20], ["recall_capped", "recall", "precision"])
+    order = torch.argsort(scores, 1, descending=True)
+    for u in range(30):
+        for k in (5, 20):
+            hits = int(target[u, order[u, :k]].sum())
+            assert got[f"recall_capped@{k}"][u].item() == pytest.approx(hits / min(k, int(n_rel[u])))
+            if n_rel[u] <= k:  # then it is Recall; with more relevant items than K, Precision
+                assert got[f"recall_capped@{k}"][u] == pytest.approx(got[f"recall@{k}"][u].item())
+            else:
+                assert got[f"recall_capped@{k}"][u] == pytest.approx(got[f"precision@{k}"][u].item())
