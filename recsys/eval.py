@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from recsys.cli import CONFIG_DIR, report_errors
 from recsys.errors import CheckpointError
@@ -27,8 +27,12 @@ def evaluate_checkpoint(
     data_root: str | None = None,
     accelerator: str = "auto",
     batch_size: int | None = None,
+    groups: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Validation and test metrics of a checkpoint; written to ``out_dir/metrics.json``."""
+    """Validation and test metrics of a checkpoint; written to ``out_dir/metrics.json``.
+
+    ``groups`` overrides the run's ``eval.groups`` key by key (null values keep the run's); the
+    per-group test metrics go to ``test_by_group``."""
     ckpt = load_checkpoint(ckpt_path)
     module = module_from_checkpoint(ckpt)
     config = ckpt["hyper_parameters"].get("config")
@@ -47,12 +51,24 @@ def evaluate_checkpoint(
         )
     val, _ = evaluate(module, dm, "val", accelerator)
     t0 = time.perf_counter()
-    test, _ = evaluate(module, dm, "test", accelerator)
+    test, per_user = evaluate(module, dm, "test", accelerator)
+    slicing = dict(config["eval"].get("groups") or {})
+    slicing.update({k: v for k, v in (groups or {}).items() if v is not None})
+    by_group: dict[str, Any] = {}
+    if any(slicing.values()) and config["eval"].get("task", "ranking") == "ranking":
+        import numpy as np
+
+        from recsys.slices import by_group as slice_metrics
+
+        train = dm.data.train
+        counts = np.bincount(train.user, minlength=train.n_users)
+        by_group = slice_metrics(per_user, slicing, train.user_ids, counts, config["data"])
     metrics = {
         "checkpoint": str(Path(ckpt_path).resolve()),
         "model": config["model"]["_target_"],
         "val": val,
         "test": test,
+        **({"test_by_group": by_group} if by_group else {}),
         "data": {"name": config["data"].get("name"), "fingerprint": dm.fingerprint, **dm.summary()},
         "timing": {"eval_s": round(time.perf_counter() - t0, 4)},
     }
@@ -66,9 +82,12 @@ def evaluate_checkpoint(
 def main(cfg: DictConfig) -> None:
     out_dir = Path(cfg.paths.output_dir)
     metrics = evaluate_checkpoint(
-        cfg.ckpt_path, out_dir, cfg.data_root, cfg.accelerator, cfg.batch_size
+        cfg.ckpt_path, out_dir, cfg.data_root, cfg.accelerator, cfg.batch_size,
+        OmegaConf.to_container(cfg.groups, resolve=True) if cfg.get("groups") else None,
     )
     print(f"\n{format_table({'val': metrics['val'], 'test': metrics['test']})}\n")
+    for name, table in metrics.get("test_by_group", {}).items():
+        print(f"test by {name}:\n{format_table(table)}\n")
     print(f"metrics written to {out_dir / 'metrics.json'}", flush=True)
 
 

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from recsys.data.batches import EvalBatch
 from recsys.errors import ConfigError
+from recsys.metrics.beyond import average_popularity, list_metrics
 from recsys.metrics.ranking import METRICS, ranking_metrics, topk_hits
 from recsys.metrics.rating import RATING_METRICS, error_sums, per_row, pooled
 from recsys.models.base import build_model
@@ -35,6 +36,7 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "mask_seen": True,
     "task": "ranking",
     "rating_clip": None,
+    "popularity_bias": True,
 }
 TASKS = ("ranking", "rating")
 OPTIM_DEFAULTS: dict[str, Any] = {"_target_": "torch.optim.Adam", "lr": 1e-3}
@@ -121,6 +123,8 @@ class RecModule(pl.LightningModule):
         self.sampled = self.eval_cfg.get("sampled") or ((config or {}).get("eval") or {}).get("sampled")
         validate_sampled(self.sampled, num_items)
         self._item_pop: Tensor | None = None
+        # coverage@K, gini@K, arp@K from the top-K lists (eval.popularity_bias, default on)
+        self.popularity_bias = bool(self.eval_cfg.get("popularity_bias"))
 
     @property
     def closed_form(self) -> bool:
@@ -197,6 +201,11 @@ class RecModule(pl.LightningModule):
         n_rel = target.sum(1)
         hits = topk_hits(scores, target, max(self.topk))
         values = ranking_metrics(hits, n_rel, self.topk, tuple(self.eval_cfg["metrics"]))
+        pop = self._train_popularity() if self.popularity_bias else None
+        if pop is not None:
+            top = torch.topk(scores, max(self.topk), dim=1, sorted=True).indices  # (B, K)
+            values.update(average_popularity(top, pop, self.topk))
+            values["_top"] = top  # list-level metrics at epoch end; not a per-user value
         if self.sampled:
             values.update(self.sampled_metrics(batch, scores, target))
         values["user"] = users.user
@@ -240,6 +249,13 @@ class RecModule(pl.LightningModule):
             self._item_pop = counts.to(self.device)
         return self._item_pop
 
+    def _train_popularity(self) -> Tensor | None:
+        """Training counts per item, or None without an attached datamodule (no bias metrics)."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or getattr(trainer, "datamodule", None) is None:
+            return None
+        return self.item_popularity()
+
     def _eval_step(self, stage: str, batch: EvalBatch) -> None:
         self._outputs[stage].append({k: v.detach() for k, v in self.evaluate_batch(batch).items()})
 
@@ -257,11 +273,14 @@ class RecModule(pl.LightningModule):
         if self.trainer.world_size > 1:  # each rank scored a disjoint set of users
             cat = self._gather_users(cat)
         users = cat.pop("user")
+        top = cat.pop("_top", None)
         if self.eval_cfg["task"] == "rating":  # pooled over ratings, not averaged over users
             means = pooled(cat, self.eval_cfg["metrics"])
             cat = {k: v for k, v in per_row(cat).items() if k in means}
         else:
             means = {k: float(v.double().mean()) for k, v in cat.items()}
+            if top is not None:
+                means.update(list_metrics(top, self.model.num_items, self.topk))
         self.results[stage] = means
         self.per_user[stage] = {"user": users.cpu().numpy(), **{k: v.cpu().numpy() for k, v in cat.items()}}
         self.log_dict({f"{stage}/{k}": v for k, v in means.items()}, sync_dist=False)

@@ -36,7 +36,7 @@ from recsys.sweep import log_hparams, record_failures, run_name, sweep_dir, task
 
 log = logging.getLogger("recsys")
 # evaluation settings RecModule receives (the rest of eval: selection, batching, baseline)
-EVAL_KEYS = ("topk", "metrics", "mask_seen", "task", "rating_clip")
+EVAL_KEYS = ("topk", "metrics", "mask_seen", "task", "rating_clip", "popularity_bias")
 
 
 def _resume_dir(ckpt_path: Path, default: Path) -> Path:
@@ -134,6 +134,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     test, per_user = evaluate(best_module, dm, "test", accelerator)
     eval_s = time.perf_counter() - t1
     baseline = _baseline(config, dm, accelerator)
+    test_by_group = _by_group(config, dm, per_user)
 
     if trainer.logger:
         trainer.logger.log_metrics({f"test/{k}": v for k, v in test.items()}, step=trainer.global_step)
@@ -145,6 +146,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val": val,
         "test": test,
         "baseline": baseline,
+        **({"test_by_group": test_by_group} if test_by_group else {}),
         "data": {
             "name": config["data"].get("name"),
             "fingerprint": dm.fingerprint,
@@ -161,7 +163,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json(run_dir / "metrics.json", metrics)
     log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger else None
-    end_manifest(run_dir, manifest, tensorboard=log_dir)
+    opted_out = (dm.data.audit or {}).get("opt_out")  # counts and file hash, never ids
+    end_manifest(run_dir, manifest, tensorboard=log_dir, **({"opt_out": opted_out} if opted_out else {}))
     rows = {"val": val, "test": test}
     if baseline:
         rows[f"{baseline['name']} (test)"] = baseline["test"]
@@ -179,9 +182,21 @@ def _baseline(config: dict[str, Any], dm, accelerator: str) -> dict[str, Any]:
         model=base_cfg, num_users=dm.n_users, num_items=dm.n_items, evaluation=evaluation
     )
     module.fit_closed_form(dm.train_matrix())
-    test, _ = evaluate(module, dm, "test", accelerator)
+    test, per_user = evaluate(module, dm, "test", accelerator)
     name = base_cfg["_target_"].rpartition(".")[2].lower()
-    return {"name": name, "test": test}
+    by_group = _by_group(config, dm, per_user)
+    return {"name": name, "test": test, **({"test_by_group": by_group} if by_group else {})}
+
+
+def _by_group(config: dict[str, Any], dm, per_user: dict[str, Any]) -> dict[str, Any]:
+    """Per-group test metrics (``eval.groups``: activity buckets, a segments file, an attribute)."""
+    groups = config["eval"].get("groups")
+    if not groups or config["eval"].get("task", "ranking") != "ranking":
+        return {}
+    from recsys.slices import by_group
+
+    train = dm.data.train
+    return by_group(per_user, groups, train.user_ids, np.bincount(train.user, minlength=train.n_users), config["data"])
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from recsys.data import sources
+from recsys.data import optout, sources
 from recsys.data.audit import audit_split
 from recsys.data.cache import cache_dir, cache_key
 from recsys.data.cache import load as cache_load
@@ -59,7 +59,7 @@ def resolve_source(path: str) -> Callable[[Mapping[str, Any]], pd.DataFrame]:
 
 def fingerprint(cfg: Mapping[str, Any]) -> str:
     """A short hash of every value that determines the prepared data and split."""
-    payload = {k: v for k, v in sorted(cfg.items()) if k not in LOADER_KEYS}
+    payload = {k: v for k, v in sorted(optout.cache_values(cfg).items()) if k not in LOADER_KEYS}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
@@ -78,7 +78,9 @@ def build(cfg: Mapping[str, Any], seed: int) -> Split:
     sources.NOTICES.clear()
     df = resolve_source(cfg["source"])(cfg)
     if isinstance(df, Split):  # a source with an official split of its own (recsys.data.folds)
-        return replace(df, audit=audit_split(df))
+        df, opted_out = optout.exclude_split(df, cfg)
+        return replace(df, audit=_with_optout(audit_split(df), opted_out))
+    df, opted_out = optout.exclude(df, cfg)  # opt-out before any filter sees the users
     df = preprocess(
         df,
         rating_threshold=cfg.get("rating_threshold"),
@@ -100,7 +102,13 @@ def build(cfg: Mapping[str, Any], seed: int) -> Split:
         n_heldout_users=int(cfg.get("n_heldout_users") or 0),
         fold_in_ratio=float(cfg.get("fold_in_ratio", 0.8)),
     )
-    return replace(split, audit=audit_split(split, repeats=not bool(cfg.get("dedup", True))))
+    audit = audit_split(split, repeats=not bool(cfg.get("dedup", True)))
+    return replace(split, audit=_with_optout(audit, opted_out))
+
+
+def _with_optout(audit: dict[str, Any], opted_out: dict[str, Any] | None) -> dict[str, Any]:
+    """The audit plus what ``data.exclude_users`` removed (counts and file hash, no ids)."""
+    return {**audit, "opt_out": opted_out} if opted_out is not None else audit
 
 
 def cache_path(cfg: Mapping[str, Any], seed: int) -> tuple[Path, str] | None:
@@ -115,7 +123,7 @@ def cache_path(cfg: Mapping[str, Any], seed: int) -> tuple[Path, str] | None:
     cdir = cache_dir(cfg, data_root(cfg))
     if cdir is None:
         return None
-    values = {k: v for k, v in cfg.items() if k not in LOADER_KEYS}
+    values = {k: v for k, v in optout.cache_values(cfg).items() if k not in LOADER_KEYS}
     values["_split_seed"] = _effective_seed(cfg, seed)
     key = cache_key(values, files, cdir)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(cfg.get("name", "dataset")))
@@ -148,7 +156,9 @@ def prepare(cfg: Mapping[str, Any], seed: int) -> Split:
             {
                 "audit": split.audit,
                 "notices": list(sources.NOTICES),
-                "config": {k: v for k, v in cfg.items() if k not in LOADER_KEYS},
+                "config": {
+                    k: v for k, v in optout.cache_values(cfg).items() if k not in LOADER_KEYS
+                },
             },
         )
     except OSError as e:  # a full disk must not fail the run: the split is in memory
