@@ -305,7 +305,20 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu_matmul_peak"] = matmul_peak(n=8192, device="cuda")
     print(f"bench: fp32 matmul peak {peak['gflops']} GFLOP/s (n={peak['n']})", flush=True)
-    results, skipped = [], []
+    results: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    report = {
+        "matrix": str(matrix_path.relative_to(REPO) if matrix_path.is_relative_to(REPO) else matrix_path),
+        "command": "python -m recsys.bench " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": info,
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "RECSYS_DATA_DIR") if k in os.environ},
+        "load_avg_end": None,
+        "matmul_peak": peak,
+        "results": results,
+        "skipped": skipped,
+        "notes": matrix.get("notes"),
+    }
     only = set(args.only.split(",")) if args.only else None
     for entry in matrix["entries"]:
         if only and entry["name"] not in only:
@@ -333,24 +346,19 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
         else:
             print(f"bench: {entry['name']} failed: {res.get('error', '')[-500:]}", flush=True)
         results.append(res)
-    report = {
-        "matrix": str(matrix_path.relative_to(REPO) if matrix_path.is_relative_to(REPO) else matrix_path),
-        "command": "python -m recsys.bench " + " ".join(sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": info,
-        "load_avg_end": [round(x, 2) for x in os.getloadavg()],
-        "matmul_peak": peak,
-        "results": results,
-        "skipped": skipped,
-        "notes": matrix.get("notes"),
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from recsys.reporting import write_json
-
-    write_json(out_dir / "results.json", report)
-    (out_dir / "results.md").write_text(render_markdown(report))
+        write_report(report, out_dir)  # after every entry: a long bench leaves partial results
+    write_report(report, out_dir)
     print(f"bench: wrote {out_dir / 'results.md'} and {out_dir / 'results.json'}", flush=True)
     return report
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> None:
+    from recsys.reporting import write_json
+
+    report["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "results.json", report)
+    (out_dir / "results.md").write_text(render_markdown(report))
 
 
 def run_child(spec: dict[str, Any], timeout: float | None) -> dict[str, Any]:
@@ -412,6 +420,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- load average (1, 5, 15 min) at start {m['load_avg']}, at end {report['load_avg_end']} "
         "(the CPU is shared; a load above the core count inflates every time below)",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
+        f"- environment: {report.get('env') or {}}",
         f"- fp32 matmul peak: {report['matmul_peak']['gflops']} GFLOP/s "
         f"(torch.mm of two {report['matmul_peak']['n']}² matrices, best of 5)",
         "",
