@@ -61,7 +61,9 @@ def read_manifest(directory: str | Path, verify: bool = True) -> dict[str, Any]:
     if not d.is_dir():
         raise CheckpointError(f"{d}: no such artifact directory")
     if not path.is_file():
-        raise CheckpointError(f"{d}: not an artifact directory (no {MANIFEST}; create one with recsys-export)")
+        raise CheckpointError(
+            f"{d}: not an artifact directory (no {MANIFEST}; create one with recsys-export)"
+        )
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -69,7 +71,9 @@ def read_manifest(directory: str | Path, verify: bool = True) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a recsys artifact manifest")
     if int(meta.get("version", 0)) > VERSION:
-        raise CheckpointError(f"{path}: artifact version {meta.get('version')} is newer than this recsys ({VERSION})")
+        raise CheckpointError(
+            f"{path}: artifact version {meta.get('version')} is newer than this recsys ({VERSION})"
+        )
     if verify:
         for name, info in meta.get("files", {}).items():
             f = d / name
@@ -108,7 +112,9 @@ def _id_key(value: Any, dtype: np.dtype) -> Any:
     return str(value)
 
 
-def pack(rows: int, length: int, users: Sequence[int], histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pack(
+    rows: int, length: int, users: Sequence[int], histories: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fixed-shape scorer input for up to ``rows - 1`` real rows: users (R,), items (N,), offsets (R+1,).
 
     The last row is filler: user 0 with item 0 repeated over the unused history slots.
@@ -158,13 +164,20 @@ class LoadedRecommender:
         self.meta = read_manifest(self.dir, verify=verify)
         ids = _npz(self.dir / "ids.npz")
         self.user_ids, self.item_ids = ids["user_ids"], ids["item_ids"]
-        self._user_index = {_id_key(u, self.user_ids.dtype): i for i, u in enumerate(self.user_ids.tolist())}
-        self._item_index = {_id_key(v, self.item_ids.dtype): i for i, v in enumerate(self.item_ids.tolist())}
+        self._user_index = {
+            _id_key(u, self.user_ids.dtype): i for i, u in enumerate(self.user_ids.tolist())
+        }
+        self._item_index = {
+            _id_key(v, self.item_ids.dtype): i for i, v in enumerate(self.item_ids.tolist())
+        }
         hist = _npz(self.dir / "history.npz")
         self.indptr, self.indices = hist["indptr"], hist["indices"]
         self.item_counts = hist["item_counts"]
         self.num_users, self.num_items = int(self.meta["num_users"]), int(self.meta["num_items"])
-        self.rows, self.length = int(self.meta["scorer"]["rows"]), int(self.meta["scorer"]["length"])
+        self.rows, self.length = (
+            int(self.meta["scorer"]["rows"]),
+            int(self.meta["scorer"]["length"]),
+        )
         self.supports_history = bool(self.meta.get("supports_history"))
         if backend == "auto":
             backend = "torchscript" if self.meta["scorer"].get("torchscript") else "eager"
@@ -173,18 +186,26 @@ class LoadedRecommender:
         if backend == "torchscript":
             name = self.meta["scorer"].get("torchscript")
             if not name:
-                raise CheckpointError(f"{self.dir}: no TorchScript scorer ({self.meta['scorer'].get('torchscript_error')})")
+                raise CheckpointError(
+                    f"{self.dir}: no TorchScript scorer ({self.meta['scorer'].get('torchscript_error')})"
+                )
             try:
                 self._ts = torch.jit.load(str(self.dir / name), map_location="cpu")
             except Exception as e:  # noqa: BLE001
-                raise CheckpointError(f"{self.dir / name}: not a loadable TorchScript file ({e})") from None
+                raise CheckpointError(
+                    f"{self.dir / name}: not a loadable TorchScript file ({e})"
+                ) from None
         elif backend == "onnx":
             name = self.meta["scorer"].get("onnx")
             if not name:
-                raise CheckpointError(f"{self.dir}: no ONNX scorer ({self.meta['scorer'].get('onnx_error')})")
+                raise CheckpointError(
+                    f"{self.dir}: no ONNX scorer ({self.meta['scorer'].get('onnx_error')})"
+                )
             import onnxruntime as ort
 
-            self._ort = ort.InferenceSession(str(self.dir / name), providers=["CPUExecutionProvider"])
+            self._ort = ort.InferenceSession(
+                str(self.dir / name), providers=["CPUExecutionProvider"]
+            )
             self._ort_inputs = {i.name for i in self._ort.get_inputs()}
         elif backend == "eager":
             self.model = self._eager_model()
@@ -201,14 +222,16 @@ class LoadedRecommender:
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{path}: weights not loadable into {self.meta['model']['_target_']} ({e})") from None
+            raise CheckpointError(
+                f"{path}: weights not loadable into {self.meta['model']['_target_']} ({e})"
+            ) from None
         return model.eval()
 
     # -- ids -------------------------------------------------------------------------------
     def user_index(self, users: Iterable[Any], allow_unknown: bool = False) -> list[int | None]:
         out = [self._user_index.get(_id_key(u, self.user_ids.dtype)) for u in users]
         if not allow_unknown and None in out:
-            bad = [u for u, i in zip(users, out) if i is None][:5]
+            bad = [u for u, i in zip(users, out, strict=False) if i is None][:5]
             raise UnknownIdError(
                 f"unknown user id(s): {', '.join(map(str, bad))} (the artifact knows {self.num_users} users; "
                 "use fallback='popular' (CLI: --fallback popular) for a popularity answer)"
@@ -219,7 +242,7 @@ class LoadedRecommender:
         items = list(items)
         out = [self._item_index.get(_id_key(v, self.item_ids.dtype)) for v in items]
         if not allow_unknown and None in out:
-            bad = [v for v, i in zip(items, out) if i is None][:5]
+            bad = [v for v, i in zip(items, out, strict=False) if i is None][:5]
             raise UnknownIdError(
                 f"unknown item id(s): {', '.join(map(str, bad))} (the artifact knows {self.num_items} items; "
                 "use fallback='popular' (CLI: --fallback popular) to ignore them)"
@@ -240,7 +263,9 @@ class LoadedRecommender:
 
             with self._torch.no_grad():
                 for s in range(0, len(users), 256):
-                    b = UserBatch.from_lists(list(users[s : s + 256]), [h.tolist() for h in histories[s : s + 256]])
+                    b = UserBatch.from_lists(
+                        list(users[s : s + 256]), [h.tolist() for h in histories[s : s + 256]]
+                    )
                     out[s : s + 256] = self.model.score(b).float().numpy()
             return out
         for s, e in chunks([len(h) for h in histories], self.rows, self.length):
@@ -248,14 +273,22 @@ class LoadedRecommender:
             if self.backend == "torchscript":
                 t = self._torch
                 with t.no_grad():
-                    scores = self._ts(t.from_numpy(u), t.from_numpy(items), t.from_numpy(offsets)).numpy()
+                    scores = self._ts(
+                        t.from_numpy(u), t.from_numpy(items), t.from_numpy(offsets)
+                    ).numpy()
             else:
-                feed = {k: v for k, v in (("users", u), ("items", items), ("offsets", offsets)) if k in self._ort_inputs}
+                feed = {
+                    k: v
+                    for k, v in (("users", u), ("items", items), ("offsets", offsets))
+                    if k in self._ort_inputs
+                }
                 scores = self._ort.run(None, feed)[0]
             out[s:e] = scores[: e - s]
         return out
 
-    def _top(self, scores: np.ndarray, seen: np.ndarray | None, k: int) -> tuple[list[Any], list[float]]:
+    def _top(
+        self, scores: np.ndarray, seen: np.ndarray | None, k: int
+    ) -> tuple[list[Any], list[float]]:
         scores = scores.astype(np.float64)
         if seen is not None and len(seen):
             scores[seen] = -np.inf
@@ -273,7 +306,11 @@ class LoadedRecommender:
         return {"items": items, "scores": scores, "fallback": "popular"}
 
     def recommend(
-        self, users: Sequence[Any], k: int = 10, exclude_seen: bool = True, fallback: str | None = None
+        self,
+        users: Sequence[Any],
+        k: int = 10,
+        exclude_seen: bool = True,
+        fallback: str | None = None,
     ) -> list[dict[str, Any]]:
         """Top-``k`` items for each external user id: ``[{"user", "items", "scores"}, ...]``.
 
@@ -288,7 +325,7 @@ class LoadedRecommender:
         known = [i for i in idx if i is not None]
         scores = self.score(known, [self.history(i) for i in known]) if known else None
         out, j = [], 0
-        for u, i in zip(users, idx):
+        for u, i in zip(users, idx, strict=False):
             if i is None:
                 out.append({"user": u, **self._popular(None, k)})
                 continue
@@ -298,7 +335,11 @@ class LoadedRecommender:
         return out
 
     def recommend_history(
-        self, items: Sequence[Any], k: int = 10, exclude_seen: bool = True, fallback: str | None = None
+        self,
+        items: Sequence[Any],
+        k: int = 10,
+        exclude_seen: bool = True,
+        fallback: str | None = None,
     ) -> dict[str, Any]:
         """Top-``k`` items for an anonymous history (external item ids, oldest first).
 

@@ -77,7 +77,13 @@ class Group:
     flat: dict[str, Any] = field(default_factory=dict)
 
     def values(self, split: str, metric: str) -> np.ndarray:
-        return np.array([float(r.metrics[split][metric]) for r in self.runs if metric in r.metrics.get(split, {})])
+        return np.array(
+            [
+                float(r.metrics[split][metric])
+                for r in self.runs
+                if metric in r.metrics.get(split, {})
+            ]
+        )
 
     def user_means(self, metric: str) -> dict[int, float]:
         """Each user's value of ``metric`` averaged over this group's seeds (users all seeds have)."""
@@ -86,7 +92,9 @@ class Group:
             pu = r.per_user()
             if metric not in pu:
                 raise DataError(f"{r.path / 'per_user_test.npz'}: no per-user values of {metric}")
-            tables.append(dict(zip(pu["user"].tolist(), pu[metric].astype(np.float64).tolist())))
+            tables.append(
+                dict(zip(pu["user"].tolist(), pu[metric].astype(np.float64).tolist(), strict=False))
+            )
         common = set(tables[0]).intersection(*tables[1:])
         return {u: float(np.mean([t[u] for t in tables])) for u in common}
 
@@ -146,7 +154,9 @@ def find_runs(paths: list[str]) -> tuple[list[Run], list[str]]:
         runs.extend(load_run(f) for f in found)
         for fail in sorted((p / "failures").glob("*.json")) if (p / "failures").is_dir() else []:
             info = json.loads(fail.read_text())
-            notes.append(f"failed run skipped: job {info.get('job')} ({' '.join(info.get('overrides', []))})")
+            notes.append(
+                f"failed run skipped: job {info.get('job')} ({' '.join(info.get('overrides', []))})"
+            )
     return runs, notes
 
 
@@ -155,7 +165,10 @@ def check_fingerprints(runs: list[Run]) -> None:
     for r in runs:
         prints.setdefault(r.fingerprint, []).append(r.path)
     if len(prints) > 1:
-        lines = [f"  {fp}: {', '.join(map(str, ps[:3]))}{' ...' if len(ps) > 3 else ''}" for fp, ps in prints.items()]
+        lines = [
+            f"  {fp}: {', '.join(map(str, ps[:3]))}{' ...' if len(ps) > 3 else ''}"
+            for fp, ps in prints.items()
+        ]
         raise DataError(
             "runs were evaluated on different data or splits (data fingerprints differ); "
             "compare runs of one dataset and split only:\n" + "\n".join(lines)
@@ -181,12 +194,19 @@ def group_runs(runs: list[Run]) -> list[Group]:
         key = tuple(sorted((k, str(v)) for k, v in flat.items()))
         groups.setdefault(key, Group(key, [], flat=flat)).runs.append(r)
     out = list(groups.values())
-    # label = model name + the settings that vary between groups having them
+    # label = model name + the settings that vary: model keys between groups of the same model,
+    # other keys (optim, data, trainer, ...) between all groups having them
     varying = set()
     all_keys = {k for g in out for k in g.flat}
     for k in all_keys:
-        vals = {str(g.flat[k]) for g in out if k in g.flat}
-        if len(vals) > 1 and k != "model._target_":
+        if k == "model._target_":
+            continue
+        scope: dict[Any, set[str]] = {}
+        for g in out:
+            if k in g.flat:
+                model = g.flat.get("model._target_") if k.startswith("model.") else None
+                scope.setdefault(model, set()).add(str(g.flat[k]))
+        if any(len(v) > 1 for v in scope.values()):
             varying.add(k)
     for g in out:
         name = str(g.flat.get("model._target_", "?")).rpartition(".")[2].lower()
@@ -252,7 +272,9 @@ def compare(
     primary = primary or metrics[0]
     p_split, p_metric = _split_metric(primary)
     if p_split != "test":
-        notes.append(f"significance tests use per-user test values; {primary} is a {p_split} metric")
+        notes.append(
+            f"significance tests use per-user test values; {primary} is a {p_split} metric"
+        )
     for m in [*metrics, primary]:
         s, k = _split_metric(m)
         if not any(k in r.metrics.get(s, {}) for r in runs):
@@ -262,11 +284,19 @@ def compare(
     rows = []
     base_users = base.user_means(p_metric) if len(groups) > 1 else {}
     for g in groups:
-        row: dict[str, Any] = {"label": g.label, "n_seeds": len(g.runs), "seeds": [r.seed for r in g.runs]}
+        row: dict[str, Any] = {
+            "label": g.label,
+            "n_seeds": len(g.runs),
+            "seeds": [r.seed for r in g.runs],
+        }
         for m in metrics:
             s, k = _split_metric(m)
             v = g.values(s, k)
-            row[m] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0) if len(v) else (math.nan, math.nan)
+            row[m] = (
+                (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+                if len(v)
+                else (math.nan, math.nan)
+            )
         if g is base or not base_users:
             row.update(p_ttest=math.nan, p_wilcoxon=math.nan, n_users=len(base_users))
         else:
@@ -275,21 +305,29 @@ def compare(
         row["baseline"] = g is base
         rows.append(row)
     for key in ("p_ttest", "p_wilcoxon"):
-        for row, adj in zip(rows, holm([r[key] for r in rows])):
+        for row, adj in zip(rows, holm([r[key] for r in rows]), strict=False):
             row[f"{key}_holm"] = adj
-    for row, g in zip(rows, groups):
+    for row, g in zip(rows, groups, strict=False):
         v = g.values(p_split, p_metric)
         row["primary_mean"] = float(v.mean()) if len(v) else math.nan
         row["primary_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
     best = int(np.nanargmax([r["primary_mean"] for r in rows]))
     for i, row in enumerate(rows):
         row["best"] = i == best
-    return {"rows": rows, "metrics": metrics, "primary": primary, "baseline": base.label, "notes": notes}
+    return {
+        "rows": rows,
+        "metrics": metrics,
+        "primary": primary,
+        "baseline": base.label,
+        "notes": notes,
+    }
 
 
 def _pick_baseline(groups: list[Group], name: str | None) -> Group:
     if name:
-        exact = [g for g in groups if g.label == name]
+        exact = [g for g in groups if g.label == name] or [
+            g for g in groups if g.label.split()[0] == name
+        ]
         hits = exact or [g for g in groups if name.lower() in g.label.lower()]
         if len(hits) != 1:
             labels = ", ".join(repr(g.label) for g in groups)
@@ -306,10 +344,14 @@ def _fmt_p(p: float) -> str:
 
 def to_markdown(result: dict[str, Any]) -> str:
     metrics, primary = result["metrics"], result["primary"]
-    head = ["", "run", "seeds", *metrics, f"p t-test (Holm)", f"p Wilcoxon (Holm)"]
+    head = ["", "run", "seeds", *metrics, "p t-test (Holm)", "p Wilcoxon (Holm)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
-        cells = ["★" if r["best"] else "", r["label"] + (" (baseline)" if r["baseline"] else ""), str(r["n_seeds"])]
+        cells = [
+            "★" if r["best"] else "",
+            r["label"] + (" (baseline)" if r["baseline"] else ""),
+            str(r["n_seeds"]),
+        ]
         for m in metrics:
             mean, std = r[m]
             cells.append(f"{mean:.4f} ± {std:.4f}")
@@ -333,10 +375,18 @@ def write_csv(result: dict[str, Any], path: Path) -> None:
         w = csv.writer(f)
         w.writerow(fields)
         for r in result["rows"]:
-            row = [r["label"], r["n_seeds"], " ".join(map(str, r["seeds"])), r["best"], r["baseline"]]
+            row = [
+                r["label"],
+                r["n_seeds"],
+                " ".join(map(str, r["seeds"])),
+                r["best"],
+                r["baseline"],
+            ]
             for m in result["metrics"]:
                 row += [f"{r[m][0]:.6f}", f"{r[m][1]:.6f}"]
-            row += [r["n_users"]] + [("" if math.isnan(r[k]) else f"{r[k]:.6g}") for k in fields[-4:]]
+            row += [r["n_users"]] + [
+                ("" if math.isnan(r[k]) else f"{r[k]:.6g}") for k in fields[-4:]
+            ]
             w.writerow(row)
 
 
@@ -348,9 +398,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     rows = result["rows"]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 4))
-    colors = ["tab:orange" if r["best"] else ("tab:gray" if r["baseline"] else "tab:blue") for r in rows]
+    colors = [
+        "tab:orange" if r["best"] else ("tab:gray" if r["baseline"] else "tab:blue") for r in rows
+    ]
     x = np.arange(len(rows))
-    ax.bar(x, [r["primary_mean"] for r in rows], yerr=[r["primary_std"] for r in rows], capsize=4, color=colors)
+    ax.bar(
+        x,
+        [r["primary_mean"] for r in rows],
+        yerr=[r["primary_std"] for r in rows],
+        capsize=4,
+        color=colors,
+    )
     ax.set_xticks(x, [r["label"] for r in rows], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(result["primary"])
     ax.set_title(f"{result['primary']} (mean ± std over seeds)")
@@ -366,17 +424,38 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("paths", nargs="+", help="sweep directories and/or run directories")
     parser.add_argument(
-        "--metrics", default="test/ndcg@10,test/recall@10",
+        "--metrics",
+        default="test/ndcg@10,test/recall@10",
         help="comma-separated metrics to tabulate (split/metric; default: %(default)s)",
     )
-    parser.add_argument("--metric", default=None, help="primary metric: best row, tests, chart (default: the first of --metrics)")
-    parser.add_argument("--baseline", default=None, help="row label (or a unique part of it) tested against (default: popularity, else the first row)")
-    parser.add_argument("--out", default=None, help="folder for compare.md/.csv/.png (default: the single sweep directory given, else .)")
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="primary metric: best row, tests, chart (default: the first of --metrics)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="row label (or a unique part of it) tested against (default: popularity, else the first row)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="folder for compare.md/.csv/.png (default: the single sweep directory given, else .)",
+    )
     args = parser.parse_args(argv)
     try:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
         result = compare(args.paths, metrics, args.metric, args.baseline)
-        out = Path(args.out) if args.out else (Path(args.paths[0]) if len(args.paths) == 1 and not (Path(args.paths[0]) / "metrics.json").is_file() else Path("."))
+        out = (
+            Path(args.out)
+            if args.out
+            else (
+                Path(args.paths[0])
+                if len(args.paths) == 1 and not (Path(args.paths[0]) / "metrics.json").is_file()
+                else Path(".")
+            )
+        )
         out.mkdir(parents=True, exist_ok=True)
         md = to_markdown(result)
         (out / "compare.md").write_text(md)

@@ -61,7 +61,12 @@ def embeddings(model: nn.Module) -> dict[str, np.ndarray]:
 def _history_csr(split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every known event (train, validation, test and fold-in parts) as per-user rows in time order."""
     inter = split.train
-    for part in (split.val, split.test, getattr(split, "val_input", None), getattr(split, "test_input", None)):
+    for part in (
+        split.val,
+        split.test,
+        getattr(split, "val_input", None),
+        getattr(split, "test_input", None),
+    ):
         if part is not None and len(part):
             inter = inter.concat(part)
     csr = inter.to_csr()
@@ -110,7 +115,9 @@ def _probe_sets(indptr: np.ndarray, rows: int, length: int, seed: int = 0) -> li
     return out
 
 
-def _verify(run, model: nn.Module, probes: list[list[int]], hist, rows: int, length: int) -> str | None:
+def _verify(
+    run, model: nn.Module, probes: list[list[int]], hist, rows: int, length: int
+) -> str | None:
     """None if ``run(users, items, offsets)`` matches the eager model on every probe, else why not."""
     for users in probes:
         histories = [hist(u) for u in users]
@@ -118,7 +125,9 @@ def _verify(run, model: nn.Module, probes: list[list[int]], hist, rows: int, len
         u, items, offsets = pack(rows, length, users, histories)
         got = run(u, items, offsets)[: len(users)]
         if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
-            err = float(np.abs(got - want).max()) if got.shape == want.shape else f"shape {got.shape}"
+            err = (
+                float(np.abs(got - want).max()) if got.shape == want.shape else f"shape {got.shape}"
+            )
             return f"scores differ from the eager model (max abs error {err}) on a probe batch"
     return None
 
@@ -132,11 +141,15 @@ def _write_torchscript(scorer: Scorer, example, path: Path, verify) -> str | Non
             loaded = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # noqa: BLE001 - the model does not trace
         path.unlink(missing_ok=True)
-        return f"tracing failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        return (
+            f"tracing failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        )
 
     def run(u, items, offsets):
         with torch.no_grad():
-            return loaded(torch.from_numpy(u), torch.from_numpy(items), torch.from_numpy(offsets)).numpy()
+            return loaded(
+                torch.from_numpy(u), torch.from_numpy(items), torch.from_numpy(offsets)
+            ).numpy()
 
     reason = verify(run)
     if reason:
@@ -153,8 +166,13 @@ def _write_onnx(scorer: Scorer, example, path: Path, verify) -> str | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                scorer, example, str(path), input_names=["users", "items", "offsets"],
-                output_names=["scores"], dynamo=False, opset_version=17,
+                scorer,
+                example,
+                str(path),
+                input_names=["users", "items", "offsets"],
+                output_names=["scores"],
+                dynamo=False,
+                opset_version=17,
             )
     except Exception as e:  # noqa: BLE001 - an operator without an ONNX mapping, ...
         path.unlink(missing_ok=True)
@@ -171,7 +189,9 @@ def _write_onnx(scorer: Scorer, example, path: Path, verify) -> str | None:
     names = {i.name for i in sess.get_inputs()}
 
     def run(u, items, offsets):
-        feed = {k: v for k, v in (("users", u), ("items", items), ("offsets", offsets)) if k in names}
+        feed = {
+            k: v for k, v in (("users", u), ("items", items), ("offsets", offsets)) if k in names
+        }
         return sess.run(None, feed)[0]
 
     reason = verify(run)
@@ -197,7 +217,9 @@ def export(
     model = module.model.eval().cpu()
     config = dict(ckpt["hyper_parameters"].get("config") or {})
     if not config.get("data"):
-        raise CheckpointError(f"ckpt_path: {ckpt_path} holds no run config; cannot rebuild its id maps")
+        raise CheckpointError(
+            f"ckpt_path: {ckpt_path} holds no run config; cannot rebuild its id maps"
+        )
     if data_root:
         config["data"] = {**config["data"], "root": data_root}
     dm = datamodule_from_config(config)
@@ -210,8 +232,16 @@ def export(
         )
     run_dir = Path(run_dir) if run_dir else Path(ckpt_path).resolve().parent.parent
     return export_model(
-        model, config, split, dm.fingerprint, out, run_dir=run_dir, rows=rows,
-        torchscript=torchscript, onnx=onnx, source=str(Path(ckpt_path).resolve()),
+        model,
+        config,
+        split,
+        dm.fingerprint,
+        out,
+        run_dir=run_dir,
+        rows=rows,
+        torchscript=torchscript,
+        onnx=onnx,
+        source=str(Path(ckpt_path).resolve()),
     )
 
 
@@ -235,7 +265,9 @@ def export_model(
     model = model.eval().cpu()
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise ConfigError(f"out: {out} exists and is not an artifact directory; choose an empty folder")
+        raise ConfigError(
+            f"out: {out} exists and is not an artifact directory; choose an empty folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # an interrupted export leaves no valid manifest
 
@@ -246,7 +278,9 @@ def export_model(
 
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "weights.pt")
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    np.savez(out / "ids.npz", user_ids=_ids(split.train.user_ids), item_ids=_ids(split.train.item_ids))
+    np.savez(
+        out / "ids.npz", user_ids=_ids(split.train.user_ids), item_ids=_ids(split.train.item_ids)
+    )
     np.savez_compressed(out / "history.npz", indptr=indptr, indices=indices, item_counts=counts)
     emb = embeddings(model)
     if emb:
@@ -262,12 +296,19 @@ def export_model(
     first = probes[0]
     supports_history = _probe_history(model, hist(first[0]))
     scorer = Scorer(model).eval()
-    example = tuple(torch.from_numpy(a) for a in pack(rows, length, first, [hist(u) for u in first]))
+    example = tuple(
+        torch.from_numpy(a) for a in pack(rows, length, first, [hist(u) for u in first])
+    )
 
     def verify(run):
         return _verify(run, model, probes, hist, rows, length)
 
-    scorer_meta: dict[str, Any] = {"rows": rows, "length": length, "torchscript": None, "onnx": None}
+    scorer_meta: dict[str, Any] = {
+        "rows": rows,
+        "length": length,
+        "torchscript": None,
+        "onnx": None,
+    }
     for kind, enabled, fname, write in (
         ("torchscript", torchscript, "scorer.ts", _write_torchscript),
         ("onnx", onnx, "scorer.onnx", _write_onnx),
@@ -314,16 +355,24 @@ def _main(cfg) -> None:
         ckpt = run_path / "checkpoints" / "best.ckpt"
     out = c.get("out") or (Path(ckpt).resolve().parent.parent / "artifact")
     path = export(
-        ckpt, out, data_root=c.get("data_root"), rows=int(c.get("rows", 33)),
-        torchscript=bool(c.get("torchscript", True)), onnx=bool(c.get("onnx", True)),
+        ckpt,
+        out,
+        data_root=c.get("data_root"),
+        rows=int(c.get("rows", 33)),
+        torchscript=bool(c.get("torchscript", True)),
+        onnx=bool(c.get("onnx", True)),
     )
     meta = read_manifest(path, verify=False)
     s = meta["scorer"]
     print(f"artifact: {path}")
-    print(f"  model: {meta['model']['_target_']}  users: {meta['num_users']}  items: {meta['num_items']}")
+    print(
+        f"  model: {meta['model']['_target_']}  users: {meta['num_users']}  items: {meta['num_items']}"
+    )
     print(f"  torchscript: {s['torchscript'] or 'no (' + s.get('torchscript_error', '') + ')'}")
     print(f"  onnx: {s['onnx'] or 'no (' + s.get('onnx_error', '') + ')'}")
-    print(f"  embeddings: {', '.join(meta['embeddings']) or 'none'}  history input: {meta['supports_history']}")
+    print(
+        f"  embeddings: {', '.join(meta['embeddings']) or 'none'}  history input: {meta['supports_history']}"
+    )
 
 
 def main() -> None:
@@ -331,7 +380,9 @@ def main() -> None:
 
     from recsys.cli import CONFIG_DIR, report_errors
 
-    hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")(report_errors(_main))()
+    hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")(
+        report_errors(_main)
+    )()
 
 
 if __name__ == "__main__":

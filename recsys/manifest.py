@@ -19,7 +19,16 @@ from typing import Any
 
 from recsys.reporting import write_json
 
-PACKAGES = ("recsys", "torch", "pytorch-lightning", "hydra-core", "omegaconf", "numpy", "pandas", "scipy")
+PACKAGES = (
+    "recsys",
+    "torch",
+    "pytorch-lightning",
+    "hydra-core",
+    "omegaconf",
+    "numpy",
+    "pandas",
+    "scipy",
+)
 
 
 def _now() -> str:
@@ -47,7 +56,10 @@ def git_state(path: Path | None = None) -> dict[str, Any] | None:
             return None
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=5,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):

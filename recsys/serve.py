@@ -40,7 +40,7 @@ def _read_users(path: Path) -> list[str]:
 def _print(rec: dict, label: str) -> None:
     note = "  (popularity fallback)" if rec.get("fallback") else ""
     print(f"{label}{note}")
-    for rank, (item, score) in enumerate(zip(rec["items"], rec["scores"]), 1):
+    for rank, (item, score) in enumerate(zip(rec["items"], rec["scores"], strict=False), 1):
         print(f"{rank:4d}  {item}  {score:.6g}")
 
 
@@ -49,13 +49,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("artifact", help="artifact directory written by recsys-export")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--user", action="append", help="external user id (repeatable)")
-    what.add_argument("--items", help="comma-separated external item ids: an anonymous history, oldest first")
+    what.add_argument(
+        "--items", help="comma-separated external item ids: an anonymous history, oldest first"
+    )
     what.add_argument("--input", type=Path, help="CSV of users (column 'user', or one id per line)")
-    parser.add_argument("-k", type=int, default=10, help="recommendations per user (default: %(default)s)")
-    parser.add_argument("--output", type=Path, help="CSV to write (user,rank,item,score); default: print")
-    parser.add_argument("--include-seen", action="store_true", help="do not exclude items already seen")
-    parser.add_argument("--fallback", choices=["popular"], help="answer unknown ids with the most popular items")
-    parser.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnx", "eager"])
+    parser.add_argument(
+        "-k", type=int, default=10, help="recommendations per user (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--output", type=Path, help="CSV to write (user,rank,item,score); default: print"
+    )
+    parser.add_argument(
+        "--include-seen", action="store_true", help="do not exclude items already seen"
+    )
+    parser.add_argument(
+        "--fallback", choices=["popular"], help="answer unknown ids with the most popular items"
+    )
+    parser.add_argument(
+        "--backend", default="auto", choices=["auto", "torchscript", "onnx", "eager"]
+    )
     parser.add_argument("--batch-size", type=int, default=1024, help="users per batch with --input")
     args = parser.parse_args(argv)
 
@@ -70,21 +82,37 @@ def main(argv: list[str] | None = None) -> None:
             items = [i.strip() for i in args.items.split(",") if i.strip()]
             if not items:
                 raise RecsysError("--items: give at least one item id")
-            out = [{"user": "", **rec.recommend_history(items, k=args.k, exclude_seen=exclude, fallback=args.fallback)}]
+            out = [
+                {
+                    "user": "",
+                    **rec.recommend_history(
+                        items, k=args.k, exclude_seen=exclude, fallback=args.fallback
+                    ),
+                }
+            ]
         else:
             users = args.user if args.user else _read_users(args.input)
             out = []
             for s in range(0, len(users), max(1, args.batch_size)):
-                out += rec.recommend(users[s : s + args.batch_size], k=args.k, exclude_seen=exclude, fallback=args.fallback)
+                out += rec.recommend(
+                    users[s : s + args.batch_size],
+                    k=args.k,
+                    exclude_seen=exclude,
+                    fallback=args.fallback,
+                )
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             with open(args.output, "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["user", "rank", "item", "score"])
                 for r in out:
-                    for rank, (item, score) in enumerate(zip(r["items"], r["scores"]), 1):
+                    for rank, (item, score) in enumerate(
+                        zip(r["items"], r["scores"], strict=False), 1
+                    ):
                         w.writerow([r["user"], rank, item, f"{score:.7g}"])
-            print(f"wrote {sum(len(r['items']) for r in out)} recommendations for {len(out)} row(s) to {args.output}")
+            print(
+                f"wrote {sum(len(r['items']) for r in out)} recommendations for {len(out)} row(s) to {args.output}"
+            )
         else:
             for r in out:
                 _print(r, f"user {r['user']}" if args.items is None else f"history {args.items}")

@@ -82,7 +82,10 @@ def swept_keys(sweep: Path | None = None) -> set[str] | None:
 
 
 def run_name(
-    config: dict[str, Any], overrides: list[str], job_num: int | None = None, keys: set[str] | None = None
+    config: dict[str, Any],
+    overrides: list[str],
+    job_num: int | None = None,
+    keys: set[str] | None = None,
 ) -> str:
     """A folder-safe name: ``<job>-<model>-<key=value,...>``, over the swept keys when known."""
     keys = swept_keys() if keys is None else keys
@@ -90,7 +93,11 @@ def run_name(
     for o in overrides:
         o = o.lstrip("+~")
         key = o.partition("=")[0]
-        if key == "model" or o.startswith(_SKIP_OVERRIDES) or (keys is not None and key not in keys):
+        if (
+            key == "model"
+            or o.startswith(_SKIP_OVERRIDES)
+            or (keys is not None and key not in keys)
+        ):
             continue
         value = o.partition("=")[2]
         try:  # sampled floats: 3 significant digits are enough to tell runs apart
@@ -133,14 +140,18 @@ def hparams(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     return {k: _scalar(v) for k, v in out.items()}
 
 
-def log_hparams(logger: Any, config: dict[str, Any], overrides: list[str], results: dict[str, dict[str, float]]) -> None:
+def log_hparams(
+    logger: Any, config: dict[str, Any], overrides: list[str], results: dict[str, dict[str, float]]
+) -> None:
     """Write the HPARAMS entry of this run: its hyper-parameters with the final metrics.
 
     The metrics go under ``final/<stage>/<metric>`` so the per-epoch curves are left untouched.
     """
     if not logger or not hasattr(logger, "log_hyperparams"):
         return
-    metrics = {f"final/{stage}/{k}": float(v) for stage, vals in results.items() for k, v in vals.items()}
+    metrics = {
+        f"final/{stage}/{k}": float(v) for stage, vals in results.items() for k, v in vals.items()
+    }
     logger.log_hyperparams(hparams(config, overrides), metrics=metrics)
 
 
@@ -169,7 +180,11 @@ def record_failures(fn: Callable[..., Any]) -> Callable[..., Any]:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{num:03d}.json").write_text(json.dumps(record, indent=2) + "\n")
             log.error("run %d failed (%s): %s", num, " ".join(overrides), record["error"])
-            print(f"error: run {num} ({' '.join(overrides)}) failed: {record['error']}", file=sys.stderr, flush=True)
+            print(
+                f"error: run {num} ({' '.join(overrides)}) failed: {record['error']}",
+                file=sys.stderr,
+                flush=True,
+            )
             return math.nan
 
     return wrapper
@@ -177,7 +192,11 @@ def record_failures(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def failures(sweep: str | Path) -> list[dict[str, Any]]:
     folder = Path(sweep) / "failures"
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return (
+        [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+        if folder.is_dir()
+        else []
+    )
 
 
 try:  # the callback base class exists whenever Hydra is installed (a core dependency)

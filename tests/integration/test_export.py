@@ -27,7 +27,7 @@ from recsys.errors import CheckpointError, RecsysError
 from recsys.export import _history_csr, export_model
 from recsys.models.base import build_model
 from recsys.serve import main as serve_main
-from recsys.train import train
+from recsys.train import main as train_main
 from tests.conftest import FAST_TRAINER, compose_config
 
 MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
@@ -61,7 +61,9 @@ def artifacts(tmp_path_factory) -> dict[str, Path]:
     users = [int(u) for u in np.flatnonzero(np.diff(indptr) > 0)[:20]]
     out = {}
     for name in MODELS:
-        config = OmegaConf.to_container(compose_config("train", DATA + [f"model={name}"], root), resolve=True)
+        config = OmegaConf.to_container(
+            compose_config("train", DATA + [f"model={name}"], root), resolve=True
+        )
         torch.manual_seed(0)
         model = build_model(config["model"], dm.n_users, dm.n_items)
         if model.train_batch is None:
@@ -108,7 +110,9 @@ def test_every_model_round_trips_in_a_fresh_process(artifacts):
     root = next(iter(artifacts.values())).parent
     proc = subprocess.run(
         [sys.executable, "-c", CHECK, str(root), ",".join(artifacts)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -129,7 +133,9 @@ def test_artifact_contents(artifacts):
         state = torch.load(path / "weights.pt", weights_only=True)
         assert all(isinstance(v, torch.Tensor) for v in state.values())
         ids = np.load(path / "ids.npz", allow_pickle=False)
-        assert len(ids["user_ids"]) == meta["num_users"] and len(ids["item_ids"]) == meta["num_items"]
+        assert (
+            len(ids["user_ids"]) == meta["num_users"] and len(ids["item_ids"]) == meta["num_items"]
+        )
     mf = read_manifest(artifacts["mf"])
     emb = np.load(artifacts["mf"] / "embeddings.npz")
     # exported factors reproduce the model's scores: score(u, i) = user[u] · item[i]
@@ -147,7 +153,9 @@ def test_history_and_unknown_ids(artifacts):
     got = pop.recommend_history(history, k=5)
     # popularity: the most frequent training items, the history excluded (numpy ranking)
     train_counts = torch.load(artifacts["pop"] / "weights.pt", weights_only=True)["counts"].numpy()
-    order = [i for i in np.lexsort((np.arange(len(train_counts)), -train_counts)) if i not in (0, 1)][:5]
+    order = [
+        i for i in np.lexsort((np.arange(len(train_counts)), -train_counts)) if i not in (0, 1)
+    ][:5]
     assert got["items"] == pop.item_ids[order].tolist()
     counts = pop.item_counts  # all known events: the fallback ranking
     assert counts.sum() > train_counts.sum()
@@ -158,7 +166,10 @@ def test_history_and_unknown_ids(artifacts):
     with pytest.raises(RecsysError, match="known users only"):
         mf.recommend_history(history, k=5)
     fb = mf.recommend([10**9], k=5, fallback="popular")[0]
-    assert fb["fallback"] == "popular" and fb["items"] == pop.item_ids[np.lexsort((np.arange(len(counts)), -counts))[:5]].tolist()
+    assert (
+        fb["fallback"] == "popular"
+        and fb["items"] == pop.item_ids[np.lexsort((np.arange(len(counts)), -counts))[:5]].tolist()
+    )
     with pytest.raises(RecsysError, match="unknown item id"):
         pop.recommend_history([10**9], k=5)
     # exclude_seen: a known user's seen items never come back
@@ -186,11 +197,24 @@ def test_corrupted_or_truncated_artifact_is_refused(artifacts, tmp_path):
 
 def test_export_cli_from_a_trained_run_and_recommend_cli(tmp_path, capsys):
     run = tmp_path / "run"
-    metrics = train(compose_config("train", DATA + FAST_TRAINER + ["trainer.max_epochs=2", "eval.baseline=null"], run))
+    # the Hydra task function behind recsys-train returns optimized_metric to a sweeper
+    cfg = compose_config(
+        "train",
+        DATA
+        + FAST_TRAINER
+        + ["trainer.max_epochs=2", "eval.baseline=null", "optimized_metric='val/mrr@10'"],
+        run,
+    )
+    returned = train_main.__wrapped__(cfg)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert returned == metrics["val"]["mrr@10"]
     art = tmp_path / "art"
     proc = subprocess.run(
         [sys.executable, "-m", "recsys.export", f"run={run}", f"out={art}"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "torchscript: scorer.ts" in proc.stdout
@@ -204,8 +228,22 @@ def test_export_cli_from_a_trained_run_and_recommend_cli(tmp_path, capsys):
     rec = load(art)
     users = rec.user_ids[:3].tolist()
     (tmp_path / "users.csv").write_text("user\n" + "\n".join(map(str, users + [987654321])) + "\n")
-    cli = [str(art), "-k", "4"]  # recsys-recommend in-process (the fresh-process load is tested above)
-    serve_main(cli + ["--input", str(tmp_path / "users.csv"), "--output", str(tmp_path / "recs.csv"), "--fallback", "popular"])
+    cli = [
+        str(art),
+        "-k",
+        "4",
+    ]  # recsys-recommend in-process (the fresh-process load is tested above)
+    serve_main(
+        cli
+        + [
+            "--input",
+            str(tmp_path / "users.csv"),
+            "--output",
+            str(tmp_path / "recs.csv"),
+            "--fallback",
+            "popular",
+        ]
+    )
     rows = [line.split(",") for line in (tmp_path / "recs.csv").read_text().splitlines()[1:]]
     assert len(rows) == 4 * 4
     want = rec.recommend(users, k=4)

@@ -17,11 +17,18 @@ from omegaconf import OmegaConf
 from recsys.cli import CONFIG_DIR
 from recsys.compare import main as compare_main
 
-pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs the sweep extra: pip install -e '.[sweep]'")
+pytest.importorskip(
+    "hydra_plugins.hydra_joblib_launcher", reason="needs the sweep extra: pip install -e '.[sweep]'"
+)
 
 TINY = [
-    "data.n_users=120", "data.n_items=60", "data.mean_length=12", "data.n_groups=3",
-    "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.max_epochs=2",
+    "data.n_users=120",
+    "data.n_items=60",
+    "data.mean_length=12",
+    "data.n_groups=3",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.max_epochs=2",
     "eval.baseline=null",
 ]
 
@@ -32,9 +39,22 @@ def sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("sweep")
     env = {**os.environ, "RECSYS_SWEEP_JOBS": "2", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "recsys.train", "-m", "hydra/launcher=parallel",
-         "model=mf,pop", "seed=1,2,oops", *TINY, f"hydra.sweep.dir={out}"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=out,
+        [
+            sys.executable,
+            "-m",
+            "recsys.train",
+            "-m",
+            "hydra/launcher=parallel",
+            "model=mf,pop",
+            "seed=1,2,oops",
+            *TINY,
+            f"hydra.sweep.dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=out,
     )
     return out, proc
 
@@ -52,7 +72,8 @@ def test_failed_runs_are_reported_and_the_others_complete(sweep):
     for f in failed:
         assert "seed=oops" in f["overrides"] and "seed must be an integer" in f["error"]
     assert {tuple(sorted(o for o in f["overrides"] if o.startswith("model="))) for f in failed} == {
-        ("model=mf",), ("model=pop",)
+        ("model=mf",),
+        ("model=pop",),
     }
     assert len(_runs(out)) == 4  # the four valid runs finished
 
@@ -68,7 +89,9 @@ def test_manifest_records_the_run(sweep):
         assert m["seed"] == m["config"]["seed"] in (1, 2)
         assert m["config"]["model"]["_target_"] == metrics["model"]
         assert m["device"] == "cpu"
-        assert {"python", "torch", "pytorch-lightning", "hydra-core", "numpy", "pandas"} <= set(m["versions"])
+        assert {"python", "torch", "pytorch-lightning", "hydra-core", "numpy", "pandas"} <= set(
+            m["versions"]
+        )
         assert "commit" in (m["git"] or {"commit": None})
         splits.add(m["data"]["split_fingerprint"])
     # leave-one-out does not depend on the seed: all four runs saw the same prepared data
@@ -108,11 +131,20 @@ def test_compare_on_the_sweep(sweep, tmp_path, capsys):
     printed = capsys.readouterr().out
     md = (tmp_path / "compare.md").read_text()
     assert md in printed
-    rows = [line for line in md.splitlines() if line.startswith("| ") and ("mf" in line or "popularity" in line)]
+    rows = [
+        line
+        for line in md.splitlines()
+        if line.startswith("| ") and ("mf" in line or "popularity" in line)
+    ]
     assert len(rows) == 2 and all("| 2 |" in r for r in rows)  # two seeds per configuration
     assert "failed run skipped" in md
-    mf = [json.loads((r / "metrics.json").read_text())["test"]["ndcg@10"] for r in _runs(out)
-          if json.loads((r / "manifest.json").read_text())["config"]["model"]["_target_"].endswith("MF")]
+    mf = [
+        json.loads((r / "metrics.json").read_text())["test"]["ndcg@10"]
+        for r in _runs(out)
+        if json.loads((r / "manifest.json").read_text())["config"]["model"]["_target_"].endswith(
+            "MF"
+        )
+    ]
     assert f"{sum(mf) / 2:.4f}" in md  # the mean over the two seeds
     assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "compare.csv").read_text().startswith("label,n_seeds")

@@ -14,20 +14,41 @@ from recsys.compare import compare, holm, main
 from recsys.errors import DataError
 
 
-def make_run(root: Path, name: str, model: str, seed: int, per_user: np.ndarray, fingerprint: str = "fp1",
-             split: str | None = None, **model_kw) -> Path:
+def make_run(
+    root: Path,
+    name: str,
+    model: str,
+    seed: int,
+    per_user: np.ndarray,
+    fingerprint: str = "fp1",
+    split: str | None = None,
+    **model_kw,
+) -> Path:
     d = root / name
     d.mkdir(parents=True)
-    config = {"seed": seed, "model": {"_target_": f"recsys.models.{model}", **model_kw}, "data": {"name": "toy"},
-              "paths": {"output_dir": str(d)}}
+    config = {
+        "seed": seed,
+        "model": {"_target_": f"recsys.models.{model}", **model_kw},
+        "data": {"name": "toy"},
+        "paths": {"output_dir": str(d)},
+    }
     users = np.arange(len(per_user))
-    (d / "metrics.json").write_text(json.dumps({
-        "model": config["model"]["_target_"],
-        "test": {"ndcg@10": float(per_user.mean()), "recall@10": float(per_user.mean()) / 2},
-        "val": {"ndcg@10": float(per_user.mean())},
-        "data": {"fingerprint": fingerprint},
-    }))
-    (d / "manifest.json").write_text(json.dumps({"config": config, "data": {"split_fingerprint": split}}))
+    (d / "metrics.json").write_text(
+        json.dumps(
+            {
+                "model": config["model"]["_target_"],
+                "test": {
+                    "ndcg@10": float(per_user.mean()),
+                    "recall@10": float(per_user.mean()) / 2,
+                },
+                "val": {"ndcg@10": float(per_user.mean())},
+                "data": {"fingerprint": fingerprint},
+            }
+        )
+    )
+    (d / "manifest.json").write_text(
+        json.dumps({"config": config, "data": {"split_fingerprint": split}})
+    )
     np.savez_compressed(d / "per_user_test.npz", user=users, **{"ndcg@10": per_user})
     return d
 
@@ -47,8 +68,22 @@ def sweep(tmp_path):
     for seed in (1, 2):
         # "good" beats "base" by a planted +0.1 per user; "same" equals "base" up to tiny noise
         runs[("pop", seed)] = make_run(tmp_path, f"pop{seed}", "popularity.Popularity", seed, base)
-        runs[("good", seed)] = make_run(tmp_path, f"good{seed}", "mf.MF", seed, base + 0.1 + 0.01 * seed + rng.normal(0, 0.05, 200), embedding_size=64)
-        runs[("same", seed)] = make_run(tmp_path, f"same{seed}", "mf.MF", seed, base + rng.normal(0, 0.05, 200), embedding_size=8)
+        runs[("good", seed)] = make_run(
+            tmp_path,
+            f"good{seed}",
+            "mf.MF",
+            seed,
+            base + 0.1 + 0.01 * seed + rng.normal(0, 0.05, 200),
+            embedding_size=64,
+        )
+        runs[("same", seed)] = make_run(
+            tmp_path,
+            f"same{seed}",
+            "mf.MF",
+            seed,
+            base + rng.normal(0, 0.05, 200),
+            embedding_size=8,
+        )
     return tmp_path, runs
 
 
@@ -61,7 +96,10 @@ def test_groups_seeds_means_and_paired_tests(sweep):
     good = rows["mf embedding_size=64"]
     assert good["n_seeds"] == 2 and good["best"] and not rows["popularity"]["best"]
     # mean ± std over the two seeds, from the metrics.json values
-    vals = [json.loads((runs[("good", s)] / "metrics.json").read_text())["test"]["ndcg@10"] for s in (1, 2)]
+    vals = [
+        json.loads((runs[("good", s)] / "metrics.json").read_text())["test"]["ndcg@10"]
+        for s in (1, 2)
+    ]
     assert good["test/ndcg@10"] == pytest.approx((np.mean(vals), np.std(vals, ddof=1)))
     # paired tests over per-user values averaged over seeds, against scipy on the same vectors
     per = {k: np.load(v / "per_user_test.npz")["ndcg@10"] for k, v in runs.items()}
@@ -116,7 +154,9 @@ def test_unknown_metric_and_baseline_are_clear_errors(sweep):
 def test_refuses_same_config_on_different_prepared_data(tmp_path):
     make_run(tmp_path, "a", "mf.MF", 1, np.full(10, 0.2), split="s1")
     make_run(tmp_path, "b", "popularity.Popularity", 1, np.full(10, 0.3), split="s2")
-    make_run(tmp_path, "c", "popularity.Popularity", 2, np.full(10, 0.3), split="s3")  # other seed: fine
+    make_run(
+        tmp_path, "c", "popularity.Popularity", 2, np.full(10, 0.3), split="s3"
+    )  # other seed: fine
     with pytest.raises(DataError, match="split fingerprints differ"):
         compare([str(tmp_path)], ["test/ndcg@10"])
     assert len(compare([str(tmp_path / "a"), str(tmp_path / "c")], ["test/ndcg@10"])["rows"]) == 2
