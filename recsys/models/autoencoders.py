@@ -119,6 +119,12 @@ class MultDAE(Recommender):
     def score(self, users: UserBatch) -> Tensor:
         return self(users.dense(self.num_items), corrupt=False)
 
+    @torch.no_grad()
+    def user_representation(self, users: UserBatch) -> Tensor:
+        """(B, d) the code of the users' histories (no dropout)."""
+        h = F.normalize(users.dense(self.num_items), dim=1)
+        return torch.tanh(_run(self.encoder, h))
+
 
 class MultVAE(Recommender):
     """Mult-VAE^PR (Liang et al., WWW 2018): a VAE with multinomial likelihood and KL annealing."""
@@ -186,3 +192,8 @@ class MultVAE(Recommender):
     def score(self, users: UserBatch) -> Tensor:
         mu, _ = self.encode(users.dense(self.num_items), corrupt=False)
         return _run(self.decoder, mu)  # (B, I)
+
+    @torch.no_grad()
+    def user_representation(self, users: UserBatch) -> Tensor:
+        """(B, d) the latent mean of q(z | history)."""
+        return self.encode(users.dense(self.num_items), corrupt=False)[0]

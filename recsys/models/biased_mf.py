@@ -81,6 +81,10 @@ class BiasedMF(Recommender):
         )
         return {"loss": mse + l2 / len(u), "mse": mse}
 
+    def user_representation(self, users: UserBatch) -> Tensor:
+        """(B, d + 1) the users' factors and bias."""
+        return torch.cat([self.user_emb(users.user), self.user_bias(users.user)], -1)
+
     def score(self, users: UserBatch) -> Tensor:
         u = users.user
         return (

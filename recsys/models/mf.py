@@ -93,6 +93,10 @@ class MF(Recommender):
     def score(self, users: UserBatch) -> Tensor:
         return self.user_emb(users.user) @ self.item_emb.weight.T  # (B, I)
 
+    def user_representation(self, users: UserBatch) -> Tensor:
+        """(B, d) the users' factors (for segmentation and engagement features)."""
+        return self.user_emb(users.user)
+
     def embeddings(self) -> dict[str, Tensor]:
         """The factor tables exported for ANN search: score(u, i) = user[u] · item[i]."""
         return {"user": self.user_emb.weight, "item": self.item_emb.weight}

@@ -118,6 +118,11 @@ class _PairwiseScorer(Recommender):
         """(n,) interaction probabilities of paired users and items."""
         return torch.sigmoid(self.pair_logits(user, item))
 
+    def user_representation(self, users: UserBatch) -> Tensor:
+        """(B, d) the users' embeddings (NeuMF: its GMF and MLP embeddings side by side)."""
+        tables = [getattr(self, n) for n in ("user_emb", "user_mf", "user_mlp") if hasattr(self, n)]
+        return torch.cat([t(users.user) for t in tables], -1)
+
     def score(self, users: UserBatch) -> Tensor:
         step = max(1, self.score_chunk // self.num_items)
         return torch.cat(

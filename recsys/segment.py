@@ -1,0 +1,387 @@
+"""``recsys-segment``: group the users of a trained run into customer segments.
+
+    recsys-segment run=outputs/<date>/<time>                       # k by silhouette, both features
+    recsys-segment run=outputs/<date>/<time> features=rfm k=5
+    recsys-segment artifact=outputs/<date>/<time>/artifact features=embedding
+
+Features (``features=rfm|embedding|both``), per user, from the history known at test time
+(training + validation events, the model's evaluation input):
+
+- ``rfm``: recency (days since the user's last event, relative to the last event of the log;
+  only for logs with a clock), frequency (log of the number of events) and monetary value (mean
+  rating, where the log has ratings);
+- ``embedding``: the model's ``user_representation(users)`` (MF/NCF user embeddings, the
+  autoencoders' latent code); a model without one is refused with its name;
+- ``both``: the two blocks side by side, each scaled to unit mean squared norm so neither
+  dominates by dimension.
+
+Columns are standardized, then k-means (scikit-learn, ``n_init`` restarts, seeded: the same
+command gives the same segments). ``k`` is given, or chosen by the silhouette score over
+``k_range`` (on a seeded sample of at most ``silhouette_sample`` users).
+
+Writes to ``out`` (default ``<run>/segments``): ``segments.csv`` (``user`` = external id,
+``segment``), ``segments.json`` (per segment: size, activity and recency quantiles, mean
+rating, top items by lift over global popularity, and mean per-user test metrics from the run's
+``per_user_test.npz``), and ``segments.png`` (2-D PCA projection coloured by segment; size and
+NDCG@10 per segment). Users removed by ``data.exclude_users`` are in no output: they are not in
+the run's data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from recsys.cli import CONFIG_DIR, report_errors
+from recsys.data.interactions import Interactions
+from recsys.errors import CheckpointError, ConfigError
+from recsys.reporting import write_json
+
+log = logging.getLogger("recsys")
+DAY = 86_400.0
+FEATURES = ("rfm", "embedding", "both")
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def has_clock(inter: Interactions) -> bool:
+    """Whether ``time`` is a clock shared by all users, not each user's position in a sequence
+    (sources of one-line-per-user sequences store the position 0, 1, 2, ...)."""
+    if inter.time is None or len(inter) == 0:
+        return False
+    order = inter.order()
+    u, t = inter.user[order], inter.time[order]
+    first = np.r_[True, u[1:] != u[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(len(u)), 0))
+    rank = np.arange(len(u)) - start
+    return not (np.array_equal(t, rank) or np.array_equal(t, rank + 1))
+
+
+def rfm_features(inter: Interactions, now: float | None = None) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
+    """(U, f) RFM features of every user of ``inter``'s id space, their names, and the raw values.
+
+    Users without events get frequency 0 and the largest recency.
+    """
+    n = inter.n_users
+    count = np.bincount(inter.user, minlength=n).astype(np.float64)
+    cols, names, raw = [np.log1p(count)], ["log_frequency"], {"frequency": count}
+    if has_clock(inter):
+        last = np.full(n, -np.inf)
+        np.maximum.at(last, inter.user, inter.time)
+        ref = float(inter.time.max()) if now is None else float(now)
+        recency = np.where(np.isfinite(last), (ref - last) / DAY, np.nan)
+        recency = np.where(np.isnan(recency), np.nanmax(recency) if np.isfinite(recency).any() else 0.0, recency)
+        cols.append(np.log1p(np.maximum(recency, 0.0)))
+        names.append("log_recency_days")
+        raw["recency_days"] = recency
+    if inter.rating is not None:
+        total = np.bincount(inter.user, weights=inter.rating.astype(np.float64), minlength=n)
+        mean = np.divide(total, count, out=np.full(n, np.nan), where=count > 0)
+        mean = np.where(np.isnan(mean), np.nanmean(mean), mean)
+        cols.append(mean)
+        names.append("mean_rating")
+        raw["mean_rating"] = mean
+    return np.stack(cols, 1), names, raw
+
+
+def representation(model: torch.nn.Module, history: Interactions, batch_size: int = 1024) -> np.ndarray:
+    """(U, d) ``model.user_representation`` of every user, fed their ``history``."""
+    fn = getattr(model, "user_representation", None)
+    if fn is None:
+        raise ConfigError(
+            f"features=embedding: {type(model).__name__} has no user_representation(users); "
+            "use features=rfm, or a model that has one (MF, BiasedMF, GMF/MLP/NeuMF, Mult-VAE/DAE)"
+        )
+    from recsys.data.batches import UserBatch
+
+    csr = history.to_csr()
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, history.n_users, batch_size):
+            users = list(range(s, min(s + batch_size, history.n_users)))
+            b = UserBatch.from_lists(users, [csr.row(u).tolist() for u in users])
+            out.append(fn(b).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def _standardize(x: np.ndarray) -> np.ndarray:
+    sd = x.std(0)
+    return (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
+
+
+def _unit_block(x: np.ndarray) -> np.ndarray:
+    """Standardized columns scaled so a row has unit mean squared norm."""
+    z = _standardize(x)
+    return z / np.sqrt(max(z.shape[1], 1))
+
+
+# -- clustering ---------------------------------------------------------------------------------
+def kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 10) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x).astype(np.int64)
+
+
+def choose_k(x: np.ndarray, ks: list[int], seed: int, sample: int = 5000, n_init: int = 10) -> tuple[int, dict[int, float]]:
+    """The k with the best silhouette score (on a seeded sample of rows), and every k's score."""
+    from sklearn.metrics import silhouette_score
+
+    scores: dict[int, float] = {}
+    for k in ks:
+        if not 2 <= k < len(x):
+            continue
+        labels = kmeans(x, k, seed, n_init)
+        scores[k] = float(
+            silhouette_score(x, labels, sample_size=min(sample, len(x)), random_state=seed)
+        )
+    if not scores:
+        raise ConfigError(f"k_range {ks} has no k with 2 <= k < {len(x)} users")
+    return max(scores, key=lambda k: (scores[k], -k)), scores
+
+
+def top_items_by_lift(
+    inter: Interactions, labels: np.ndarray, seg: int, n: int = 10, min_count: int = 5
+) -> list[dict[str, Any]]:
+    """Items over-represented in segment ``seg``: share of the segment's events / global share."""
+    in_seg = labels[inter.user] == seg
+    seg_counts = np.bincount(inter.item[in_seg], minlength=inter.n_items).astype(np.float64)
+    all_counts = np.bincount(inter.item, minlength=inter.n_items).astype(np.float64)
+    if seg_counts.sum() == 0:
+        return []
+    lift = (seg_counts / seg_counts.sum()) / np.maximum(all_counts / all_counts.sum(), 1e-300)
+    support = max(min_count, int(np.ceil(0.001 * seg_counts.sum())))
+    cand = np.flatnonzero(seg_counts >= support)
+    cand = cand[np.lexsort((cand, -lift[cand]))][:n]
+    return [
+        {"item": _plain(inter.item_ids[i]), "lift": round(float(lift[i]), 3), "count": int(seg_counts[i])}
+        for i in cand
+    ]
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def _quantiles(x: np.ndarray) -> dict[str, float]:
+    if len(x) == 0:
+        return {}
+    return {f"q{q}": float(np.quantile(x, q / 100)) for q in (10, 25, 50, 75, 90)}
+
+
+# -- run ----------------------------------------------------------------------------------------
+def _load(run: str | None, artifact: str | None, data_root: str | None):
+    """(model, data config, run dir or None, artifact dir or None) of a run or an artifact."""
+    from recsys.runner import load_checkpoint, module_from_checkpoint
+
+    if bool(run) == bool(artifact):
+        raise ConfigError("give exactly one of run=<run directory> or artifact=<artifact directory>")
+    if run:
+        run_dir = Path(str(run))
+        ckpt = run_dir / "checkpoints" / "best.ckpt"
+        if not ckpt.is_file():
+            raise CheckpointError(f"run={run_dir}: no checkpoints/best.ckpt (is it a recsys-train run directory?)")
+        c = load_checkpoint(ckpt, "run")
+        module = module_from_checkpoint(c, "run")
+        config = c["hyper_parameters"].get("config") or {}
+        model, out_run, out_art = module.model, run_dir, None
+    else:
+        from recsys.artifact import load
+
+        rec = load(str(artifact), backend="eager")
+        import yaml
+
+        config = yaml.safe_load((Path(str(artifact)) / "config.yaml").read_text())
+        model, out_run, out_art = rec.model, None, Path(str(artifact))
+        if rec.meta.get("pseudonymized_users"):
+            raise ConfigError(
+                f"artifact={artifact}: its user ids are pseudonymized; segment the run instead (run=...)"
+            )
+    if "data" not in config:
+        raise CheckpointError("the run does not record its data config")
+    data_cfg = dict(config["data"])
+    if data_root is not None:
+        data_cfg["root"] = data_root
+    return model, data_cfg, int(config.get("seed", 0)), out_run, out_art
+
+
+def segment(
+    run: str | None = None,
+    artifact: str | None = None,
+    features: str = "both",
+    k: int | None = None,
+    k_range: list[int] | None = None,
+    seed: int = 0,
+    n_init: int = 10,
+    silhouette_sample: int = 5000,
+    out: str | None = None,
+    data_root: str | None = None,
+    plot: bool = True,
+) -> dict[str, Any]:
+    """Segment the users of a run (see the module docstring); returns the ``segments.json`` dict."""
+    if features not in FEATURES:
+        raise ConfigError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
+    if k is not None and (not isinstance(k, int) or k < 2):
+        raise ConfigError(f"k must be null or an integer >= 2, got {k!r}")
+    from recsys.data.pipeline import prepare
+
+    model, data_cfg, run_seed, run_dir, art_dir = _load(run, artifact, data_root)
+    split = prepare(data_cfg, run_seed)
+    if (split.n_users, split.n_items) != (model.num_users, model.num_items):
+        raise CheckpointError(
+            f"the data now has {split.n_users} users / {split.n_items} items, the model was "
+            f"trained on {model.num_users} / {model.num_items}"
+        )
+    history = split.test_input if split.test_input is not None else split.train.concat(split.val)
+    rfm, rfm_names, raw = rfm_features(history)
+    blocks, used = [], []
+    if features in ("rfm", "both"):
+        blocks.append(_unit_block(rfm))
+        used += rfm_names
+    if features in ("embedding", "both"):
+        emb = representation(model, history)
+        blocks.append(_unit_block(emb))
+        used.append(f"user_representation[{emb.shape[1]}]")
+    x = np.concatenate(blocks, 1)
+    scores: dict[int, float] = {}
+    if k is None:
+        ks = list(range(int((k_range or [2, 10])[0]), int((k_range or [2, 10])[-1]) + 1))
+        k, scores = choose_k(x, ks, seed, silhouette_sample, n_init)
+    if k >= len(x):
+        raise ConfigError(f"k={k} is not smaller than the number of users ({len(x)})")
+    labels = kmeans(x, k, seed, n_init)
+
+    out_dir = Path(out) if out else (run_dir or art_dir) / "segments"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ext = history.user_ids
+    with open(out_dir / "segments.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user", "segment"])
+        for uid, s in zip(ext.tolist(), labels.tolist(), strict=False):
+            w.writerow([uid, s])
+
+    per_user = _per_user(run_dir)
+    segs = []
+    for s in range(k):
+        m = labels == s
+        entry: dict[str, Any] = {
+            "segment": s,
+            "size": int(m.sum()),
+            "share": float(m.mean()),
+            "activity": _quantiles(raw["frequency"][m]),
+        }
+        if "recency_days" in raw:
+            entry["recency_days"] = _quantiles(raw["recency_days"][m])
+        if "mean_rating" in raw:
+            entry["mean_rating"] = float(raw["mean_rating"][m].mean())
+        entry["top_items"] = top_items_by_lift(history, labels, s)
+        if per_user is not None:
+            rows = m[per_user["user"]]
+            entry["test_users"] = int(rows.sum())
+            entry["test"] = {
+                key: float(v[rows].mean()) for key, v in per_user.items() if key != "user" and rows.any()
+            }
+        segs.append(entry)
+    _add_titles(segs, data_cfg)
+    result = {
+        "source": str(run_dir or art_dir),
+        "features": features,
+        "feature_columns": used,
+        "k": int(k),
+        "silhouette": {str(kk): v for kk, v in scores.items()},
+        "seed": seed,
+        "n_users": int(len(labels)),
+        "segments": segs,
+    }
+    write_json(out_dir / "segments.json", result)
+    if plot:
+        _plot(x, labels, segs, out_dir / "segments.png", seed)
+    return result
+
+
+def _per_user(run_dir: Path | None) -> dict[str, np.ndarray] | None:
+    if run_dir is None or not (run_dir / "per_user_test.npz").is_file():
+        return None
+    with np.load(run_dir / "per_user_test.npz", allow_pickle=False) as z:
+        return {key: z[key] for key in z.files}
+
+
+def _add_titles(segs: list[dict[str, Any]], data_cfg: dict[str, Any]) -> None:
+    try:
+        from recsys.data.metadata import item_titles
+
+        titles = item_titles(data_cfg)
+    except Exception:  # noqa: BLE001 - titles are a nicety; a broken side file must not fail
+        titles = None
+    if not titles:
+        return
+    for s in segs:
+        for it in s["top_items"]:
+            if str(it["item"]) in titles:
+                it["title"] = titles[str(it["item"])]
+
+
+def _plot(x: np.ndarray, labels: np.ndarray, segs: list[dict[str, Any]], path: Path, seed: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(x))[:5000]
+    xc = x - x.mean(0)
+    _, _, vt = np.linalg.svd(xc[idx], full_matrices=False)
+    p = xc[idx] @ vt[:2].T if vt.shape[0] >= 2 else np.c_[xc[idx, :1], np.zeros((len(idx), 1))]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 5))
+    sc = a.scatter(p[:, 0], p[:, 1], c=labels[idx], cmap="tab10", s=6, alpha=0.7)
+    a.set_title("users (PCA of segment features)")
+    a.legend(*sc.legend_elements(), title="segment", fontsize=7, loc="best")
+    ks = [s["segment"] for s in segs]
+    b.bar(ks, [s["size"] for s in segs], color="lightgray")
+    b.set_xlabel("segment")
+    b.set_ylabel("users")
+    if all("test" in s and "ndcg@10" in s["test"] for s in segs):
+        b2 = b.twinx()
+        b2.plot(ks, [s["test"]["ndcg@10"] for s in segs], "o-", color="tab:red")
+        b2.set_ylabel("test NDCG@10", color="tab:red")
+    b.set_title("size and NDCG@10 per segment")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="segment")
+@report_errors
+def main(cfg: DictConfig) -> None:
+    c: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    result = segment(
+        run=c.get("run"),
+        artifact=c.get("artifact"),
+        features=c["features"],
+        k=c.get("k"),
+        k_range=c.get("k_range"),
+        seed=int(c["seed"]),
+        n_init=int(c["n_init"]),
+        silhouette_sample=int(c["silhouette_sample"]),
+        out=c.get("out"),
+        data_root=c.get("data_root"),
+        plot=bool(c.get("plot", True)),
+    )
+    print(f"{result['k']} segments of {result['n_users']} users ({result['features']} features)")
+    for s in result["segments"]:
+        ndcg = s.get("test", {}).get("ndcg@10")
+        extra = f"  test ndcg@10 {ndcg:.4f}" if ndcg is not None else ""
+        print(f"  segment {s['segment']}: {s['size']} users, median activity {s['activity'].get('q50', 0):.0f}{extra}")
+    where = Path(c["out"]) if c.get("out") else Path(result["source"]) / "segments"
+    print(f"wrote {where}/segments.csv, segments.json, segments.png", flush=True)
+
+
+if __name__ == "__main__":
+    main()
