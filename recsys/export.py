@@ -330,6 +330,11 @@ def export_model(
         "supports_history": supports_history,
         "scorer": scorer_meta,
         "embeddings": sorted(emb),
+        # model.embeddings(): tables the model declares (MF: score = user · item); otherwise the
+        # raw nn.Embedding tables, which need not form a dot-product space (NCF's MLP branch)
+        "embeddings_source": (
+            "model.embeddings()" if hasattr(model, "embeddings") else "nn.Embedding" if emb else None
+        ),
         "data": {"name": config["data"].get("name"), "fingerprint": fingerprint},
         "source_checkpoint": source,
         "files": {f: {"sha256": sha256(out / f), "bytes": (out / f).stat().st_size} for f in files},
