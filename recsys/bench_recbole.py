@@ -134,7 +134,8 @@ def compare(entry: dict[str, Any], ours: dict[str, Any], python: str | None = No
 
     rb = dict(entry["recbole"])
     rb_model = rb["model"]
-    py = Path(python) if python else DEFAULT_PYTHON
+    # absolute, not resolved: a venv's python is a symlink whose target is outside the venv
+    py = Path(python).absolute() if python else DEFAULT_PYTHON
     if not python and not py.exists() and importlib.util.find_spec("recbole") is not None:
         py = Path(sys.executable)  # `pip install -e '.[compare]'`: RecBole in our environment
     if not py.exists():
