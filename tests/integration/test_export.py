@@ -8,6 +8,7 @@ not import Hydra or Lightning.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ ROWS = 9  # small fixed scorer batch: the 20 reference users span several calls
 # ONNX export is the slow part; the suite checks it on one model of each family that has
 # one (the others get TorchScript + eager, which share the traced code path).
 ONNX_MODELS = {"mf", "pop", "multvae"}
+HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
 K = 10
 
 
@@ -119,8 +121,9 @@ def test_every_model_round_trips_in_a_fresh_process(artifacts):
     assert report.pop("imported") == [], "recsys.load must not import Hydra or Lightning"
     for name in artifacts:
         assert report[f"{name}/auto"]["backend"] == "torchscript", f"{name}: no TorchScript scorer"
-    for name in ("mf", "pop"):
-        assert f"{name}/onnx" in report, f"{name}: no ONNX scorer"
+    if HAVE_ONNX:  # the export extra; without it the artifact says why there is no ONNX file
+        for name in ("mf", "pop"):
+            assert f"{name}/onnx" in report, f"{name}: no ONNX scorer"
     for key, r in report.items():
         assert r["max_err"] <= 1e-4, f"{key}: scores differ (relative error {r['max_err']})"
         assert r["same_top"], f"{key}: top-{K} differs from the in-memory model"
