@@ -40,31 +40,41 @@ def _store(rows: list[list[int]]) -> RowStore:
 
 
 # -- data path --------------------------------------------------------------------------------
-@pytest.mark.parametrize("windowing", ["windows", "truncate"])
-def test_build_sequences_against_brute_force(windowing):
+@pytest.mark.parametrize(
+    "windowing,stride", [("windows", None), ("windows", 2), ("windows", 3), ("truncate", None)]
+)
+def test_build_sequences_against_brute_force(windowing, stride):
     rng = np.random.default_rng(0)
     rows = [list(rng.integers(0, 20, size=n)) for n in (0, 1, 2, 5, 9, 10, 23)]
     max_len, pad = 4, 20
-    user, inp, tgt = build_sequences(_store(rows), max_len, pad, windowing)
+    user, inp, tgt = build_sequences(_store(rows), max_len, pad, windowing, stride)
     got = sorted(
-        (int(u), int(a), int(b), int(j))
+        (int(u), tuple(ri.tolist()), tuple(rt.tolist()))
         for u, ri, rt in zip(user, inp, tgt, strict=True)
-        for j, (a, b) in enumerate(zip(ri, rt, strict=True))
-        if b != pad
     )
-    # reference: transitions j-1 -> j, cut into windows of max_len counted back from the newest
-    want = []
+    # reference by loops: windows end every `step` transitions counted back from the newest
+    step = stride or max_len
+    want, trained = [], []
     for u, r in enumerate(rows):
         n = len(r) - 1
-        for j in range(1, len(r)):
-            back = n - j
-            if windowing == "truncate" and back >= max_len:
-                continue
-            want.append((u, r[j - 1], r[j], max_len - 1 - back % max_len))
+        last = n
+        while last >= 1:
+            ts = [t for t in range(last - max_len + 1, last + 1)]
+            oldest = windowing == "truncate" or last - step < 1 or last <= max_len
+            i_row = [r[t - 1] if t >= 1 else pad for t in ts]
+            t_row = [
+                r[t] if t >= 1 and (c >= max_len - step or oldest) else pad
+                for c, t in enumerate(ts)
+            ]
+            want.append((u, tuple(i_row), tuple(t_row)))
+            trained += [(u, t) for c, t in enumerate(ts) if t_row[c] != pad]
+            if windowing == "truncate" or last <= max_len:
+                break
+            last -= step
     assert got == sorted(want)
-    # left-padded: inputs and targets are padding at exactly the same places, reals at the right
-    assert torch.equal(inp == pad, tgt == pad)
-    real = (tgt != pad).int()
+    if windowing == "windows":  # every transition trained exactly once
+        assert sorted(trained) == [(u, t) for u, r in enumerate(rows) for t in range(1, len(r))]
+    real = (inp != pad).int()  # left-padded
     assert torch.all(real[:, 1:] >= real[:, :-1])
 
 
