@@ -102,6 +102,7 @@ class EvalBatch:
     users: UserBatch  # model input: the users and the history known at this stage
     target_rows: Tensor  # (nnz_t,) int64 batch row of each held-out item
     target_items: Tensor  # (nnz_t,) int64 held-out items
+    target_ratings: Tensor | None = None  # (nnz_t,) float32 their ratings, where the data has them
 
     def to(self, device: torch.device) -> EvalBatch:
         return _to(self, device)
@@ -236,6 +237,8 @@ class EvalLoader:
     """Users with at least one held-out item, in id order, with their history and targets.
 
     ``rank``/``world_size`` give each process a disjoint slice of the users (DDP).
+    ``target_ratings``, a store aligned with ``targets`` whose entries are the targets' ratings,
+    adds them to the batches (rating evaluation).
     """
 
     def __init__(
@@ -245,8 +248,9 @@ class EvalLoader:
         batch_size: int,
         rank: int = 0,
         world_size: int = 1,
+        target_ratings: RowStore | None = None,
     ):
-        self.history, self.targets = history, targets
+        self.history, self.targets, self.target_ratings = history, targets, target_ratings
         counts = targets.indptr[1:] - targets.indptr[:-1]
         self.users = torch.nonzero(counts > 0).flatten()[rank::world_size]
         self.batch_size = batch_size
@@ -263,4 +267,5 @@ class EvalLoader:
                 t_offsets[1:] - t_offsets[:-1],
                 output_size=len(t_items),
             )
-            yield EvalBatch(self.history.users(rows), t_rows, t_items)
+            ratings = None if self.target_ratings is None else self.target_ratings.gather(rows)[0]
+            yield EvalBatch(self.history.users(rows), t_rows, t_items, ratings)

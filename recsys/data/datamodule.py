@@ -21,6 +21,15 @@ def _store(csr: CSR, device: torch.device) -> RowStore:
     )
 
 
+def _rating_store(inter: Interactions, device: torch.device) -> RowStore | None:
+    """Ratings laid out like ``inter.to_csr()``'s items (None for a log without ratings)."""
+    if inter.rating is None:
+        return None
+    indptr = inter.to_csr().indptr
+    ratings = inter.rating[inter.order()]
+    return RowStore(torch.as_tensor(indptr, device=device), torch.as_tensor(ratings, device=device))
+
+
 class RecDataModule(pl.LightningDataModule):
     """Serves one prepared split.
 
@@ -134,6 +143,7 @@ class RecDataModule(pl.LightningDataModule):
             self.eval_batch_size,
             rank=rank,
             world_size=world,
+            target_ratings=_rating_store(target, self.device),
         )
 
     def val_dataloader(self):
