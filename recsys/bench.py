@@ -570,9 +570,10 @@ def run_scale_point(spec: dict[str, Any]) -> dict[str, Any]:
     prepare = datamodule.prepare
 
     def timed_prepare(cfg, seed):  # the data pipeline: source, preprocess, encode, split
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         split = prepare(cfg, seed)
         phases["load_split_s"] = round(time.perf_counter() - t0, 2)
+        phases["load_split_cpu_s"] = round(time.process_time() - c0, 2)
         phases["load_split_peak_rss_mb"] = peak_rss_mb()
         return split
 
@@ -588,6 +589,7 @@ def run_scale_point(spec: dict[str, Any]) -> dict[str, Any]:
         "overrides": spec["overrides"],
         "data": {k: v for k, v in metrics["data"].items() if k != "audit"},
         "load_split_s": phases.get("load_split_s"),
+        "load_split_cpu_s": phases.get("load_split_cpu_s"),
         "load_split_peak_rss_mb": phases.get("load_split_peak_rss_mb"),
         "train_epoch_s": round(timer.train_s[0], 2) if timer and timer.train_s else None,
         "train_epoch_cpu_s": round(timer.train_cpu_s[0], 2) if timer and timer.train_s else None,
@@ -629,6 +631,7 @@ def scale_main(argv: list[str]) -> None:
         print(f"scale: {size}: python -m recsys.train {' '.join(spec['overrides'])}", flush=True)
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(
             [sys.executable, "-m", "recsys.bench", "_scale", str(out / "scale_spec.json")],
             capture_output=True, text=True, timeout=args.timeout, cwd=REPO,
@@ -643,6 +646,8 @@ def scale_main(argv: list[str]) -> None:
             res = json.loads(res_path.read_text())
             res["status"] = "ok"
             res["process_wall_s"] = round(time.perf_counter() - t0, 2)
+            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            res["process_cpu_s"] = round(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 1)
             print(f"scale: {size}: {json.dumps(res)}", flush=True)
         res["load_avg_start"] = round(load0, 2)
         rows.append(res)
@@ -670,8 +675,9 @@ def render_scale(info: dict[str, Any], rows: list[dict[str, Any]], argv: list[st
         "the best checkpoint (full ranking over every item, seen items masked, users in chunks of "
         "4,096: no users × items matrix is ever built).",
         "",
-        "| size | users | items | train events | load + split s | peak RSS after load MiB | MF epoch s (CPU s) "
-        "| val pass s | test pass s | whole run s | peak RSS MiB | load avg at start |",
+        "| size | users | items | train events | load + split s (CPU s) | peak RSS after load MiB "
+        "| MF epoch s (CPU s) | val pass s | test pass s | whole run s (CPU s) | peak RSS MiB "
+        "| load avg at start |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -680,9 +686,11 @@ def render_scale(info: dict[str, Any], rows: list[dict[str, Any]], argv: list[st
             continue
         d = r["data"]
         lines.append(
-            f"| {r['size']} | {d['n_users']:,} | {d['n_items']:,} | {d['n_train']:,} | {_f(r['load_split_s'], 1)} "
+            f"| {r['size']} | {d['n_users']:,} | {d['n_items']:,} | {d['n_train']:,} "
+            f"| {_f(r['load_split_s'], 1)} ({_f(r.get('load_split_cpu_s'), 1)}) "
             f"| {_f(r['load_split_peak_rss_mb'], 0)} | {_f(r['train_epoch_s'], 1)} ({_f(r.get('train_epoch_cpu_s'), 1)}) | {_f(r['val_pass_s'], 1)} "
-            f"| {_f(r['test_pass_s'], 1)} | {_f(r['process_wall_s'], 1)} | {_f(r['peak_rss_mb'], 0)} "
+            f"| {_f(r['test_pass_s'], 1)} | {_f(r['process_wall_s'], 1)} ({_f(r.get('process_cpu_s'), 1)}) "
+            f"| {_f(r['peak_rss_mb'], 0)} "
             f"| {r['load_avg_start']} |"
         )
     lines += ["", "Commands (one process per size):", ""]
