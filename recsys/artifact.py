@@ -149,7 +149,87 @@ def chunks(lengths: Sequence[int], rows: int, length: int) -> Iterable[tuple[int
         yield start, len(lengths)
 
 
-class LoadedRecommender:
+class _SimilarItems:
+    """``similar_items``: items that go well with given items ("goes well with")."""
+
+    def similar_items(
+        self, items: Sequence[Any], k: int = 10, method: str = "auto"
+    ) -> list[dict[str, Any]]:
+        """For each external item id, the ``k`` most similar other items: ``[{"item", "items",
+        "scores"}, ...]``.
+
+        ``method``: ``"embedding"`` (cosine of the artifact's item embeddings), ``"cooccurrence"``
+        (cosine of the items' user sets in the artifact's history: the number of users who
+        interacted with both, over the geometric mean of each item's users) or ``"auto"``
+        (embeddings when the artifact has an item table, else co-occurrence). Ties by item id.
+        """
+        _check_k(k)
+        if method not in ("auto", "embedding", "cooccurrence"):
+            raise RecsysError(f"method must be auto, embedding or cooccurrence, got {method!r}")
+        has_emb = "item" in (self.meta.get("embeddings") or [])
+        if method == "embedding" and not has_emb:
+            raise RecsysError(f"{self.dir}: no item embeddings (use method='cooccurrence')")
+        use_emb = has_emb and method != "cooccurrence"
+        idx = self.item_index(items)
+        out = []
+        for ext, i in zip(items, idx, strict=False):
+            sims = self._item_cosine(i) if use_emb else self._cooccurrence(i)
+            sims = sims.astype(np.float64)
+            sims[i] = -np.inf
+            top, scores = self._top(sims, None, k)
+            out.append({"item": ext, "items": top, "scores": scores, "method": "embedding" if use_emb else "cooccurrence"})
+        return out
+
+    def _item_cosine(self, i: int) -> np.ndarray:
+        if getattr(self, "_item_unit", None) is None:
+            table = _npz(self.dir / "embeddings.npz")["item"].astype(np.float64)
+            norm = np.linalg.norm(table, axis=1, keepdims=True)
+            self._item_unit = table / np.where(norm > 0, norm, 1.0)
+        return self._item_unit @ self._item_unit[i]
+
+    def _cooccurrence(self, i: int) -> np.ndarray:
+        if getattr(self, "_by_item", None) is None:
+            import scipy.sparse as sp
+
+            rows = np.repeat(np.arange(len(self.indptr) - 1), np.diff(self.indptr))
+            x = sp.csr_matrix(
+                (np.ones(len(rows)), (rows, self.indices)), shape=(len(self.indptr) - 1, self.num_items)
+            )
+            x.data[:] = 1.0  # repeated events count once
+            self._by_item = x.T.tocsr()  # (I, U)
+            self._item_users = np.asarray(self._by_item.sum(1)).ravel()
+        co = np.asarray((self._by_item @ self._by_item[i].T).todense()).ravel()
+        denom = np.sqrt(self._item_users * max(self._item_users[i], 1.0))
+        return np.divide(co, denom, out=np.zeros_like(co), where=denom > 0)
+
+    def item_titles(self, data_root: str | None = None) -> dict[str, str]:
+        """External item id (string) → title, from the dataset's metadata file (MovieLens
+        ``u.item`` / ``movies.dat`` / ``movies.csv``, Last.fm ``artists.dat``); empty when the
+        dataset has none or its folder is not reachable from here."""
+        import yaml
+
+        from recsys.data.metadata import item_titles
+
+        try:
+            config = yaml.safe_load((self.dir / "config.yaml").read_text())
+            data = dict(config.get("data") or {})
+            if data_root is not None:
+                data["root"] = data_root
+            return item_titles(data) or {}
+        except Exception:  # noqa: BLE001 - titles are optional
+            return {}
+
+
+def pseudonym(user: Any, key: str | bytes) -> str:
+    """The keyed hash (HMAC-SHA256, hex) that pseudonymized exports use for external user id
+    ``user``; ``key`` is the secret (``export.pseudonymize_key_env`` names its variable)."""
+    import hmac
+
+    k = key.encode() if isinstance(key, str) else key
+    return hmac.new(k, str(user).encode(), hashlib.sha256).hexdigest()
+
+
+class LoadedRecommender(_SimilarItems):
     """Top-k recommendations from an exported artifact, with external ids in and out.
 
     Backends: ``"torchscript"`` (the traced scorer; no model code needed), ``"onnx"``

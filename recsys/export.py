@@ -208,6 +208,8 @@ def export(
     rows: int = 33,
     torchscript: bool = True,
     onnx: bool = True,
+    pseudonymize_users: bool = False,
+    pseudonym_key_env: str = "RECSYS_PSEUDONYM_KEY",
 ) -> Path:
     """Write the artifact of ``ckpt_path`` to ``out`` and return ``out``."""
     from recsys.runner import datamodule_from_config, load_checkpoint, module_from_checkpoint
@@ -242,6 +244,8 @@ def export(
         torchscript=torchscript,
         onnx=onnx,
         source=str(Path(ckpt_path).resolve()),
+        pseudonymize_users=pseudonymize_users,
+        pseudonym_key_env=pseudonym_key_env,
     )
 
 
@@ -256,8 +260,26 @@ def export_model(
     torchscript: bool = True,
     onnx: bool = True,
     source: str | None = None,
+    pseudonymize_users: bool = False,
+    pseudonym_key_env: str = "RECSYS_PSEUDONYM_KEY",
 ) -> Path:
-    """Write the artifact of an in-memory ``model`` trained on ``split`` (``config``: the run's)."""
+    """Write the artifact of an in-memory ``model`` trained on ``split`` (``config``: the run's).
+
+    ``pseudonymize_users``: ``ids.npz`` holds HMAC-SHA256 keyed hashes of the external user ids
+    (:func:`recsys.artifact.pseudonym`, key from the environment variable ``pseudonym_key_env``)
+    instead of the ids; ``recommend`` then takes those hashes."""
+    user_ids = _ids(split.train.user_ids)
+    if pseudonymize_users:
+        import os
+
+        from recsys.artifact import pseudonym
+
+        key = os.environ.get(pseudonym_key_env, "")
+        if not key:
+            raise ConfigError(
+                f"pseudonymize_users=true needs the key in the environment variable {pseudonym_key_env} (unset or empty)"
+            )
+        user_ids = np.array([pseudonym(u, key) for u in user_ids.tolist()])
     if rows < 2:
         raise ConfigError(f"rows must be >= 2 (one real row and the filler), got {rows}")
     import yaml
@@ -279,7 +301,7 @@ def export_model(
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "weights.pt")
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     np.savez(
-        out / "ids.npz", user_ids=_ids(split.train.user_ids), item_ids=_ids(split.train.item_ids)
+        out / "ids.npz", user_ids=user_ids, item_ids=_ids(split.train.item_ids)
     )
     np.savez_compressed(out / "history.npz", indptr=indptr, indices=indices, item_counts=counts)
     emb = embeddings(model)
@@ -337,6 +359,10 @@ def export_model(
         ),
         "data": {"name": config["data"].get("name"), "fingerprint": fingerprint},
         "source_checkpoint": source,
+        # user ids in ids.npz are keyed hashes (the key's variable name, never the key)
+        "pseudonymized_users": (
+            {"method": "hmac-sha256", "key_env": pseudonym_key_env} if pseudonymize_users else None
+        ),
         "files": {f: {"sha256": sha256(out / f), "bytes": (out / f).stat().st_size} for f in files},
     }
     tmp = out / f".{MANIFEST}.tmp"
@@ -366,6 +392,8 @@ def _main(cfg) -> None:
         rows=int(c.get("rows", 33)),
         torchscript=bool(c.get("torchscript", True)),
         onnx=bool(c.get("onnx", True)),
+        pseudonymize_users=bool(c.get("pseudonymize_users", False)),
+        pseudonym_key_env=str(c.get("pseudonym_key_env") or "RECSYS_PSEUDONYM_KEY"),
     )
     meta = read_manifest(path, verify=False)
     s = meta["scorer"]

@@ -4,6 +4,7 @@
     recsys-recommend artifacts/sasrec --items 1,5,9 -k 10
     recsys-recommend artifacts/mf --input users.csv --output recs.csv -k 20
     recsys-recommend artifacts/mf --user 999999 --fallback popular
+    recsys-recommend artifacts/mf --similar 50 -k 10      # "goes well with", with titles
 
 ``--input`` is a CSV with a ``user`` column (or one id per line without a header); ``--output``
 gets one row per recommendation: ``user,rank,item,score``. Unknown ids are an error (exit 2)
@@ -44,6 +45,30 @@ def _print(rec: dict, label: str) -> None:
         print(f"{rank:4d}  {item}  {score:.6g}")
 
 
+def _similar(rec, args) -> None:
+    items = [i.strip() for i in args.similar.split(",") if i.strip()]
+    if not items:
+        raise RecsysError("--similar: give at least one item id")
+    titles = rec.item_titles(args.data_root)
+    out = rec.similar_items(items, k=args.k, method=args.method)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.output, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["item", "rank", "similar_item", "score", "title"])
+            for r in out:
+                for rank, (item, score) in enumerate(zip(r["items"], r["scores"], strict=False), 1):
+                    w.writerow([r["item"], rank, item, f"{score:.7g}", titles.get(str(item), "")])
+        print(f"wrote similar items of {len(out)} item(s) to {args.output}")
+        return
+    for r in out:
+        name = titles.get(str(r["item"]))
+        print(f"similar to {r['item']}{f' ({name})' if name else ''}  [{r['method']}]")
+        for rank, (item, score) in enumerate(zip(r["items"], r["scores"], strict=False), 1):
+            title = titles.get(str(item), "")
+            print(f"{rank:4d}  {item}  {score:.4f}  {title}".rstrip())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="recsys-recommend", description=__doc__.split("\n\n")[0])
     parser.add_argument("artifact", help="artifact directory written by recsys-export")
@@ -53,6 +78,10 @@ def main(argv: list[str] | None = None) -> None:
         "--items", help="comma-separated external item ids: an anonymous history, oldest first"
     )
     what.add_argument("--input", type=Path, help="CSV of users (column 'user', or one id per line)")
+    what.add_argument(
+        "--similar",
+        help="comma-separated external item ids: print the k most similar items of each, with titles",
+    )
     parser.add_argument(
         "-k", type=int, default=10, help="recommendations per user (default: %(default)s)"
     )
@@ -69,6 +98,11 @@ def main(argv: list[str] | None = None) -> None:
         "--backend", default="auto", choices=["auto", "torchscript", "onnx", "eager"]
     )
     parser.add_argument("--batch-size", type=int, default=1024, help="users per batch with --input")
+    parser.add_argument(
+        "--method", default="auto", choices=["auto", "embedding", "cooccurrence"],
+        help="--similar: item embeddings (cosine) or co-occurrence (default: embeddings if any)",
+    )  # fmt: skip
+    parser.add_argument("--data-root", help="--similar: data root holding the item metadata file")
     args = parser.parse_args(argv)
 
     try:
@@ -78,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
             raise RecsysError(f"-k must be a positive integer, got {args.k}")
         rec = load(args.artifact, backend=args.backend)
         exclude = not args.include_seen
+        if args.similar is not None:
+            _similar(rec, args)
+            return
         if args.items is not None:
             items = [i.strip() for i in args.items.split(",") if i.strip()]
             if not items:
