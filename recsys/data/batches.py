@@ -7,6 +7,7 @@ Shapes (``B`` users or pairs per batch, ``I`` items, ``L`` sequence length):
   the input of every ``score`` call, and the training batch of autoencoders. ``dense()`` gives the
   (B, I) multi-hot rows, ``padded()`` the (B, L) most recent items for sequence models.
 - :class:`EvalBatch` — a :class:`UserBatch` plus the held-out target items of those users.
+- :class:`SeqBatch` — left-padded (B, L) item sequences and their next items: sequence models.
 
 Loaders are plain iterables with ``__len__``; batches are cut from tensors on the model's device
 by indexing, never by a Python loop over users or interactions. A loader's ``sampler.set_epoch``
@@ -95,6 +96,26 @@ class UserBatch:
         offsets[1:] = torch.cumsum(lengths, 0)
         items = torch.tensor([i for h in histories for i in h], dtype=torch.long)
         return UserBatch(torch.tensor(users, dtype=torch.long), items, offsets)
+
+
+@dataclass(frozen=True)
+class SeqBatch:
+    """Training windows of item sequences, left-padded with ``pad`` (= ``num_items``).
+
+    ``target[:, j]`` is the item that followed ``input[:, j]`` in the user's history, or ``pad``
+    where ``input`` is padding or the position is context only (overlapping windows). Leading
+    columns that are padding in every row are trimmed, so ``L <= max_len``.
+    """
+
+    user: Tensor  # (B,) int64 the user of each row
+    input: Tensor  # (B, L) int64 items, oldest first, left-padded
+    target: Tensor  # (B, L) int64 next item of each input position, pad where not trained
+
+    def to(self, device: torch.device) -> SeqBatch:
+        return _to(self, device)
+
+    def __len__(self) -> int:
+        return len(self.user)
 
 
 @dataclass(frozen=True)
@@ -269,3 +290,100 @@ class EvalLoader:
             )
             ratings = None if self.target_ratings is None else self.target_ratings.gather(rows)[0]
             yield EvalBatch(self.history.users(rows), t_rows, t_items, ratings)
+
+
+SEQ_WINDOWING = ("truncate", "windows")
+
+
+def build_sequences(
+    store: RowStore, max_len: int, pad: int, windowing: str = "windows", stride: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Every user's time-ordered row as next-item training windows, built once with tensor ops.
+
+    A user with ``n`` items has ``n - 1`` transitions ``(row[j - 1] -> row[j])``. ``truncate``
+    keeps one window per user, the ``max_len`` most recent transitions. ``windows`` ends a
+    window every ``stride`` transitions counted back from the most recent (``stride`` defaults to
+    ``max_len``: disjoint windows). Each window holds up to ``max_len`` transitions as context but
+    trains (``target`` not ``pad``) only its newest ``stride`` ones, except a user's oldest window,
+    which trains all of its own: every transition is trained exactly once, and with
+    ``stride < max_len`` always with at least ``max_len - stride`` items of context (RecBole's
+    prefixes have up to ``max_len``), at ``max_len / stride`` times the encoder cost.
+
+    Returns:
+        user (R,), input (R, max_len), target (R, max_len): one row per window, left-padded.
+    """
+    if windowing not in SEQ_WINDOWING:
+        raise ValueError(f"windowing must be one of {SEQ_WINDOWING}, got {windowing!r}")
+    stride = max_len if stride is None else int(stride)
+    if not 1 <= stride <= max_len:
+        raise ValueError(f"stride must be in [1, max_len={max_len}], got {stride}")
+    indptr, items = store.indptr, store.indices
+    dev = indptr.device
+    n_trans = (indptr[1:] - indptr[:-1] - 1).clamp(min=0)  # (U,)
+    n_win = torch.where(n_trans > 0, 1 + (-(-(n_trans - max_len).clamp(min=0) // stride)), 0)
+    if windowing == "truncate":
+        n_win = n_win.clamp(max=1)
+    n_rows = int(n_win.sum())
+    user = torch.repeat_interleave(torch.arange(len(n_win), device=dev), n_win, output_size=n_rows)
+    w = torch.arange(n_rows, device=dev) - (torch.cumsum(n_win, 0) - n_win)[user]  # 0 = newest
+    last = n_trans[user] - w * stride  # (R,) newest transition of the window, 1-based
+    col = torch.arange(max_len, device=dev)
+    t = last[:, None] - (max_len - 1 - col)[None]  # (R, max_len) transition at each column
+    valid = t >= 1
+    oldest = (w == n_win[user] - 1) if windowing == "windows" else torch.zeros_like(valid[:, 0])
+    trained = valid & ((col >= max_len - stride)[None] | oldest[:, None])
+    if windowing == "truncate":
+        trained = valid
+    at = indptr[user][:, None] + t.clamp(min=1)  # position of the target in the item store
+    inp = torch.where(valid, items[at - 1], pad)
+    tgt = torch.where(trained, items[at], pad)
+    return user, inp, tgt
+
+
+class SeqLoader:
+    """Shuffled next-item windows (:class:`SeqBatch`), built once per fit.
+
+    Each epoch shuffles the windows, sorts each group of ``bucket`` consecutive batches by
+    sequence length (so a batch holds similar lengths and little padding survives the trim),
+    and shuffles the order of the batches.
+    """
+
+    def __init__(
+        self,
+        store: RowStore,
+        max_len: int,
+        pad: int,
+        batch_size: int,
+        seed: int,
+        windowing: str = "windows",
+        bucket: int = 32,
+        stride: int | None = None,
+    ):
+        self.user, self.input, self.target = build_sequences(
+            store, max_len, pad, windowing, stride
+        )
+        self.lengths = (self.input != pad).sum(1)
+        self.max_len, self.pad, self.batch_size, self.bucket = max_len, pad, batch_size, bucket
+        self.sampler = _EpochSeed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.user) // self.batch_size)
+
+    def __iter__(self) -> Iterator[SeqBatch]:
+        dev = self.user.device
+        g = self.sampler.generator(dev)
+        perm = torch.randperm(len(self.user), generator=g, device=dev)
+        if self.bucket > 1:
+            group = torch.arange(len(perm), device=dev) // (self.batch_size * self.bucket)
+            key = group * (self.max_len + 1) + self.lengths[perm]
+            perm = perm[torch.sort(key, stable=True).indices]
+        starts = torch.arange(0, len(perm), self.batch_size)
+        order = torch.randperm(len(starts), generator=torch.Generator().manual_seed(
+            self.sampler.seed * 1_000_003 + self.sampler.epoch))
+        for s in starts[order].tolist():
+            idx = perm[s : s + self.batch_size]
+            width = max(1, int(self.lengths[idx].max()))
+            yield SeqBatch(
+                self.user[idx], self.input[idx, -width:], self.target[idx, -width:]
+            )
+
