@@ -203,6 +203,11 @@ def _by_group(config: dict[str, Any], dm, per_user: dict[str, Any]) -> dict[str,
 @report_errors
 @record_failures  # in a sweep (-m): a failing run is recorded, the others go on
 def main(cfg: DictConfig) -> float | None:
+    if (cfg.get("task") or {}).get("name") == "engagement":  # task=engagement: no recommender
+        from recsys.engagement import run
+
+        run(cfg)
+        return None
     metrics = train(cfg)
     monitor = str(cfg.get("optimized_metric") or cfg.eval.monitor).split("/", 1)
     return metrics.get(monitor[0], {}).get(monitor[-1]) if len(monitor) == 2 else None

@@ -1,0 +1,307 @@
+"""Engagement scoring: the probability that a user interacts again within a horizon.
+
+    recsys-train task=engagement data=ml-100k
+    recsys-train task=engagement data=ml-latest-small task.horizon_days=60
+
+Data: the dataset's preprocessed log from the same pipeline as every run (same preprocessing,
+same opt-out; the union of the split's parts). It needs a clock shared by all users
+(timestamps); logs whose only order is each user's sequence position are refused.
+
+Windows. At a cutoff ``c`` the users are those with at least one event at or before ``c``;
+features use only events with ``time <= c``; the label is 1 when the user has an event with
+``c < time <= c + horizon``. The test cutoff is ``c_test = last event - horizon`` (or
+``task.cutoff``); the model is trained on ``task.train_windows`` earlier cutoffs
+``c_test - j * horizon`` (j = 1..n), whose label windows all end at or before ``c_test``, so no
+event after ``c_test`` is used in training and every test label lies strictly after every
+feature. The audit in ``metrics.json`` reports these bounds as measured on the arrays.
+
+Features (:func:`features`): log recency (days since the last event), log frequency, tenure,
+event counts in the last 7/30/90 days, active days, mean gap, mean item popularity at the
+cutoff and, with ratings, the mean rating. The classifier is scikit-learn's gradient-boosted
+trees (``task.classifier=gbdt``) or a logistic regression (``logistic``) on standardized
+features, seeded. The baseline is the recency-only model: a logistic regression on log recency
+(a user active recently is likely to come back).
+
+Evaluation on the test window: ROC-AUC, PR-AUC (average precision), log-loss, Brier score and a
+calibration table (deciles of the predicted probability: mean prediction vs observed rate).
+Scores for the future (cutoff = the last event, no label yet) go to ``engagement_scores.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time as _time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys.data.interactions import Interactions
+from recsys.errors import ConfigError, DataError
+
+log = logging.getLogger("recsys")
+DAY = 86_400.0
+CLASSIFIERS = ("gbdt", "logistic")
+
+
+# -- windows, features, labels (pure functions) -------------------------------------------------
+def full_log(split: Any) -> Interactions:
+    """Every event of a prepared split (train, validation, test and fold-in parts)."""
+    inter = split.train
+    for name in ("val", "test", "val_input", "test_input"):
+        part = getattr(split, name, None)
+        if part is not None and len(part):
+            inter = inter.concat(part)
+    return inter
+
+
+def observed_users(inter: Interactions, cutoff: float) -> np.ndarray:
+    """Internal ids of users with at least one event at or before ``cutoff`` (sorted)."""
+    return np.unique(inter.user[inter.time <= cutoff])
+
+
+def labels(inter: Interactions, users: np.ndarray, cutoff: float, horizon: float) -> np.ndarray:
+    """(n,) 1 where the user has an event in ``(cutoff, cutoff + horizon]``, else 0."""
+    m = (inter.time > cutoff) & (inter.time <= cutoff + horizon)
+    active = np.zeros(inter.n_users, dtype=bool)
+    active[inter.user[m]] = True
+    return active[users].astype(np.int64)
+
+
+FEATURES = (
+    "log_recency_days", "log_frequency", "log_tenure_days", "log_events_7d", "log_events_30d",
+    "log_events_90d", "log_active_days", "log_mean_gap_days", "mean_log_item_popularity",
+)  # fmt: skip
+
+
+def features(inter: Interactions, users: np.ndarray, cutoff: float) -> tuple[np.ndarray, list[str]]:
+    """(n, f) features of ``users`` from events with ``time <= cutoff`` only, and their names."""
+    past = inter.select(inter.time <= cutoff)
+    n = inter.n_users
+    count = np.bincount(past.user, minlength=n).astype(np.float64)
+    last = np.full(n, -np.inf)
+    first = np.full(n, np.inf)
+    np.maximum.at(last, past.user, past.time)
+    np.minimum.at(first, past.user, past.time)
+    seen = count > 0  # users without a past get zeros (they are not scored anyway)
+    recency = np.where(seen, (cutoff - np.where(seen, last, cutoff)) / DAY, 0.0)
+    tenure = np.where(seen, np.where(seen, last, 0.0) - np.where(seen, first, 0.0), 0.0) / DAY
+    cols = [np.log1p(recency), np.log1p(count), np.log1p(tenure)]
+    for days in (7, 30, 90):
+        recent = past.time > cutoff - days * DAY
+        cols.append(np.log1p(np.bincount(past.user[recent], minlength=n)))
+    day = np.floor(past.time / DAY).astype(np.int64)
+    day_keys = np.unique(past.user * (int(day.max(initial=0)) + 1) + day)  # distinct (user, day)
+    cols.append(np.log1p(np.bincount(day_keys // (int(day.max(initial=0)) + 1), minlength=n)))
+    cols.append(np.log1p(tenure / np.maximum(count - 1, 1)))
+    pop = np.log1p(np.bincount(past.item, minlength=inter.n_items).astype(np.float64))
+    cols.append(np.bincount(past.user, weights=pop[past.item], minlength=n) / np.maximum(count, 1))
+    names = list(FEATURES)
+    if past.rating is not None:
+        total = np.bincount(past.user, weights=past.rating.astype(np.float64), minlength=n)
+        cols.append(total / np.maximum(count, 1))
+        names.append("mean_rating")
+    x = np.stack(cols, 1)[users]
+    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), names
+
+
+def recency_feature(x: np.ndarray, names: list[str]) -> np.ndarray:
+    return x[:, [names.index("log_recency_days")]]
+
+
+# -- models and metrics -------------------------------------------------------------------------
+def make_classifier(kind: str, seed: int):
+    if kind == "gbdt":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        return HistGradientBoostingClassifier(
+            max_iter=200, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=20,
+            l2_regularization=1.0, random_state=seed,
+        )  # fmt: skip
+    if kind == "logistic":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
+    raise ConfigError(f"task.classifier must be one of {', '.join(CLASSIFIERS)}, got {kind!r}")
+
+
+def scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    both = len(np.unique(y)) == 2
+    return {
+        "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "pr_auc": float(average_precision_score(y, p)) if both else float("nan"),
+        "log_loss": float(log_loss(y, p, labels=[0, 1])),
+        "brier": float(brier_score_loss(y, p)),
+        "positive_rate": float(y.mean()),
+        "n_users": int(len(y)),
+    }
+
+
+def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Deciles of the predicted probability: users, mean prediction, observed rate per bin."""
+    order = np.argsort(p, kind="stable")
+    out = []
+    for chunk in np.array_split(order, bins):
+        if len(chunk):
+            out.append(
+                {
+                    "n": int(len(chunk)),
+                    "mean_predicted": float(p[chunk].mean()),
+                    "observed_rate": float(y[chunk].mean()),
+                }
+            )
+    return out
+
+
+# -- the task -----------------------------------------------------------------------------------
+def check_clock(inter: Interactions, name: str) -> None:
+    from recsys.segment import has_clock
+
+    if inter.time is None:
+        raise DataError(
+            f"task=engagement: dataset {name!r} has no time column; engagement needs timestamps "
+            "to place a cutoff and a horizon"
+        )
+    if not has_clock(inter):
+        raise DataError(
+            f"task=engagement: dataset {name!r} orders events only by each user's sequence "
+            "position (no timestamps shared by all users), so a global cutoff is meaningless"
+        )
+
+
+def build_windows(inter: Interactions, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The training and test windows of the task config: cutoffs, users, features, labels."""
+    horizon = float(cfg.get("horizon_days") or 0) * DAY
+    if horizon <= 0:
+        raise ConfigError(f"task.horizon_days must be > 0, got {cfg.get('horizon_days')!r}")
+    n_train = int(cfg.get("train_windows", 3))
+    if n_train < 1:
+        raise ConfigError(f"task.train_windows must be >= 1, got {n_train}")
+    t_min, t_max = float(inter.time.min()), float(inter.time.max())
+    c_test = float(cfg["cutoff"]) if cfg.get("cutoff") is not None else t_max - horizon
+    cutoffs = [c_test - j * horizon for j in range(n_train, 0, -1)]
+    if cutoffs[0] <= t_min:
+        raise DataError(
+            f"task=engagement: the log spans {(t_max - t_min) / DAY:.0f} days, too short for "
+            f"{n_train} training window(s) and a test window of {horizon / DAY:g} days each; "
+            "lower task.horizon_days or task.train_windows"
+        )
+    xs, ys, audit_train = [], [], []
+    names: list[str] = []
+    for c in cutoffs:
+        users = observed_users(inter, c)
+        x, names = features(inter, users, c)
+        xs.append(x)
+        ys.append(labels(inter, users, c, horizon))
+        audit_train.append({"cutoff": c, "users": int(len(users)), "label_end": c + horizon})
+    test_users = observed_users(inter, c_test)
+    x_test, _ = features(inter, test_users, c_test)
+    y_test = labels(inter, test_users, c_test, horizon)
+    # leakage audit, measured on the events each part used
+    feat_max = float(inter.time[inter.time <= c_test].max())
+    label_events = inter.time[(inter.time > c_test) & (inter.time <= c_test + horizon)]
+    audit = {
+        "test_cutoff": c_test,
+        "horizon_days": horizon / DAY,
+        "train_windows": audit_train,
+        "latest_time_used_in_training": max(w["label_end"] for w in audit_train),
+        "latest_test_feature_time": feat_max,
+        "earliest_test_label_time": float(label_events.min()) if len(label_events) else None,
+        "features_rule": "time <= cutoff",
+        "labels_rule": "cutoff < time <= cutoff + horizon",
+    }
+    audit["ok"] = bool(
+        audit["latest_time_used_in_training"] <= c_test
+        and feat_max <= c_test
+        and (audit["earliest_test_label_time"] is None or audit["earliest_test_label_time"] > c_test)
+    )
+    return {
+        "names": names,
+        "x_train": np.concatenate(xs),
+        "y_train": np.concatenate(ys),
+        "x_test": x_test,
+        "y_test": y_test,
+        "test_users": test_users,
+        "cutoffs": cutoffs,
+        "c_test": c_test,
+        "horizon": horizon,
+        "audit": audit,
+    }
+
+
+def fit_evaluate(inter: Interactions, cfg: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
+    """Train the classifier and the recency baseline on the training windows; test both."""
+    w = build_windows(inter, cfg)
+    y_train, y_test = w["y_train"], w["y_test"]
+    if len(np.unique(y_train)) < 2:
+        raise DataError("task=engagement: the training windows hold only one label class")
+    clf = make_classifier(str(cfg.get("classifier", "gbdt")), seed).fit(w["x_train"], y_train)
+    base = make_classifier("logistic", seed).fit(recency_feature(w["x_train"], w["names"]), y_train)
+    p = clf.predict_proba(w["x_test"])[:, 1]
+    p_base = base.predict_proba(recency_feature(w["x_test"], w["names"]))[:, 1]
+    return {
+        "model": scores(y_test, p),
+        "baseline": scores(y_test, p_base),
+        "calibration": calibration(y_test, p),
+        "baseline_calibration": calibration(y_test, p_base),
+        "features": w["names"],
+        "train_examples": int(len(y_train)),
+        "train_positive_rate": float(y_train.mean()),
+        "audit": w["audit"],
+        "_clf": clf,
+        "_windows": w,
+    }
+
+
+def run(cfg) -> dict[str, Any]:
+    """``recsys-train task=engagement``: fit, evaluate, write metrics.json and the scores file."""
+    from omegaconf import OmegaConf
+
+    from recsys.data.pipeline import fingerprint, prepare
+    from recsys.manifest import end_manifest, start_manifest
+    from recsys.reporting import format_table, write_json
+
+    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    task, data_cfg = config["task"], config["data"]
+    out_dir = Path(config["paths"]["output_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = start_manifest(out_dir, config, fingerprint(data_cfg), "cpu")
+    t0 = _time.perf_counter()
+    split = prepare(data_cfg, int(config["seed"]))
+    inter = full_log(split)
+    check_clock(inter, str(data_cfg.get("name")))
+    result = fit_evaluate(inter, task, int(config["seed"]))
+    clf, w = result.pop("_clf"), result.pop("_windows")
+
+    # scores for the future: cutoff at the last event, every user with a past
+    now = float(inter.time.max())
+    users = observed_users(inter, now)
+    x_now, _ = features(inter, users, now)
+    p_now = clf.predict_proba(x_now)[:, 1]
+    with open(out_dir / "engagement_scores.csv", "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(["user", "p_active_next_horizon"])
+        for u, pr in zip(split.train.user_ids[users].tolist(), p_now.tolist(), strict=False):
+            wr.writerow([u, f"{pr:.6f}"])
+    metrics = {
+        "task": "engagement",
+        "classifier": task.get("classifier", "gbdt"),
+        "test": result["model"],
+        "baseline": {"name": "recency", "test": result["baseline"]},
+        **{k: v for k, v in result.items() if k not in ("model", "baseline")},
+        "scores_cutoff": now,
+        "data": {"name": data_cfg.get("name"), "fingerprint": fingerprint(data_cfg), "opt_out": (split.audit or {}).get("opt_out")},
+        "timing": {"fit_eval_s": round(_time.perf_counter() - t0, 3)},
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    end_manifest(out_dir, manifest)
+    rows = {k: {m: v for m, v in r.items() if m != "n_users"} for k, r in (("model", result["model"]), ("recency baseline", result["baseline"]))}
+    print(f"\n{format_table(rows)}\n\nleakage audit ok: {result['audit']['ok']}\nrun directory: {out_dir}", flush=True)
+    return metrics
