@@ -1,7 +1,7 @@
 """``python -m recsys.bench``: the benchmark matrix, the matmul peak, and the scaling runs.
 
     python -m recsys.bench                       # experiments/bench/full.yaml -> benchmarks/
-    python -m recsys.bench --quick               # experiments/bench/quick.yaml (a few minutes)
+    python -m recsys.bench --quick               # experiments/bench/quick.yaml -> outputs/bench-quick/
     python -m recsys.bench --compare recbole --recbole-python .venv-recbole/bin/python
     python -m recsys.bench scale --sizes 1M,20M,100M   # -> benchmarks/scale.md
 
@@ -301,7 +301,7 @@ def measure_eval(module, dm, dev: torch.device, repeats: int = 3) -> dict[str, A
 def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
     matrix_path = Path(args.matrix or MATRIX_DIR / ("quick.yaml" if args.quick else "full.yaml"))
     matrix = load_matrix(matrix_path)
-    out_dir = Path(args.out)
+    out_dir = Path(args.out or (REPO / "outputs" / "bench-quick" if args.quick else REPO / "benchmarks"))
     runs = Path(args.runs_dir or REPO / "outputs" / "bench" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     info = machine_info()
     print(f"bench: {matrix_path}  machine: {info['cpu']} x{info['cores']}  load {info['load_avg']}", flush=True)
@@ -724,7 +724,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m recsys.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="experiments/bench/quick.yaml")
     ap.add_argument("--matrix", help="a matrix YAML (default: experiments/bench/full.yaml)")
-    ap.add_argument("--out", default=str(REPO / "benchmarks"), help="where results.md/.json go")
+    ap.add_argument("--out", default=None,
+                    help="where results.md/.json go (default: benchmarks/; --quick: outputs/bench-quick/)")
     ap.add_argument("--runs-dir", help="run directories (default: outputs/bench/<date_time>)")
     ap.add_argument("--only", help="comma-separated entry names")
     ap.add_argument("--compare", choices=["recbole"], help="also run RecBole on the same data")
