@@ -320,7 +320,66 @@ def compare(
         "primary": primary,
         "baseline": base.label,
         "notes": notes,
+        "by_group": compare_groups(groups, base, p_metric) if len(groups) > 1 else {},
     }
+
+
+def _group_labels(g: Group) -> dict[str, dict[int, str]]:
+    """``{slicing: {user: group}}`` stored by training (``group:<slicing>`` in per_user_test.npz)."""
+    pu = g.runs[0].per_user()
+    return {
+        k.removeprefix("group:"): dict(zip(pu["user"].tolist(), pu[k].tolist(), strict=False))
+        for k in pu
+        if k.startswith("group:")
+    }
+
+
+def compare_groups(groups: list[Group], base: Group, metric: str, alpha: float = 0.05) -> dict[str, Any]:
+    """Per user group (activity bucket, segment, attribute: the runs' ``eval.groups``), each row's
+    mean per-user ``metric`` and a paired t-test against the baseline within the group, Holm-
+    adjusted across the cells of a slicing; ``worse`` lists the groups where the row is
+    significantly (adjusted p < ``alpha``) below the baseline."""
+    labels = _group_labels(base)
+    base_users = base.user_means(metric)
+    out: dict[str, Any] = {}
+    for slicing, of_user in labels.items():
+        order = ("cold", "light", "heavy")  # activity buckets in their natural order
+        names = sorted({v for v in of_user.values() if v}, key=lambda v: (order.index(v) if v in order else 3, v))
+        rows, cells = [], []
+        for g in groups:
+            users = g.user_means(metric)
+            row: dict[str, Any] = {"label": g.label, "baseline": g is base, "mean": {}, "p_holm": {}, "worse": []}
+            for name in names:
+                members = {u: v for u, v in users.items() if of_user.get(u) == name}
+                row["mean"][name] = float(np.mean(list(members.values()))) if members else math.nan
+                if g is not base:
+                    ref = {u: v for u, v in base_users.items() if of_user.get(u) == name}
+                    cells.append((row, name, paired_tests(members, ref)[0]))
+            rows.append(row)
+        for (row, name, _), adj in zip(cells, holm([c[2] for c in cells]), strict=False):
+            row["p_holm"][name] = adj
+            base_mean = next(r for r in rows if r["baseline"])["mean"][name]
+            if adj < alpha and row["mean"][name] < base_mean:
+                row["worse"].append(name)
+        sizes = {name: sum(1 for v in of_user.values() if v == name) for name in names}
+        out[slicing] = {"groups": names, "sizes": sizes, "metric": metric, "rows": rows}
+    return out
+
+
+def groups_markdown(by_group: dict[str, Any], baseline: str) -> list[str]:
+    lines: list[str] = []
+    for slicing, t in by_group.items():
+        lines += ["", f"Per {slicing} group: test {t['metric']} (users)"]
+        head = ["run", *[f"{n} ({t['sizes'][n]})" for n in t["groups"]]]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in t["rows"]:
+            cells = [r["label"] + (" (baseline)" if r["baseline"] else "")]
+            for n in t["groups"]:
+                mark = " ▼" if n in r["worse"] else ""
+                cells.append(f"{r['mean'][n]:.4f}{mark}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append(f"▼ significantly below {baseline!r} in that group (paired t-test, Holm-adjusted p < 0.05).")
+    return lines
 
 
 def _pick_baseline(groups: list[Group], name: str | None) -> Group:
@@ -362,6 +421,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"★ best mean {primary}. Mean ± std over seeds. Paired tests on per-user test "
         f"{_split_metric(primary)[1]} against {result['baseline']!r}, Holm-adjusted across rows."
     )
+    lines += groups_markdown(result.get("by_group") or {}, result["baseline"])
     lines += [f"note: {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
 

@@ -278,7 +278,7 @@ def run(cfg) -> dict[str, Any]:
     inter = full_log(split)
     check_clock(inter, str(data_cfg.get("name")))
     result = fit_evaluate(inter, task, int(config["seed"]))
-    clf, w = result.pop("_clf"), result.pop("_windows")
+    clf, _w = result.pop("_clf"), result.pop("_windows")
 
     # scores for the future: cutoff at the last event, every user with a past
     now = float(inter.time.max())

@@ -30,7 +30,6 @@ the run's data.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -310,7 +309,7 @@ def _per_user(run_dir: Path | None) -> dict[str, np.ndarray] | None:
     if run_dir is None or not (run_dir / "per_user_test.npz").is_file():
         return None
     with np.load(run_dir / "per_user_test.npz", allow_pickle=False) as z:
-        return {key: z[key] for key in z.files}
+        return {key: z[key] for key in z.files if z[key].dtype.kind in "iufb"}  # not group labels
 
 
 def _add_titles(segs: list[dict[str, Any]], data_cfg: dict[str, Any]) -> None:

@@ -135,12 +135,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     eval_s = time.perf_counter() - t1
     baseline = _baseline(config, dm, accelerator)
     test_by_group = _by_group(config, dm, per_user)
+    group_labels = _group_labels(config, dm, per_user)  # per-user group of each slicing (compare)
 
     if trainer.logger:
         trainer.logger.log_metrics({f"test/{k}": v for k, v in test.items()}, step=trainer.global_step)
         log_hparams(trainer.logger, config, task_overrides(), {"val": val, "test": test})
         trainer.logger.save()
-    np.savez_compressed(run_dir / "per_user_test.npz", **per_user)
+    np.savez_compressed(run_dir / "per_user_test.npz", **per_user, **group_labels)
     metrics = {
         "model": config["model"]["_target_"],
         "val": val,
@@ -186,6 +187,23 @@ def _baseline(config: dict[str, Any], dm, accelerator: str) -> dict[str, Any]:
     name = base_cfg["_target_"].rpartition(".")[2].lower()
     by_group = _by_group(config, dm, per_user)
     return {"name": name, "test": test, **({"test_by_group": by_group} if by_group else {})}
+
+
+def _group_labels(config: dict[str, Any], dm, per_user: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``{"group:<slicing>": (U,) str}``: each evaluated user's group (empty: none)."""
+    groups = config["eval"].get("groups")
+    if not groups or config["eval"].get("task", "ranking") != "ranking":
+        return {}
+    from recsys.slices import labels_for
+
+    train = dm.data.train
+    counts = np.bincount(train.user, minlength=train.n_users)
+    users = np.asarray(per_user["user"], dtype=np.int64)
+    found = labels_for(groups, users, train.user_ids, counts, config["data"])
+    return {
+        f"group:{name}": np.array(["" if v is None else str(v) for v in labels])
+        for name, (labels, _) in found.items()
+    }
 
 
 def _by_group(config: dict[str, Any], dm, per_user: dict[str, Any]) -> dict[str, Any]:

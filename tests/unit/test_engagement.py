@@ -45,7 +45,7 @@ def test_labels_and_features_hand_worked():
     assert labels(inter, users, 10 * DAY, 7 * DAY).tolist() == [1, 0]
     assert labels(inter, users, 10 * DAY, 1 * DAY).tolist() == [0, 0]  # day 12 is outside (10, 11]
     x, names = features(inter, users, 10 * DAY)
-    f = dict(zip(names, x[0]))
+    f = dict(zip(names, x[0], strict=False))
     assert f["log_recency_days"] == pytest.approx(np.log1p(5))
     assert f["log_frequency"] == pytest.approx(np.log1p(2))
     assert f["log_tenure_days"] == pytest.approx(np.log1p(4))

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.metrics.beyond import activity_labels, average_popularity, gini, group_means, list_metrics
+from recsys.metrics.beyond import (
+    activity_labels,
+    average_popularity,
+    gini,
+    group_means,
+    list_metrics,
+)
 from recsys.slices import activity_names, labels_for
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config, shared_datasets
 
@@ -90,3 +96,32 @@ def test_movielens_user_attributes_as_groups():
     assert got["gender"][0].tolist() == ["M", "F", "M", "M"]
     occ = labels_for({"attribute": "occupation"}, np.arange(4), ids, np.zeros(4), cfg)["occupation"][0]
     assert occ.tolist()[:3] == ["technician", "other", "writer"]
+
+
+def test_compare_shows_groups_and_flags_significantly_worse_ones(run, tmp_path):
+    from recsys.compare import compare, to_markdown
+    from recsys.train import train
+
+    _, mf_dir = run
+    pop_dir = tmp_path / "pop"
+    overrides = TINY_DATA + FAST_TRAINER[:-1] + ["~logger", "model=pop", "eval.groups.activity=[8,20]"]
+    train(compose_config("train", overrides, pop_dir))
+    result = compare([str(mf_dir), str(pop_dir)], ["test/ndcg@10"], baseline="popularity")
+    table = result["by_group"]["activity"]
+    assert table["groups"] == ["cold", "light", "heavy"]
+    assert sum(table["sizes"].values()) == 300
+    mf_row = next(r for r in table["rows"] if not r["baseline"])
+    pop_row = next(r for r in table["rows"] if r["baseline"])
+    assert pop_row["worse"] == []
+    # group means weight back to the row's overall mean
+    overall = next(r for r in result["rows"] if not r["baseline"])["test/ndcg@10"][0]
+    weighted = sum(table["sizes"][g] * mf_row["mean"][g] for g in table["groups"]) / 300
+    assert weighted == pytest.approx(overall, rel=1e-6)
+    # flagged exactly where the adjusted p is small and the row is below the baseline
+    for g in table["groups"]:
+        below = mf_row["mean"][g] < pop_row["mean"][g]
+        assert (g in mf_row["worse"]) == (below and mf_row["p_holm"][g] < 0.05)
+    # two epochs of MF on 300 users are far below popularity: flagged in some group
+    assert mf_row["worse"]
+    md = to_markdown(result)
+    assert "Per activity group" in md and "▼" in md
