@@ -118,19 +118,25 @@ def test_recbole_adapter_writes_our_split_and_our_settings(tmp_path):
         path = tmp_path / "general" / f"d.{suffix}.inter"
         assert path.read_text().splitlines()[0] == "user_id:token\titem_id:token\ttimestamp:float"
         rows = np.loadtxt(path, skiprows=1, dtype=np.int64, ndmin=2)
-        assert sorted(map(tuple, rows[:, :2] - 1)) == sorted(zip(part.user, part.item))
+        assert sorted(map(tuple, rows[:, :2] - 1)) == sorted(zip(part.user, part.item, strict=True))
 
-    # sequential: one file; each user's last event is our test event, the one before our val event
-    write_atomic(split, tmp_path / "seq", "d", sequential=True)
+    # sequential (leave-one-out): one file whose time order puts each user's test event last
+    # and validation event second to last, so RecBole's LS split cuts exactly our split
+    loo = prepare({**config["data"], "split": "leave_one_out"}, seed=config["seed"])
+    write_atomic(loo, tmp_path / "seq", "d", sequential=True)
     rows = np.loadtxt(tmp_path / "seq" / "d.inter", skiprows=1, dtype=np.int64, ndmin=2)
-    last = {}
+    assert len(rows) == len(loo.train) + len(loo.val) + len(loo.test)
+    events: dict[int, list[tuple[int, int]]] = {}
     for u, i, t in rows:
-        last.setdefault(u, []).append((t, i))
-    test_pairs = set(zip(split.test.user + 1, split.test.item + 1))
-    for u, events in last.items():
-        events.sort()
-        if (u, events[-1][1]) not in test_pairs:
-            assert u - 1 not in set(split.test.user)  # a user without a test event
+        events.setdefault(int(u), []).append((int(t), int(i)))
+    test_item = dict(zip((loo.test.user + 1).tolist(), (loo.test.item + 1).tolist(), strict=True))
+    val_item = dict(zip((loo.val.user + 1).tolist(), (loo.val.item + 1).tolist(), strict=True))
+    assert test_item
+    for u, evs in events.items():
+        evs.sort()
+        assert evs[-1][1] == test_item[u]
+        if u in val_item:
+            assert evs[-2][1] == val_item[u]
 
     rb = recbole_config(config, "BPR", {})
     assert rb["learning_rate"] == 0.003 and rb["train_batch_size"] == 512
