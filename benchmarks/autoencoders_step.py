@@ -42,7 +42,9 @@ def main() -> None:
     # Zipf-like popular items; duplicates inside a row are harmless for timing (dense() sets 1)
     items = np.minimum(np.floor(np.expm1(rng.random(indptr[-1]) * np.log1p(a.items))), a.items - 1)
     store = RowStore(torch.as_tensor(indptr), torch.as_tensor(items.astype(np.int64)))
-    print(f"users {a.users}, items {a.items}, pairs {indptr[-1]:,}, threads {torch.get_num_threads()}")
+    print(
+        f"users {a.users}, items {a.items}, pairs {indptr[-1]:,}, threads {torch.get_num_threads()}"
+    )
 
     cls = MultVAE if a.model == "multvae" else MultDAE
     dims = [600, 200] if a.model == "multvae" else [200]
@@ -60,8 +62,10 @@ def main() -> None:
         if i + 1 >= a.steps:
             break
     per_batch = float(np.median(times[1:])) if len(times) > 1 else times[0]
-    print(f"train: {per_batch:.3f} s/batch (median of {len(times) - 1}), {len(loader)} batches/epoch "
-          f"-> {per_batch * len(loader):.0f} s/epoch")
+    print(
+        f"train: {per_batch:.3f} s/batch (median of {len(times) - 1}), {len(loader)} batches/epoch "
+        f"-> {per_batch * len(loader):.0f} s/epoch"
+    )
 
     model.eval()
     ev = []
@@ -73,11 +77,15 @@ def main() -> None:
         scores[ub.rows(), ub.items] = float("-inf")
         target = torch.zeros_like(scores, dtype=torch.bool)
         target[:, :50] = True  # stand-in targets: the metric arithmetic is what is timed
-        ranking_metrics(topk_hits(scores, target, 100), target.sum(1), [20, 50, 100], ["ndcg", "recall_capped"])
+        ranking_metrics(
+            topk_hits(scores, target, 100), target.sum(1), [20, 50, 100], ["ndcg", "recall_capped"]
+        )
         ev.append(time.perf_counter() - t)
     per_chunk = float(np.median(ev))
-    print(f"eval: {per_chunk:.3f} s per {a.eval_batch} users -> {per_chunk * 10_000 / a.eval_batch:.0f} s "
-          f"for 10,000 held-out users")
+    print(
+        f"eval: {per_chunk:.3f} s per {a.eval_batch} users -> {per_chunk * 10_000 / a.eval_batch:.0f} s "
+        f"for 10,000 held-out users"
+    )
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

@@ -37,7 +37,9 @@ def generate(
     """Frame ``user, item, rating, time`` (external ids from 1), one rating per (user, item)."""
     rng = np.random.default_rng(seed)
     sigma = 1.1
-    lengths = rng.lognormal(np.log(max(mean_length - min_length, 1.0)) - sigma**2 / 2, sigma, n_users)
+    lengths = rng.lognormal(
+        np.log(max(mean_length - min_length, 1.0)) - sigma**2 / 2, sigma, n_users
+    )
     # draws repeat items (about 30% at full size, then dropped): draw more so that the unique
     # ratings per user have the requested mean
     lengths = (min_length + np.round(lengths * 1.45)).astype(np.int64).clip(max=n_items // 2)
@@ -47,7 +49,9 @@ def generate(
     per_group = max(n_items // n_groups, 1)
 
     def zipf_rank(size: int, m: int) -> np.ndarray:  # ranks in [0, m) with P(r) ~ 1 / (r + 1)
-        return np.minimum(np.floor(np.expm1(rng.random(size) * np.log1p(m))), m - 1).astype(np.int64)
+        return np.minimum(np.floor(np.expm1(rng.random(size) * np.log1p(m))), m - 1).astype(
+            np.int64
+        )
 
     group = rng.integers(n_groups, size=n_users)[user]
     taste = rng.random(n) < p_taste

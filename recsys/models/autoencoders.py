@@ -45,7 +45,7 @@ from recsys.models.base import Recommender, require
 
 
 def _linears(dims: Sequence[int]) -> nn.ModuleList:
-    layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+    layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
     for layer in layers:
         nn.init.xavier_uniform_(layer.weight)
         nn.init.normal_(layer.bias, std=0.001)
@@ -62,7 +62,11 @@ def _run(layers: nn.ModuleList, h: Tensor) -> Tensor:
 
 
 def _check_dims(hidden_dims: Sequence[int], dropout: float, reg: float) -> list[int]:
-    dims = list(hidden_dims) if isinstance(hidden_dims, Sequence) and not isinstance(hidden_dims, str) else []
+    dims = (
+        list(hidden_dims)
+        if isinstance(hidden_dims, Sequence) and not isinstance(hidden_dims, str)
+        else []
+    )
     require(
         len(dims) >= 1 and all(isinstance(d, int) and d >= 1 for d in dims),
         "hidden_dims",
@@ -185,7 +189,9 @@ class MultVAE(Recommender):
             self.anneal_step += 1
         loss = nll + beta * kl
         if self.reg:
-            loss = loss + self.reg * sum(m.weight.pow(2).sum() for m in (*self.encoder, *self.decoder))
+            loss = loss + self.reg * sum(
+                m.weight.pow(2).sum() for m in (*self.encoder, *self.decoder)
+            )
         return {"loss": loss, "nll": nll, "kl": kl, "beta": torch.tensor(beta)}
 
     @torch.no_grad()

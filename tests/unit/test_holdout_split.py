@@ -25,7 +25,9 @@ def _log(n_users: int = 60, n_items: int = 40, seed: int = 0) -> Interactions:
 
 def _pairs(inter: Interactions) -> set[tuple[str, int]]:
     """Events as external (user, item) ids, comparable across re-encoded item spaces."""
-    return set(zip(inter.user_ids[inter.user].tolist(), inter.item_ids[inter.item].tolist()))
+    return set(
+        zip(inter.user_ids[inter.user].tolist(), inter.item_ids[inter.item].tolist(), strict=True)
+    )
 
 
 def test_users_disjoint_and_counts():
@@ -93,17 +95,29 @@ def test_fold_in_items_are_random_not_first_in_time():
 
 @pytest.mark.parametrize(
     ("n_heldout", "ratio", "match"),
-    [(0, 0.8, "n_heldout_users"), (30, 0.8, "n_heldout_users"), (5, 1.0, "fold_in_ratio"), (5, 0.0, "fold_in_ratio")],
+    [
+        (0, 0.8, "n_heldout_users"),
+        (30, 0.8, "n_heldout_users"),
+        (5, 1.0, "fold_in_ratio"),
+        (5, 0.0, "fold_in_ratio"),
+    ],
 )
 def test_bad_parameters_refused(n_heldout, ratio, match):
     with pytest.raises(ConfigError, match=match):
-        make_split(_log(), "holdout_users", 0.1, 0.1, 0, n_heldout_users=n_heldout, fold_in_ratio=ratio)
+        make_split(
+            _log(), "holdout_users", 0.1, 0.1, 0, n_heldout_users=n_heldout, fold_in_ratio=ratio
+        )
 
 
 def test_datamodule_serves_fold_in_history(tmp_path):
     cfg = compose_config(
         "train",
-        ["data.n_users=200", "data.n_items=80", "data.split=holdout_users", "data.n_heldout_users=30"],
+        [
+            "data.n_users=200",
+            "data.n_items=80",
+            "data.split=holdout_users",
+            "data.n_heldout_users=30",
+        ],
         tmp_path,
     )
     dm = RecDataModule(dict(cfg.data), seed=5)
@@ -132,13 +146,19 @@ def test_recall_capped_is_hits_over_min_k_and_relevant():
     target = torch.rand(30, 25, generator=g) < 0.3
     target[:, 0] |= ~target.any(1)
     n_rel = target.sum(1)
-    got = ranking_metrics(topk_hits(scores, target, 20), n_rel, [5, 20], ["recall_capped", "recall", "precision"])
+    got = ranking_metrics(
+        topk_hits(scores, target, 20), n_rel, [5, 20], ["recall_capped", "recall", "precision"]
+    )
     order = torch.argsort(scores, 1, descending=True)
     for u in range(30):
         for k in (5, 20):
             hits = int(target[u, order[u, :k]].sum())
-            assert got[f"recall_capped@{k}"][u].item() == pytest.approx(hits / min(k, int(n_rel[u])))
+            assert got[f"recall_capped@{k}"][u].item() == pytest.approx(
+                hits / min(k, int(n_rel[u]))
+            )
             if n_rel[u] <= k:  # then it is Recall; with more relevant items than K, Precision
                 assert got[f"recall_capped@{k}"][u] == pytest.approx(got[f"recall@{k}"][u].item())
             else:
-                assert got[f"recall_capped@{k}"][u] == pytest.approx(got[f"precision@{k}"][u].item())
+                assert got[f"recall_capped@{k}"][u] == pytest.approx(
+                    got[f"precision@{k}"][u].item()
+                )
