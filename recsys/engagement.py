@@ -176,8 +176,14 @@ def check_clock(inter: Interactions, name: str) -> None:
         )
 
 
-def build_windows(inter: Interactions, cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The training and test windows of the task config: cutoffs, users, features, labels."""
+def build_windows(
+    inter: Interactions, cfg: Mapping[str, Any], extra: tuple[np.ndarray, float, list[str]] | None = None
+) -> dict[str, Any]:
+    """The training and test windows of the task config: cutoffs, users, features, labels.
+
+    ``extra``: (per-user feature rows over ``inter``'s user ids, the latest event time they were
+    computed from, their names), e.g. a frozen recommender's user representation; refused when
+    that time is after the first cutoff (the features would see the future of that window)."""
     horizon = float(cfg.get("horizon_days") or 0) * DAY
     if horizon <= 0:
         raise ConfigError(f"task.horizon_days must be > 0, got {cfg.get('horizon_days')!r}")
@@ -193,16 +199,30 @@ def build_windows(inter: Interactions, cfg: Mapping[str, Any]) -> dict[str, Any]
             f"{n_train} training window(s) and a test window of {horizon / DAY:g} days each; "
             "lower task.horizon_days or task.train_windows"
         )
+    if extra is not None and extra[1] > cutoffs[0]:
+        raise DataError(
+            f"task.representation_run: the recommender was trained on events up to {extra[1]:.0f}, "
+            f"after the first engagement cutoff {cutoffs[0]:.0f}: its representation would leak "
+            "later behaviour into the features; train it with data.split=temporal and larger "
+            "val_ratio/test_ratio so its training data ends before that cutoff"
+        )
+
+    def feats(users: np.ndarray, c: float) -> tuple[np.ndarray, list[str]]:
+        x, names = features(inter, users, c)
+        if extra is None:
+            return x, names
+        return np.concatenate([x, extra[0][users]], 1), names + extra[2]
+
     xs, ys, audit_train = [], [], []
     names: list[str] = []
     for c in cutoffs:
         users = observed_users(inter, c)
-        x, names = features(inter, users, c)
+        x, names = feats(users, c)
         xs.append(x)
         ys.append(labels(inter, users, c, horizon))
         audit_train.append({"cutoff": c, "users": int(len(users)), "label_end": c + horizon})
     test_users = observed_users(inter, c_test)
-    x_test, _ = features(inter, test_users, c_test)
+    x_test, _ = feats(test_users, c_test)
     y_test = labels(inter, test_users, c_test, horizon)
     # leakage audit, measured on the events each part used
     feat_max = float(inter.time[inter.time <= c_test].max())
@@ -215,10 +235,12 @@ def build_windows(inter: Interactions, cfg: Mapping[str, Any]) -> dict[str, Any]
         "latest_test_feature_time": feat_max,
         "earliest_test_label_time": float(label_events.min()) if len(label_events) else None,
         "features_rule": "time <= cutoff",
+        "representation_latest_time": None if extra is None else extra[1],
         "labels_rule": "cutoff < time <= cutoff + horizon",
     }
     audit["ok"] = bool(
-        audit["latest_time_used_in_training"] <= c_test
+        (extra is None or extra[1] <= cutoffs[0])
+        and audit["latest_time_used_in_training"] <= c_test
         and feat_max <= c_test
         and (audit["earliest_test_label_time"] is None or audit["earliest_test_label_time"] > c_test)
     )
@@ -236,16 +258,26 @@ def build_windows(inter: Interactions, cfg: Mapping[str, Any]) -> dict[str, Any]
     }
 
 
-def fit_evaluate(inter: Interactions, cfg: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
+def fit_evaluate(
+    inter: Interactions,
+    cfg: Mapping[str, Any],
+    seed: int = 0,
+    extra: tuple[np.ndarray, float, list[str]] | None = None,
+) -> dict[str, Any]:
     """Train the classifier and the recency baseline on the training windows; test both."""
-    w = build_windows(inter, cfg)
+    from threadpoolctl import threadpool_limits
+
+    w = build_windows(inter, cfg, extra)
     y_train, y_test = w["y_train"], w["y_test"]
     if len(np.unique(y_train)) < 2:
         raise DataError("task=engagement: the training windows hold only one label class")
-    clf = make_classifier(str(cfg.get("classifier", "gbdt")), seed).fit(w["x_train"], y_train)
-    base = make_classifier("logistic", seed).fit(recency_feature(w["x_train"], w["names"]), y_train)
-    p = clf.predict_proba(w["x_test"])[:, 1]
-    p_base = base.predict_proba(recency_feature(w["x_test"], w["names"]))[:, 1]
+    # task.threads (default 1): these fits are small, and OpenMP oversubscription on a shared
+    # machine made them ~10x slower than one thread in our measurements
+    with threadpool_limits(limits=int(cfg.get("threads") or 1)):
+        clf = make_classifier(str(cfg.get("classifier", "gbdt")), seed).fit(w["x_train"], y_train)
+        base = make_classifier("logistic", seed).fit(recency_feature(w["x_train"], w["names"]), y_train)
+        p = clf.predict_proba(w["x_test"])[:, 1]
+        p_base = base.predict_proba(recency_feature(w["x_test"], w["names"]))[:, 1]
     return {
         "model": scores(y_test, p),
         "baseline": scores(y_test, p_base),
@@ -258,6 +290,27 @@ def fit_evaluate(inter: Interactions, cfg: Mapping[str, Any], seed: int = 0) -> 
         "_clf": clf,
         "_windows": w,
     }
+
+
+def frozen_representation(run_dir: str, inter: Interactions) -> tuple[np.ndarray, float, list[str]]:
+    """A trained run's ``user_representation`` of ``inter``'s users (matched by external id;
+    zeros for users the run does not know), and the latest event time the run trained on."""
+    from recsys.data.pipeline import prepare
+    from recsys.runner import load_checkpoint, module_from_checkpoint
+    from recsys.segment import representation
+
+    ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / "best.ckpt", "task.representation_run")
+    model = module_from_checkpoint(ckpt, "task.representation_run").model
+    config = ckpt["hyper_parameters"].get("config") or {}
+    split = prepare(config["data"], int(config.get("seed", 0)))
+    seen = split.train  # the model's parameters were fitted on the training part
+    if seen.time is None:
+        raise DataError("task.representation_run: the run's data has no timestamps")
+    rep = representation(model, seen)  # (run users, d)
+    index = {str(u): i for i, u in enumerate(split.train.user_ids.tolist())}
+    rows = np.array([index.get(str(u), -1) for u in inter.user_ids.tolist()])
+    out = np.where(rows[:, None] >= 0, rep[np.maximum(rows, 0)], 0.0)
+    return out, float(seen.time.max()), [f"rep_{j}" for j in range(rep.shape[1])]
 
 
 def run(cfg) -> dict[str, Any]:
@@ -277,13 +330,16 @@ def run(cfg) -> dict[str, Any]:
     split = prepare(data_cfg, int(config["seed"]))
     inter = full_log(split)
     check_clock(inter, str(data_cfg.get("name")))
-    result = fit_evaluate(inter, task, int(config["seed"]))
+    extra = frozen_representation(task["representation_run"], inter) if task.get("representation_run") else None
+    result = fit_evaluate(inter, task, int(config["seed"]), extra)
     clf, _w = result.pop("_clf"), result.pop("_windows")
 
     # scores for the future: cutoff at the last event, every user with a past
     now = float(inter.time.max())
     users = observed_users(inter, now)
     x_now, _ = features(inter, users, now)
+    if extra is not None:
+        x_now = np.concatenate([x_now, extra[0][users]], 1)
     p_now = clf.predict_proba(x_now)[:, 1]
     with open(out_dir / "engagement_scores.csv", "w", newline="") as f:
         wr = csv.writer(f)

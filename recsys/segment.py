@@ -125,8 +125,11 @@ def _unit_block(x: np.ndarray) -> np.ndarray:
 # -- clustering ---------------------------------------------------------------------------------
 def kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 10) -> np.ndarray:
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
-    return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x).astype(np.int64)
+    # one thread: small fits, and OpenMP oversubscription on shared cores costs far more
+    with threadpool_limits(limits=1):
+        return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x).astype(np.int64)
 
 
 def choose_k(x: np.ndarray, ks: list[int], seed: int, sample: int = 5000, n_init: int = 10) -> tuple[int, dict[int, float]]:

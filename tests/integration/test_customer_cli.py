@@ -11,7 +11,7 @@ import pytest
 
 from recsys.artifact import load, pseudonym
 from recsys.data.synthetic import generate
-from recsys.errors import ConfigError
+from recsys.errors import ConfigError, DataError
 from recsys.export import export
 from tests.conftest import FAST_TRAINER, compose_config
 
@@ -67,6 +67,18 @@ def test_planted_twin_ranks_first_by_embedding_cosine(twin_log, tmp_path):
     art = export(ckpt_path=run / "checkpoints" / "best.ckpt", out=tmp_path / "art", torchscript=False, onnx=False)
     (res,) = load(art).similar_items([TARGET], k=3, method="embedding")
     assert res["method"] == "embedding" and res["items"][0] == TWIN
+    # its user representation cannot feed engagement features: leave-one-out training saw the
+    # last events of every user, after any engagement cutoff
+    from recsys.data.pipeline import prepare
+    from recsys.engagement import build_windows, frozen_representation, full_log
+
+    cfg = compose_config("train", ["data=csv", f"data.path={twin_log}", "data.columns.time=time",
+                                   "data.split=leave_one_out", f"data.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
+    inter = full_log(prepare(dict(cfg.data), 42))
+    extra = frozen_representation(str(run), inter)
+    assert extra[0].shape == (inter.n_users, 64) and np.abs(extra[0]).sum() > 0
+    with pytest.raises(DataError, match="leak later behaviour"):
+        build_windows(inter, {"horizon_days": 10, "train_windows": 1}, extra)
 
 
 def test_pseudonymized_export_serves_by_hash(ease_artifact, tmp_path, monkeypatch):

@@ -91,10 +91,12 @@ def test_labels_never_see_events_before_the_cutoff():
 
 
 def test_beats_the_recency_baseline_on_a_planted_churn_signal():
-    res = fit_evaluate(churn_log(1500), {"horizon_days": 30, "train_windows": 3}, seed=0)
+    # logistic: fast, and the planted signal is monotone in the counts (gbdt: tested via the CLI)
+    cfg = {"horizon_days": 30, "train_windows": 3, "classifier": "logistic"}
+    res = fit_evaluate(churn_log(1500), cfg, seed=0)
     m, b = res["model"], res["baseline"]
     assert 0.05 < m["positive_rate"] < 0.95
-    assert m["roc_auc"] > b["roc_auc"] + 0.03  # measured: 0.754 vs 0.667
+    assert m["roc_auc"] > b["roc_auc"] + 0.04  # measured: 0.770 vs 0.685
     assert m["pr_auc"] > b["pr_auc"]
     assert m["log_loss"] < b["log_loss"]
     cal = res["calibration"]
@@ -128,3 +130,15 @@ def test_logs_without_a_clock_are_refused():
         check_clock(seq, "beauty")
     with pytest.raises(DataError, match="no time column"):
         check_clock(Interactions.from_frame(pd.DataFrame({"user": [1], "item": [1]})), "x")
+
+
+def test_frozen_representation_joins_features_only_when_it_predates_the_cutoffs():
+    inter = churn_log(300)
+    cfg = {"horizon_days": 30, "train_windows": 2}
+    rep = np.random.default_rng(0).normal(size=(inter.n_users, 3))
+    w = build_windows(inter, cfg)
+    early = build_windows(inter, cfg, (rep, float(w["cutoffs"][0]), ["r0", "r1", "r2"]))
+    assert early["names"][-3:] == ["r0", "r1", "r2"] and early["audit"]["ok"]
+    np.testing.assert_array_equal(early["x_test"][:, -3:], rep[early["test_users"]])
+    with pytest.raises(DataError, match="leak later behaviour"):
+        build_windows(inter, cfg, (rep, float(w["cutoffs"][0]) + 1, ["r0", "r1", "r2"]))
