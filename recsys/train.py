@@ -60,7 +60,8 @@ def build_trainer(config: dict[str, Any], run_dir: Path) -> pl.Trainer:
     for name, cb_cfg in (config.get("callbacks") or {}).items():
         if cb_cfg is None:
             continue
-        extra = {"dirpath": str(run_dir / "checkpoints")} if name == "model_checkpoint" else {}
+        is_ckpt = str(cb_cfg.get("_target_", "")).endswith("ModelCheckpoint")
+        extra = {"dirpath": str(run_dir / "checkpoints")} if is_ckpt else {}
         callbacks.append(hydra.utils.instantiate(cb_cfg, **extra))
     logger_args: dict[str, Any] = {"save_dir": str(run_dir)}
     sweep = sweep_dir()

@@ -68,13 +68,17 @@ def test_mf_beats_popularity_on_synthetic(run):
 
 
 def test_resume_reaches_the_uninterrupted_result(tmp_path):
+    # lr high enough that validation peaks early: last.ckpt must still be the latest epoch
     base = TINY_DATA + ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-                        "optim.lr=0.01", "seed=11", "callbacks.early_stopping=null"]
-    full = train(compose_config("train", base + ["trainer.max_epochs=4"], tmp_path / "full"))
-    train(compose_config("train", base + ["trainer.max_epochs=2"], tmp_path / "part"))
+                        "optim.lr=0.2", "seed=5", "callbacks.early_stopping=null"]
+    full = train(compose_config("train", base + ["trainer.max_epochs=6"], tmp_path / "full"))
+    train(compose_config("train", base + ["trainer.max_epochs=4"], tmp_path / "part"))
     last = tmp_path / "part" / "checkpoints" / "last.ckpt"
+    best = tmp_path / "part" / "checkpoints" / "best.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 3
+    assert torch.load(best, weights_only=True)["epoch"] < 3
     resumed = train(compose_config(
-        "train", base + ["trainer.max_epochs=4", f"ckpt_path={last}"], tmp_path / "other"))
+        "train", base + ["trainer.max_epochs=6", f"ckpt_path={last}"], tmp_path / "other"))
     assert resumed["test"] == full["test"]
     assert resumed["val"] == full["val"]
     # the resumed run continues in its own directory
