@@ -119,8 +119,7 @@ class RecModule(pl.LightningModule):
         self._outputs: dict[str, list[dict[str, Tensor]]] = defaultdict(list)
         self.results: dict[str, dict[str, float]] = {}
         self.per_user: dict[str, dict[str, np.ndarray]] = {}
-        # eval.sampled (train.py passes a fixed set of eval keys; read it from the run config too)
-        self.sampled = self.eval_cfg.get("sampled") or ((config or {}).get("eval") or {}).get("sampled")
+        self.sampled = self.eval_cfg.get("sampled")
         validate_sampled(self.sampled, num_items)
         self._item_pop: Tensor | None = None
         # coverage@K, gini@K, arp@K from the top-K lists (eval.popularity_bias, default on)

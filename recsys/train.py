@@ -36,7 +36,7 @@ from recsys.sweep import log_hparams, record_failures, run_name, sweep_dir, task
 
 log = logging.getLogger("recsys")
 # evaluation settings RecModule receives (the rest of eval: selection, batching, baseline)
-EVAL_KEYS = ("topk", "metrics", "mask_seen", "task", "rating_clip", "popularity_bias")
+EVAL_KEYS = ("topk", "metrics", "mask_seen", "task", "rating_clip", "popularity_bias", "sampled")
 
 
 def _resume_dir(ckpt_path: Path, default: Path) -> Path:

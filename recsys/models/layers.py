@@ -26,10 +26,11 @@ def attention_mask(real: Tensor, causal: bool) -> Tensor:
         real: (B, L) bool, True at real (non-padding) items.
     """
     L = real.shape[1]
-    eye = torch.eye(L, dtype=torch.bool, device=real.device)
+    # built from float eye/tril: ONNX Runtime has no bool EyeLike/Trilu kernels
+    eye = torch.eye(L, device=real.device) > 0
     mask = real[:, None, None, :].expand(-1, 1, L, -1)  # (B, 1, L, L) by key
     if causal:
-        mask = mask & torch.ones(L, L, dtype=torch.bool, device=real.device).tril()
+        mask = mask & (torch.ones(L, L, device=real.device).tril() > 0)
     return mask | eye
 
 

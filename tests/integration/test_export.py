@@ -36,7 +36,7 @@ DATA = ["data.n_users=120", "data.n_items=60", "data.mean_length=12", "data.n_gr
 ROWS = 9  # small fixed scorer batch: the 20 reference users span several calls
 # ONNX export is the slow part; the suite checks it on one model of each family that has
 # one (the others get TorchScript + eager, which share the traced code path).
-ONNX_MODELS = {"mf", "pop", "multvae"}
+ONNX_MODELS = {"mf", "pop", "multvae", "sasrec"}
 HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
 K = 10
 
