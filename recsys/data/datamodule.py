@@ -9,7 +9,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from recsys.data.batches import EvalLoader, PairLoader, RowStore, UserLoader
+from recsys.data.batches import EvalLoader, PairLoader, RowStore, SeqLoader, UserLoader
 from recsys.data.interactions import CSR, Interactions, Split
 from recsys.data.pipeline import fingerprint, prepare
 from recsys.errors import ConfigError
@@ -30,6 +30,29 @@ def _rating_store(inter: Interactions, device: torch.device) -> RowStore | None:
     return RowStore(torch.as_tensor(indptr, device=device), torch.as_tensor(ratings, device=device))
 
 
+class RankShard:
+    """Rank ``rank``'s share of a training loader under DDP: batches ``rank``, ``rank + world``, ...
+
+    Every rank draws the same shuffled batches (same seed and epoch) and keeps a disjoint
+    subset. Each keeps ``max(1, len // world)`` batches, so all ranks step the same number of
+    times (up to ``world - 1`` batches of an epoch are skipped; the next epoch reshuffles).
+    """
+
+    def __init__(self, loader, rank: int, world_size: int):
+        self.loader, self.rank, self.world_size = loader, rank, world_size
+        self.sampler = loader.sampler  # Lightning calls sampler.set_epoch on it
+
+    def __len__(self) -> int:
+        return max(1, len(self.loader) // self.world_size)
+
+    def __iter__(self):
+        n, keep = len(self.loader), len(self)
+        wanted = {(self.rank + j * self.world_size) % n for j in range(keep)}
+        for i, batch in enumerate(self.loader):
+            if i in wanted:
+                yield batch
+
+
 class RecDataModule(pl.LightningDataModule):
     """Serves one prepared split.
 
@@ -47,6 +70,7 @@ class RecDataModule(pl.LightningDataModule):
         self.split: Split | None = None
         self.train_batch: str | None = "pairs"
         self.num_negatives = 0
+        self.max_len: int | None = None
 
     # -- data -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -105,6 +129,7 @@ class RecDataModule(pl.LightningDataModule):
         """Serve the batch shape ``model`` declares (its ``train_batch`` and ``num_negatives``)."""
         self.train_batch = getattr(model, "train_batch", "pairs")
         self.num_negatives = int(getattr(model, "num_negatives", 0))
+        self.max_len = getattr(model, "max_len", None)  # sequence models: their window
 
     @property
     def device(self) -> torch.device:
@@ -118,6 +143,13 @@ class RecDataModule(pl.LightningDataModule):
         return bs
 
     def train_dataloader(self):
+        loader = self._train_loader()
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:  # DDP: each rank its share of batches
+            return RankShard(loader, trainer.global_rank, trainer.world_size)
+        return loader
+
+    def _train_loader(self):
         d, dev = self.data.train, self.device
         if self.train_batch == "pairs":
             return PairLoader(
@@ -131,6 +163,21 @@ class RecDataModule(pl.LightningDataModule):
             )
         if self.train_batch == "users":
             return UserLoader(_store(d.to_csr(), dev), self._batch_size(), self.seed)
+        if self.train_batch == "sequences":
+            windowing = str(self.cfg.get("seq_windowing", "windows"))
+            if windowing not in ("truncate", "windows"):
+                raise ConfigError(
+                    f"data.seq_windowing must be truncate or windows, got {windowing!r}"
+                )
+            return SeqLoader(
+                _store(d.to_csr(), dev),
+                max_len=int(self.max_len or self.cfg.get("max_seq_len", 50)),
+                pad=d.n_items,
+                batch_size=self._batch_size(),
+                seed=self.seed,
+                windowing=windowing,
+                stride=self.cfg.get("seq_stride"),
+            )
         raise ConfigError(f"model declares an unknown train_batch {self.train_batch!r}")
 
     def _eval_loader(self, stage: str) -> EvalLoader:
