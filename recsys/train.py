@@ -126,6 +126,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=dm, ckpt_path=resume)
         epochs = trainer.current_epoch - resume_epochs
     fit_s = time.perf_counter() - t0
+    if trainer.global_rank != 0:  # DDP: rank 0 alone evaluates the best checkpoint and writes
+        return {}
 
     best = ckpt_dir / "best.ckpt"
     best_module = module_from_checkpoint(load_checkpoint(best, "best checkpoint"))
