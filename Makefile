@@ -49,7 +49,7 @@ $(RECBOLE_VENV)/.installed:
 	touch $@
 
 tensorboard: install  ## TensorBoard over outputs/ and multirun/ (one sweep: LOGDIR=multirun/<date>/<time>)
-	$(VENV)/bin/tensorboard $(if $(LOGDIR),--logdir $(LOGDIR),--logdir_spec outputs:outputs,multirun:multirun) --bind_all=false
+	$(VENV)/bin/tensorboard $(if $(LOGDIR),--logdir $(LOGDIR),--logdir_spec outputs:outputs,multirun:multirun)
 
 clean:  ## remove caches and run outputs (keeps .venv and data/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,11 @@ def build_trainer(config: dict[str, Any], run_dir: Path) -> pl.Trainer:
     logger = (
         hydra.utils.instantiate(config["logger"], **logger_args) if config.get("logger") else False
     )
+    trainer_cfg = dict(config["trainer"])
+    if not sys.stderr.isatty():  # a progress bar in a log file is noise; EpochSummary logs epochs
+        trainer_cfg["enable_progress_bar"] = False
     return hydra.utils.instantiate(
-        config["trainer"], callbacks=callbacks, logger=logger, default_root_dir=str(run_dir)
+        trainer_cfg, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir)
     )
 
 

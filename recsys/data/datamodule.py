@@ -121,7 +121,7 @@ class RecDataModule(pl.LightningDataModule):
         t = self.data.train
         idx = torch.as_tensor(np.stack([t.user, t.item]))
         return torch.sparse_coo_tensor(
-            idx, torch.ones(len(t)), (t.n_users, t.n_items)
+            idx, torch.ones(len(t)), (t.n_users, t.n_items), check_invariants=False
         ).coalesce()
 
     # -- batches ----------------------------------------------------------------------------
