@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# One OpenMP thread for the tests and the CLI subprocesses they start: tiny models gain nothing
+# from two, and an oversubscribed CPU makes multi-threaded small ops many times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -12,7 +16,7 @@ from omegaconf import DictConfig, open_dict
 
 from recsys.cli import CONFIG_DIR
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # small models: one thread is faster, and robust on a shared CPU
 
 TINY_DATA = [
     "data.n_users=300",
