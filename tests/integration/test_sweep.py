@@ -131,9 +131,10 @@ def test_compare_on_the_sweep(sweep, tmp_path, capsys):
     printed = capsys.readouterr().out
     md = (tmp_path / "compare.md").read_text()
     assert md in printed
+    main_table = md.split("\n\n")[0]  # the per-group tables follow
     rows = [
         line
-        for line in md.splitlines()
+        for line in main_table.splitlines()
         if line.startswith("| ") and ("mf" in line or "popularity" in line)
     ]
     assert len(rows) == 2 and all("| 2 |" in r for r in rows)  # two seeds per configuration
