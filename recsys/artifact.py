@@ -177,7 +177,14 @@ class _SimilarItems:
             sims = sims.astype(np.float64)
             sims[i] = -np.inf
             top, scores = self._top(sims, None, k)
-            out.append({"item": ext, "items": top, "scores": scores, "method": "embedding" if use_emb else "cooccurrence"})
+            out.append(
+                {
+                    "item": ext,
+                    "items": top,
+                    "scores": scores,
+                    "method": "embedding" if use_emb else "cooccurrence",
+                }
+            )
         return out
 
     def _item_cosine(self, i: int) -> np.ndarray:
@@ -193,7 +200,8 @@ class _SimilarItems:
 
             rows = np.repeat(np.arange(len(self.indptr) - 1), np.diff(self.indptr))
             x = sp.csr_matrix(
-                (np.ones(len(rows)), (rows, self.indices)), shape=(len(self.indptr) - 1, self.num_items)
+                (np.ones(len(rows)), (rows, self.indices)),
+                shape=(len(self.indptr) - 1, self.num_items),
             )
             x.data[:] = 1.0  # repeated events count once
             self._by_item = x.T.tocsr()  # (I, U)

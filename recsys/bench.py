@@ -114,7 +114,9 @@ class EpochTimer(pl.Callback):
 
     def __init__(self) -> None:
         self.train_s: list[float] = []
-        self.train_cpu_s: list[float] = []  # process CPU time (all threads): robust to a busy machine
+        self.train_cpu_s: list[
+            float
+        ] = []  # process CPU time (all threads): robust to a busy machine
         self.val_s: list[float] = []
         self.samples: list[int] = []
         self._t0 = self._v0 = self._c0 = 0.0
@@ -177,7 +179,12 @@ def compose(overrides: list[str], output_dir: Path):
 
 
 def entry_overrides(matrix: dict[str, Any], entry: dict[str, Any]) -> list[str]:
-    return [f"model={entry['model']}", f"data={entry['data']}", *matrix["common"], *entry["overrides"]]
+    return [
+        f"model={entry['model']}",
+        f"data={entry['data']}",
+        *matrix["common"],
+        *entry["overrides"],
+    ]
 
 
 def skip_reason(entry: dict[str, Any]) -> str | None:
@@ -190,7 +197,9 @@ def skip_reason(entry: dict[str, Any]) -> str | None:
 
     from recsys.data.sources import data_root
 
-    data = OmegaConf.to_container(compose([f"data={entry['data']}"], Path("."))["data"], resolve=True)
+    data = OmegaConf.to_container(
+        compose([f"data={entry['data']}"], Path("."))["data"], resolve=True
+    )
     names = [str(f) for f in (data.get("files") or [])] + [
         str(f) for f in (data.get("alternative_files") or [])
     ]
@@ -208,7 +217,9 @@ def run_entry(spec: dict[str, Any]) -> dict[str, Any]:
     from recsys.train import train
 
     out = Path(spec["output_dir"])
-    overrides = list(spec["overrides"]) + ["+callbacks.bench_timer._target_=recsys.bench.EpochTimer"]
+    overrides = list(spec["overrides"]) + [
+        "+callbacks.bench_timer._target_=recsys.bench.EpochTimer"
+    ]
     cfg = compose(overrides, out)
     cuda = torch.cuda.is_available() and cfg.trainer.get("accelerator") != "cpu"
     if cuda:
@@ -275,8 +286,15 @@ def measure_eval(module, dm, dev: torch.device, repeats: int = 3) -> dict[str, A
             _sync(dev)
             full_s = min(full_s, time.perf_counter() - t0)
     # the same pass as the run's test evaluation: its metric means must agree with metrics.json
-    check = {k: float(torch.cat([v[k] for v in values]).double().mean())
-             for k in values[0] if k != "user"} if values else {}
+    check = (
+        {
+            k: float(torch.cat([v[k] for v in values]).double().mean())
+            for k in values[0]
+            if k != "user"
+        }
+        if values
+        else {}
+    )
     out: dict[str, Any] = {
         "users": n_users,
         "items": dm.n_items,
@@ -301,10 +319,15 @@ def measure_eval(module, dm, dev: torch.device, repeats: int = 3) -> dict[str, A
 def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
     matrix_path = Path(args.matrix or MATRIX_DIR / ("quick.yaml" if args.quick else "full.yaml"))
     matrix = load_matrix(matrix_path)
-    out_dir = Path(args.out or (REPO / "outputs" / "bench-quick" if args.quick else REPO / "benchmarks"))
+    out_dir = Path(
+        args.out or (REPO / "outputs" / "bench-quick" if args.quick else REPO / "benchmarks")
+    )
     runs = Path(args.runs_dir or REPO / "outputs" / "bench" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     info = machine_info()
-    print(f"bench: {matrix_path}  machine: {info['cpu']} x{info['cores']}  load {info['load_avg']}", flush=True)
+    print(
+        f"bench: {matrix_path}  machine: {info['cpu']} x{info['cores']}  load {info['load_avg']}",
+        flush=True,
+    )
     peak = matmul_peak(n=args.peak_n)
     if torch.cuda.is_available():
         info["gpu_matmul_peak"] = matmul_peak(n=8192, device="cuda")
@@ -312,11 +335,15 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     report = {
-        "matrix": str(matrix_path.relative_to(REPO) if matrix_path.is_relative_to(REPO) else matrix_path),
+        "matrix": str(
+            matrix_path.relative_to(REPO) if matrix_path.is_relative_to(REPO) else matrix_path
+        ),
         "command": "python -m recsys.bench " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": info,
-        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "RECSYS_DATA_DIR") if k in os.environ},
+        "env": {
+            k: os.environ[k] for k in ("OMP_NUM_THREADS", "RECSYS_DATA_DIR") if k in os.environ
+        },
         "load_avg_end": None,
         "matmul_peak": peak,
         "results": results,
@@ -376,7 +403,10 @@ def run_child(spec: dict[str, Any], timeout: float | None) -> dict[str, Any]:
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "recsys.bench", "_entry", str(spec_path)],
-            capture_output=True, text=True, timeout=timeout, cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
         )
     except subprocess.TimeoutExpired:
         return {**_head(spec), "status": "timeout", "error": f"over {timeout} s"}
@@ -392,7 +422,9 @@ def _head(spec: dict[str, Any]) -> dict[str, Any]:
     return {k: spec[k] for k in ("name", "model", "data", "overrides")}
 
 
-def run_recbole(entry: dict[str, Any], ours: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def run_recbole(
+    entry: dict[str, Any], ours: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
     from recsys import bench_recbole
 
     try:
@@ -436,7 +468,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["results"]:
         if r.get("status") != "ok":
-            lines.append(f"| {r['name']} | {r.get('status')}: {str(r.get('error', ''))[:80]!r} |" + " |" * 10)
+            lines.append(
+                f"| {r['name']} | {r.get('status')}: {str(r.get('error', ''))[:80]!r} |" + " |" * 10
+            )
             continue
         t, e, te = r["timing"], r["eval"], r["test"]
         frac = e.get("score_local_peak_fraction", e.get("score_peak_fraction"))
@@ -463,7 +497,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     if cmp_rows:
         lines += render_comparison(cmp_rows)
     if report["skipped"]:
-        lines += ["## Skipped", ""] + [f"- {s['name']}: {s['reason']}" for s in report["skipped"]] + [""]
+        lines += (
+            ["## Skipped", ""] + [f"- {s['name']}: {s['reason']}" for s in report["skipped"]] + [""]
+        )
     lines += ["## Commands", ""]
     for r in report["results"]:
         lines.append(f"- {r['name']}: `python -m recsys.train {' '.join(r['overrides'])}`")
@@ -487,21 +523,30 @@ def render_comparison(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         rb = r["recbole"]
         if rb.get("status") != "ok":
-            lines.append(f"| {r['name']} | failed: {str(rb.get('error', ''))[:100]!r} |" + " |" * 11)
+            lines.append(
+                f"| {r['name']} | failed: {str(rb.get('error', ''))[:100]!r} |" + " |" * 11
+            )
             continue
         c = rb["ratios"]
         ours_cpu, rb_cpu = r["timing"].get("train_cpu_s_per_epoch"), rb.get("train_cpu_s_per_epoch")
-        cpu = f" (CPU s {ours_cpu:.3f} / {rb_cpu:.3f}: {rb_cpu / ours_cpu:.1f}×)" if ours_cpu and rb_cpu else ""
+        cpu = (
+            f" (CPU s {ours_cpu:.3f} / {rb_cpu:.3f}: {rb_cpu / ours_cpu:.1f}×)"
+            if ours_cpu and rb_cpu
+            else ""
+        )
         cells = []
         for k in ("ndcg@10", "recall@10", "mrr@10"):
             a, b = r["test"].get(k), rb["test"].get(k)
-            cells.append(f"{_f(a)} / {_f(b)} ({a - b:+.4f})" if a is not None and b is not None else "–")
+            cells.append(
+                f"{_f(a)} / {_f(b)} ({a - b:+.4f})" if a is not None and b is not None else "–"
+            )
         lines.append(
             f"| {r['name']} | {rb['model']} | {r['timing'].get('epochs')} / {rb.get('epochs_run')} "
             f"| {_f(r['timing'].get('train_s_per_epoch'), 3)} | {_f(rb.get('train_s_per_epoch'), 3)} "
             f"| {_f(c.get('epoch_time'), 1)}×{cpu} | {_f(r['eval']['full_pass_s'], 3)} "
             f"| {_f(rb.get('eval_s'), 3)} | {_f(c.get('eval_time'), 1)}× | {_f(c.get('rss'), 1)}× | "
-            + " | ".join(cells) + " |"
+            + " | ".join(cells)
+            + " |"
         )
     notes = sorted({n for r in rows for n in r["recbole"].get("notes", [])})
     lines += [""] + [f"- {n}" for n in notes] + [""]
@@ -542,10 +587,14 @@ def scale_source(cfg) -> Any:
         lengths = (min_len + np.floor(raw[users] / raw.sum() * extra)).astype(np.int64)
         user = np.repeat(users, lengths.clip(max=n_items // 2))
         u = rng.random(len(user))
-        rank = np.minimum(np.expm1(u * np.log1p(n_items)).astype(np.int64), n_items - 1)  # P(r) ~ 1/(r+1)
+        rank = np.minimum(
+            np.expm1(u * np.log1p(n_items)).astype(np.int64), n_items - 1
+        )  # P(r) ~ 1/(r+1)
         taste = rng.random(len(user)) < p_taste
         g = (user[taste] * 2_654_435_761) % groups  # a fixed taste group per user
-        in_group = np.minimum(np.expm1(u[taste] * np.log1p(per_group)).astype(np.int64), per_group - 1)
+        in_group = np.minimum(
+            np.expm1(u[taste] * np.log1p(per_group)).astype(np.int64), per_group - 1
+        )
         rank[taste] = g * per_group + in_group
         del u, taste, g, in_group
         return np.unique(user * n_items + order[rank])
@@ -581,7 +630,9 @@ def run_scale_point(spec: dict[str, Any]) -> dict[str, Any]:
 
     datamodule.prepare = timed_prepare
     out = Path(spec["output_dir"])
-    cfg = compose(list(spec["overrides"]) + ["+callbacks.bench_timer._target_=recsys.bench.EpochTimer"], out)
+    cfg = compose(
+        list(spec["overrides"]) + ["+callbacks.bench_timer._target_=recsys.bench.EpochTimer"], out
+    )
     t0 = time.perf_counter()
     metrics = train(cfg)
     wall = time.perf_counter() - t0
@@ -606,23 +657,40 @@ def run_scale_point(spec: dict[str, Any]) -> dict[str, Any]:
 def scale_overrides(size: str) -> list[str]:
     users, items, inter = SCALE_SHAPES[size]
     return [
-        "model=mf", "data=synthetic", "data.source=recsys.bench.scale_source",
-        f"+data.scale_users={users}", f"+data.scale_items={items}", f"+data.scale_interactions={inter}",
-        "data.dedup=false", "data.cache=false", "data.batch_size=131072", "optim.lr=0.01",
-        "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-        "~logger", "eval.baseline=null", "eval.batch_size=4096", "eval.topk=[10]",
+        "model=mf",
+        "data=synthetic",
+        "data.source=recsys.bench.scale_source",
+        f"+data.scale_users={users}",
+        f"+data.scale_items={items}",
+        f"+data.scale_interactions={inter}",
+        "data.dedup=false",
+        "data.cache=false",
+        "data.batch_size=131072",
+        "optim.lr=0.01",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "~logger",
+        "eval.baseline=null",
+        "eval.batch_size=4096",
+        "eval.topk=[10]",
         "callbacks.model_checkpoint.save_last=false",
     ]
 
 
 def scale_main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="python -m recsys.bench scale")
-    ap.add_argument("--sizes", default="1M,20M,100M", help=f"comma-separated of {list(SCALE_SHAPES)}")
+    ap.add_argument(
+        "--sizes", default="1M,20M,100M", help=f"comma-separated of {list(SCALE_SHAPES)}"
+    )
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "scale.md"))
     ap.add_argument("--runs-dir", default=None)
     ap.add_argument("--timeout", type=float, default=7200)
     args = ap.parse_args(argv)
-    runs = Path(args.runs_dir or REPO / "outputs" / "bench" / ("scale-" + time.strftime("%Y-%m-%d_%H-%M-%S")))
+    runs = Path(
+        args.runs_dir
+        or REPO / "outputs" / "bench" / ("scale-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
+    )
     info = machine_info()
     rows = []
     for size in args.sizes.split(","):
@@ -636,28 +704,43 @@ def scale_main(argv: list[str]) -> None:
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(
             [sys.executable, "-m", "recsys.bench", "_scale", str(out / "scale_spec.json")],
-            capture_output=True, text=True, timeout=args.timeout, cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=args.timeout,
+            cwd=REPO,
         )
         (out / "scale.log").write_text(proc.stdout + proc.stderr)
         res_path = out / "scale_result.json"
         if proc.returncode != 0 or not res_path.is_file():
-            res = {"size": size, "overrides": spec["overrides"], "status": "failed",
-                   "error": proc.stderr[-1500:]}
+            res = {
+                "size": size,
+                "overrides": spec["overrides"],
+                "status": "failed",
+                "error": proc.stderr[-1500:],
+            }
             print(f"scale: {size} failed: {proc.stderr[-800:]}", flush=True)
         else:
             res = json.loads(res_path.read_text())
             res["status"] = "ok"
             res["process_wall_s"] = round(time.perf_counter() - t0, 2)
             ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            res["process_cpu_s"] = round(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 1)
+            res["process_cpu_s"] = round(
+                ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 1
+            )
             print(f"scale: {size}: {json.dumps(res)}", flush=True)
         res["load_avg_start"] = round(load0, 2)
         rows.append(res)
     from recsys.reporting import write_json
 
     out_md = Path(args.out)
-    write_json(out_md.with_suffix(".json"), {"machine": info, "command": "python -m recsys.bench scale "
-                                             + " ".join(argv), "results": rows})
+    write_json(
+        out_md.with_suffix(".json"),
+        {
+            "machine": info,
+            "command": "python -m recsys.bench scale " + " ".join(argv),
+            "results": rows,
+        },
+    )
     out_md.write_text(render_scale(info, rows, argv))
     print(f"scale: wrote {out_md}", flush=True)
 
@@ -684,7 +767,9 @@ def render_scale(info: dict[str, Any], rows: list[dict[str, Any]], argv: list[st
     ]
     for r in rows:
         if r.get("status") != "ok":
-            lines.append(f"| {r['size']} | failed: {str(r.get('error', ''))[-120:]!r} |" + " |" * 10)
+            lines.append(
+                f"| {r['size']} | failed: {str(r.get('error', ''))[-120:]!r} |" + " |" * 10
+            )
             continue
         d = r["data"]
         lines.append(
@@ -712,7 +797,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if argv[:1] == ["_scale"]:  # child: one scale point
         spec = json.loads(Path(argv[1]).read_text())
-        Path(spec["output_dir"], "scale_result.json").write_text(json.dumps(run_scale_point(spec), indent=2))
+        Path(spec["output_dir"], "scale_result.json").write_text(
+            json.dumps(run_scale_point(spec), indent=2)
+        )
         return
     if argv[:1] == ["render"]:  # re-render results.md from a results.json
         path = Path(argv[1])
@@ -724,8 +811,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m recsys.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="experiments/bench/quick.yaml")
     ap.add_argument("--matrix", help="a matrix YAML (default: experiments/bench/full.yaml)")
-    ap.add_argument("--out", default=None,
-                    help="where results.md/.json go (default: benchmarks/; --quick: outputs/bench-quick/)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="where results.md/.json go (default: benchmarks/; --quick: outputs/bench-quick/)",
+    )
     ap.add_argument("--runs-dir", help="run directories (default: outputs/bench/<date_time>)")
     ap.add_argument("--only", help="comma-separated entry names")
     ap.add_argument("--compare", choices=["recbole"], help="also run RecBole on the same data")

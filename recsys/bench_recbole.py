@@ -43,7 +43,13 @@ def recbole_config(config: dict[str, Any], rb_model: str, cap: dict[str, Any]) -
     m, d, ev = config["model"], config["data"], config["eval"]
     monitor = str(ev["monitor"]).split("/", 1)[1]  # val/mrr@10 -> mrr@10
     metric, _, k = monitor.partition("@")
-    names = {"recall": "Recall", "mrr": "MRR", "ndcg": "NDCG", "hit": "Hit", "precision": "Precision"}
+    names = {
+        "recall": "Recall",
+        "mrr": "MRR",
+        "ndcg": "NDCG",
+        "hit": "Hit",
+        "precision": "Precision",
+    }
     out: dict[str, Any] = {
         "seed": int(config["seed"]),
         "reproducibility": True,
@@ -52,7 +58,9 @@ def recbole_config(config: dict[str, Any], rb_model: str, cap: dict[str, Any]) -
         "weight_decay": float(config["optim"].get("weight_decay", 0.0)),
         "train_batch_size": int(d["batch_size"]),
         "epochs": int(cap.get("epochs", config["trainer"]["max_epochs"])),
-        "stopping_step": int(cap.get("stopping_step", config["callbacks"]["early_stopping"]["patience"])),
+        "stopping_step": int(
+            cap.get("stopping_step", config["callbacks"]["early_stopping"]["patience"])
+        ),
         "eval_step": 1,
         "metrics": [names[x] for x in ev["metrics"] if x in names],
         "topk": list(ev["topk"]),
@@ -63,35 +71,63 @@ def recbole_config(config: dict[str, Any], rb_model: str, cap: dict[str, Any]) -
         out["embedding_size"] = m["embedding_size"]
     elif rb_model == "NeuMF":
         out.update(
-            mf_embedding_size=m["mf_embedding_size"], mlp_embedding_size=m["mlp_embedding_size"],
-            mlp_hidden_size=list(m["mlp_hidden_size"]), dropout_prob=m["dropout"],
-            mf_train=True, mlp_train=True, use_pretrain=False,
+            mf_embedding_size=m["mf_embedding_size"],
+            mlp_embedding_size=m["mlp_embedding_size"],
+            mlp_hidden_size=list(m["mlp_hidden_size"]),
+            dropout_prob=m["dropout"],
+            mf_train=True,
+            mlp_train=True,
+            use_pretrain=False,
         )
     elif rb_model == "MultiVAE":
         dims = list(m["hidden_dims"])
         out.update(
-            mlp_hidden_size=dims[:-1], latent_dimension=dims[-1], dropout_prob=m["dropout"],
-            anneal_cap=m["anneal_cap"], total_anneal_steps=m["total_anneal_steps"],
+            mlp_hidden_size=dims[:-1],
+            latent_dimension=dims[-1],
+            dropout_prob=m["dropout"],
+            anneal_cap=m["anneal_cap"],
+            total_anneal_steps=m["total_anneal_steps"],
         )
     elif rb_model == "SASRec":
         out.update(
-            n_layers=m["n_layers"], n_heads=m["n_heads"], hidden_size=m["hidden_size"],
-            inner_size=m["inner_size"], hidden_dropout_prob=m["dropout"],
-            attn_dropout_prob=m["attn_dropout"], hidden_act=m["activation"],
-            layer_norm_eps=m["layer_norm_eps"], initializer_range=m["init_std"], loss_type="CE",
+            n_layers=m["n_layers"],
+            n_heads=m["n_heads"],
+            hidden_size=m["hidden_size"],
+            inner_size=m["inner_size"],
+            hidden_dropout_prob=m["dropout"],
+            attn_dropout_prob=m["attn_dropout"],
+            hidden_act=m["activation"],
+            layer_norm_eps=m["layer_norm_eps"],
+            initializer_range=m["init_std"],
+            loss_type="CE",
             MAX_ITEM_LIST_LENGTH=int(m["max_len"]),
         )
     else:
         raise ValueError(f"no translation of our config to RecBole's {rb_model}")
     if rb_model in SEQUENTIAL:
         out["train_neg_sample_args"] = None
-        out["eval_args"] = {"split": {"LS": "valid_and_test"}, "group_by": "user", "order": "TO", "mode": "full"}
+        out["eval_args"] = {
+            "split": {"LS": "valid_and_test"},
+            "group_by": "user",
+            "order": "TO",
+            "mode": "full",
+        }
         out["repeatable"] = True
     else:
         neg = int(m.get("num_negatives", 1) or 1)
-        out["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": neg, "alpha": 1.0,
-                                        "dynamic": False, "candidate_num": 0}
-        out["eval_args"] = {"split": {"RS": [0.8, 0.1, 0.1]}, "group_by": "user", "order": "RO", "mode": "full"}
+        out["train_neg_sample_args"] = {
+            "distribution": "uniform",
+            "sample_num": neg,
+            "alpha": 1.0,
+            "dynamic": False,
+            "candidate_num": 0,
+        }
+        out["eval_args"] = {
+            "split": {"RS": [0.8, 0.1, 0.1]},
+            "group_by": "user",
+            "order": "RO",
+            "mode": "full",
+        }
         out["repeatable"] = False
     out.update(cap.get("config", {}))
     return out
@@ -106,7 +142,11 @@ def write_atomic(split, folder: Path, name: str, sequential: bool) -> dict[str, 
 
     def rows(inter, offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         perm = inter.order()
-        return inter.user[perm] + 1, inter.item[perm] + 1, np.arange(len(perm), dtype=np.int64) + offset
+        return (
+            inter.user[perm] + 1,
+            inter.item[perm] + 1,
+            np.arange(len(perm), dtype=np.int64) + offset,
+        )
 
     def dump(path: Path, parts) -> None:
         u = np.concatenate([p[0] for p in parts])
@@ -118,7 +158,9 @@ def write_atomic(split, folder: Path, name: str, sequential: bool) -> dict[str, 
 
     n_tr, n_va = len(split.train), len(split.val)
     tr, va, te = rows(split.train, 0), rows(split.val, n_tr), rows(split.test, n_tr + n_va)
-    if sequential:  # one file, times in our order: RecBole's LS by time cuts our leave-one-out split
+    if (
+        sequential
+    ):  # one file, times in our order: RecBole's LS by time cuts our leave-one-out split
         dump(folder / f"{name}.inter", [tr, va, te])
     else:
         for suffix, part in (("train", tr), ("valid", va), ("test", te)):
@@ -126,8 +168,12 @@ def write_atomic(split, folder: Path, name: str, sequential: bool) -> dict[str, 
     return {"train": n_tr, "valid": n_va, "test": len(split.test)}
 
 
-def compare(entry: dict[str, Any], ours: dict[str, Any], python: str | None = None,
-            timeout: float | None = None) -> dict[str, Any]:
+def compare(
+    entry: dict[str, Any],
+    ours: dict[str, Any],
+    python: str | None = None,
+    timeout: float | None = None,
+) -> dict[str, Any]:
     """Run RecBole on ``entry``'s data and settings; ratios and metric differences vs ``ours``."""
     from recsys.runner import datamodule_from_config, load_checkpoint
 
@@ -147,8 +193,15 @@ def compare(entry: dict[str, Any], ours: dict[str, Any], python: str | None = No
     sequential = rb_model in SEQUENTIAL
     sizes = write_atomic(dm.data, work / "data" / name, name, sequential)
     cfg = recbole_config(config, rb_model, rb)
-    cfg.update(data_path=str(work / "data"), checkpoint_dir=str(work / "saved"),
-               use_gpu=False, gpu_id="", worker=0, show_progress=False, state="WARNING")
+    cfg.update(
+        data_path=str(work / "data"),
+        checkpoint_dir=str(work / "saved"),
+        use_gpu=False,
+        gpu_id="",
+        worker=0,
+        show_progress=False,
+        state="WARNING",
+    )
     if not sequential:
         cfg["benchmark_filename"] = ["train", "valid", "test"]
     spec = {"model": rb_model, "dataset": name, "config": cfg, "threads": rb.get("threads")}
@@ -156,8 +209,13 @@ def compare(entry: dict[str, Any], ours: dict[str, Any], python: str | None = No
     spec_path.write_text(json.dumps(spec, indent=2))
     out_path.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    proc = subprocess.run([str(py), str(Path(__file__).resolve()), str(spec_path), str(out_path)],
-                          capture_output=True, text=True, timeout=timeout, cwd=work)
+    proc = subprocess.run(
+        [str(py), str(Path(__file__).resolve()), str(spec_path), str(out_path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=work,
+    )
     (work / "recbole.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not out_path.is_file():
         raise RuntimeError(f"RecBole exited {proc.returncode}: {proc.stderr[-1500:]}")
@@ -185,8 +243,10 @@ def compare(entry: dict[str, Any], ours: dict[str, Any], python: str | None = No
         "full ranking over all users inside the training loop.",
     ]
     if rb.get("epochs") is not None:
-        notes.append(f"{rb_model}: RecBole capped at {rb['epochs']} epochs for time; its quality "
-                     "is not converged, compare epoch times rather than metrics.")
+        notes.append(
+            f"{rb_model}: RecBole capped at {rb['epochs']} epochs for time; its quality "
+            "is not converged, compare epoch times rather than metrics."
+        )
     res["notes"] = notes + list(rb.get("notes", []))
     res["status"] = "ok"
     return res
@@ -281,13 +341,20 @@ def child_main(spec_path: str, out_path: str) -> None:
         "wall_s": round(time.perf_counter() - t_start, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "n_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
-        "data": {"users": int(dataset.user_num) - 1, "items": int(dataset.item_num) - 1,
-                 "train": int(train_data._dataset.inter_num),
-                 "valid": int(valid_data._dataset.inter_num),
-                 "test": int(test_data._dataset.inter_num)},
-        "versions": {"recbole": recbole.__version__, "torch": torch.__version__,
-                     "numpy": np.__version__, "python": sys.version.split()[0],
-                     "threads": torch.get_num_threads()},
+        "data": {
+            "users": int(dataset.user_num) - 1,
+            "items": int(dataset.item_num) - 1,
+            "train": int(train_data._dataset.inter_num),
+            "valid": int(valid_data._dataset.inter_num),
+            "test": int(test_data._dataset.inter_num),
+        },
+        "versions": {
+            "recbole": recbole.__version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "python": sys.version.split()[0],
+            "threads": torch.get_num_threads(),
+        },
     }
     Path(out_path).write_text(json.dumps(result, indent=2))
 

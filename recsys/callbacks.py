@@ -25,4 +25,9 @@ class EpochSummary(pl.Callback):
             return
         m = trainer.callback_metrics
         parts = [f"{k}={float(m[k]):.4f}" for k in self.metrics if k in m]
-        log.info("epoch %d  %s  (%.2fs)", trainer.current_epoch, "  ".join(parts), time.perf_counter() - self._t0)
+        log.info(
+            "epoch %d  %s  (%.2fs)",
+            trainer.current_epoch,
+            "  ".join(parts),
+            time.perf_counter() - self._t0,
+        )

@@ -334,7 +334,9 @@ def _group_labels(g: Group) -> dict[str, dict[int, str]]:
     }
 
 
-def compare_groups(groups: list[Group], base: Group, metric: str, alpha: float = 0.05) -> dict[str, Any]:
+def compare_groups(
+    groups: list[Group], base: Group, metric: str, alpha: float = 0.05
+) -> dict[str, Any]:
     """Per user group (activity bucket, segment, attribute: the runs' ``eval.groups``), each row's
     mean per-user ``metric`` and a paired t-test against the baseline within the group, Holm-
     adjusted across the cells of a slicing; ``worse`` lists the groups where the row is
@@ -344,11 +346,20 @@ def compare_groups(groups: list[Group], base: Group, metric: str, alpha: float =
     out: dict[str, Any] = {}
     for slicing, of_user in labels.items():
         order = ("cold", "light", "heavy")  # activity buckets in their natural order
-        names = sorted({v for v in of_user.values() if v}, key=lambda v: (order.index(v) if v in order else 3, v))
+        names = sorted(
+            {v for v in of_user.values() if v},
+            key=lambda v: (order.index(v) if v in order else 3, v),
+        )
         rows, cells = [], []
         for g in groups:
             users = g.user_means(metric)
-            row: dict[str, Any] = {"label": g.label, "baseline": g is base, "mean": {}, "p_holm": {}, "worse": []}
+            row: dict[str, Any] = {
+                "label": g.label,
+                "baseline": g is base,
+                "mean": {},
+                "p_holm": {},
+                "worse": [],
+            }
             for name in names:
                 members = {u: v for u, v in users.items() if of_user.get(u) == name}
                 row["mean"][name] = float(np.mean(list(members.values()))) if members else math.nan
@@ -378,7 +389,9 @@ def groups_markdown(by_group: dict[str, Any], baseline: str) -> list[str]:
                 mark = " ▼" if n in r["worse"] else ""
                 cells.append(f"{r['mean'][n]:.4f}{mark}")
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append(f"▼ significantly below {baseline!r} in that group (paired t-test, Holm-adjusted p < 0.05).")
+        lines.append(
+            f"▼ significantly below {baseline!r} in that group (paired t-test, Holm-adjusted p < 0.05)."
+        )
     return lines
 
 

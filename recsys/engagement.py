@@ -177,7 +177,9 @@ def check_clock(inter: Interactions, name: str) -> None:
 
 
 def build_windows(
-    inter: Interactions, cfg: Mapping[str, Any], extra: tuple[np.ndarray, float, list[str]] | None = None
+    inter: Interactions,
+    cfg: Mapping[str, Any],
+    extra: tuple[np.ndarray, float, list[str]] | None = None,
 ) -> dict[str, Any]:
     """The training and test windows of the task config: cutoffs, users, features, labels.
 
@@ -242,7 +244,9 @@ def build_windows(
         (extra is None or extra[1] <= cutoffs[0])
         and audit["latest_time_used_in_training"] <= c_test
         and feat_max <= c_test
-        and (audit["earliest_test_label_time"] is None or audit["earliest_test_label_time"] > c_test)
+        and (
+            audit["earliest_test_label_time"] is None or audit["earliest_test_label_time"] > c_test
+        )
     )
     return {
         "names": names,
@@ -275,7 +279,9 @@ def fit_evaluate(
     # machine made them ~10x slower than one thread in our measurements
     with threadpool_limits(limits=int(cfg.get("threads") or 1)):
         clf = make_classifier(str(cfg.get("classifier", "gbdt")), seed).fit(w["x_train"], y_train)
-        base = make_classifier("logistic", seed).fit(recency_feature(w["x_train"], w["names"]), y_train)
+        base = make_classifier("logistic", seed).fit(
+            recency_feature(w["x_train"], w["names"]), y_train
+        )
         p = clf.predict_proba(w["x_test"])[:, 1]
         p_base = base.predict_proba(recency_feature(w["x_test"], w["names"]))[:, 1]
     return {
@@ -330,7 +336,11 @@ def run(cfg) -> dict[str, Any]:
     split = prepare(data_cfg, int(config["seed"]))
     inter = full_log(split)
     check_clock(inter, str(data_cfg.get("name")))
-    extra = frozen_representation(task["representation_run"], inter) if task.get("representation_run") else None
+    extra = (
+        frozen_representation(task["representation_run"], inter)
+        if task.get("representation_run")
+        else None
+    )
     result = fit_evaluate(inter, task, int(config["seed"]), extra)
     clf, _w = result.pop("_clf"), result.pop("_windows")
 
@@ -353,11 +363,21 @@ def run(cfg) -> dict[str, Any]:
         "baseline": {"name": "recency", "test": result["baseline"]},
         **{k: v for k, v in result.items() if k not in ("model", "baseline")},
         "scores_cutoff": now,
-        "data": {"name": data_cfg.get("name"), "fingerprint": fingerprint(data_cfg), "opt_out": (split.audit or {}).get("opt_out")},
+        "data": {
+            "name": data_cfg.get("name"),
+            "fingerprint": fingerprint(data_cfg),
+            "opt_out": (split.audit or {}).get("opt_out"),
+        },
         "timing": {"fit_eval_s": round(_time.perf_counter() - t0, 3)},
     }
     write_json(out_dir / "metrics.json", metrics)
     end_manifest(out_dir, manifest)
-    rows = {k: {m: v for m, v in r.items() if m != "n_users"} for k, r in (("model", result["model"]), ("recency baseline", result["baseline"]))}
-    print(f"\n{format_table(rows)}\n\nleakage audit ok: {result['audit']['ok']}\nrun directory: {out_dir}", flush=True)
+    rows = {
+        k: {m: v for m, v in r.items() if m != "n_users"}
+        for k, r in (("model", result["model"]), ("recency baseline", result["baseline"]))
+    }
+    print(
+        f"\n{format_table(rows)}\n\nleakage audit ok: {result['audit']['ok']}\nrun directory: {out_dir}",
+        flush=True,
+    )
     return metrics

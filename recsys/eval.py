@@ -82,7 +82,11 @@ def evaluate_checkpoint(
 def main(cfg: DictConfig) -> None:
     out_dir = Path(cfg.paths.output_dir)
     metrics = evaluate_checkpoint(
-        cfg.ckpt_path, out_dir, cfg.data_root, cfg.accelerator, cfg.batch_size,
+        cfg.ckpt_path,
+        out_dir,
+        cfg.data_root,
+        cfg.accelerator,
+        cfg.batch_size,
         OmegaConf.to_container(cfg.groups, resolve=True) if cfg.get("groups") else None,
     )
     print(f"\n{format_table({'val': metrics['val'], 'test': metrics['test']})}\n")

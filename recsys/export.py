@@ -300,9 +300,7 @@ def export_model(
 
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "weights.pt")
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    np.savez(
-        out / "ids.npz", user_ids=user_ids, item_ids=_ids(split.train.item_ids)
-    )
+    np.savez(out / "ids.npz", user_ids=user_ids, item_ids=_ids(split.train.item_ids))
     np.savez_compressed(out / "history.npz", indptr=indptr, indices=indices, item_counts=counts)
     emb = embeddings(model)
     if emb:
@@ -355,7 +353,11 @@ def export_model(
         # model.embeddings(): tables the model declares (MF: score = user · item); otherwise the
         # raw nn.Embedding tables, which need not form a dot-product space (NCF's MLP branch)
         "embeddings_source": (
-            "model.embeddings()" if hasattr(model, "embeddings") else "nn.Embedding" if emb else None
+            "model.embeddings()"
+            if hasattr(model, "embeddings")
+            else "nn.Embedding"
+            if emb
+            else None
         ),
         "data": {"name": config["data"].get("name"), "fingerprint": fingerprint},
         "source_checkpoint": source,

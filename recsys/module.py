@@ -55,8 +55,12 @@ def validate_eval(evaluation: dict[str, Any], num_items: int | None = None) -> N
                 f"eval.task=rating, got {evaluation.get('metrics')!r}"
             )
         clip = evaluation.get("rating_clip")
-        if clip is not None and (not isinstance(clip, list | tuple) or len(clip) != 2 or clip[0] >= clip[1]):
-            raise ConfigError(f"eval.rating_clip must be null or [low, high] with low < high, got {clip!r}")
+        if clip is not None and (
+            not isinstance(clip, list | tuple) or len(clip) != 2 or clip[0] >= clip[1]
+        ):
+            raise ConfigError(
+                f"eval.rating_clip must be null or [low, high] with low < high, got {clip!r}"
+            )
         return
     topk = evaluation.get("topk")
     if not isinstance(topk, list | tuple) or len(topk) == 0:
@@ -164,8 +168,10 @@ class RecModule(pl.LightningModule):
 
     # -- evaluation ---------------------------------------------------------------------------
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int):
-        return batch.to(device) if hasattr(batch, "to") else super().transfer_batch_to_device(
-            batch, device, dataloader_idx
+        return (
+            batch.to(device)
+            if hasattr(batch, "to")
+            else super().transfer_batch_to_device(batch, device, dataloader_idx)
         )
 
     def evaluate_ratings(self, batch: EvalBatch) -> dict[str, Tensor]:
@@ -210,7 +216,9 @@ class RecModule(pl.LightningModule):
         values["user"] = users.user
         return values
 
-    def sampled_metrics(self, batch: EvalBatch, scores: Tensor, target: Tensor) -> dict[str, Tensor]:
+    def sampled_metrics(
+        self, batch: EvalBatch, scores: Tensor, target: Tensor
+    ) -> dict[str, Tensor]:
         """Metrics ranking each user's targets among ``eval.sampled.n`` sampled negatives only
         (never a history item or a target; uniform, or popularity-weighted without replacement
         by Gumbel top-k), named ``sampled_<metric>@K``. Krichene & Rendle (KDD 2020): sampled
@@ -219,7 +227,8 @@ class RecModule(pl.LightningModule):
             log.warning(
                 "eval.sampled: metrics over %d sampled negatives (%s) can reorder models relative to "
                 "full ranking (Krichene & Rendle, KDD 2020); they are reported as sampled_*",
-                self.sampled["n"], self.sampled.get("strategy", "uniform"),
+                self.sampled["n"],
+                self.sampled.get("strategy", "uniform"),
             )
             self._sampled_warned = True
         users = batch.users
@@ -281,7 +290,10 @@ class RecModule(pl.LightningModule):
             if top is not None:
                 means.update(list_metrics(top, self.model.num_items, self.topk))
         self.results[stage] = means
-        self.per_user[stage] = {"user": users.cpu().numpy(), **{k: v.cpu().numpy() for k, v in cat.items()}}
+        self.per_user[stage] = {
+            "user": users.cpu().numpy(),
+            **{k: v.cpu().numpy() for k, v in cat.items()},
+        }
         self.log_dict({f"{stage}/{k}": v for k, v in means.items()}, sync_dist=False)
 
     def _gather_users(self, cat: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -35,10 +35,14 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     label_w = max([len("split")] + [len(r) for r in rows])
     widths = [max(len(c), 6) for c in cols]
     lines = [
-        "  ".join(["split".ljust(label_w)] + [c.rjust(w) for c, w in zip(cols, widths)]),
+        "  ".join(
+            ["split".ljust(label_w)] + [c.rjust(w) for c, w in zip(cols, widths, strict=True)]
+        ),
     ]
     lines.append("-" * len(lines[0]))
     for label, r in rows.items():
-        cells = [(f"{r[c]:.4f}" if c in r else "").rjust(w) for c, w in zip(cols, widths)]
+        cells = [
+            (f"{r[c]:.4f}" if c in r else "").rjust(w) for c, w in zip(cols, widths, strict=True)
+        ]
         lines.append("  ".join([label.ljust(label_w)] + cells))
     return "\n".join(lines)

@@ -55,7 +55,9 @@ def module_from_checkpoint(ckpt: dict[str, Any], key: str = "ckpt_path") -> RecM
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        raise CheckpointError(f"{key}: weights do not match the model ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{key}: weights do not match the model ({str(e).splitlines()[0]})"
+        ) from None
     return module
 
 
@@ -76,7 +78,7 @@ def quiet_lightning():
     try:
         yield
     finally:
-        for lg, lv in zip(loggers, levels):
+        for lg, lv in zip(loggers, levels, strict=True):
             lg.setLevel(lv)
 
 

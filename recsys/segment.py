@@ -63,7 +63,9 @@ def has_clock(inter: Interactions) -> bool:
     return not (np.array_equal(t, rank) or np.array_equal(t, rank + 1))
 
 
-def rfm_features(inter: Interactions, now: float | None = None) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
+def rfm_features(
+    inter: Interactions, now: float | None = None
+) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
     """(U, f) RFM features of every user of ``inter``'s id space, their names, and the raw values.
 
     Users without events get frequency 0 and the largest recency.
@@ -76,7 +78,9 @@ def rfm_features(inter: Interactions, now: float | None = None) -> tuple[np.ndar
         np.maximum.at(last, inter.user, inter.time)
         ref = float(inter.time.max()) if now is None else float(now)
         recency = np.where(np.isfinite(last), (ref - last) / DAY, np.nan)
-        recency = np.where(np.isnan(recency), np.nanmax(recency) if np.isfinite(recency).any() else 0.0, recency)
+        recency = np.where(
+            np.isnan(recency), np.nanmax(recency) if np.isfinite(recency).any() else 0.0, recency
+        )
         cols.append(np.log1p(np.maximum(recency, 0.0)))
         names.append("log_recency_days")
         raw["recency_days"] = recency
@@ -90,7 +94,9 @@ def rfm_features(inter: Interactions, now: float | None = None) -> tuple[np.ndar
     return np.stack(cols, 1), names, raw
 
 
-def representation(model: torch.nn.Module, history: Interactions, batch_size: int = 1024) -> np.ndarray:
+def representation(
+    model: torch.nn.Module, history: Interactions, batch_size: int = 1024
+) -> np.ndarray:
     """(U, d) ``model.user_representation`` of every user, fed their ``history``."""
     fn = getattr(model, "user_representation", None)
     if fn is None:
@@ -129,10 +135,14 @@ def kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 10) -> np.ndarray:
 
     # one thread: small fits, and OpenMP oversubscription on shared cores costs far more
     with threadpool_limits(limits=1):
-        return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x).astype(np.int64)
+        return (
+            KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x).astype(np.int64)
+        )
 
 
-def choose_k(x: np.ndarray, ks: list[int], seed: int, sample: int = 5000, n_init: int = 10) -> tuple[int, dict[int, float]]:
+def choose_k(
+    x: np.ndarray, ks: list[int], seed: int, sample: int = 5000, n_init: int = 10
+) -> tuple[int, dict[int, float]]:
     """The k with the best silhouette score (on a seeded sample of rows), and every k's score."""
     from sklearn.metrics import silhouette_score
 
@@ -163,7 +173,11 @@ def top_items_by_lift(
     cand = np.flatnonzero(seg_counts >= support)
     cand = cand[np.lexsort((cand, -lift[cand]))][:n]
     return [
-        {"item": _plain(inter.item_ids[i]), "lift": round(float(lift[i]), 3), "count": int(seg_counts[i])}
+        {
+            "item": _plain(inter.item_ids[i]),
+            "lift": round(float(lift[i]), 3),
+            "count": int(seg_counts[i]),
+        }
         for i in cand
     ]
 
@@ -184,12 +198,16 @@ def _load(run: str | None, artifact: str | None, data_root: str | None):
     from recsys.runner import load_checkpoint, module_from_checkpoint
 
     if bool(run) == bool(artifact):
-        raise ConfigError("give exactly one of run=<run directory> or artifact=<artifact directory>")
+        raise ConfigError(
+            "give exactly one of run=<run directory> or artifact=<artifact directory>"
+        )
     if run:
         run_dir = Path(str(run))
         ckpt = run_dir / "checkpoints" / "best.ckpt"
         if not ckpt.is_file():
-            raise CheckpointError(f"run={run_dir}: no checkpoints/best.ckpt (is it a recsys-train run directory?)")
+            raise CheckpointError(
+                f"run={run_dir}: no checkpoints/best.ckpt (is it a recsys-train run directory?)"
+            )
         c = load_checkpoint(ckpt, "run")
         module = module_from_checkpoint(c, "run")
         config = c["hyper_parameters"].get("config") or {}
@@ -288,7 +306,9 @@ def segment(
             rows = m[per_user["user"]]
             entry["test_users"] = int(rows.sum())
             entry["test"] = {
-                key: float(v[rows].mean()) for key, v in per_user.items() if key != "user" and rows.any()
+                key: float(v[rows].mean())
+                for key, v in per_user.items()
+                if key != "user" and rows.any()
             }
         segs.append(entry)
     _add_titles(segs, data_cfg)
@@ -330,7 +350,9 @@ def _add_titles(segs: list[dict[str, Any]], data_cfg: dict[str, Any]) -> None:
                 it["title"] = titles[str(it["item"])]
 
 
-def _plot(x: np.ndarray, labels: np.ndarray, segs: list[dict[str, Any]], path: Path, seed: int) -> None:
+def _plot(
+    x: np.ndarray, labels: np.ndarray, segs: list[dict[str, Any]], path: Path, seed: int
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -380,7 +402,9 @@ def main(cfg: DictConfig) -> None:
     for s in result["segments"]:
         ndcg = s.get("test", {}).get("ndcg@10")
         extra = f"  test ndcg@10 {ndcg:.4f}" if ndcg is not None else ""
-        print(f"  segment {s['segment']}: {s['size']} users, median activity {s['activity'].get('q50', 0):.0f}{extra}")
+        print(
+            f"  segment {s['segment']}: {s['size']} users, median activity {s['activity'].get('q50', 0):.0f}{extra}"
+        )
     where = Path(c["out"]) if c.get("out") else Path(result["source"]) / "segments"
     print(f"wrote {where}/segments.csv, segments.json, segments.png", flush=True)
 

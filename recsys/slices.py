@@ -36,9 +36,15 @@ def activity_names(thresholds: Sequence[int]) -> list[str]:
 
 
 def _check_thresholds(value: Any) -> list[int]:
-    ok = isinstance(value, list | tuple) and len(value) >= 1 and all(isinstance(v, int) and v >= 1 for v in value)
+    ok = (
+        isinstance(value, list | tuple)
+        and len(value) >= 1
+        and all(isinstance(v, int) and v >= 1 for v in value)
+    )
     if not ok or list(value) != sorted(set(value)):
-        raise ConfigError(f"eval.groups.activity must be increasing positive integers, got {value!r}")
+        raise ConfigError(
+            f"eval.groups.activity must be increasing positive integers, got {value!r}"
+        )
     return list(value)
 
 
@@ -65,7 +71,9 @@ def labels_for(
     cfg = dict(groups_cfg or {})
     unknown = set(cfg) - {"activity", "segments", "attribute"}
     if unknown:
-        raise ConfigError(f"eval.groups: unknown keys {sorted(unknown)} (activity, segments, attribute)")
+        raise ConfigError(
+            f"eval.groups: unknown keys {sorted(unknown)} (activity, segments, attribute)"
+        )
     out: dict[str, tuple[np.ndarray, list[str] | None]] = {}
     if cfg.get("activity"):
         th = _check_thresholds(cfg["activity"])
@@ -86,7 +94,9 @@ def labels_for(
                 "attribute file (u.user / users.dat)"
             )
         if column not in attrs.columns or column == "user":
-            raise ConfigError(f"eval.groups.attribute must be one of {list(USER_ATTRIBUTES)}, got {column!r}")
+            raise ConfigError(
+                f"eval.groups.attribute must be one of {list(USER_ATTRIBUTES)}, got {column!r}"
+            )
         lookup = dict(zip(attrs["user"], attrs[column], strict=False))
         out[column] = (np.array([lookup.get(u) for u in ext], dtype=object), None)
     return out
@@ -102,6 +112,8 @@ def by_group(
     """``{slicing: {group: {"n_users": n, metric: mean}}}`` for the per-user values of a stage."""
     users = np.asarray(per_user["user"], dtype=np.int64)
     out = {}
-    for name, (labels, order) in labels_for(groups_cfg, users, user_ids, train_counts, data_cfg).items():
+    for name, (labels, order) in labels_for(
+        groups_cfg, users, user_ids, train_counts, data_cfg
+    ).items():
         out[name] = group_means(per_user, labels, order)
     return out

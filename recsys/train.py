@@ -58,7 +58,7 @@ def _check_resume_compatible(ckpt: dict[str, Any], config: dict[str, Any], path:
 
 def build_trainer(config: dict[str, Any], run_dir: Path) -> pl.Trainer:
     callbacks = []
-    for name, cb_cfg in (config.get("callbacks") or {}).items():
+    for cb_cfg in (config.get("callbacks") or {}).values():
         if cb_cfg is None:
             continue
         is_ckpt = str(cb_cfg.get("_target_", "")).endswith("ModelCheckpoint")
@@ -115,7 +115,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(config, run_dir)
     ckpt_dir = run_dir / "checkpoints"
     manifest = start_manifest(
-        run_dir, config, dm.fingerprint, str(trainer.strategy.root_device), split_fingerprint(dm.data)
+        run_dir,
+        config,
+        dm.fingerprint,
+        str(trainer.strategy.root_device),
+        split_fingerprint(dm.data),
     )
 
     t0 = time.perf_counter()
@@ -145,7 +149,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     group_labels = _group_labels(config, dm, per_user)  # per-user group of each slicing (compare)
 
     if trainer.logger:
-        trainer.logger.log_metrics({f"test/{k}": v for k, v in test.items()}, step=trainer.global_step)
+        trainer.logger.log_metrics(
+            {f"test/{k}": v for k, v in test.items()}, step=trainer.global_step
+        )
         log_hparams(trainer.logger, config, task_overrides(), {"val": val, "test": test})
         trainer.logger.save()
     np.savez_compressed(run_dir / "per_user_test.npz", **per_user, **group_labels)
@@ -172,7 +178,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     write_json(run_dir / "metrics.json", metrics)
     log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger else None
     opted_out = (dm.data.audit or {}).get("opt_out")  # counts and file hash, never ids
-    end_manifest(run_dir, manifest, tensorboard=log_dir, **({"opt_out": opted_out} if opted_out else {}))
+    end_manifest(
+        run_dir, manifest, tensorboard=log_dir, **({"opt_out": opted_out} if opted_out else {})
+    )
     rows = {"val": val, "test": test}
     if baseline:
         rows[f"{baseline['name']} (test)"] = baseline["test"]
@@ -221,7 +229,13 @@ def _by_group(config: dict[str, Any], dm, per_user: dict[str, Any]) -> dict[str,
     from recsys.slices import by_group
 
     train = dm.data.train
-    return by_group(per_user, groups, train.user_ids, np.bincount(train.user, minlength=train.n_users), config["data"])
+    return by_group(
+        per_user,
+        groups,
+        train.user_ids,
+        np.bincount(train.user, minlength=train.n_users),
+        config["data"],
+    )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

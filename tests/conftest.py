@@ -32,7 +32,9 @@ FAST_TRAINER = [
 ]
 
 
-def compose_config(config_name: str = "train", overrides: list[str] | None = None, output_dir: Path | None = None) -> DictConfig:
+def compose_config(
+    config_name: str = "train", overrides: list[str] | None = None, output_dir: Path | None = None
+) -> DictConfig:
     """The config the CLI would build for ``overrides``, with ``paths.output_dir`` set."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides or []))

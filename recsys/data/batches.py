@@ -359,9 +359,7 @@ class SeqLoader:
         bucket: int = 32,
         stride: int | None = None,
     ):
-        self.user, self.input, self.target = build_sequences(
-            store, max_len, pad, windowing, stride
-        )
+        self.user, self.input, self.target = build_sequences(store, max_len, pad, windowing, stride)
         self.lengths = (self.input != pad).sum(1)
         self.max_len, self.pad, self.batch_size, self.bucket = max_len, pad, batch_size, bucket
         self.sampler = _EpochSeed(seed)
@@ -378,12 +376,13 @@ class SeqLoader:
             key = group * (self.max_len + 1) + self.lengths[perm]
             perm = perm[torch.sort(key, stable=True).indices]
         starts = torch.arange(0, len(perm), self.batch_size)
-        order = torch.randperm(len(starts), generator=torch.Generator().manual_seed(
-            self.sampler.seed * 1_000_003 + self.sampler.epoch))
+        order = torch.randperm(
+            len(starts),
+            generator=torch.Generator().manual_seed(
+                self.sampler.seed * 1_000_003 + self.sampler.epoch
+            ),
+        )
         for s in starts[order].tolist():
             idx = perm[s : s + self.batch_size]
             width = max(1, int(self.lengths[idx].max()))
-            yield SeqBatch(
-                self.user[idx], self.input[idx, -width:], self.target[idx, -width:]
-            )
-
+            yield SeqBatch(self.user[idx], self.input[idx, -width:], self.target[idx, -width:])

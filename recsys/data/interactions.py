@@ -47,7 +47,9 @@ class CSR:
         counts = ends - starts
         pos = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
         # offset of each entry inside its row, then the global index into ``indices``
-        within = np.arange(counts.sum(), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        within = np.arange(counts.sum(), dtype=np.int64) - np.repeat(
+            np.cumsum(counts) - counts, counts
+        )
         return pos, self.indices[np.repeat(starts, counts) + within]
 
 

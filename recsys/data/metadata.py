@@ -20,7 +20,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-AGE_BANDS = ((1, "<18"), (18, "18-24"), (25, "25-34"), (35, "35-44"), (45, "45-49"), (50, "50-55"), (56, "56+"))
+AGE_BANDS = (
+    (1, "<18"),
+    (18, "18-24"),
+    (25, "25-34"),
+    (35, "35-44"),
+    (45, "45-49"),
+    (50, "50-55"),
+    (56, "56+"),
+)
 ML1M_OCCUPATIONS = (
     "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
     "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
@@ -60,7 +68,9 @@ def user_attributes(cfg: Mapping[str, Any]) -> pd.DataFrame | None:
         df = _read(folder / "u.user", "|", ["user", "age", "gender", "occupation"], [0, 1, 2, 3])
         df["age"] = _age_band(df["age"].astype(int).to_numpy())
     elif (folder / "users.dat").is_file():
-        df = _read(folder / "users.dat", "::", ["user", "gender", "age", "occupation"], [0, 1, 2, 3])
+        df = _read(
+            folder / "users.dat", "::", ["user", "gender", "age", "occupation"], [0, 1, 2, 3]
+        )
         df["age"] = _age_band(df["age"].astype(int).to_numpy())
         occ = df["occupation"].astype(int).to_numpy()
         df["occupation"] = np.asarray(ML1M_OCCUPATIONS, dtype=object)[occ]
@@ -81,7 +91,9 @@ def item_titles(cfg: Mapping[str, Any]) -> dict[str, str] | None:
         df = pd.read_csv(folder / "movies.csv", usecols=["movieId", "title"], dtype=str)
         df.columns = ["item", "title"]
     elif (folder / "artists.dat").is_file():
-        df = pd.read_csv(folder / "artists.dat", sep="\t", usecols=["id", "name"], dtype=str, quoting=3)
+        df = pd.read_csv(
+            folder / "artists.dat", sep="\t", usecols=["id", "name"], dtype=str, quoting=3
+        )
         df.columns = ["item", "title"]
     else:
         return None

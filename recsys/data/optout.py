@@ -65,7 +65,11 @@ def cache_values(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def _as_strings(col: pd.Series) -> np.ndarray:
     values = col.to_numpy()
-    if values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(values == np.round(values)):
+    if (
+        values.dtype.kind == "f"
+        and np.all(np.isfinite(values))
+        and np.all(values == np.round(values))
+    ):
         values = values.astype(np.int64)  # 12.0 in a float column is user "12"
     return values.astype(str)
 

@@ -59,9 +59,7 @@ def leave_one_out(inter: Interactions) -> Split:
     return _parts(inter, part, "leave_one_out")
 
 
-def random_split(
-    inter: Interactions, val_ratio: float, test_ratio: float, seed: int
-) -> Split:
+def random_split(inter: Interactions, val_ratio: float, test_ratio: float, seed: int) -> Split:
     """Per user, shuffle the events and hold out ``val_ratio`` and ``test_ratio`` of them.
 
     Counts follow RecBole's ``RS`` split: ``floor(ratio * n)`` per held-out part, raised to one
@@ -120,7 +118,9 @@ def holdout_users(
     those events, the five parts partition the input.
     """
     if not isinstance(n_heldout_users, int) or n_heldout_users < 1:
-        raise ConfigError(f"data.n_heldout_users must be a positive integer, got {n_heldout_users!r}")
+        raise ConfigError(
+            f"data.n_heldout_users must be a positive integer, got {n_heldout_users!r}"
+        )
     if not 0 < fold_in_ratio < 1:
         raise ConfigError(f"data.fold_in_ratio must be in (0, 1), got {fold_in_ratio}")
     active = np.flatnonzero(np.bincount(inter.user, minlength=inter.n_users))

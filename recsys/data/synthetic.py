@@ -89,9 +89,7 @@ def generate(
     start = rng.uniform(0, 300 * DAY, size=n_users)
     gaps = rng.exponential(DAY, size=seq.shape)
     times = start[:, None] + np.cumsum(gaps, axis=1)
-    df = pd.DataFrame(
-        {"user": users + 1, "item": items + 1, "time": np.floor(times[users, pos])}
-    )
+    df = pd.DataFrame({"user": users + 1, "item": items + 1, "time": np.floor(times[users, pos])})
     df = df[~df.duplicated(["user", "item"], keep="first")].reset_index(drop=True)
     truth = {"user_group": user_group, "item_group": item_group, "successor": successor}
     return df, truth
@@ -103,7 +101,9 @@ def load(cfg: Mapping[str, Any]) -> pd.DataFrame:
         "n_users n_items n_groups mean_length min_length max_length popularity_alpha "
         "p_taste p_sequential"
     ).split()
-    df, _ = generate(**{k: cfg[k] for k in keys if k in cfg}, seed=int(cfg.get("generator_seed", 0)))
+    df, _ = generate(
+        **{k: cfg[k] for k in keys if k in cfg}, seed=int(cfg.get("generator_seed", 0))
+    )
     return df
 
 

@@ -77,7 +77,9 @@ def group_means(
     return out
 
 
-def activity_labels(history_len: np.ndarray, thresholds: Sequence[int], names: Sequence[str]) -> np.ndarray:
+def activity_labels(
+    history_len: np.ndarray, thresholds: Sequence[int], names: Sequence[str]
+) -> np.ndarray:
     """Activity bucket of each user by training history length: bucket j holds lengths in
     ``[thresholds[j-1], thresholds[j])`` (``names`` has one more entry than ``thresholds``)."""
     if len(names) != len(thresholds) + 1:

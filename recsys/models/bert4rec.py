@@ -51,8 +51,19 @@ class BERT4Rec(Recommender):
         shared_negatives: bool = False,
     ):
         super().__init__(num_users, num_items)
-        check_transformer_args(max_len, hidden_size, n_layers, n_heads, inner_size, dropout,
-                               attn_dropout, activation, loss, num_negatives, gbce_t)
+        check_transformer_args(
+            max_len,
+            hidden_size,
+            n_layers,
+            n_heads,
+            inner_size,
+            dropout,
+            attn_dropout,
+            activation,
+            loss,
+            num_negatives,
+            gbce_t,
+        )
         require(0 < mask_prob < 1, "mask_prob", mask_prob, "in (0, 1)")
         require(ce_chunk >= 1, "ce_chunk", ce_chunk, "an integer >= 1")
         self.max_len, self.loss_name, self.num_negatives = int(max_len), loss, int(num_negatives)
@@ -60,8 +71,19 @@ class BERT4Rec(Recommender):
         self.shared_negatives = bool(shared_negatives)
         self.pad, self.mask_id = num_items, num_items + 1
         self.encoder = SequenceEncoder(
-            num_items, 2, max_len, hidden_size, n_layers, n_heads, inner_size, dropout,
-            attn_dropout, activation, norm_first, layer_norm_eps, init_std,
+            num_items,
+            2,
+            max_len,
+            hidden_size,
+            n_layers,
+            n_heads,
+            inner_size,
+            dropout,
+            attn_dropout,
+            activation,
+            norm_first,
+            layer_norm_eps,
+            init_std,
         )
 
     def mask(self, seq: Tensor) -> tuple[Tensor, Tensor]:
@@ -76,9 +98,16 @@ class BERT4Rec(Recommender):
         seq = batch.target  # (B, L) the window's items, left-padded
         inp, masked = self.mask(seq)
         h = self.encoder(inp, causal=False)[masked]  # (N, d) at the masked positions
-        return sequence_loss(h, seq[masked], self.encoder.item_weight, self.loss_name,
-                             self.num_negatives, self.gbce_t, self.ce_chunk,
-                              shared_negatives=self.shared_negatives)
+        return sequence_loss(
+            h,
+            seq[masked],
+            self.encoder.item_weight,
+            self.loss_name,
+            self.num_negatives,
+            self.gbce_t,
+            self.ce_chunk,
+            shared_negatives=self.shared_negatives,
+        )
 
     def score(self, users: UserBatch) -> Tensor:
         hist = users.padded(self.max_len - 1, self.pad)

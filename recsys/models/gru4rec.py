@@ -77,7 +77,9 @@ class GRU4Rec(Recommender):
         right = seq.gather(1, (cols + n_pad).clamp(max=L - 1))  # (B, L) right-padded
         right = right.masked_fill(cols >= lengths[:, None], self.pad)
         packed = pack_padded_sequence(
-            self.drop(self.item(right)), lengths.clamp(min=1).cpu(), batch_first=True,
+            self.drop(self.item(right)),
+            lengths.clamp(min=1).cpu(),
+            batch_first=True,
             enforce_sorted=False,
         )
         out, _ = self.gru(packed)
@@ -88,9 +90,17 @@ class GRU4Rec(Recommender):
 
     def loss(self, batch: SeqBatch) -> Tensor:
         h = self.encode(batch.input)
-        return next_item_loss(h, batch.target, self.pad, self.item_weight, self.loss_name,
-                              self.num_negatives, self.gbce_t, self.ce_chunk,
-                              shared_negatives=self.shared_negatives)
+        return next_item_loss(
+            h,
+            batch.target,
+            self.pad,
+            self.item_weight,
+            self.loss_name,
+            self.num_negatives,
+            self.gbce_t,
+            self.ce_chunk,
+            shared_negatives=self.shared_negatives,
+        )
 
     def score(self, users: UserBatch) -> Tensor:
         seq = trim_padding(users.padded(self.max_len, self.pad), self.pad)

@@ -24,16 +24,28 @@ from recsys.models.seq_losses import LOSSES, next_item_loss
 
 
 def check_transformer_args(
-    max_len: int, hidden_size: int, n_layers: int, n_heads: int, inner_size: int,
-    dropout: float, attn_dropout: float, activation: str, loss: str, num_negatives: int,
+    max_len: int,
+    hidden_size: int,
+    n_layers: int,
+    n_heads: int,
+    inner_size: int,
+    dropout: float,
+    attn_dropout: float,
+    activation: str,
+    loss: str,
+    num_negatives: int,
     gbce_t: float,
 ) -> None:
     """Validate the hyper-parameters SASRec and BERT4Rec share (one-line errors by key)."""
     require(max_len >= 2, "max_len", max_len, "an integer >= 2")
     require(hidden_size >= 1, "hidden_size", hidden_size, "an integer >= 1")
     require(n_layers >= 1, "n_layers", n_layers, "an integer >= 1")
-    require(n_heads >= 1 and hidden_size % n_heads == 0, "n_heads", n_heads,
-            f"a positive divisor of hidden_size ({hidden_size})")
+    require(
+        n_heads >= 1 and hidden_size % n_heads == 0,
+        "n_heads",
+        n_heads,
+        f"a positive divisor of hidden_size ({hidden_size})",
+    )
     require(inner_size >= 1, "inner_size", inner_size, "an integer >= 1")
     require(0 <= dropout < 1, "dropout", dropout, "in [0, 1)")
     require(0 <= attn_dropout < 1, "attn_dropout", attn_dropout, "in [0, 1)")
@@ -68,22 +80,52 @@ class SASRec(Recommender):
         shared_negatives: bool = False,
     ):
         super().__init__(num_users, num_items)
-        check_transformer_args(max_len, hidden_size, n_layers, n_heads, inner_size, dropout,
-                               attn_dropout, activation, loss, num_negatives, gbce_t)
+        check_transformer_args(
+            max_len,
+            hidden_size,
+            n_layers,
+            n_heads,
+            inner_size,
+            dropout,
+            attn_dropout,
+            activation,
+            loss,
+            num_negatives,
+            gbce_t,
+        )
         require(ce_chunk >= 1, "ce_chunk", ce_chunk, "an integer >= 1")
         self.max_len, self.loss_name, self.num_negatives = int(max_len), loss, int(num_negatives)
         self.gbce_t, self.ce_chunk, self.pad = float(gbce_t), int(ce_chunk), num_items
         self.shared_negatives = bool(shared_negatives)
         self.encoder = SequenceEncoder(
-            num_items, 1, max_len, hidden_size, n_layers, n_heads, inner_size, dropout,
-            attn_dropout, activation, norm_first, layer_norm_eps, init_std,
+            num_items,
+            1,
+            max_len,
+            hidden_size,
+            n_layers,
+            n_heads,
+            inner_size,
+            dropout,
+            attn_dropout,
+            activation,
+            norm_first,
+            layer_norm_eps,
+            init_std,
         )
 
     def loss(self, batch: SeqBatch) -> Tensor:
         h = self.encoder(batch.input, causal=True)  # (B, L, d)
-        return next_item_loss(h, batch.target, self.pad, self.encoder.item_weight,
-                              self.loss_name, self.num_negatives, self.gbce_t, self.ce_chunk,
-                              shared_negatives=self.shared_negatives)
+        return next_item_loss(
+            h,
+            batch.target,
+            self.pad,
+            self.encoder.item_weight,
+            self.loss_name,
+            self.num_negatives,
+            self.gbce_t,
+            self.ce_chunk,
+            shared_negatives=self.shared_negatives,
+        )
 
     def score(self, users: UserBatch) -> Tensor:
         seq = trim_padding(users.padded(self.max_len, self.pad), self.pad)

@@ -110,6 +110,12 @@ def next_item_loss(
     (B, L): the real positions are gathered first, so padding costs nothing in the loss."""
     real = target != pad  # (B, L)
     return sequence_loss(
-        hidden[real], target[real], weight, loss, num_negatives, gbce_t, chunk_elems,
+        hidden[real],
+        target[real],
+        weight,
+        loss,
+        num_negatives,
+        gbce_t,
+        chunk_elems,
         shared_negatives=shared_negatives,
     )

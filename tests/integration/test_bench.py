@@ -22,8 +22,13 @@ from tests.conftest import compose_config
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "~logger",
-    "data.download=false", "data.n_users=150", "data.n_items=80", "data.mean_length=15",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "~logger",
+    "data.download=false",
+    "data.n_users=150",
+    "data.n_items=80",
+    "data.mean_length=15",
     "data.n_groups=4",
 ]
 
@@ -32,7 +37,12 @@ def test_quick_bench_on_a_tiny_matrix(tmp_path):
     matrix = {
         "common": TINY,
         "entries": [
-            {"name": "mf-tiny", "model": "mf", "data": "synthetic", "overrides": ["trainer.max_epochs=2"]},
+            {
+                "name": "mf-tiny",
+                "model": "mf",
+                "data": "synthetic",
+                "overrides": ["trainer.max_epochs=2"],
+            },
             {"name": "pop-tiny", "model": "pop", "data": "synthetic"},
             {"name": "nosuch-tiny", "model": "no_such_model", "data": "synthetic"},
             {"name": "mf-ml-100k", "model": "mf", "data": "ml-100k"},
@@ -43,9 +53,23 @@ def test_quick_bench_on_a_tiny_matrix(tmp_path):
     empty.mkdir()
     env = {**os.environ, "RECSYS_DATA_DIR": str(empty), "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
-        [sys.executable, "-m", "recsys.bench", "--matrix", str(tmp_path / "m.yaml"),
-         "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"), "--peak-n", "256"],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "recsys.bench",
+            "--matrix",
+            str(tmp_path / "m.yaml"),
+            "--out",
+            str(tmp_path / "out"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--peak-n",
+            "256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skip nosuch-tiny: no model config" in proc.stdout
@@ -86,7 +110,12 @@ def test_quick_bench_on_a_tiny_matrix(tmp_path):
 
 def test_scale_source_is_unique_and_near_the_target():
     # MovieLens-1M's density (4.5%)
-    cfg = {"scale_users": 400, "scale_items": 1000, "scale_interactions": 18_000, "scale_min_length": 20}
+    cfg = {
+        "scale_users": 400,
+        "scale_items": 1000,
+        "scale_interactions": 18_000,
+        "scale_min_length": 20,
+    }
     df = scale_source(cfg)
     assert not df.duplicated(["user", "item"]).any()
     assert df["user"].nunique() == 400 and df["item"].max() <= 1000
@@ -98,18 +127,38 @@ def test_scale_source_is_unique_and_near_the_target():
     assert top > 0.25 * len(df)
     # and the frame goes through the normal pipeline
     data = OmegaConf.to_container(
-        compose_config("train", ["data.source=recsys.bench.scale_source", "+data.scale_users=400",
-                                 "+data.scale_items=1000", "+data.scale_interactions=18000",
-                                 "data.cache=false"]).data, resolve=True)
+        compose_config(
+            "train",
+            [
+                "data.source=recsys.bench.scale_source",
+                "+data.scale_users=400",
+                "+data.scale_items=1000",
+                "+data.scale_interactions=18000",
+                "data.cache=false",
+            ],
+        ).data,
+        resolve=True,
+    )
     split = prepare(data, seed=0)
     assert split.n_users == 400 and len(split.test) == 400
 
 
 def test_recbole_adapter_writes_our_split_and_our_settings(tmp_path):
-    cfg = compose_config("train", ["model=mf", "data.n_users=120", "data.n_items=60",
-                                   "data.mean_length=12", "data.split=random", "optim.lr=0.003",
-                                   "data.batch_size=512", "trainer.max_epochs=7",
-                                   "eval.monitor='val/mrr@10'"], tmp_path)
+    cfg = compose_config(
+        "train",
+        [
+            "model=mf",
+            "data.n_users=120",
+            "data.n_items=60",
+            "data.mean_length=12",
+            "data.split=random",
+            "optim.lr=0.003",
+            "data.batch_size=512",
+            "trainer.max_epochs=7",
+            "eval.monitor='val/mrr@10'",
+        ],
+        tmp_path,
+    )
     config = OmegaConf.to_container(cfg, resolve=True)
     split = prepare(config["data"], seed=config["seed"])
     sizes = write_atomic(split, tmp_path / "general", "d", sequential=False)

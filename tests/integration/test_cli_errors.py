@@ -12,14 +12,21 @@ from recsys.errors import ConfigError
 from recsys.train import train
 from tests.conftest import compose_config
 
-TINY = ["data.n_users=200", "data.n_items=80", "data.n_groups=2", "trainer.accelerator=cpu",
-        "trainer.enable_progress_bar=false"]
+TINY = [
+    "data.n_users=200",
+    "data.n_items=80",
+    "data.n_groups=2",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def run(module: str, args: list[str], run_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", module, *args, f"hydra.run.dir={run_dir}"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -87,7 +94,17 @@ def test_missing_and_corrupted_checkpoints(tmp_path):
 
 
 def test_help_and_cfg_job():
-    out = subprocess.run([sys.executable, "-m", "recsys.train", "--help"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "recsys.train", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and "model: " in out.stdout and "recsys-train" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "recsys.train", "--cfg", "job"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "recsys.train", "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and "_target_: recsys.models.mf.MF" in out.stdout

@@ -47,7 +47,9 @@ def _run(tmp, path, model, extra=()):
 def ease_artifact(twin_log, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ease")
     run = _run(tmp, twin_log, "ease")
-    return run, export(ckpt_path=run / "checkpoints" / "best.ckpt", out=tmp / "art", torchscript=False, onnx=False)
+    return run, export(
+        ckpt_path=run / "checkpoints" / "best.ckpt", out=tmp / "art", torchscript=False, onnx=False
+    )
 
 
 def test_planted_twin_ranks_first_by_cooccurrence(ease_artifact):
@@ -63,8 +65,15 @@ def test_planted_twin_ranks_first_by_cooccurrence(ease_artifact):
 
 
 def test_planted_twin_ranks_first_by_embedding_cosine(twin_log, tmp_path):
-    run = _run(tmp_path, twin_log, "mf", ["model.loss=softmax", "trainer.max_epochs=6", "optim.lr=0.02"])
-    art = export(ckpt_path=run / "checkpoints" / "best.ckpt", out=tmp_path / "art", torchscript=False, onnx=False)
+    run = _run(
+        tmp_path, twin_log, "mf", ["model.loss=softmax", "trainer.max_epochs=6", "optim.lr=0.02"]
+    )
+    art = export(
+        ckpt_path=run / "checkpoints" / "best.ckpt",
+        out=tmp_path / "art",
+        torchscript=False,
+        onnx=False,
+    )
     (res,) = load(art).similar_items([TARGET], k=3, method="embedding")
     assert res["method"] == "embedding" and res["items"][0] == TWIN
     # its user representation cannot feed engagement features: leave-one-out training saw the
@@ -86,9 +95,17 @@ def test_pseudonymized_export_serves_by_hash(ease_artifact, tmp_path, monkeypatc
     ckpt = run / "checkpoints" / "best.ckpt"
     monkeypatch.delenv("RECSYS_PSEUDONYM_KEY", raising=False)
     with pytest.raises(ConfigError, match="RECSYS_PSEUDONYM_KEY"):
-        export(ckpt_path=ckpt, out=tmp_path / "p0", torchscript=False, onnx=False, pseudonymize_users=True)
+        export(
+            ckpt_path=ckpt,
+            out=tmp_path / "p0",
+            torchscript=False,
+            onnx=False,
+            pseudonymize_users=True,
+        )
     monkeypatch.setenv("RECSYS_PSEUDONYM_KEY", "s3cret")
-    art = export(ckpt_path=ckpt, out=tmp_path / "p", torchscript=False, onnx=False, pseudonymize_users=True)
+    art = export(
+        ckpt_path=ckpt, out=tmp_path / "p", torchscript=False, onnx=False, pseudonymize_users=True
+    )
     ids = np.load(art / "ids.npz")["user_ids"]
     assert all(len(u) == 64 for u in ids.tolist())
     assert not {str(u) for u in range(1, 301)} & set(ids.tolist())

@@ -26,8 +26,12 @@ if (CONFIGS / "sasrec.yaml").is_file():
 @pytest.mark.parametrize(("model", "extra"), CASES, ids=[c[0] for c in CASES])
 def test_cuda_training_and_evaluation_match_cpu(tmp_path, model, extra):
     overrides = TINY_DATA + [
-        f"model={model}", "trainer=gpu", "trainer.enable_progress_bar=false",
-        "trainer.max_epochs=3", "~logger", *extra,
+        f"model={model}",
+        "trainer=gpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.max_epochs=3",
+        "~logger",
+        *extra,
     ]
     metrics = train(compose_config("train", overrides, tmp_path))
     assert all(0.0 <= v <= 1.0 for v in metrics["test"].values())

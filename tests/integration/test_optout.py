@@ -31,7 +31,11 @@ def test_excluded_users_appear_in_no_output(tmp_path):
     optout = tmp_path / "optout.txt"
     optout.write_text("# opted out\n" + "\n".join(map(str, EXCLUDED)) + "\n\n99999\n")
     run = tmp_path / "run"
-    overrides = TINY_DATA + FAST_TRAINER[:-1] + ["~logger", "trainer.max_epochs=1", f"data.exclude_users={optout}"]
+    overrides = (
+        TINY_DATA
+        + FAST_TRAINER[:-1]
+        + ["~logger", "trainer.max_epochs=1", f"data.exclude_users={optout}"]
+    )
     metrics = train(compose_config("train", overrides, run))
 
     digest = hashlib.sha256(optout.read_bytes()).hexdigest()
@@ -49,11 +53,19 @@ def test_excluded_users_appear_in_no_output(tmp_path):
     assert per_user["user"].max() < 296
 
     segment(run=str(run), features="rfm", k=3, plot=False)
-    seg_users = [line.split(",")[0] for line in (run / "segments" / "segments.csv").read_text().splitlines()[1:]]
+    seg_users = [
+        line.split(",")[0]
+        for line in (run / "segments" / "segments.csv").read_text().splitlines()[1:]
+    ]
     assert len(seg_users) == 296 and not set(seg_users) & {str(u) for u in EXCLUDED}
 
     art = tmp_path / "artifact"
-    export(ckpt_path=str(run / "checkpoints" / "best.ckpt"), out=str(art), torchscript=False, onnx=False)
+    export(
+        ckpt_path=str(run / "checkpoints" / "best.ckpt"),
+        out=str(art),
+        torchscript=False,
+        onnx=False,
+    )
     ids = _ids_in_npz(art / "ids.npz")
     assert not set(ids["user_ids"].tolist()) & set(EXCLUDED) and len(ids["user_ids"]) == 296
     hist = _ids_in_npz(art / "history.npz")
@@ -67,7 +79,10 @@ def test_exclusion_changes_the_fingerprint_and_cache_key(tmp_path):
     a.write_text("1\n")
     b.write_text("2\n")
     base = {"name": "x", "source": "recsys.data.synthetic.load"}
-    fa, fb = fingerprint({**base, "exclude_users": str(a)}), fingerprint({**base, "exclude_users": str(b)})
+    fa, fb = (
+        fingerprint({**base, "exclude_users": str(a)}),
+        fingerprint({**base, "exclude_users": str(b)}),
+    )
     assert fa != fb != fingerprint(base)
     b.write_text("1\n")  # same content, another path: same data
     assert fingerprint({**base, "exclude_users": str(b)}) == fa

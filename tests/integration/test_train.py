@@ -26,7 +26,12 @@ def run(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_run_directory_is_complete(run):
     out, metrics = run
-    for rel in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.json", "per_user_test.npz"):
+    for rel in (
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "metrics.json",
+        "per_user_test.npz",
+    ):
         assert (out / rel).is_file(), rel
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     saved = json.loads((out / "metrics.json").read_text())
@@ -52,9 +57,17 @@ def test_checkpoint_is_plain_and_reloads_to_identical_metrics(run):
 def test_recsys_eval_cli_prints_and_writes_metrics(run, tmp_path):
     out, metrics = run
     proc = subprocess.run(
-        [sys.executable, "-m", "recsys.eval", f"ckpt_path={out}/checkpoints/best.ckpt",
-         f"hydra.run.dir={tmp_path}", "accelerator=cpu"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "recsys.eval",
+            f"ckpt_path={out}/checkpoints/best.ckpt",
+            f"hydra.run.dir={tmp_path}",
+            "accelerator=cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     written = json.loads((tmp_path / "metrics.json").read_text())
@@ -69,16 +82,24 @@ def test_mf_beats_popularity_on_synthetic(run):
 
 def test_resume_reaches_the_uninterrupted_result(tmp_path):
     # lr high enough that validation peaks early: last.ckpt must still be the latest epoch
-    base = TINY_DATA + ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-                        "optim.lr=0.2", "seed=5", "callbacks.early_stopping=null"]
+    base = TINY_DATA + [
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "optim.lr=0.2",
+        "seed=5",
+        "callbacks.early_stopping=null",
+    ]
     full = train(compose_config("train", base + ["trainer.max_epochs=6"], tmp_path / "full"))
     train(compose_config("train", base + ["trainer.max_epochs=4"], tmp_path / "part"))
     last = tmp_path / "part" / "checkpoints" / "last.ckpt"
     best = tmp_path / "part" / "checkpoints" / "best.ckpt"
     assert torch.load(last, weights_only=True)["epoch"] == 3
     assert torch.load(best, weights_only=True)["epoch"] < 3
-    resumed = train(compose_config(
-        "train", base + ["trainer.max_epochs=6", f"ckpt_path={last}"], tmp_path / "other"))
+    resumed = train(
+        compose_config(
+            "train", base + ["trainer.max_epochs=6", f"ckpt_path={last}"], tmp_path / "other"
+        )
+    )
     assert resumed["test"] == full["test"]
     assert resumed["val"] == full["val"]
     # the resumed run continues in its own directory

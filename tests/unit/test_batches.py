@@ -39,9 +39,13 @@ def test_negatives_are_never_training_positives():
     keys = torch.sort(user * inter.n_items + item).values
     g = torch.Generator().manual_seed(0)
     neg = sample_negatives(user, inter.n_items, 5, keys, g)
-    positives = set(zip(inter.user.tolist(), inter.item.tolist()))
+    positives = set(zip(inter.user.tolist(), inter.item.tolist(), strict=True))
     assert neg.shape == (len(user), 5)
-    assert not any((u, n) in positives for u, row in zip(inter.user.tolist(), neg.tolist()) for n in row)
+    assert not any(
+        (u, n) in positives
+        for u, row in zip(inter.user.tolist(), neg.tolist(), strict=True)
+        for n in row
+    )
 
 
 def test_pair_loader_epochs_are_reproducible_and_distinct():
@@ -54,8 +58,8 @@ def test_pair_loader_epochs_are_reproducible_and_distinct():
         return [torch.cat([b.user, b.item, b.neg.flatten()]) for b in loader]
 
     a, b, c = epoch(2), epoch(2), epoch(3)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
     assert sum(len(x) for x in a) == 200 * 3 and len(a) == len(loader) == 4
 
 

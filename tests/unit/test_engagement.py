@@ -38,7 +38,13 @@ def churn_log(n_users: int = 1500, days: float = 240.0, seed: int = 0) -> Intera
 
 def test_labels_and_features_hand_worked():
     # user 0: days 1, 5, 12; user 1: day 2; user 2: day 11 only (after the cutoff at day 10)
-    df = pd.DataFrame({"user": [1, 1, 1, 2, 3], "item": [1, 2, 1, 2, 1], "time": np.array([1, 5, 12, 2, 11]) * DAY})
+    df = pd.DataFrame(
+        {
+            "user": [1, 1, 1, 2, 3],
+            "item": [1, 2, 1, 2, 1],
+            "time": np.array([1, 5, 12, 2, 11]) * DAY,
+        }
+    )
     inter = Interactions.from_frame(df)
     users = observed_users(inter, 10 * DAY)
     assert users.tolist() == [0, 1]
@@ -87,7 +93,11 @@ def test_labels_never_see_events_before_the_cutoff():
     # the training windows never use an event after the test cutoff
     w = build_windows(inter, {"horizon_days": 30, "train_windows": 3})
     assert w["audit"]["ok"] and w["audit"]["latest_time_used_in_training"] <= w["c_test"]
-    assert w["audit"]["earliest_test_label_time"] > w["c_test"] >= w["audit"]["latest_test_feature_time"]
+    assert (
+        w["audit"]["earliest_test_label_time"]
+        > w["c_test"]
+        >= w["audit"]["latest_test_feature_time"]
+    )
 
 
 def test_beats_the_recency_baseline_on_a_planted_churn_signal():
@@ -110,7 +120,13 @@ def test_cli_path_writes_metrics_and_scores(tmp_path):
 
     cfg = compose_config(
         "train",
-        ["task=engagement", "data.n_users=400", "data.n_items=100", "task.horizon_days=20", "task.train_windows=2"],
+        [
+            "task=engagement",
+            "data.n_users=400",
+            "data.n_items=100",
+            "task.horizon_days=20",
+            "task.train_windows=2",
+        ],
         tmp_path,
     )
     metrics = run(cfg)
@@ -125,7 +141,9 @@ def test_cli_path_writes_metrics_and_scores(tmp_path):
 def test_logs_without_a_clock_are_refused():
     from recsys.engagement import check_clock
 
-    seq = Interactions.from_frame(pd.DataFrame({"user": [1, 1, 2], "item": [1, 2, 1], "time": [0.0, 1.0, 0.0]}))
+    seq = Interactions.from_frame(
+        pd.DataFrame({"user": [1, 1, 2], "item": [1, 2, 1], "time": [0.0, 1.0, 0.0]})
+    )
     with pytest.raises(DataError, match="sequence position"):
         check_clock(seq, "beauty")
     with pytest.raises(DataError, match="no time column"):

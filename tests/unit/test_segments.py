@@ -34,7 +34,17 @@ def dae_run(tmp_path_factory):
     from recsys.train import train
 
     out = tmp_path_factory.mktemp("seg") / "run"
-    overrides = TINY_DATA + FAST_TRAINER[:-1] + ["~logger", "model=multdae", "trainer.max_epochs=6", "optim.lr=0.003", "eval.baseline=null"]
+    overrides = (
+        TINY_DATA
+        + FAST_TRAINER[:-1]
+        + [
+            "~logger",
+            "model=multdae",
+            "trainer.max_epochs=6",
+            "optim.lr=0.003",
+            "eval.baseline=null",
+        ]
+    )
     train(compose_config("train", overrides, out))
     return out
 
@@ -71,7 +81,9 @@ def test_segments_are_repeatable_and_k_is_chosen_by_silhouette(dae_run, tmp_path
     kw = dict(run=str(dae_run), features="embedding", k=None, k_range=[3, 5], n_init=3, plot=False)
     a = segment(**kw, out=str(tmp_path / "a"))
     segment(**kw, out=str(tmp_path / "b"))
-    assert (tmp_path / "a" / "segments.csv").read_text() == (tmp_path / "b" / "segments.csv").read_text()
+    assert (tmp_path / "a" / "segments.csv").read_text() == (
+        tmp_path / "b" / "segments.csv"
+    ).read_text()
     assert set(a["silhouette"]) == {"3", "4", "5"}
     assert str(a["k"]) == max(a["silhouette"], key=a["silhouette"].get)
 

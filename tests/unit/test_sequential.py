@@ -29,8 +29,9 @@ def _models(num_items: int = 30, loss: str = "ce"):
     return [
         SASRec(5, num_items, **SMALL, loss=loss, num_negatives=3),
         BERT4Rec(5, num_items, **SMALL, loss=loss, num_negatives=3),
-        GRU4Rec(5, num_items, max_len=12, embedding_size=16, hidden_size=24, loss=loss,
-                num_negatives=3),
+        GRU4Rec(
+            5, num_items, max_len=12, embedding_size=16, hidden_size=24, loss=loss, num_negatives=3
+        ),
     ]
 
 
@@ -119,7 +120,9 @@ def test_padding_invariance_of_scores():
             if isinstance(m, GRU4Rec):
                 direct = m.encode(seq)[0, -1] @ m.item_weight.T
             else:
-                direct = m.encoder(seq, causal=isinstance(m, SASRec))[0, -1] @ m.encoder.item_weight.T
+                direct = (
+                    m.encoder(seq, causal=isinstance(m, SASRec))[0, -1] @ m.encoder.item_weight.T
+                )
             assert torch.allclose(direct, alone, atol=1e-5), type(m).__name__
 
 
@@ -173,7 +176,9 @@ def test_sampled_ce_and_full_ce_against_direct_computation():
     hf, wf = h.clone().requires_grad_(), w.clone().requires_grad_()
     sequence_loss(hc, target, wc, "ce", chunk_elems=2 * n).backward()
     sequence_loss(hf, target, wf, "ce").backward()
-    assert torch.allclose(hc.grad, hf.grad, atol=1e-6) and torch.allclose(wc.grad, wf.grad, atol=1e-6)
+    assert torch.allclose(hc.grad, hf.grad, atol=1e-6) and torch.allclose(
+        wc.grad, wf.grad, atol=1e-6
+    )
 
 
 def test_bert4rec_masking_rate():
@@ -209,8 +214,16 @@ def test_every_model_and_loss_trains_one_step(loss):
 
 
 # -- learning planted structure -----------------------------------------------------------
-SEQ_DATA = dict(n_users=300, n_items=300, mean_length=30.0, n_groups=2, p_taste=0.1,
-                p_sequential=0.85, max_seq_len=20, batch_size=64)
+SEQ_DATA = dict(
+    n_users=300,
+    n_items=300,
+    mean_length=30.0,
+    n_groups=2,
+    p_taste=0.1,
+    p_sequential=0.85,
+    max_seq_len=20,
+    batch_size=64,
+)
 
 
 def _test_hit10(model, dm: RecDataModule, mask_seen: bool = True) -> float:
@@ -242,7 +255,9 @@ def _fit(model, loader, epochs, lr):
 
 @pytest.fixture(scope="module")
 def planted():
-    cfg = compose_config("train", ["data=synthetic", *[f"data.{k}={v}" for k, v in SEQ_DATA.items()]])
+    cfg = compose_config(
+        "train", ["data=synthetic", *[f"data.{k}={v}" for k, v in SEQ_DATA.items()]]
+    )
     dm = RecDataModule(dict(cfg.data), seed=0)
     dm.setup()
     torch.manual_seed(0)
@@ -254,7 +269,9 @@ def planted():
 
     mf = MF(dm.n_users, dm.n_items, embedding_size=32, num_negatives=4, reg=1e-4)
     t = dm.data.train
-    pairs = PairLoader(torch.as_tensor(t.user), torch.as_tensor(t.item), None, dm.n_items, 4, 512, 0)
+    pairs = PairLoader(
+        torch.as_tensor(t.user), torch.as_tensor(t.item), None, dm.n_items, 4, 512, 0
+    )
     _fit(mf, pairs, 25, 1e-2)
     return dm, {"popularity": _test_hit10(_Pop(), dm), "mf": _test_hit10(mf, dm)}
 
@@ -265,9 +282,19 @@ def test_models_learn_planted_sequential_structure(planted, name):
     torch.manual_seed(0)
     kw = dict(max_len=20, dropout=0.1)
     model = {
-        "sasrec": lambda: SASRec(dm.n_users, dm.n_items, hidden_size=32, inner_size=64, attn_dropout=0.1, **kw),
-        "bert4rec": lambda: BERT4Rec(dm.n_users, dm.n_items, hidden_size=32, inner_size=64,
-                                     attn_dropout=0.1, mask_prob=0.3, norm_first=True, **kw),
+        "sasrec": lambda: SASRec(
+            dm.n_users, dm.n_items, hidden_size=32, inner_size=64, attn_dropout=0.1, **kw
+        ),
+        "bert4rec": lambda: BERT4Rec(
+            dm.n_users,
+            dm.n_items,
+            hidden_size=32,
+            inner_size=64,
+            attn_dropout=0.1,
+            mask_prob=0.3,
+            norm_first=True,
+            **kw,
+        ),
         "gru4rec": lambda: GRU4Rec(dm.n_users, dm.n_items, embedding_size=32, hidden_size=32, **kw),
     }[name]()
     dm.configure_for(model)
@@ -282,10 +309,19 @@ def test_models_learn_planted_sequential_structure(planted, name):
 def test_cli_trains_sequence_model_with_sampled_eval(tmp_path, caplog):
     from recsys.train import train
 
-    cfg = compose_config("train", [
-        *TINY_DATA, *FAST_TRAINER, "trainer.max_epochs=1", "model=bert4rec", "model.loss=gbce",
-        "model.num_negatives=8", "eval.sampled={n:50,strategy:popularity}",
-    ], tmp_path)
+    cfg = compose_config(
+        "train",
+        [
+            *TINY_DATA,
+            *FAST_TRAINER,
+            "trainer.max_epochs=1",
+            "model=bert4rec",
+            "model.loss=gbce",
+            "model.num_negatives=8",
+            "eval.sampled={n:50,strategy:popularity}",
+        ],
+        tmp_path,
+    )
     with caplog.at_level("WARNING", logger="recsys"):
         metrics = train(cfg)
     assert "Krichene & Rendle" in caplog.text
@@ -299,11 +335,19 @@ def test_sampled_eval_rejects_bad_settings():
     from recsys.errors import ConfigError
 
     with pytest.raises(ConfigError, match="eval.sampled"):
-        RecModule({"_target_": "recsys.models.popularity.Popularity"}, 3, 20,
-                  evaluation={"sampled": {"n": 100, "strategy": "uniform"}})
+        RecModule(
+            {"_target_": "recsys.models.popularity.Popularity"},
+            3,
+            20,
+            evaluation={"sampled": {"n": 100, "strategy": "uniform"}},
+        )
     with pytest.raises(ConfigError, match="strategy"):
-        RecModule({"_target_": "recsys.models.popularity.Popularity"}, 3, 200,
-                  evaluation={"sampled": {"n": 100, "strategy": "bogus"}})
+        RecModule(
+            {"_target_": "recsys.models.popularity.Popularity"},
+            3,
+            200,
+            evaluation={"sampled": {"n": 100, "strategy": "bogus"}},
+        )
 
 
 @pytest.mark.gpu
@@ -312,9 +356,17 @@ def test_bf16_mixed_precision_on_gpu(tmp_path):
     from recsys.train import train
 
     for model in ("sasrec", "bert4rec"):
-        cfg = compose_config("train", [
-            *TINY_DATA, "trainer.accelerator=gpu", "trainer.precision=bf16-mixed",
-            "trainer.max_epochs=2", "trainer.enable_progress_bar=false", f"model={model}",
-        ], tmp_path / model)
+        cfg = compose_config(
+            "train",
+            [
+                *TINY_DATA,
+                "trainer.accelerator=gpu",
+                "trainer.precision=bf16-mixed",
+                "trainer.max_epochs=2",
+                "trainer.enable_progress_bar=false",
+                f"model={model}",
+            ],
+            tmp_path / model,
+        )
         metrics = train(cfg)
         assert all(math.isfinite(v) for v in metrics["test"].values())

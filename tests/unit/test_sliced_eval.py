@@ -51,7 +51,11 @@ def run(tmp_path_factory):
     from recsys.train import train
 
     out = tmp_path_factory.mktemp("sliced") / "run"
-    overrides = TINY_DATA + FAST_TRAINER[:-1] + ["~logger", "trainer.max_epochs=1", "eval.groups.activity=[8,20]"]
+    overrides = (
+        TINY_DATA
+        + FAST_TRAINER[:-1]
+        + ["~logger", "trainer.max_epochs=1", "eval.groups.activity=[8,20]"]
+    )
     return train(compose_config("train", overrides, out)), out
 
 
@@ -78,12 +82,16 @@ def test_segments_file_slicing_through_recsys_eval(run, tmp_path):
 
     metrics, out = run
     seg = tmp_path / "segments.csv"
-    seg.write_text("user,segment\n" + "".join(f"{u},{'odd' if u % 2 else 'even'}\n" for u in range(1, 301)))
+    seg.write_text(
+        "user,segment\n" + "".join(f"{u},{'odd' if u % 2 else 'even'}\n" for u in range(1, 301))
+    )
     m = evaluate_checkpoint(str(out / "checkpoints" / "best.ckpt"), groups={"segments": str(seg)})
     groups = m["test_by_group"]["segment"]
     assert set(groups) == {"odd", "even"}
     n = sum(g["n_users"] for g in groups.values())
-    assert sum(g["n_users"] * g["ndcg@10"] for g in groups.values()) / n == pytest.approx(m["test"]["ndcg@10"])
+    assert sum(g["n_users"] * g["ndcg@10"] for g in groups.values()) / n == pytest.approx(
+        m["test"]["ndcg@10"]
+    )
     assert m["test_by_group"]["activity"] == metrics["test_by_group"]["activity"]
 
 
@@ -94,7 +102,9 @@ def test_movielens_user_attributes_as_groups():
     ids = np.array([1, 2, 3, 943])
     got = labels_for({"attribute": "gender"}, np.arange(4), ids, np.zeros(4), cfg)
     assert got["gender"][0].tolist() == ["M", "F", "M", "M"]
-    occ = labels_for({"attribute": "occupation"}, np.arange(4), ids, np.zeros(4), cfg)["occupation"][0]
+    occ = labels_for({"attribute": "occupation"}, np.arange(4), ids, np.zeros(4), cfg)[
+        "occupation"
+    ][0]
     assert occ.tolist()[:3] == ["technician", "other", "writer"]
 
 
@@ -104,7 +114,9 @@ def test_compare_shows_groups_and_flags_significantly_worse_ones(run, tmp_path):
 
     _, mf_dir = run
     pop_dir = tmp_path / "pop"
-    overrides = TINY_DATA + FAST_TRAINER[:-1] + ["~logger", "model=pop", "eval.groups.activity=[8,20]"]
+    overrides = (
+        TINY_DATA + FAST_TRAINER[:-1] + ["~logger", "model=pop", "eval.groups.activity=[8,20]"]
+    )
     train(compose_config("train", overrides, pop_dir))
     result = compare([str(mf_dir), str(pop_dir)], ["test/ndcg@10"], baseline="popularity")
     table = result["by_group"]["activity"]

@@ -19,7 +19,7 @@ def log() -> Interactions:
 
 
 def keys(part: Interactions) -> set[tuple[int, int]]:
-    return set(zip(part.user.tolist(), part.item.tolist()))
+    return set(zip(part.user.tolist(), part.item.tolist(), strict=True))
 
 
 def assert_partition(split: Split, inter: Interactions) -> None:
