@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -29,6 +30,9 @@ from recsys.metrics.rating import RATING_METRICS, error_sums, per_row, pooled
 from recsys.models.base import build_model
 
 log = logging.getLogger("recsys")
+# RecModule moves its own batch dataclasses (transfer_batch_to_device below); Lightning warns
+# that a LightningModule override wins over the datamodule, which is exactly the intent.
+warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
 
 EVAL_DEFAULTS: dict[str, Any] = {
     "topk": [10, 20],
