@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.data.interactions import Interactions, Split
-from recsys.data.preprocess import preprocess
+from recsys.data.preprocess import preprocess_config
 from recsys.data.sources import dataset_dir
 from recsys.data.splits import random_split
 from recsys.errors import ConfigError
@@ -45,14 +45,9 @@ def load_ml100k_fold(cfg: Mapping[str, Any]) -> Split:
     folder = dataset_dir(cfg)
     base = _read(folder / f"u{fold}.base").assign(part=0)
     test = _read(folder / f"u{fold}.test").assign(part=1)
-    df = preprocess(
+    df = preprocess_config(
         pd.concat([base, test], ignore_index=True)[["user", "item", "time", "rating", "part"]],
-        rating_threshold=cfg.get("rating_threshold"),
-        dedup=bool(cfg.get("dedup", True)),
-        min_user_interactions=int(cfg.get("min_user_interactions", 0)),
-        min_item_interactions=int(cfg.get("min_item_interactions", 0)),
-        min_history=int(cfg.get("min_history", 0)),
-        max_history=cfg.get("max_history"),
+        cfg,
         source=str(cfg.get("name", "ml-100k-fold")),
     )
     part = df["part"].to_numpy()

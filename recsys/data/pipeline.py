@@ -24,7 +24,7 @@ from recsys.data.cache import cache_dir, cache_key
 from recsys.data.cache import load as cache_load
 from recsys.data.cache import save as cache_save
 from recsys.data.interactions import Interactions, Split
-from recsys.data.preprocess import preprocess
+from recsys.data.preprocess import preprocess_config
 from recsys.data.sources import data_root, notice, raw_files
 from recsys.data.splits import make_split
 from recsys.errors import ConfigError
@@ -81,16 +81,7 @@ def build(cfg: Mapping[str, Any], seed: int) -> Split:
         df, opted_out = optout.exclude_split(df, cfg)
         return replace(df, audit=_with_optout(audit_split(df), opted_out))
     df, opted_out = optout.exclude(df, cfg)  # opt-out before any filter sees the users
-    df = preprocess(
-        df,
-        rating_threshold=cfg.get("rating_threshold"),
-        dedup=bool(cfg.get("dedup", True)),
-        min_user_interactions=int(cfg.get("min_user_interactions", 0)),
-        min_item_interactions=int(cfg.get("min_item_interactions", 0)),
-        min_history=int(cfg.get("min_history", 0)),
-        max_history=cfg.get("max_history"),
-        source=str(name),
-    )
+    df = preprocess_config(df, cfg, source=str(name))
     inter = Interactions.from_frame(df)
     split_seed = cfg.get("split_seed")
     split = make_split(

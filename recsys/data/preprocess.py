@@ -7,6 +7,9 @@ step that emptied the data, if one does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -119,3 +122,17 @@ def preprocess(
         if len(df) == 0:
             raise DataError(f"{source}: no interactions left after {name}")
     return df.reset_index(drop=True)
+
+
+def preprocess_config(df: pd.DataFrame, cfg: Mapping[str, Any], source: str) -> pd.DataFrame:
+    """:func:`preprocess` with the steps' values read from a data config."""
+    return preprocess(
+        df,
+        rating_threshold=cfg.get("rating_threshold"),
+        dedup=bool(cfg.get("dedup", True)),
+        min_user_interactions=int(cfg.get("min_user_interactions", 0)),
+        min_item_interactions=int(cfg.get("min_item_interactions", 0)),
+        min_history=int(cfg.get("min_history", 0)),
+        max_history=cfg.get("max_history"),
+        source=source,
+    )
