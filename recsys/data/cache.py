@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys.atomic import atomic_write
 from recsys.data.interactions import Interactions, Split
 
 CACHE_VERSION = 2  # bump when the stored layout or audit changes
@@ -82,7 +82,7 @@ def file_digest(path: Path, memo_dir: Path | None = None) -> str:
     if memo_path is not None:
         memo[stamp] = digest
         try:
-            _atomic_write_bytes(memo_path, json.dumps(memo, indent=0).encode())
+            atomic_write(memo_path, lambda f: f.write(json.dumps(memo, indent=0).encode()))
         except OSError:
             pass
     return digest
@@ -96,20 +96,6 @@ def cache_key(values: Mapping[str, Any], files: Sequence[Path], memo_dir: Path |
         "values": {k: values[k] for k in sorted(values)},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache is as readable as the data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _ids(a: np.ndarray) -> np.ndarray:
@@ -134,17 +120,7 @@ def save(path: Path, split: Split, key: str, meta: Mapping[str, Any]) -> None:
             arrays[f"{part}.time"] = inter.time
         if inter.rating is not None:
             arrays[f"{part}.rating"] = inter.rating
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache is as readable as the data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load(path: Path, key: str) -> tuple[Split, dict[str, Any]] | None:
