@@ -317,23 +317,28 @@ class LoadedRecommender(_SimilarItems):
 
     # -- ids -------------------------------------------------------------------------------
     def user_index(self, users: Iterable[Any], allow_unknown: bool = False) -> list[int | None]:
-        out = [self._user_index.get(_id_key(u, self.user_ids.dtype)) for u in users]
-        if not allow_unknown and None in out:
-            bad = [u for u, i in zip(users, out, strict=False) if i is None][:5]
-            raise UnknownIdError(
-                f"unknown user id(s): {', '.join(map(str, bad))} (the artifact knows {self.num_users} users; "
-                "use fallback='popular' (CLI: --fallback popular) for a popularity answer)"
-            )
-        return out
+        return self._index(users, "user", allow_unknown, "for a popularity answer")
 
     def item_index(self, items: Iterable[Any], allow_unknown: bool = False) -> list[int | None]:
-        items = list(items)
-        out = [self._item_index.get(_id_key(v, self.item_ids.dtype)) for v in items]
+        return self._index(items, "item", allow_unknown, "to ignore them")
+
+    def _index(
+        self, ids: Iterable[Any], kind: str, allow_unknown: bool, fallback: str
+    ) -> list[int | None]:
+        """Internal indices of external ``ids`` (None for unknown ones when ``allow_unknown``)."""
+        ids = list(ids)
+        table, dtype = (
+            (self._user_index, self.user_ids.dtype)
+            if kind == "user"
+            else (self._item_index, self.item_ids.dtype)
+        )
+        out = [table.get(_id_key(v, dtype)) for v in ids]
         if not allow_unknown and None in out:
-            bad = [v for v, i in zip(items, out, strict=False) if i is None][:5]
+            bad = [v for v, i in zip(ids, out, strict=True) if i is None][:5]
+            known = self.num_users if kind == "user" else self.num_items
             raise UnknownIdError(
-                f"unknown item id(s): {', '.join(map(str, bad))} (the artifact knows {self.num_items} items; "
-                "use fallback='popular' (CLI: --fallback popular) to ignore them)"
+                f"unknown {kind} id(s): {', '.join(map(str, bad))} (the artifact knows {known} {kind}s; "
+                f"use fallback='popular' (CLI: --fallback popular) {fallback})"
             )
         return out
 
