@@ -109,9 +109,12 @@ class BERT4Rec(Recommender):
             shared_negatives=self.shared_negatives,
         )
 
-    def score(self, users: UserBatch) -> Tensor:
+    def user_representation(self, users: UserBatch) -> Tensor:
+        """(B, d) hidden state at the mask token appended after each user's history."""
         hist = users.padded(self.max_len - 1, self.pad)
         mask_col = torch.full_like(hist[:, :1], self.mask_id)
         seq = trim_padding(torch.cat([hist, mask_col], 1), self.pad)  # (B, L)
-        h = self.encoder(seq, causal=False)[:, -1]  # (B, d) at the appended mask token
-        return h @ self.encoder.item_weight.T  # (B, I)
+        return self.encoder(seq, causal=False)[:, -1]
+
+    def score(self, users: UserBatch) -> Tensor:
+        return self.user_representation(users) @ self.encoder.item_weight.T  # (B, I)

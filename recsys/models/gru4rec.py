@@ -102,6 +102,10 @@ class GRU4Rec(Recommender):
             shared_negatives=self.shared_negatives,
         )
 
-    def score(self, users: UserBatch) -> Tensor:
+    def user_representation(self, users: UserBatch) -> Tensor:
+        """(B, d) final GRU state over each user's history."""
         seq = trim_padding(users.padded(self.max_len, self.pad), self.pad)
-        return self.encode(seq)[:, -1] @ self.item_weight.T  # (B, I)
+        return self.encode(seq)[:, -1]
+
+    def score(self, users: UserBatch) -> Tensor:
+        return self.user_representation(users) @ self.item_weight.T  # (B, I)

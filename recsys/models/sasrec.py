@@ -127,7 +127,10 @@ class SASRec(Recommender):
             shared_negatives=self.shared_negatives,
         )
 
-    def score(self, users: UserBatch) -> Tensor:
+    def user_representation(self, users: UserBatch) -> Tensor:
+        """(B, d) final hidden state: the encoder's state after each user's newest item."""
         seq = trim_padding(users.padded(self.max_len, self.pad), self.pad)
-        h = self.encoder(seq, causal=True)[:, -1]  # (B, d) state after the newest item
-        return h @ self.encoder.item_weight.T  # (B, I)
+        return self.encoder(seq, causal=True)[:, -1]
+
+    def score(self, users: UserBatch) -> Tensor:
+        return self.user_representation(users) @ self.encoder.item_weight.T  # (B, I)

@@ -130,3 +130,16 @@ def test_bad_arguments_are_refused(dae_run):
         segment(run=str(dae_run), features="taste")
     with pytest.raises(ConfigError, match="exactly one of run"):
         segment()
+
+
+def test_sequence_model_final_state_segments_recover_taste_groups(tmp_path):
+    """SASRec's user representation is its final hidden state over the user's history."""
+    from recsys.train import train
+
+    out = tmp_path / "run"
+    overrides = TINY_DATA + FAST_TRAINER[:-1]
+    overrides += ["~logger", "model=sasrec", "data.split=leave_one_out", "trainer.max_epochs=8"]
+    train(compose_config("train", overrides + ["optim.lr=0.003", "eval.baseline=null"], out))
+    segment(run=str(out), features="embedding", k=4, seed=3)
+    ari, rows = _ari(out)
+    assert len(rows) == 300 and ari > 0.5  # chance is 0
