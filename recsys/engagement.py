@@ -1,26 +1,42 @@
 """Engagement scoring: the probability that a user interacts again within a horizon.
 
-    recsys-train task=engagement data=ml-100k
+    recsys-train task=engagement data=ml-100k                              # 30 days
     recsys-train task=engagement data=ml-latest-small task.horizon_days=60
+    recsys-train task=engagement data=ml-100k task.horizon_interactions=5000
+    recsys-train task=engagement data=csv data.path=log.csv data.rows_in_time_order=true \
+        task.horizon_interactions=2000                                     # no time column
 
 Data: the dataset's preprocessed log from the same pipeline as every run (same preprocessing,
-same opt-out; the union of the split's parts). It needs a clock shared by all users
-(timestamps); logs whose only order is each user's sequence position are refused.
+same opt-out; the union of the split's parts). It needs a clock shared by all users; logs whose
+only order is each user's sequence position (the one-line-per-user Amazon files) are refused.
 
-Windows. At a cutoff ``c`` the users are those with at least one event at or before ``c``;
-features use only events with ``time <= c``; the label is 1 when the user has an event with
-``c < time <= c + horizon``. The test cutoff is ``c_test = last event - horizon`` (or
-``task.cutoff``); the model is trained on ``task.train_windows`` earlier cutoffs
-``c_test - j * horizon`` (j = 1..n), whose label windows all end at or before ``c_test``, so no
-event after ``c_test`` is used in training and every test label lies strictly after every
-feature. The audit in ``metrics.json`` reports these bounds as measured on the arrays.
+Two clocks, one horizon each (set exactly one of ``task.horizon_days`` and
+``task.horizon_interactions``; neither: 30 days):
 
-Features (:func:`features`): log recency (days since the last event), log frequency, tenure,
-event counts in the last 7/30/90 days, active days, mean gap, mean item popularity at the
-cutoff and, with ratings, the mean rating. The classifier is scikit-learn's gradient-boosted
-trees (``task.classifier=gbdt``) or a logistic regression (``logistic``) on standardized
-features, seeded. The baseline is the recency-only model: a logistic regression on log recency
-(a user active recently is likely to come back).
+- **days** (``horizon_days``, needs timestamps). At a cutoff ``c`` the users are those with an
+  event at or before ``c``; features use only events with ``time <= c``; the label is 1 when the
+  user has an event with ``c < time <= c + horizon``.
+- **events** (``horizon_interactions = H``). The clock is the global event order: every event of
+  the log gets its index ``0..N-1``, ordered by time (ties: user id, then position in the log) on
+  logs with timestamps, or by row on logs whose rows are written in event order across users
+  (``data.rows_in_time_order=true``, :mod:`recsys.data.sources`). A cutoff ``k`` is an event
+  index: the users are those with an event of index ``< k``, features use only events with
+  index ``< k`` (recency, tenure and gaps counted in events), and the label is 1 when the user
+  has one of the next ``H`` events of the log (index in ``[k, k + H)``).
+
+The test cutoff is ``last - horizon`` (or ``task.cutoff``, a timestamp or an event index); the
+model is trained on ``task.train_windows`` earlier cutoffs ``c_test - j * horizon`` (j = 1..n),
+whose label windows all end at or before ``c_test``, so no event after ``c_test`` is used in
+training and every test label lies strictly after every feature. The audit in ``metrics.json``
+reports these bounds as measured on the arrays, in the run's clock.
+
+Features (:func:`features`, :func:`event_features`): log recency, log frequency, tenure, event
+counts in the last 7/30/90 days (events: in the last H/4, H and 3H events of the log), active
+days (days only), mean gap, mean item popularity at the cutoff and, with ratings, the mean
+rating. The classifier is scikit-learn's gradient-boosted trees (``task.classifier=gbdt``) or a
+logistic regression (``logistic``) on standardized features, seeded. The baseline is the
+recency-only model: a logistic regression on log recency (a user active recently is likely to
+come back).
 
 Evaluation on the test window: ROC-AUC, PR-AUC (average precision), log-loss, Brier score and a
 calibration table (deciles of the predicted probability: mean prediction vs observed rate).
@@ -108,7 +124,103 @@ def features(inter: Interactions, users: np.ndarray, cutoff: float) -> tuple[np.
 
 
 def recency_feature(x: np.ndarray, names: list[str]) -> np.ndarray:
-    return x[:, [names.index("log_recency_days")]]
+    name = "log_recency_days" if "log_recency_days" in names else "log_recency_events"
+    return x[:, [names.index(name)]]
+
+
+# -- the event-index clock (task.horizon_interactions) ------------------------------------------
+def event_index(inter: Interactions) -> np.ndarray:
+    """(n,) int64: each event's position in the global event order of the log: by time, ties by
+    internal user id, then by position in ``inter`` (deterministic)."""
+    n = len(inter)
+    order = np.lexsort((np.arange(n), inter.user, inter.time))
+    index = np.empty(n, dtype=np.int64)
+    index[order] = np.arange(n, dtype=np.int64)
+    return index
+
+
+def observed_users_events(inter: Interactions, clock: np.ndarray, cutoff: int) -> np.ndarray:
+    """Internal ids of users with at least one event of index ``< cutoff`` (sorted)."""
+    return np.unique(inter.user[clock < cutoff])
+
+
+def labels_events(
+    inter: Interactions, clock: np.ndarray, users: np.ndarray, cutoff: int, horizon: int
+) -> np.ndarray:
+    """(n,) 1 where the user has one of the ``horizon`` events from index ``cutoff`` on (index
+    in ``[cutoff, cutoff + horizon)``), else 0."""
+    m = (clock >= cutoff) & (clock < cutoff + horizon)
+    active = np.zeros(inter.n_users, dtype=bool)
+    active[inter.user[m]] = True
+    return active[users].astype(np.int64)
+
+
+def event_windows(horizon: int) -> tuple[int, int, int]:
+    """Lengths (in events) of the recent-activity counts: H/4, H and 3H (the days clock's
+    7/30/90 days for a 30-day horizon)."""
+    return max(1, horizon // 4), horizon, 3 * horizon
+
+
+EVENT_FEATURES = (
+    "log_recency_events", "log_frequency", "log_tenure_events", "log_events_last_h/4",
+    "log_events_last_h", "log_events_last_3h", "log_mean_gap_events", "mean_log_item_popularity",
+)  # fmt: skip
+
+
+def event_features(
+    inter: Interactions, clock: np.ndarray, users: np.ndarray, cutoff: int, horizon: int
+) -> tuple[np.ndarray, list[str]]:
+    """(n, f) features of ``users`` from the events of index ``< cutoff`` only, with recency,
+    tenure, gaps and recent windows counted in events of the whole log, and their names."""
+    m = clock < cutoff
+    past, pc = inter.select(m), clock[m].astype(np.float64)
+    n = inter.n_users
+    count = np.bincount(past.user, minlength=n).astype(np.float64)
+    last = np.full(n, -np.inf)
+    first = np.full(n, np.inf)
+    np.maximum.at(last, past.user, pc)
+    np.minimum.at(first, past.user, pc)
+    seen = count > 0
+    recency = np.where(seen, cutoff - np.where(seen, last, 0.0), 0.0)  # >= 1 for seen users
+    tenure = np.where(seen, np.where(seen, last, 0.0) - np.where(seen, first, 0.0), 0.0)
+    cols = [np.log1p(recency), np.log1p(count), np.log1p(tenure)]
+    for w in event_windows(horizon):
+        cols.append(np.log1p(np.bincount(past.user[pc >= cutoff - w], minlength=n)))
+    cols.append(np.log1p(tenure / np.maximum(count - 1, 1)))
+    pop = np.log1p(np.bincount(past.item, minlength=inter.n_items).astype(np.float64))
+    cols.append(np.bincount(past.user, weights=pop[past.item], minlength=n) / np.maximum(count, 1))
+    names = list(EVENT_FEATURES)
+    if past.rating is not None:
+        total = np.bincount(past.user, weights=past.rating.astype(np.float64), minlength=n)
+        cols.append(total / np.maximum(count, 1))
+        names.append("mean_rating")
+    x = np.stack(cols, 1)[users]
+    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), names
+
+
+DEFAULT_HORIZON_DAYS = 30.0
+
+
+def horizon_of(cfg: Mapping[str, Any]) -> tuple[str, float]:
+    """``("days", seconds)`` or ``("events", H)`` from ``task.horizon_days`` /
+    ``task.horizon_interactions`` (exactly one may be set; neither: 30 days)."""
+    days, events = cfg.get("horizon_days"), cfg.get("horizon_interactions")
+    if days is not None and events is not None:
+        raise ConfigError(
+            f"task.horizon_days={days} and task.horizon_interactions={events} are both set; set "
+            "exactly one (days need timestamps; interactions count the next events of the log) "
+            "and the other to null"
+        )
+    if events is not None:
+        if isinstance(events, bool) or not isinstance(events, int) or events < 1:
+            raise ConfigError(
+                f"task.horizon_interactions must be an integer >= 1 (events), got {events!r}"
+            )
+        return "events", float(events)
+    days = DEFAULT_HORIZON_DAYS if days is None else days
+    if isinstance(days, bool) or not isinstance(days, int | float) or days <= 0:
+        raise ConfigError(f"task.horizon_days must be > 0, got {days!r}")
+    return "days", float(days) * DAY
 
 
 # -- models and metrics -------------------------------------------------------------------------
@@ -161,18 +273,35 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, 
 
 
 # -- the task -----------------------------------------------------------------------------------
-def check_clock(inter: Interactions, name: str) -> None:
+def check_clock(
+    inter: Interactions, name: str, mode: str = "days", rows_in_time_order: bool = False
+) -> None:
+    """Refuse logs that have no clock for the horizon's mode (see the module docstring)."""
     from recsys.segment import has_clock
 
+    possible = (
+        "engagement needs a clock shared by all users: timestamps (task.horizon_days, or "
+        "task.horizon_interactions on their event order), or a log whose rows are written in "
+        "event order across users (a csv/atomic log with data.rows_in_time_order=true, then "
+        "task.horizon_interactions)"
+    )
     if inter.time is None:
         raise DataError(
-            f"task=engagement: dataset {name!r} has no time column; engagement needs timestamps "
-            "to place a cutoff and a horizon"
+            f"task=engagement: dataset {name!r} has no time column and no declared row order, "
+            f"so there is no cutoff shared by all users; {possible}"
         )
     if not has_clock(inter):
         raise DataError(
-            f"task=engagement: dataset {name!r} orders events only by each user's sequence "
-            "position (no timestamps shared by all users), so a global cutoff is meaningless"
+            f"task=engagement: dataset {name!r} orders events only by each user's own sequence "
+            "position (one line per user, no timestamps): there is no clock shared by all users, "
+            "so no cutoff that is the same for every user, in days or in interactions; "
+            f"{possible}, e.g. the source's raw log with its timestamps"
+        )
+    if mode == "days" and rows_in_time_order:
+        raise DataError(
+            f"task=engagement: dataset {name!r} has no timestamps: its clock is the row order "
+            "(data.rows_in_time_order=true), which counts events, not days; set "
+            "task.horizon_interactions=<events> instead of task.horizon_days"
         )
 
 
@@ -186,12 +315,12 @@ def build_windows(
     ``extra``: (per-user feature rows over ``inter``'s user ids, the latest event time they were
     computed from, their names), e.g. a frozen recommender's user representation; refused when
     that time is after the first cutoff (the features would see the future of that window)."""
-    horizon = float(cfg.get("horizon_days") or 0) * DAY
-    if horizon <= 0:
-        raise ConfigError(f"task.horizon_days must be > 0, got {cfg.get('horizon_days')!r}")
+    mode, horizon = horizon_of(cfg)
     n_train = int(cfg.get("train_windows", 3))
     if n_train < 1:
         raise ConfigError(f"task.train_windows must be >= 1, got {n_train}")
+    if mode == "events":
+        return _build_event_windows(inter, cfg, int(horizon), n_train, extra)
     t_min, t_max = float(inter.time.min()), float(inter.time.max())
     c_test = float(cfg["cutoff"]) if cfg.get("cutoff") is not None else t_max - horizon
     cutoffs = [c_test - j * horizon for j in range(n_train, 0, -1)]
@@ -230,6 +359,7 @@ def build_windows(
     feat_max = float(inter.time[inter.time <= c_test].max())
     label_events = inter.time[(inter.time > c_test) & (inter.time <= c_test + horizon)]
     audit = {
+        "clock": "time",
         "test_cutoff": c_test,
         "horizon_days": horizon / DAY,
         "train_windows": audit_train,
@@ -249,6 +379,100 @@ def build_windows(
         )
     )
     return {
+        "mode": "days",
+        "names": names,
+        "x_train": np.concatenate(xs),
+        "y_train": np.concatenate(ys),
+        "x_test": x_test,
+        "y_test": y_test,
+        "test_users": test_users,
+        "cutoffs": cutoffs,
+        "c_test": c_test,
+        "horizon": horizon,
+        "audit": audit,
+    }
+
+
+def _build_event_windows(
+    inter: Interactions,
+    cfg: Mapping[str, Any],
+    horizon: int,
+    n_train: int,
+    extra: tuple[np.ndarray, float, list[str]] | None,
+) -> dict[str, Any]:
+    """:func:`build_windows` on the event-index clock (``task.horizon_interactions``)."""
+    clock = event_index(inter)
+    n = len(inter)
+    c_test = int(cfg["cutoff"]) if cfg.get("cutoff") is not None else n - horizon
+    if not 0 < c_test <= n - horizon:
+        raise DataError(
+            f"task.cutoff={c_test}: on the event clock the test cutoff is an event index in "
+            f"[1, {n - horizon}] (the log has {n} events, the horizon is {horizon})"
+        )
+    cutoffs = [c_test - j * horizon for j in range(n_train, 0, -1)]
+    if cutoffs[0] < 1:
+        raise DataError(
+            f"task=engagement: the log has {n} events, too few for {n_train} training window(s) "
+            f"and a test window of {horizon} events each after at least one past event; lower "
+            "task.horizon_interactions or task.train_windows"
+        )
+    rep_index = None
+    if extra is not None:
+        # the representation saw at most the events with time <= its latest time (ties included)
+        rep_index = int(np.searchsorted(np.sort(inter.time), extra[1], side="right"))
+        if rep_index > cutoffs[0]:
+            raise DataError(
+                f"task.representation_run: the recommender was trained on the first {rep_index} "
+                f"events of the log, after the first engagement cutoff (event {cutoffs[0]}): its "
+                "representation would leak later behaviour into the features; train it with "
+                "data.split=temporal and larger val_ratio/test_ratio so its training data ends "
+                "before that cutoff"
+            )
+
+    def feats(users: np.ndarray, c: int) -> tuple[np.ndarray, list[str]]:
+        x, names = event_features(inter, clock, users, c, horizon)
+        if extra is None:
+            return x, names
+        return np.concatenate([x, extra[0][users]], 1), names + extra[2]
+
+    xs, ys, audit_train = [], [], []
+    names: list[str] = []
+    for c in cutoffs:
+        users = observed_users_events(inter, clock, c)
+        x, names = feats(users, c)
+        xs.append(x)
+        ys.append(labels_events(inter, clock, users, c, horizon))
+        audit_train.append({"cutoff": c, "users": int(len(users)), "label_end": c + horizon - 1})
+    test_users = observed_users_events(inter, clock, c_test)
+    x_test, _ = feats(test_users, c_test)
+    y_test = labels_events(inter, clock, test_users, c_test, horizon)
+    label_idx = clock[(clock >= c_test) & (clock < c_test + horizon)]
+    audit = {
+        "clock": "event_index",
+        "event_order": "time, ties by user id, then log position",
+        "n_events": n,
+        "test_cutoff": c_test,
+        "horizon_interactions": horizon,
+        "train_windows": audit_train,
+        "latest_index_used_in_training": max(w["label_end"] for w in audit_train),
+        "latest_test_feature_index": int(clock[clock < c_test].max()),
+        "earliest_test_label_index": int(label_idx.min()) if len(label_idx) else None,
+        "features_rule": "event_index < cutoff",
+        "labels_rule": "cutoff <= event_index < cutoff + horizon",
+        "representation_latest_index": None if rep_index is None else rep_index - 1,
+    }
+    audit["ok"] = bool(
+        (rep_index is None or rep_index <= cutoffs[0])
+        and audit["latest_index_used_in_training"] < c_test
+        and audit["latest_test_feature_index"] < c_test
+        and (
+            audit["earliest_test_label_index"] is None
+            or audit["earliest_test_label_index"] >= c_test
+        )
+    )
+    return {
+        "mode": "events",
+        "clock": clock,
         "names": names,
         "x_train": np.concatenate(xs),
         "y_train": np.concatenate(ys),
@@ -335,7 +559,9 @@ def run(cfg) -> dict[str, Any]:
     t0 = _time.perf_counter()
     split = prepare(data_cfg, int(config["seed"]))
     inter = full_log(split)
-    check_clock(inter, str(data_cfg.get("name")))
+    mode, horizon = horizon_of(task)
+    rows_in_time_order = bool(data_cfg.get("rows_in_time_order"))
+    check_clock(inter, str(data_cfg.get("name")), mode, rows_in_time_order)
     extra = (
         frozen_representation(task["representation_run"], inter)
         if task.get("representation_run")
@@ -344,10 +570,17 @@ def run(cfg) -> dict[str, Any]:
     result = fit_evaluate(inter, task, int(config["seed"]), extra)
     clf, _w = result.pop("_clf"), result.pop("_windows")
 
-    # scores for the future: cutoff at the last event, every user with a past
-    now = float(inter.time.max())
-    users = observed_users(inter, now)
-    x_now, _ = features(inter, users, now)
+    if mode == "events" and rows_in_time_order:
+        result["audit"]["event_order"] = "row order of the source (data.rows_in_time_order=true)"
+    # scores for the future: cutoff after the last event, every user with a past
+    if mode == "events":
+        now = float(len(inter))
+        users = observed_users_events(inter, _w["clock"], len(inter))
+        x_now, _ = event_features(inter, _w["clock"], users, len(inter), int(horizon))
+    else:
+        now = float(inter.time.max())
+        users = observed_users(inter, now)
+        x_now, _ = features(inter, users, now)
     if extra is not None:
         x_now = np.concatenate([x_now, extra[0][users]], 1)
     p_now = clf.predict_proba(x_now)[:, 1]
@@ -362,7 +595,8 @@ def run(cfg) -> dict[str, Any]:
         "test": result["model"],
         "baseline": {"name": "recency", "test": result["baseline"]},
         **{k: v for k, v in result.items() if k not in ("model", "baseline")},
-        "scores_cutoff": now,
+        "scores_cutoff": now,  # a timestamp, or (event clock) the number of events: all seen
+        "horizon": {"days": horizon / DAY} if mode == "days" else {"interactions": int(horizon)},
         "data": {
             "name": data_cfg.get("name"),
             "fingerprint": fingerprint(data_cfg),

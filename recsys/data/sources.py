@@ -277,6 +277,25 @@ def _diagnose(
             )
 
 
+def rows_in_time_order(df: pd.DataFrame, cfg: Mapping[str, Any], path: Path | str) -> pd.DataFrame:
+    """``data.rows_in_time_order=true`` declares a log without a time column whose rows are
+    written in event order across users: the row number (0, 1, ...) becomes ``time``, a clock of
+    event indices shared by all users (not seconds). Refused when the log has a time column."""
+    if not cfg.get("rows_in_time_order"):
+        return df
+    if "time" in df:
+        raise DataError(
+            f"{path}: data.rows_in_time_order=true, but the log has a time column, which orders "
+            "the events; unmap the time column or drop data.rows_in_time_order"
+        )
+    notice(
+        f"{path}: no time column; the row order is the clock (data.rows_in_time_order=true): "
+        "time = row number, an event index shared by all users",
+        True,
+    )
+    return df.assign(time=np.arange(len(df), dtype=np.float64))
+
+
 def _finish(df: pd.DataFrame, path: Path | str) -> pd.DataFrame:
     """Refuse logs a recommender cannot use: empty, or a single user or a single item."""
     if len(df) == 0:
@@ -346,8 +365,14 @@ def load_lastfm(cfg: Mapping[str, Any]) -> pd.DataFrame:
 
 def load_user_sequences(cfg: Mapping[str, Any]) -> pd.DataFrame:
     """One line per user, ``user item item ...`` in time order (S3-Rec / ICLRec format). The
-    position in the line becomes the ``time`` column (0, 1, 2, ... per user)."""
+    position in the line becomes the ``time`` column (0, 1, 2, ... per user): an order within
+    each user, not a clock shared by all users."""
     path = dataset_dir(cfg) / str(cfg["files"][0])
+    if cfg.get("rows_in_time_order"):
+        raise DataError(
+            f"{path}: data.rows_in_time_order=true does not apply: each line is one user's "
+            "whole sequence, so the lines are not events in time order across users"
+        )
     return _finish(parse_user_sequences(path.read_bytes(), path), path)
 
 
@@ -483,7 +508,7 @@ def load_atomic(cfg: Mapping[str, Any]) -> pd.DataFrame:
     frame = read_delimited(
         path, sep=sep, header=True, columns=cols, int_ids=False, id_as_string=True
     )
-    return _finish(frame, path)
+    return _finish(rows_in_time_order(frame, cfg, path), path)
 
 
 def _csv_path(cfg: Mapping[str, Any]) -> Path:
@@ -515,7 +540,8 @@ def load_csv(cfg: Mapping[str, Any]) -> pd.DataFrame:
         )
     id_type = str(cfg.get("id_type") or "auto")
     if fmt == "parquet":
-        return _finish(read_parquet(path, mapping, int_ids=id_type == "int"), path)
+        frame = read_parquet(path, mapping, int_ids=id_type == "int")
+        return _finish(rows_in_time_order(frame, cfg, path), path)
     sep = cfg.get("sep") or ("\t" if fmt == "tsv" else ",")
     header = bool(cfg.get("header", True))
     names = None
@@ -539,4 +565,4 @@ def load_csv(cfg: Mapping[str, Any]) -> pd.DataFrame:
         int_ids=id_type == "int",
         id_as_string=id_type == "str",
     )
-    return _finish(frame, path)
+    return _finish(rows_in_time_order(frame, cfg, path), path)
