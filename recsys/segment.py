@@ -8,8 +8,11 @@ Features (``features=rfm|embedding|both``), per user, from the history known at 
 (training + validation events, the model's evaluation input):
 
 - ``rfm``: recency (days since the user's last event, relative to the last event of the log;
-  only for logs with a clock), frequency (log of the number of events) and monetary value (mean
-  rating, where the log has ratings);
+  only for logs with a clock shared by all users; counted in events of the log when the clock is
+  the row order, ``data.rows_in_time_order``), frequency (log of the number of events) and
+  monetary value (mean rating, where the log has ratings). What a log lacks is said on the
+  console and in ``segments.json`` (``rfm_notes``): on the one-line-per-user Amazon files RFM
+  is frequency only;
 - ``embedding``: the model's ``user_representation(users)`` (MF/NCF user embeddings, the
   autoencoders' latent code); a model without one is refused with its name;
 - ``both``: the two blocks side by side, each scaled to unit mean squared norm so neither
@@ -63,17 +66,47 @@ def has_clock(inter: Interactions) -> bool:
     return not (np.array_equal(t, rank) or np.array_equal(t, rank + 1))
 
 
+def rfm_notes(inter: Interactions, name: str, event_clock: bool = False) -> list[str]:
+    """What RFM cannot compute on this log, one sentence each (empty when R, F and M all exist)."""
+    notes = []
+    if inter.time is None:
+        notes.append(f"no recency: dataset {name!r} has no time column")
+    elif not has_clock(inter):
+        notes.append(
+            f"no recency: dataset {name!r} orders events only by each user's own sequence "
+            "position, there is no clock shared by all users to measure recency on"
+        )
+    elif event_clock:
+        notes.append(
+            "recency in events, not days: the clock is the row order (data.rows_in_time_order)"
+        )
+    if inter.rating is None:
+        notes.append(f"no monetary value: dataset {name!r} has no rating or value column")
+    return notes
+
+
 def rfm_features(
-    inter: Interactions, now: float | None = None
+    inter: Interactions, now: float | None = None, event_clock: bool = False
 ) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
     """(U, f) RFM features of every user of ``inter``'s id space, their names, and the raw values.
 
-    Users without events get frequency 0 and the largest recency.
+    Users without events get frequency 0 and the largest recency. ``event_clock``: ``time`` is
+    an event index (``data.rows_in_time_order``), so recency counts the events of the log after
+    the user's last one instead of days.
     """
     n = inter.n_users
     count = np.bincount(inter.user, minlength=n).astype(np.float64)
     cols, names, raw = [np.log1p(count)], ["log_frequency"], {"frequency": count}
-    if has_clock(inter):
+    if has_clock(inter) and event_clock:
+        from recsys.engagement import event_index
+
+        last = np.full(n, -1.0)
+        np.maximum.at(last, inter.user, event_index(inter).astype(np.float64))
+        recency = np.where(last >= 0, len(inter) - 1 - last, len(inter))
+        cols.append(np.log1p(recency))
+        names.append("log_recency_events")
+        raw["recency_events"] = recency
+    elif has_clock(inter):
         last = np.full(n, -np.inf)
         np.maximum.at(last, inter.user, inter.time)
         ref = float(inter.time.max()) if now is None else float(now)
@@ -260,11 +293,15 @@ def segment(
             f"trained on {model.num_users} / {model.num_items}"
         )
     history = split.test_input if split.test_input is not None else split.train.concat(split.val)
-    rfm, rfm_names, raw = rfm_features(history)
-    blocks, used = [], []
+    event_clock = bool(data_cfg.get("rows_in_time_order"))
+    rfm, rfm_names, raw = rfm_features(history, event_clock=event_clock)
+    blocks, used, notes = [], [], []
     if features in ("rfm", "both"):
         blocks.append(_unit_block(rfm))
         used += rfm_names
+        notes = rfm_notes(history, str(data_cfg.get("name")), event_clock)
+        for note in notes:
+            log.warning("features=%s: RFM is %s; %s", features, "+".join(rfm_names), note)
     if features in ("embedding", "both"):
         emb = representation(model, history)
         blocks.append(_unit_block(emb))
@@ -297,8 +334,9 @@ def segment(
             "share": float(m.mean()),
             "activity": _quantiles(raw["frequency"][m]),
         }
-        if "recency_days" in raw:
-            entry["recency_days"] = _quantiles(raw["recency_days"][m])
+        for key in ("recency_days", "recency_events"):
+            if key in raw:
+                entry[key] = _quantiles(raw[key][m])
         if "mean_rating" in raw:
             entry["mean_rating"] = float(raw["mean_rating"][m].mean())
         entry["top_items"] = top_items_by_lift(history, labels, s)
@@ -316,6 +354,7 @@ def segment(
         "source": str(run_dir or art_dir),
         "features": features,
         "feature_columns": used,
+        "rfm_notes": notes,
         "k": int(k),
         "silhouette": {str(kk): v for kk, v in scores.items()},
         "seed": seed,

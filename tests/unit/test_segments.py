@@ -107,6 +107,26 @@ def test_positions_are_not_a_clock():
     assert not has_clock(_inter([0, 1], [0, 1]))
 
 
+def test_rfm_degrades_clearly_without_a_clock_or_ratings():
+    from recsys.segment import rfm_notes
+
+    positions = _inter([0, 0, 0, 1, 1], [0, 1, 2, 0, 1], time=[0, 1, 2, 0, 1])
+    notes = rfm_notes(positions, "amazon-beauty")
+    assert rfm_features(positions)[1] == ["log_frequency"]  # frequency only
+    assert len(notes) == 2 and "no recency" in notes[0] and "each user's own sequence" in notes[0]
+    assert "no monetary value" in notes[1] and "'amazon-beauty'" in notes[1]
+    rated = _inter([0, 1], [0, 1], time=[DAY, 2 * DAY], rating=[4, 5])
+    assert rfm_notes(rated, "ml") == []
+
+
+def test_rfm_recency_in_events_on_a_row_order_clock():
+    # rows in event order (time = row number): u0 u1 u0 u2 u1 u1
+    inter = _inter([0, 1, 0, 2, 1, 1], [0, 1, 2, 0, 1, 2], time=[0, 1, 2, 3, 4, 5])
+    _, names, raw = rfm_features(inter, event_clock=True)
+    assert names == ["log_frequency", "log_recency_events"]
+    np.testing.assert_allclose(raw["recency_events"], [3, 0, 2])  # events after the user's last
+
+
 def test_top_items_by_lift_hand_worked():
     # segment 0 = users 0, 1; item 2 appears only there (lift 2 with half the events there)
     user = [0, 0, 1, 1, 2, 2, 3, 3] * 5
