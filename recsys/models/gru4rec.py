@@ -38,7 +38,7 @@ class GRU4Rec(Recommender):
         loss: str = "ce",
         num_negatives: int = 1,
         gbce_t: float = 0.75,
-        ce_chunk: int = 1 << 24,
+        ce_chunk: int = 1 << 20,
         shared_negatives: bool = False,
     ):
         super().__init__(num_users, num_items)

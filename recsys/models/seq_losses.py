@@ -4,8 +4,8 @@ For a trained position with hidden state :math:`h`, target item :math:`y` and it
 :math:`W` (tied with the input embeddings), :math:`s_i = h^\top W_i`:
 
 - ``ce``: full softmax cross-entropy :math:`-s_y + \log\sum_{i} e^{s_i}` over every item
-  (SASRec+, Klenitskiy & Vasilev, RecSys 2023). One matrix product with the item table per
-  batch, cut into row chunks (recomputed in backward) when it would exceed ``chunk_elems``.
+  (SASRec+, Klenitskiy & Vasilev, RecSys 2023). Fused with its gradient in chunks of
+  positions (``chunk_elems`` logits each): the (N, I) logits are never stored.
 - ``sampled_ce``: the same softmax over the target and ``K`` uniformly sampled items
   (accidental hits of the target among the negatives are removed).
 - ``bce``: :math:`-\log\sigma(s_y) - \sum_{k \le K}\log(1-\sigma(s_{n_k}))` with ``K`` uniform
@@ -22,10 +22,14 @@ as well; that is a constant factor of ``1 + K``). Negatives are drawn per positi
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
+
+_null = contextlib.nullcontext
 
 LOSSES = ("bce", "ce", "sampled_ce", "gbce")
 
@@ -36,22 +40,72 @@ def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
     return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
 
 
-def _ce_sum(h: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    return F.cross_entropy((h @ weight.T).float(), target, reduction="sum")
+class _FusedLinearCE(torch.autograd.Function):
+    """Mean full-softmax CE of ``h @ weight.T`` against ``target`` with the gradient computed in
+    the forward pass, one chunk of ``rows`` positions at a time (Liger-kernel style).
+
+    Per chunk: logits into a reused buffer (one matrix product), ``p = softmax`` (one fused
+    pass), the loss from ``logsumexp = max(s) - log(max(p))`` (exact, no underflow: the largest
+    probability is >= 1/I), then ``p[y] -= 1`` is the gradient of the chunk's summed loss with
+    respect to its logits, so ``dh = p @ W`` and ``dW += p.T @ h`` follow at once. Neither the
+    (N, I) logits nor their log-softmax are ever kept, nothing is recomputed in backward, and
+    backward only scales the two stored gradients by the incoming one.
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, target: Tensor, rows: int) -> Tensor:
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        ctx.dtypes = (h.dtype, weight.dtype)
+        h, weight = h.float(), weight.float()
+        N, n_items = h.shape[0], weight.shape[0]
+        wt = weight.T.contiguous()  # (d, I): the forward product reads it row-major
+        gh = torch.empty_like(h) if want_h else None
+        gw = torch.zeros_like(weight) if want_w else None
+        logits = h.new_empty((min(rows, N), n_items))
+        p = torch.empty_like(logits)
+        total = h.new_zeros(())
+        for s in range(0, N, rows):
+            hc, tc = h[s : s + rows], target[s : s + rows]
+            r = hc.shape[0]
+            lg, pc = logits[:r], p[:r]
+            torch.mm(hc, wt, out=lg)
+            torch.ops.aten._softmax.out(lg, 1, False, out=pc)
+            at = torch.arange(r, device=h.device)
+            lse = lg.amax(1) - pc.amax(1).log()
+            total += (lse - lg[at, tc]).sum()
+            if want_h or want_w:
+                pc[at, tc] -= 1.0
+                if want_h:
+                    torch.mm(pc, weight, out=gh[s : s + rows])
+                if want_w:
+                    gw.addmm_(pc.T, hc)
+        ctx.save_for_backward(gh, gw)
+        ctx.n = max(N, 1)
+        return total / ctx.n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        gh, gw = ctx.saved_tensors
+        scale = grad.float() / ctx.n
+        dh = None if gh is None else (gh * scale).to(ctx.dtypes[0])
+        dw = None if gw is None else (gw * scale).to(ctx.dtypes[1])
+        return dh, dw, None, None
 
 
-def full_ce(h: Tensor, target: Tensor, weight: Tensor, chunk_elems: int = 1 << 24) -> Tensor:
-    """Mean softmax cross-entropy over all items. h: (N, d), target: (N,), weight: (I, d)."""
-    N, n_items = h.shape[0], weight.shape[0]
-    if N * n_items <= chunk_elems or not torch.is_grad_enabled():
-        return _ce_sum(h, target, weight) / max(N, 1)
-    rows = max(1, chunk_elems // n_items)
-    total = h.new_zeros((), dtype=torch.float32)
-    for s in range(0, N, rows):  # each chunk's (rows, I) logits are rebuilt in backward
-        total = total + checkpoint(
-            _ce_sum, h[s : s + rows], target[s : s + rows], weight, use_reentrant=False
-        )
-    return total / N
+def full_ce(h: Tensor, target: Tensor, weight: Tensor, chunk_elems: int = 1 << 20) -> Tensor:
+    """Mean softmax cross-entropy over all items. h: (N, d), target: (N,), weight: (I, d).
+
+    Computed by :class:`_FusedLinearCE` in chunks of ``chunk_elems // I`` positions (at least
+    one): memory is two (rows, I) buffers instead of the (N, I) logits, log-softmax and their
+    gradients, and a chunk that stays in cache makes the element-wise passes cheap.
+    """
+    rows = max(1, chunk_elems // max(weight.shape[0], 1))
+    device = h.device.type
+    with (
+        torch.autocast(device_type=device, enabled=False) if device in ("cpu", "cuda") else _null()
+    ):
+        return _FusedLinearCE.apply(h, weight, target, rows)
 
 
 def sequence_loss(
@@ -61,7 +115,7 @@ def sequence_loss(
     loss: str,
     num_negatives: int = 1,
     gbce_t: float = 0.0,
-    chunk_elems: int = 1 << 24,
+    chunk_elems: int = 1 << 20,
     negatives: Tensor | None = None,
     shared_negatives: bool = False,
 ) -> Tensor:
@@ -103,7 +157,7 @@ def next_item_loss(
     loss: str,
     num_negatives: int = 1,
     gbce_t: float = 0.0,
-    chunk_elems: int = 1 << 24,
+    chunk_elems: int = 1 << 20,
     shared_negatives: bool = False,
 ) -> Tensor:
     """:func:`sequence_loss` at the non-padding positions of ``hidden`` (B, L, d) / ``target``

@@ -181,6 +181,37 @@ def test_sampled_ce_and_full_ce_against_direct_computation():
     )
 
 
+@pytest.mark.parametrize("chunk_elems", [1, 3 * 40, 7 * 40, 1 << 20])
+def test_fused_chunked_ce_matches_torch_cross_entropy(chunk_elems):
+    """The fused CE (gradient computed chunk by chunk in forward, never the full logits) gives
+    F.cross_entropy's loss and gradients, also with large logits and a weighted upstream grad."""
+    torch.manual_seed(2)
+    N, n, d = 23, 40, 6
+    h64, w64 = torch.randn(N, d, dtype=torch.float64) * 12, torch.randn(n, d, dtype=torch.float64)
+    target = torch.randint(n, (N,))
+    target[:3] = torch.topk(-(h64[:3] @ w64.T), 1).indices[:, 0]  # p ~ e^-140: 0 in float32
+    ref_h, ref_w = h64.clone().requires_grad_(), w64.clone().requires_grad_()
+    ref = F.cross_entropy(ref_h @ ref_w.T, target)
+    (3.0 * ref).backward()
+    h, w = h64.float().requires_grad_(), w64.float().requires_grad_()
+    got = sequence_loss(h, target, w, "ce", chunk_elems=chunk_elems)
+    (3.0 * got).backward()
+    assert math.isclose(float(got), float(ref), rel_tol=1e-5)
+    assert torch.allclose(h.grad.double(), ref_h.grad, atol=1e-5)
+    assert torch.allclose(w.grad.double(), ref_w.grad, atol=1e-5)
+    with torch.no_grad():  # evaluation path: the value alone
+        again = sequence_loss(h, target, w, "ce", chunk_elems=chunk_elems)
+    assert math.isclose(float(again), float(ref), rel_tol=1e-5)
+    # tied weights: the item table used as input and as output layer gets both gradients
+    emb = torch.nn.Embedding(n, d)
+    idx = torch.randint(n, (N,))
+    sequence_loss(emb(idx), target, emb.weight, "ce", chunk_elems=chunk_elems).backward()
+    g_fused = emb.weight.grad.clone()
+    emb.weight.grad = None
+    F.cross_entropy(emb(idx) @ emb.weight.T, target).backward()
+    assert torch.allclose(g_fused, emb.weight.grad, atol=1e-6)
+
+
 def test_bert4rec_masking_rate():
     torch.manual_seed(0)
     m = BERT4Rec(5, 1000, **{**SMALL, "max_len": 50}, mask_prob=0.2)
