@@ -605,11 +605,22 @@ def scale_source(cfg) -> Any:
     for _ in range(3):
         kept = len(draw(pilot, factor)) * n_users / len(pilot)
         factor *= target / kept
-    key = draw(np.arange(n_users, dtype=np.int64), factor)
-    df = pd.DataFrame({"user": key // n_items + 1, "item": key % n_items + 1})
-    del key
-    df["time"] = rng.random(len(df))
-    return df
+    # blocks of users of about 4M draws each: the draw's temporaries stay small; external ids
+    # are int32 (1-based), the columns are handed to the frame without a copy
+    per_user = max(factor * target / n_users, 1.0)
+    block = max(int(4_000_000 / per_user), 1)
+    users, items = [], []
+    for start in range(0, n_users, block):
+        key = draw(np.arange(start, min(start + block, n_users), dtype=np.int64), factor)
+        users.append((key // n_items + 1).astype(np.int32))
+        items.append((key % n_items + 1).astype(np.int32))
+        del key
+    user = np.concatenate(users)
+    del users
+    item = np.concatenate(items)
+    del items
+    time = rng.random(len(user))  # a random order of each user's events
+    return pd.DataFrame({"user": user, "item": item, "time": time}, copy=False)
 
 
 def run_scale_point(spec: dict[str, Any]) -> dict[str, Any]:

@@ -27,22 +27,54 @@ def _pair_keys(inter: Interactions) -> np.ndarray:
     return _sorted_unique(inter.user.astype(np.int64) * inter.n_items + inter.item)
 
 
+_CHUNK = 1 << 22  # events per chunk when a large log is matched against a small one
+
+
+def _keys(inter: Interactions, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """(user, item) int64 keys of the events ``start:stop``, in log order."""
+    return inter.user[start:stop].astype(np.int64) * inter.n_items + inter.item[start:stop]
+
+
+def _pair_hits(small: Interactions, big: Interactions) -> tuple[np.ndarray, np.ndarray]:
+    """For the distinct pairs of ``small`` (sorted keys ``ks``): which occur in ``big``, and which
+    events of ``big`` have a pair of ``small``. ``big`` is read in chunks, so no sorted copy of
+    it (a training log of 100M events) is ever made."""
+    ks = _pair_keys(small)
+    found = np.zeros(len(ks), dtype=bool)
+    big_mask = np.zeros(len(big), dtype=bool)
+    for start in range(0, len(big), _CHUNK):
+        kb = _keys(big, start, start + _CHUNK)
+        pos = np.minimum(np.searchsorted(ks, kb), len(ks) - 1)
+        hit = ks[pos] == kb
+        found[pos[hit]] = True
+        big_mask[start : start + len(kb)] = hit
+    return found, big_mask
+
+
 def _overlap(a: Interactions, b: Interactions) -> int:
     """Number of distinct (user, item) pairs present in both logs."""
-    ka, kb = _pair_keys(a), _pair_keys(b)
-    if not len(ka) or not len(kb):
+    if not len(a) or not len(b):
         return 0
-    pos = np.minimum(np.searchsorted(ka, kb), len(ka) - 1)
-    return int((ka[pos] == kb).sum())
+    small, big = (a, b) if len(a) <= len(b) else (b, a)
+    return int(_pair_hits(small, big)[0].sum())
 
 
 def _event_overlap(a: Interactions, b: Interactions) -> int:
     """Number of distinct identical events (user, item and time) present in both logs."""
     if a.time is None or b.time is None:
         return _overlap(a, b)
+    if not len(a) or not len(b):
+        return 0
+    # an event in both logs has its pair in both: compare only the events of shared pairs
+    small, big = (a, b) if len(a) <= len(b) else (b, a)
+    found, big_mask = _pair_hits(small, big)
+    ks = _pair_keys(small)
+    small_mask = found[np.searchsorted(ks, _keys(small))]
     cols = ["u", "i", "t"]
-    fa = pd.DataFrame({"u": a.user, "i": a.item, "t": a.time}).drop_duplicates()
-    fb = pd.DataFrame({"u": b.user, "i": b.item, "t": b.time}).drop_duplicates()
+    fa, fb = (
+        pd.DataFrame({"u": x.user[m], "i": x.item[m], "t": x.time[m]}).drop_duplicates()
+        for x, m in ((small, small_mask), (big, big_mask))
+    )
     return int(len(fa.merge(fb, on=cols, how="inner")))
 
 

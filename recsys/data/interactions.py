@@ -53,6 +53,29 @@ class CSR:
         return pos, self.indices[np.repeat(starts, counts) + within]
 
 
+def encode_ids(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(x, return_inverse=True)`` with the inverse as flat int64: the sorted distinct
+    external ids and each event's internal id.
+
+    Non-negative integer ids whose largest value is at most a few times the number of events
+    (the usual case: MovieLens, synthetic and scale logs) are encoded with a presence table and
+    a lookup instead of a sort: the same result, without the sort's copies of the column.
+    """
+    x = np.asarray(x).ravel()
+    if x.dtype.kind in "iu" and len(x):
+        lo, hi = int(x.min()), int(x.max())
+        if lo >= 0 and hi < 4 * len(x) + 1_000_000:
+            present = np.zeros(hi + 1, dtype=bool)
+            present[x] = True
+            ids = np.flatnonzero(present)
+            del present
+            lookup = np.zeros(hi + 1, dtype=np.int64)
+            lookup[ids] = np.arange(len(ids), dtype=np.int64)
+            return ids.astype(x.dtype, copy=False), lookup[x]
+    ids, inverse = np.unique(x, return_inverse=True)
+    return ids, inverse.astype(np.int64, copy=False).ravel()
+
+
 @dataclass(frozen=True)
 class Interactions:
     """An interaction log with contiguous ids.
@@ -89,13 +112,13 @@ class Interactions:
 
         Internal ids follow the sorted order of the external ids, so the mapping is deterministic.
         """
-        user_ids, user = np.unique(df["user"].to_numpy(), return_inverse=True)
-        item_ids, item = np.unique(df["item"].to_numpy(), return_inverse=True)
+        user_ids, user = encode_ids(df["user"].to_numpy())
+        item_ids, item = encode_ids(df["item"].to_numpy())
         time = df["time"].to_numpy(np.float64) if "time" in df else None
         rating = df["rating"].to_numpy(np.float32) if "rating" in df else None
         return cls(
-            user=user.astype(np.int64).ravel(),
-            item=item.astype(np.int64).ravel(),
+            user=user,
+            item=item,
             time=time,
             rating=rating,
             user_ids=user_ids,

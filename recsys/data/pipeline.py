@@ -83,6 +83,7 @@ def build(cfg: Mapping[str, Any], seed: int) -> Split:
     df, opted_out = optout.exclude(df, cfg)  # opt-out before any filter sees the users
     df = preprocess_config(df, cfg, source=str(name))
     inter = Interactions.from_frame(df)
+    del df  # the frame's id columns are encoded; keep one copy of the log alive, not two
     split_seed = cfg.get("split_seed")
     split = make_split(
         inter,
@@ -93,6 +94,7 @@ def build(cfg: Mapping[str, Any], seed: int) -> Split:
         n_heldout_users=int(cfg.get("n_heldout_users") or 0),
         fold_in_ratio=float(cfg.get("fold_in_ratio", 0.8)),
     )
+    del inter  # the split's parts are copies
     audit = audit_split(split, repeats=not bool(cfg.get("dedup", True)))
     return replace(split, audit=_with_optout(audit, opted_out))
 
