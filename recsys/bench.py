@@ -119,6 +119,7 @@ class EpochTimer(pl.Callback):
         ] = []  # process CPU time (all threads): robust to a busy machine
         self.val_s: list[float] = []
         self.samples: list[int] = []
+        self.peak_rss_train_mb: list[float] = []  # process peak at the end of each training part
         self._t0 = self._v0 = self._c0 = 0.0
         self._in_train = False
         EpochTimer.last = self
@@ -136,6 +137,7 @@ class EpochTimer(pl.Callback):
         if self._in_train:
             self.train_s.append(time.perf_counter() - self._t0)
             self.train_cpu_s.append(time.process_time() - self._c0)
+            self.peak_rss_train_mb.append(peak_rss_mb())
             self._in_train = False
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -556,13 +558,41 @@ def render_comparison(rows: list[dict[str, Any]]) -> list[str]:
 # -- scale ------------------------------------------------------------------------------------
 # (users, items) of the scale points: MovieLens-20M's shape at 20M, Netflix's at 100M
 SCALE_SHAPES = {
+    "100k": (2_000, 1_000, 100_000),  # a smoke test of the machinery
     "1M": (6_040, 3_706, 1_000_000),  # MovieLens-1M's shape
     "20M": (138_493, 26_744, 20_000_000),
     "100M": (480_189, 17_770, 100_000_000),
 }
 
 
+SOURCE_STATS: dict[str, float] = {}  # the last scale_source call: generation time and memory
+
+
 def scale_source(cfg) -> Any:
+    """:func:`scale_log`, timed (wall and CPU seconds, peak RSS after it: ``SOURCE_STATS``)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    df = scale_log(cfg)
+    SOURCE_STATS.update(
+        s=round(time.perf_counter() - t0, 2),
+        cpu_s=round(time.process_time() - c0, 2),
+        peak_rss_mb=peak_rss_mb(),
+        rss_mb=current_rss_mb(),
+    )
+    return df
+
+
+def current_rss_mb() -> float | None:
+    """This process's resident memory now (VmRSS), MiB; None where /proc is absent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def scale_log(cfg) -> Any:
     """Data source for the scale runs: a large synthetic log, generated in a few vectorized passes.
 
     Users' history lengths are log-normal (floor ``scale_min_length``), items follow a Zipf law
@@ -637,6 +667,7 @@ def run_scale_point(spec: dict[str, Any]) -> dict[str, Any]:
         phases["load_split_s"] = round(time.perf_counter() - t0, 2)
         phases["load_split_cpu_s"] = round(time.process_time() - c0, 2)
         phases["load_split_peak_rss_mb"] = peak_rss_mb()
+        phases["rss_after_load_mb"] = current_rss_mb()
         return split
 
     datamodule.prepare = timed_prepare
@@ -647,9 +678,18 @@ def run_scale_point(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     metrics = train(cfg)
     wall = time.perf_counter() - t0
-    timer = importlib.import_module("recsys.bench").EpochTimer.last
+    bench = importlib.import_module("recsys.bench")  # the module the source and callback ran in
+    timer = bench.EpochTimer.last
+    source = dict(bench.SOURCE_STATS)
     return {
         "size": spec["size"],
+        "source_s": source.get("s"),
+        "source_cpu_s": source.get("cpu_s"),
+        "source_peak_rss_mb": source.get("peak_rss_mb"),
+        "rss_after_load_mb": phases.get("rss_after_load_mb"),
+        "peak_rss_after_train_mb": timer.peak_rss_train_mb[0]
+        if timer and timer.peak_rss_train_mb
+        else None,
         "overrides": spec["overrides"],
         "data": {k: v for k, v in metrics["data"].items() if k != "audit"},
         "load_split_s": phases.get("load_split_s"),
@@ -769,27 +809,31 @@ def render_scale(info: dict[str, Any], rows: list[dict[str, Any]], argv: list[st
         " the data pipeline (encode ids, leave-one-out split by time), one MF-BPR epoch (batch "
         "131,072 pairs, d = 64), a validation pass during fit, then validation and test passes on "
         "the best checkpoint (full ranking over every item, seen items masked, users in chunks of "
-        "4,096: no users × items matrix is ever built).",
+        "4,096: no users × items matrix is ever built). *generate* is the synthetic source alone "
+        "(in memory, no file parsing); *load + split* includes it plus id encoding, the split and "
+        "its leakage audit.",
         "",
-        "| size | users | items | train events | load + split s (CPU s) | peak RSS after load MiB "
-        "| MF epoch s (CPU s) | val pass s | test pass s | whole run s (CPU s) | peak RSS MiB "
-        "| load avg at start |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| size | users | items | train events | generate s (CPU s) | load + split s (CPU s) "
+        "| RSS after load MiB | peak RSS load MiB | MF epoch s (CPU s) | peak RSS after epoch MiB "
+        "| val pass s | test pass s | whole run s (CPU s) | peak RSS MiB | load avg at start |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.get("status") != "ok":
             lines.append(
-                f"| {r['size']} | failed: {str(r.get('error', ''))[-120:]!r} |" + " |" * 10
+                f"| {r['size']} | failed: {str(r.get('error', ''))[-120:]!r} |" + " |" * 13
             )
             continue
         d = r["data"]
         lines.append(
             f"| {r['size']} | {d['n_users']:,} | {d['n_items']:,} | {d['n_train']:,} "
+            f"| {_f(r.get('source_s'), 1)} ({_f(r.get('source_cpu_s'), 1)}) "
             f"| {_f(r['load_split_s'], 1)} ({_f(r.get('load_split_cpu_s'), 1)}) "
-            f"| {_f(r['load_split_peak_rss_mb'], 0)} | {_f(r['train_epoch_s'], 1)} ({_f(r.get('train_epoch_cpu_s'), 1)}) | {_f(r['val_pass_s'], 1)} "
+            f"| {_f(r.get('rss_after_load_mb'), 0)} | {_f(r['load_split_peak_rss_mb'], 0)} "
+            f"| {_f(r['train_epoch_s'], 1)} ({_f(r.get('train_epoch_cpu_s'), 1)}) "
+            f"| {_f(r.get('peak_rss_after_train_mb'), 0)} | {_f(r['val_pass_s'], 1)} "
             f"| {_f(r['test_pass_s'], 1)} | {_f(r['process_wall_s'], 1)} ({_f(r.get('process_cpu_s'), 1)}) "
-            f"| {_f(r['peak_rss_mb'], 0)} "
-            f"| {r['load_avg_start']} |"
+            f"| {_f(r['peak_rss_mb'], 0)} | {r['load_avg_start']} |"
         )
     lines += ["", "Commands (one process per size):", ""]
     for r in rows:
