@@ -79,7 +79,7 @@ def build(cfg: Mapping[str, Any], seed: int) -> Split:
     df = resolve_source(cfg["source"])(cfg)
     if isinstance(df, Split):  # a source with an official split of its own (recsys.data.folds)
         df, opted_out = optout.exclude_split(df, cfg)
-        return replace(df, audit=_with_optout(audit_split(df), opted_out))
+        return refit_full(replace(df, audit=_with_optout(audit_split(df), opted_out)), cfg)
     df, opted_out = optout.exclude(df, cfg)  # opt-out before any filter sees the users
     df = preprocess_config(df, cfg, source=str(name))
     inter = Interactions.from_frame(df)
@@ -96,7 +96,24 @@ def build(cfg: Mapping[str, Any], seed: int) -> Split:
     )
     del inter  # the split's parts are copies
     audit = audit_split(split, repeats=not bool(cfg.get("dedup", True)))
-    return replace(split, audit=_with_optout(audit, opted_out))
+    return refit_full(replace(split, audit=_with_optout(audit, opted_out)), cfg)
+
+
+def refit_full(split: Split, cfg: Mapping[str, Any]) -> Split:
+    """``data.refit_full``: the final fit on train + validation, after the number of epochs
+    (or any other setting) was chosen on validation in a run without it. Validation keeps its
+    events, now inside training: its metrics are in-sample and must select nothing (run with
+    a fixed ``trainer.max_epochs``, no early stopping, the last epoch's checkpoint). The audit
+    describes the split before the merge and records ``refit_full``."""
+    if not cfg.get("refit_full"):
+        return split
+    if split.val_input is not None:
+        raise ConfigError(
+            "data.refit_full needs validation users that are training users "
+            f"(not data.split={cfg.get('split')})"
+        )
+    audit = {**(split.audit or {}), "refit_full": True}
+    return replace(split, train=split.train.concat(split.val), audit=audit)
 
 
 def _with_optout(audit: dict[str, Any], opted_out: dict[str, Any] | None) -> dict[str, Any]:

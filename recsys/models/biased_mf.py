@@ -2,10 +2,12 @@
 
 ``r̂(u, i) = μ + b_u + b_i + p_u · q_i``, trained on (user, item, rating) pairs with the mean
 squared error plus ``reg`` times the squared L2 norm of the batch's biases and factors (per
-pair), the "SVD" of the Netflix prize and of scikit-surprise. Deviations: minibatch Adam instead of
-per-rating SGD, and μ is not a hyper-parameter: it is the running mean of the training ratings
-seen so far (a buffer, exact after one epoch), so the model needs no dataset statistic at
-construction.
+pair), the "SVD" of the Netflix prize and of scikit-surprise. Deviations: minibatch updates with
+the configured optimizer instead of per-rating SGD (``experiment=rating_ml100k`` uses plain SGD on
+the batch-mean loss: with batch B and learning rate η each rating moves its factors by
+``2η/B (e·q_i - reg·p_u)``, Surprise's update with ``lr_all = 2η/B``, applied to the batch
+at once), and μ is not a hyper-parameter: it is the running mean of the training ratings seen so
+far (a buffer, exact after one epoch), so the model needs no dataset statistic at construction.
 
 ``predict(user, item)`` gives ratings; ``score`` ranks the whole catalogue by predicted rating.
 """

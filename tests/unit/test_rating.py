@@ -123,3 +123,66 @@ def test_ml100k_official_fold(fold):
     raw = np.loadtxt(shared_datasets() / "ml-100k" / f"u{fold}.test", dtype=np.int64)
     assert key(split.test) == set(zip(raw[:, 0], raw[:, 1], strict=True))
     assert split.test.rating is not None and set(np.unique(split.test.rating)) <= {1, 2, 3, 4, 5}
+
+
+def _pairs(inter) -> list[tuple[int, int, float]]:
+    return sorted(zip(inter.user.tolist(), inter.item.tolist(), inter.rating.tolist(), strict=True))
+
+
+RATED = [*TINY_DATA, "data.source=tests.unit.test_model_contract.rated_synthetic"]
+
+
+def test_refit_full_trains_on_train_plus_validation():
+    from omegaconf import OmegaConf
+
+    from recsys.data.pipeline import prepare
+
+    cfg = OmegaConf.to_container(compose_config("train", RATED).data, resolve=True)
+    plain = prepare(cfg, seed=0)
+    refit = prepare({**cfg, "refit_full": True}, seed=0)
+    assert len(plain.val) > 0
+    assert _pairs(refit.train) == _pairs(plain.train.concat(plain.val))
+    assert _pairs(refit.val) == _pairs(plain.val) and _pairs(refit.test) == _pairs(plain.test)
+    assert refit.audit["refit_full"] and "refit_full" not in plain.audit
+
+
+def test_refit_run_fits_train_plus_validation_for_the_given_epochs(tmp_path):
+    """The final fit sees every train + validation rating once per epoch, for exactly
+    trainer.max_epochs epochs, and tests the last epoch's model (nothing selected on val)."""
+    overrides = [
+        *RATED,
+        *FAST_TRAINER,  # trainer.max_epochs=3
+        "model=biased_mf",
+        "eval=rating",
+        "+data.refit_full=true",
+        "callbacks.early_stopping=null",
+        "callbacks.model_checkpoint.monitor=epoch",
+        "callbacks.model_checkpoint.mode=max",
+        "+callbacks.epoch_summary.metrics=[train/loss]",
+    ]
+    m = train(compose_config("train", overrides, tmp_path))
+    from omegaconf import OmegaConf
+
+    from recsys.data.pipeline import prepare
+
+    data_cfg = OmegaConf.to_container(compose_config("train", RATED).data, resolve=True)
+    plain = prepare(data_cfg, seed=42)  # the run's seed (train.yaml)
+    n_fit = len(plain.train) + len(plain.val)
+    assert m["data"]["n_train"] == n_fit and m["timing"]["epochs"] == 3
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "best.ckpt")
+    assert ckpt["epoch"] == 2  # the last of the 3 epochs
+    # BiasedMF counts the training ratings it has seen (its running global mean)
+    assert float(ckpt["state_dict"]["model.n_seen"]) == 3 * n_fit
+
+
+def test_rating_experiment_refits_the_validation_selected_settings():
+    final = compose_config("train", ["experiment=rating_ml100k"])
+    select = compose_config("train", ["experiment=rating_ml100k_val"])
+    assert final.data.refit_full and not select.data.refit_full
+    assert final.callbacks.early_stopping is None
+    assert final.callbacks.model_checkpoint.monitor == "epoch"  # the last epoch, not the best val
+    assert final.callbacks.model_checkpoint.mode == "max"
+    assert select.callbacks.early_stopping is not None
+    assert final.model == select.model and final.optim == select.optim
+    assert final.data.batch_size == select.data.batch_size
+    assert final.trainer.max_epochs < select.trainer.max_epochs
