@@ -279,23 +279,23 @@ def check_clock(
     """Refuse logs that have no clock for the horizon's mode (see the module docstring)."""
     from recsys.segment import has_clock
 
-    possible = (
-        "engagement needs a clock shared by all users: timestamps (task.horizon_days, or "
-        "task.horizon_interactions on their event order), or a log whose rows are written in "
-        "event order across users (a csv/atomic log with data.rows_in_time_order=true, then "
-        "task.horizon_interactions)"
+    rows = (
+        "a log whose rows are written in event order across users (data=csv or data=atomic "
+        "with data.rows_in_time_order=true, then task.horizon_interactions=<events>)"
     )
     if inter.time is None:
         raise DataError(
             f"task=engagement: dataset {name!r} has no time column and no declared row order, "
-            f"so there is no cutoff shared by all users; {possible}"
+            "so there is no cutoff shared by all users; it becomes possible with timestamps "
+            f"(task.horizon_days or task.horizon_interactions) or with {rows}"
         )
     if not has_clock(inter):
         raise DataError(
             f"task=engagement: dataset {name!r} orders events only by each user's own sequence "
-            "position (one line per user, no timestamps): there is no clock shared by all users, "
-            "so no cutoff that is the same for every user, in days or in interactions; "
-            f"{possible}, e.g. the source's raw log with its timestamps"
+            "position (one line per user, no timestamps), so there is no clock shared by all "
+            "users and no cutoff that is the same for every user, in days or in interactions; "
+            "it becomes possible with the events' timestamps (e.g. the raw log with its times, "
+            f"loaded with data=csv data.columns.time=<column> or data=atomic) or with {rows}"
         )
     if mode == "days" and rows_in_time_order:
         raise DataError(
@@ -554,12 +554,12 @@ def run(cfg) -> dict[str, Any]:
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     task, data_cfg = config["task"], config["data"]
     out_dir = Path(config["paths"]["output_dir"])
+    mode, horizon = horizon_of(task)  # a conflicting config fails before the data is read
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = start_manifest(out_dir, config, fingerprint(data_cfg), "cpu")
     t0 = _time.perf_counter()
     split = prepare(data_cfg, int(config["seed"]))
     inter = full_log(split)
-    mode, horizon = horizon_of(task)
     rows_in_time_order = bool(data_cfg.get("rows_in_time_order"))
     check_clock(inter, str(data_cfg.get("name")), mode, rows_in_time_order)
     extra = (
