@@ -187,14 +187,22 @@ def sample_negatives(
     neg = torch.randint(num_items, (len(user), num), generator=generator, device=user.device)
     if positive_keys is None or len(positive_keys) == 0:
         return neg
+    # only redrawn entries can hit again: each round checks the previous round's hits alone
+    # (the same draws, in the same order, as checking the whole batch every round)
+    flat = neg.view(-1)
+    owner = user.repeat_interleave(num) if num > 1 else user
+    idx = None  # None: every entry
+    last = len(positive_keys) - 1
     for _ in range(max_rounds):
-        keys = user[:, None] * num_items + neg
-        pos = torch.searchsorted(positive_keys, keys).clamp_(max=len(positive_keys) - 1)
+        cand = flat if idx is None else flat[idx]
+        keys = (owner if idx is None else owner[idx]) * num_items + cand
+        pos = torch.searchsorted(positive_keys, keys).clamp_(max=last)
         hit = positive_keys[pos] == keys
-        n_hit = int(hit.sum())
+        idx = torch.nonzero(hit).flatten() if idx is None else idx[hit]
+        n_hit = len(idx)
         if n_hit == 0:
             break
-        neg[hit] = torch.randint(num_items, (n_hit,), generator=generator, device=user.device)
+        flat[idx] = torch.randint(num_items, (n_hit,), generator=generator, device=user.device)
     return neg
 
 

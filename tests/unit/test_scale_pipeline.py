@@ -88,3 +88,41 @@ def test_scale_source_blocks_give_unique_int32_pairs():
     assert abs(len(df) - 150_000) < 0.1 * 150_000
     # the same seed gives the same log
     pd.testing.assert_frame_equal(df, scale_source(cfg))
+
+
+def _reference_negatives(user, num_items, num, positive_keys, generator, max_rounds=20):
+    """The straightforward sampler: every round re-checks the whole batch."""
+    import torch
+
+    neg = torch.randint(num_items, (len(user), num), generator=generator)
+    for _ in range(max_rounds):
+        keys = user[:, None] * num_items + neg
+        pos = torch.searchsorted(positive_keys, keys).clamp_(max=len(positive_keys) - 1)
+        hit = positive_keys[pos] == keys
+        if int(hit.sum()) == 0:
+            break
+        neg[hit] = torch.randint(num_items, (int(hit.sum()),), generator=generator)
+    return neg
+
+
+@pytest.mark.parametrize("num", [1, 3])
+@pytest.mark.parametrize("max_rounds", [20, 2])
+def test_sample_negatives_redraws_like_the_full_check(num, max_rounds):
+    import torch
+
+    from recsys.data.batches import sample_negatives
+
+    rng = np.random.default_rng(num)
+    n_users, n_items = 50, 12
+    # dense histories (about half the items are positives), so several redraw rounds happen
+    pairs = {(u, i) for u in range(n_users) for i in range(n_items - 3) if rng.random() < 0.5}
+    keys = torch.sort(torch.tensor([u * n_items + i for u, i in pairs])).values
+    user = torch.as_tensor(rng.integers(0, n_users, 400))
+    got = sample_negatives(user, n_items, num, keys, torch.Generator().manual_seed(5), max_rounds)
+    ref = _reference_negatives(
+        user, n_items, num, keys, torch.Generator().manual_seed(5), max_rounds
+    )
+    assert torch.equal(got, ref)
+    # enough rounds: no negative is a positive of its user (every user has free items)
+    many = sample_negatives(user, n_items, num, keys, torch.Generator().manual_seed(5), 200)
+    assert not torch.isin(user[:, None] * n_items + many, keys).any()
