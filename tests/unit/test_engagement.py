@@ -347,3 +347,26 @@ def test_amazon_beauty_is_refused_from_the_cli_config(tmp_path):
     )
     with pytest.raises(DataError, match="'amazon-beauty' orders events only by each user"):
         run(cfg)
+
+
+def test_row_order_clock_in_the_sources(tmp_path):
+    """``data.rows_in_time_order``: atomic and csv logs without a time column get time = row
+    number (parquet too); one-line-per-user files cannot declare it."""
+    from recsys.data import sources
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "d.inter").write_text("user_id:token\titem_id:token\nb\tx\na\ty\nb\ty\n")
+    cfg = {"name": "d", "root": str(tmp_path), "folder": "d", "files": ["d.inter"],
+           "fields": {"user": "user_id", "item": "item_id", "time": "timestamp"}}  # fmt: skip
+    assert "time" not in sources.load_atomic(cfg)
+    df = sources.load_atomic({**cfg, "rows_in_time_order": True})
+    assert df["time"].tolist() == [0.0, 1.0, 2.0] and df["user"].tolist() == ["b", "a", "b"]
+    pd.DataFrame({"u": [3, 1, 3], "i": [7, 7, 8]}).to_parquet(tmp_path / "log.parquet")
+    pq = {"path": str(tmp_path / "log.parquet"), "columns": {"user": "u", "item": "i"}}
+    assert sources.load_csv({**pq, "rows_in_time_order": True})["time"].tolist() == [0, 1, 2]
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "S.txt").write_text("1 5 6\n2 6 5\n")
+    seq = {"name": "s", "root": str(tmp_path), "folder": "s", "files": ["S.txt"]}
+    assert sources.load_user_sequences(seq)["time"].tolist() == [0.0, 1.0, 0.0, 1.0]
+    with pytest.raises(DataError, match="each line is one user's whole sequence"):
+        sources.load_user_sequences({**seq, "rows_in_time_order": True})
