@@ -14,7 +14,8 @@ Features (``features=rfm|embedding|both``), per user, from the history known at 
   console and in ``segments.json`` (``rfm_notes``): on the one-line-per-user Amazon files RFM
   is frequency only;
 - ``embedding``: the model's ``user_representation(users)`` (MF/NCF user embeddings, the
-  autoencoders' latent code); a model without one is refused with its name;
+  autoencoders' latent code, the sequence models' final hidden state over the history); a
+  model without one is refused with its name;
 - ``both``: the two blocks side by side, each scaled to unit mean squared norm so neither
   dominates by dimension.
 
@@ -135,7 +136,8 @@ def representation(
     if fn is None:
         raise ConfigError(
             f"features=embedding: {type(model).__name__} has no user_representation(users); "
-            "use features=rfm, or a model that has one (MF, BiasedMF, GMF/MLP/NeuMF, Mult-VAE/DAE)"
+            "use features=rfm, or a model that has one (MF, BiasedMF, GMF/MLP/NeuMF, "
+            "Mult-VAE/DAE, SASRec/BERT4Rec/GRU4Rec)"
         )
     from recsys.data.batches import UserBatch
 
