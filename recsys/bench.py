@@ -653,6 +653,41 @@ def scale_log(cfg) -> Any:
     return pd.DataFrame({"user": user, "item": item, "time": time}, copy=False)
 
 
+def progress(out: Path, stage: str, **values: Any) -> None:
+    """Append one line to ``<out>/scale_progress.jsonl``: a long scale run that is stopped
+    still leaves the phases it finished, with time, CPU time and memory."""
+    row = {
+        "stage": stage,
+        "at": time.strftime("%H:%M:%S"),
+        "cpu_s": round(time.process_time(), 1),
+        "rss_mb": current_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
+        **values,
+    }
+    with open(Path(out) / "scale_progress.jsonl", "a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+
+
+class ScaleProgress(pl.Callback):
+    """Progress lines of a scale run at the end of the training part and of each validation."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        timer = importlib.import_module("recsys.bench").EpochTimer.last
+        if timer is not None and timer.train_s:
+            progress(
+                self.out, "trained", epoch_s=timer.train_s[-1], epoch_cpu_s=timer.train_cpu_s[-1]
+            )
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        progress(self.out, "validated")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        progress(self.out, "tested")
+
+
 def run_scale_point(spec: dict[str, Any]) -> dict[str, Any]:
     """Load, split, train one MF epoch and evaluate by full ranking; time and memory per phase."""
     import recsys.data.datamodule as datamodule
@@ -668,12 +703,20 @@ def run_scale_point(spec: dict[str, Any]) -> dict[str, Any]:
         phases["load_split_cpu_s"] = round(time.process_time() - c0, 2)
         phases["load_split_peak_rss_mb"] = peak_rss_mb()
         phases["rss_after_load_mb"] = current_rss_mb()
+        source = importlib.import_module("recsys.bench").SOURCE_STATS  # where the source ran
+        progress(out, "loaded", **phases, **{f"source_{k}": v for k, v in source.items()})
         return split
 
     datamodule.prepare = timed_prepare
     out = Path(spec["output_dir"])
     cfg = compose(
-        list(spec["overrides"]) + ["+callbacks.bench_timer._target_=recsys.bench.EpochTimer"], out
+        list(spec["overrides"])
+        + [
+            "+callbacks.bench_timer._target_=recsys.bench.EpochTimer",
+            "+callbacks.scale_progress._target_=recsys.bench.ScaleProgress",
+            f"+callbacks.scale_progress.out={out}",
+        ],
+        out,
     )
     t0 = time.perf_counter()
     metrics = train(cfg)
@@ -753,23 +796,26 @@ def scale_main(argv: list[str]) -> None:
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        proc = subprocess.run(
-            [sys.executable, "-m", "recsys.bench", "_scale", str(out / "scale_spec.json")],
-            capture_output=True,
-            text=True,
-            timeout=args.timeout,
-            cwd=REPO,
-        )
-        (out / "scale.log").write_text(proc.stdout + proc.stderr)
+        log_path = out / "scale.log"  # streamed: a stopped run leaves its log
+        with open(log_path, "w") as log_file:
+            proc = subprocess.run(
+                [sys.executable, "-m", "recsys.bench", "_scale", str(out / "scale_spec.json")],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=args.timeout,
+                cwd=REPO,
+            )
+        proc_err = log_path.read_text()[-3000:]
         res_path = out / "scale_result.json"
         if proc.returncode != 0 or not res_path.is_file():
             res = {
                 "size": size,
                 "overrides": spec["overrides"],
                 "status": "failed",
-                "error": proc.stderr[-1500:],
+                "error": proc_err[-1500:],
             }
-            print(f"scale: {size} failed: {proc.stderr[-800:]}", flush=True)
+            print(f"scale: {size} failed: {proc_err[-800:]}", flush=True)
         else:
             res = json.loads(res_path.read_text())
             res["status"] = "ok"
