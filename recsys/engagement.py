@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.data.interactions import Interactions
+from recsys.data.interactions import Interactions, has_clock
 from recsys.errors import ConfigError, DataError
 
 log = logging.getLogger("recsys")
@@ -277,8 +277,6 @@ def check_clock(
     inter: Interactions, name: str, mode: str = "days", rows_in_time_order: bool = False
 ) -> None:
     """Refuse logs that have no clock for the horizon's mode (see the module docstring)."""
-    from recsys.segment import has_clock
-
     rows = (
         "a log whose rows are written in event order across users (data=csv or data=atomic "
         "with data.rows_in_time_order=true, then task.horizon_interactions=<events>)"

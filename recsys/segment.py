@@ -44,7 +44,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from recsys.cli import CONFIG_DIR, report_errors
-from recsys.data.interactions import Interactions
+from recsys.data.interactions import Interactions, has_clock
 from recsys.errors import CheckpointError, ConfigError
 from recsys.reporting import write_json
 
@@ -54,19 +54,6 @@ FEATURES = ("rfm", "embedding", "both")
 
 
 # -- inputs -------------------------------------------------------------------------------------
-def has_clock(inter: Interactions) -> bool:
-    """Whether ``time`` is a clock shared by all users, not each user's position in a sequence
-    (sources of one-line-per-user sequences store the position 0, 1, 2, ...)."""
-    if inter.time is None or len(inter) == 0:
-        return False
-    order = inter.order()
-    u, t = inter.user[order], inter.time[order]
-    first = np.r_[True, u[1:] != u[:-1]]
-    start = np.maximum.accumulate(np.where(first, np.arange(len(u)), 0))
-    rank = np.arange(len(u)) - start
-    return not (np.array_equal(t, rank) or np.array_equal(t, rank + 1))
-
-
 def rfm_notes(inter: Interactions, name: str, event_clock: bool = False) -> list[str]:
     """What RFM cannot compute on this log, one sentence each (empty when R, F and M all exist)."""
     notes = []

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recsys.data.interactions import Interactions, Split
+from recsys.data.interactions import Interactions, Split, has_clock
 
 
 def _sorted_unique(x: np.ndarray) -> np.ndarray:
@@ -103,8 +103,9 @@ def audit_split(split: Split, repeats: bool = False) -> dict[str, Any]:
         "train_test": _overlap(known, te),
         "val_test": _overlap(va, te),
     }
+    # per-user sequence positions (one-line-per-user files) are no clock shared across users
     temporal: dict[str, Any] = {"applicable": False}
-    if tr.time is not None and len(te):
+    if tr.time is not None and len(te) and has_clock(tr):
         first_test = float(te.time.min())
         temporal = {
             "applicable": True,

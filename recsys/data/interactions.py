@@ -196,3 +196,16 @@ class Split:
     @property
     def n_items(self) -> int:
         return self.train.n_items
+
+
+def has_clock(inter: Interactions) -> bool:
+    """Whether ``time`` is a clock shared by all users, not each user's position in a sequence
+    (sources of one-line-per-user sequences store the position 0, 1, 2, ...)."""
+    if inter.time is None or len(inter) == 0:
+        return False
+    order = inter.order()
+    u, t = inter.user[order], inter.time[order]
+    first = np.r_[True, u[1:] != u[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(len(u)), 0))
+    rank = np.arange(len(u)) - start
+    return not (np.array_equal(t, rank) or np.array_equal(t, rank + 1))

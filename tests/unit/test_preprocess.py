@@ -187,3 +187,27 @@ def test_audit_with_repeated_pairs_counts_identical_events_only():
     same_event = split.train.concat(split.test.select(np.array([0])))
     b = audit_split(Split(same_event, split.val, split.test, name="leave_one_out"), repeats=True)
     assert b["event_overlap"]["train_test"] == 1 and not b["ok"]
+
+
+def test_temporal_audit_needs_a_shared_clock():
+    """Per-user sequence positions (one-line-per-user files) are not a clock across users."""
+    user = np.repeat(np.arange(4), 5)
+    pos = np.tile(np.arange(5, dtype=np.float64), 4)  # each user's 0..4: positions, no times
+    inter = Interactions(
+        user=user,
+        item=np.arange(20) % 7,
+        time=pos,
+        rating=None,
+        user_ids=np.arange(4),
+        item_ids=np.arange(7),
+    )
+    assert not audit_split(leave_one_out(inter))["temporal"]["applicable"]
+    timed = Interactions(
+        user=user,
+        item=np.arange(20) % 7,
+        time=pos * 86_400.0 + user * 3_600.0,
+        rating=None,
+        user_ids=np.arange(4),
+        item_ids=np.arange(7),
+    )
+    assert audit_split(leave_one_out(timed))["temporal"]["applicable"]

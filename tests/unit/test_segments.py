@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from recsys.data.interactions import Interactions
+from recsys.data.interactions import Interactions, has_clock
 from recsys.data.synthetic import generate
 from recsys.errors import ConfigError
-from recsys.segment import has_clock, representation, rfm_features, segment, top_items_by_lift
+from recsys.segment import representation, rfm_features, segment, top_items_by_lift
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config
 
 DAY = 86_400.0
