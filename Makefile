@@ -35,7 +35,7 @@ lint: install  ## ruff lint and format check
 bench: install $(if $(filter recbole,$(COMPARE)),recbole-venv)  ## full benchmark matrix -> benchmarks/results.md (COMPARE=recbole: side by side)
 	$(PY) -m recsys.bench $(if $(COMPARE),--compare $(COMPARE) --recbole-python $(RECBOLE_VENV)/bin/python) $(ARGS)
 
-bench-quick: install  ## small benchmark (synthetic, ml-100k if present) -> outputs/bench-quick/
+bench-quick: install $(if $(filter recbole,$(COMPARE)),recbole-venv)  ## small benchmark (synthetic, ml-100k if present) -> outputs/bench-quick/
 	$(PY) -m recsys.bench --quick $(if $(COMPARE),--compare $(COMPARE) --recbole-python $(RECBOLE_VENV)/bin/python) $(ARGS)
 
 # RecBole 1.2.1 in its own venv (numpy<2, pandas<3, no ray), driven by recsys/bench_recbole.py

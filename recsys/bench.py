@@ -118,9 +118,10 @@ class EpochTimer(pl.Callback):
             float
         ] = []  # process CPU time (all threads): robust to a busy machine
         self.val_s: list[float] = []
+        self.val_cpu_s: list[float] = []
         self.samples: list[int] = []
         self.peak_rss_train_mb: list[float] = []  # process peak at the end of each training part
-        self._t0 = self._v0 = self._c0 = 0.0
+        self._t0 = self._v0 = self._c0 = self._vc0 = 0.0
         self._in_train = False
         EpochTimer.last = self
 
@@ -145,10 +146,12 @@ class EpochTimer(pl.Callback):
             return
         self._end_train()
         self._v0 = time.perf_counter()
+        self._vc0 = time.process_time()
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self.val_s.append(time.perf_counter() - self._v0)
+            self.val_cpu_s.append(time.process_time() - self._vc0)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._end_train()
@@ -252,6 +255,9 @@ def run_entry(spec: dict[str, Any]) -> dict[str, Any]:
         result["timing"]["train_cpu_s_per_epoch"] = round(float(np.median(timer.train_cpu_s)), 4)
         result["timing"]["val_s_per_epoch"] = (
             round(float(np.median(timer.val_s)), 4) if timer.val_s else None
+        )
+        result["timing"]["val_cpu_s_per_epoch"] = (
+            round(float(np.median(timer.val_cpu_s)), 4) if timer.val_cpu_s else None
         )
         result["samples_per_epoch"] = int(np.median(timer.samples))
         result["train_throughput"] = round(float(np.median(np.array(timer.samples) / ts)), 1)
@@ -536,6 +542,12 @@ def render_comparison(rows: list[dict[str, Any]]) -> list[str]:
             if ours_cpu and rb_cpu
             else ""
         )
+        ours_vc, rb_vc = r["timing"].get("val_cpu_s_per_epoch"), rb.get("valid_cpu_s_mean")
+        eval_cpu = (
+            f" (val CPU s {ours_vc:.3f} / {rb_vc:.3f}: {rb_vc / ours_vc:.1f}×)"
+            if ours_vc and rb_vc
+            else ""
+        )
         cells = []
         for k in ("ndcg@10", "recall@10", "mrr@10"):
             a, b = r["test"].get(k), rb["test"].get(k)
@@ -546,7 +558,7 @@ def render_comparison(rows: list[dict[str, Any]]) -> list[str]:
             f"| {r['name']} | {rb['model']} | {r['timing'].get('epochs')} / {rb.get('epochs_run')} "
             f"| {_f(r['timing'].get('train_s_per_epoch'), 3)} | {_f(rb.get('train_s_per_epoch'), 3)} "
             f"| {_f(c.get('epoch_time'), 1)}×{cpu} | {_f(r['eval']['full_pass_s'], 3)} "
-            f"| {_f(rb.get('eval_s'), 3)} | {_f(c.get('eval_time'), 1)}× | {_f(c.get('rss'), 1)}× | "
+            f"| {_f(rb.get('eval_s'), 3)} | {_f(c.get('eval_time'), 1)}×{eval_cpu} | {_f(c.get('rss'), 1)}× | "
             + " | ".join(cells)
             + " |"
         )
