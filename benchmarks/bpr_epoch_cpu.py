@@ -1,0 +1,51 @@
+"""Training CPU seconds per epoch of the bench's BPR-MF on ml-100k (benchmarks/results.md).
+
+    OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/work/shared/datasets python benchmarks/bpr_epoch_cpu.py after
+
+30 epochs of the `bpr-ml-100k` bench entry (validation only after the last), through
+`recsys.train.train`; prints the median and mean training CPU seconds of epochs 4-30 (without
+validation) and the validation NDCG@10, which must not change between two versions of the code.
+To compare with an older commit C, run the same file against an export of it:
+
+    git archive C recsys configs | tar -x -C /tmp/before
+    (cd /tmp/before && PYTHONPATH=/tmp/before python /path/to/benchmarks/bpr_epoch_cpu.py before)
+"""
+
+import importlib
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from recsys.bench import compose
+from recsys.train import train
+
+label = sys.argv[1] if len(sys.argv) > 1 else "run"
+overrides = [
+    "model=mf",
+    "data=ml-100k",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "~logger",
+    "data.download=false",
+    "seed=2020",
+    "eval.monitor='val/mrr@10'",
+    "callbacks.early_stopping.patience=10",
+    "data.split=random",
+    "data.batch_size=2048",
+    "trainer.max_epochs=30",
+    "model.init=xavier",
+    "eval.baseline=null",
+    "+callbacks.bench_timer._target_=recsys.bench.EpochTimer",
+    "trainer.check_val_every_n_epoch=30",
+]
+out = Path(f"/tmp/bpr_epoch_cpu_{label}")
+shutil.rmtree(out, ignore_errors=True)
+metrics = train(compose(overrides, out))
+timer = importlib.import_module("recsys.bench").EpochTimer.last
+cpu = np.array(timer.train_cpu_s[3:])
+print(
+    f"{label}: train CPU s/epoch median {np.median(cpu):.4f} mean {cpu.mean():.4f} "
+    f"min {cpu.min():.4f}; val ndcg@10 {metrics['val']['ndcg@10']}"
+)
