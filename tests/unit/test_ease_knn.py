@@ -9,7 +9,7 @@ import torch
 
 from recsys.data.batches import UserBatch
 from recsys.errors import ConfigError
-from recsys.models.ease import EASE
+from recsys.models.ease import EASE, ease_memory_bytes
 from recsys.models.itemknn import ItemKNN
 from recsys.train import train
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config
@@ -31,9 +31,10 @@ def all_users(x: np.ndarray) -> UserBatch:
     return UserBatch.from_lists(list(range(len(x))), [list(np.flatnonzero(r)) for r in x])
 
 
-def test_ease_equals_per_item_ridge_regression_with_zero_diagonal():
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_ease_equals_per_item_ridge_regression_with_zero_diagonal(precision):
     x, lam = tiny_matrix(), 3.0
-    model = EASE(num_users=x.shape[0], num_items=x.shape[1], reg=lam)
+    model = EASE(num_users=x.shape[0], num_items=x.shape[1], reg=lam, precision=precision)
     model.fit(sparse(x))
     # definition: column j of B regresses item j on every other item with an L2 penalty lam
     n = x.shape[1]
@@ -52,6 +53,14 @@ def test_ease_refuses_a_catalogue_that_does_not_fit():
         EASE(num_users=10, num_items=2_000_000)
     with pytest.raises(ConfigError, match="model.max_memory_gb"):
         EASE(num_users=10, num_items=20_000, max_memory_gb=1.0)
+    # auto: float64 when it fits, else float32 (2,000 items: 107 MiB in float64, 61 in float32)
+    assert EASE(num_users=10, num_items=2_000, max_memory_gb=0.2).precision == "float64"
+    assert EASE(num_users=10, num_items=2_000, max_memory_gb=0.08).precision == "float32"
+    big = 20_000 * 20_000
+    assert ease_memory_bytes(20_000, "float64") == big * 28
+    assert ease_memory_bytes(20_000, "float32") == big * 16
+    with pytest.raises(ConfigError, match="model.precision"):
+        EASE(num_users=10, num_items=20, precision="float16")
 
 
 @pytest.mark.parametrize("k,shrink", [(2, 0.0), (3, 1.5), (10, 0.0)])
