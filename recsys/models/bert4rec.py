@@ -20,7 +20,7 @@ from torch import Tensor
 
 from recsys.data.batches import SeqBatch, UserBatch
 from recsys.models.base import Recommender, require
-from recsys.models.layers import SequenceEncoder, trim_padding
+from recsys.models.layers import SequenceEncoder, last_state_by_length
 from recsys.models.sasrec import check_transformer_args
 from recsys.models.seq_losses import sequence_loss
 
@@ -113,8 +113,8 @@ class BERT4Rec(Recommender):
         """(B, d) hidden state at the mask token appended after each user's history."""
         hist = users.padded(self.max_len - 1, self.pad)
         mask_col = torch.full_like(hist[:, :1], self.mask_id)
-        seq = trim_padding(torch.cat([hist, mask_col], 1), self.pad)  # (B, L)
-        return self.encoder(seq, causal=False)[:, -1]
+        seq = torch.cat([hist, mask_col], 1)  # (B, L)
+        return last_state_by_length(seq, self.pad, lambda s: self.encoder(s, causal=False))
 
     def score(self, users: UserBatch) -> Tensor:
         return self.user_representation(users) @ self.encoder.item_weight.T  # (B, I)

@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from recsys.data.batches import SeqBatch, UserBatch
 from recsys.models.base import Recommender, require
-from recsys.models.layers import trim_padding
+from recsys.models.layers import last_state_by_length
 from recsys.models.seq_losses import LOSSES, next_item_loss
 
 
@@ -104,8 +104,8 @@ class GRU4Rec(Recommender):
 
     def user_representation(self, users: UserBatch) -> Tensor:
         """(B, d) final GRU state over each user's history."""
-        seq = trim_padding(users.padded(self.max_len, self.pad), self.pad)
-        return self.encode(seq)[:, -1]
+        seq = users.padded(self.max_len, self.pad)
+        return last_state_by_length(seq, self.pad, self.encode)
 
     def score(self, users: UserBatch) -> Tensor:
         return self.user_representation(users) @ self.item_weight.T  # (B, I)

@@ -8,6 +8,8 @@ all-padding columns off the left of a batch changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -154,3 +156,28 @@ def trim_padding(seq: Tensor, pad: int) -> Tensor:
         return seq[:, -1:]
     first = int(real_cols.int().argmax())
     return seq[:, first:]
+
+
+def last_state_by_length(
+    seq: Tensor, pad: int, encode: Callable[[Tensor], Tensor], group: int = 256
+) -> Tensor:
+    """(B, d) ``encode(rows)[:, -1]`` for left-padded rows ``seq`` (B, L), computed over groups
+    of ``group`` rows of similar length, each trimmed of its all-padding columns.
+
+    Padding does not change a row's state (the encoders mask it), so the values equal one pass
+    over the whole batch; a batch mixing a few long histories with many short ones then costs
+    about its mean length instead of its longest. Traced/exported graphs take the single pass.
+    """
+    n = seq.shape[0]
+    if n <= group or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return encode(trim_padding(seq, pad))[:, -1]
+    order = torch.argsort((seq != pad).sum(1), stable=True)
+    out: Tensor | None = None
+    for start in range(0, n, group):
+        rows = order[start : start + group]
+        h = encode(trim_padding(seq[rows], pad))[:, -1]
+        if out is None:
+            out = h.new_empty((n, h.shape[1]))
+        out[rows] = h
+    assert out is not None
+    return out

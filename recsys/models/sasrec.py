@@ -19,7 +19,7 @@ from torch import Tensor
 
 from recsys.data.batches import SeqBatch, UserBatch
 from recsys.models.base import Recommender, require
-from recsys.models.layers import ACTIVATIONS, SequenceEncoder, trim_padding
+from recsys.models.layers import ACTIVATIONS, SequenceEncoder, last_state_by_length
 from recsys.models.seq_losses import LOSSES, next_item_loss
 
 
@@ -129,8 +129,8 @@ class SASRec(Recommender):
 
     def user_representation(self, users: UserBatch) -> Tensor:
         """(B, d) final hidden state: the encoder's state after each user's newest item."""
-        seq = trim_padding(users.padded(self.max_len, self.pad), self.pad)
-        return self.encoder(seq, causal=True)[:, -1]
+        seq = users.padded(self.max_len, self.pad)
+        return last_state_by_length(seq, self.pad, lambda s: self.encoder(s, causal=True))
 
     def score(self, users: UserBatch) -> Tensor:
         return self.user_representation(users) @ self.encoder.item_weight.T  # (B, I)

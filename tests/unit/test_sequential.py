@@ -126,6 +126,20 @@ def test_padding_invariance_of_scores():
             assert torch.allclose(direct, alone, atol=1e-5), type(m).__name__
 
 
+def test_large_batches_scored_in_length_groups_equal_each_user_alone():
+    """Batches above the group size are encoded in groups of similar length (each trimmed of its
+    padding): every user's scores still equal scoring that user alone."""
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(0, 30, size=int(n)).tolist() for n in rng.integers(1, 20, size=300)]
+    for m in _models():
+        m.eval()
+        together = m.score(UserBatch.from_lists(list(range(300)), histories))
+        alone = torch.cat(
+            [m.score(UserBatch.from_lists([u], [h])) for u, h in enumerate(histories)]
+        )
+        torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5, msg=type(m).__name__)
+
+
 def test_padding_embedding_is_zero_and_gets_no_gradient():
     m = SASRec(5, 30, **SMALL)
     seq = torch.tensor([[30, 30, 1, 2, 3]])
