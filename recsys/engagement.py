@@ -95,26 +95,45 @@ FEATURES = (
 def features(inter: Interactions, users: np.ndarray, cutoff: float) -> tuple[np.ndarray, list[str]]:
     """(n, f) features of ``users`` from events with ``time <= cutoff`` only, and their names."""
     past = inter.select(inter.time <= cutoff)
+    recent = [past.time > cutoff - days * DAY for days in (7, 30, 90)]
+    day = np.floor(past.time / DAY).astype(np.int64)
+    day_keys = np.unique(past.user * (int(day.max(initial=0)) + 1) + day)  # distinct (user, day)
+    active_days = np.bincount(day_keys // (int(day.max(initial=0)) + 1), minlength=inter.n_users)
+    return _activity_features(
+        inter, past, past.time, cutoff, DAY, recent, [np.log1p(active_days)], users, FEATURES
+    )
+
+
+def _activity_features(
+    inter: Interactions,
+    past: Interactions,
+    t: np.ndarray,
+    cutoff: float,
+    unit: float,
+    recent: list[np.ndarray],
+    extra: list[np.ndarray],
+    users: np.ndarray,
+    names: tuple[str, ...],
+) -> tuple[np.ndarray, list[str]]:
+    """The columns both clocks share, from the events ``past`` (times ``t``, all before
+    ``cutoff``; recency and tenure divided by ``unit``): log recency, frequency and tenure, the
+    counts of each ``recent`` mask, the ``extra`` columns, log mean gap, mean item popularity
+    and, with ratings, the mean rating; rows of ``users``."""
     n = inter.n_users
     count = np.bincount(past.user, minlength=n).astype(np.float64)
     last = np.full(n, -np.inf)
     first = np.full(n, np.inf)
-    np.maximum.at(last, past.user, past.time)
-    np.minimum.at(first, past.user, past.time)
+    np.maximum.at(last, past.user, t)
+    np.minimum.at(first, past.user, t)
     seen = count > 0  # users without a past get zeros (they are not scored anyway)
-    recency = np.where(seen, (cutoff - np.where(seen, last, cutoff)) / DAY, 0.0)
-    tenure = np.where(seen, np.where(seen, last, 0.0) - np.where(seen, first, 0.0), 0.0) / DAY
+    recency = np.where(seen, (cutoff - np.where(seen, last, cutoff)) / unit, 0.0)
+    tenure = np.where(seen, np.where(seen, last, 0.0) - np.where(seen, first, 0.0), 0.0) / unit
     cols = [np.log1p(recency), np.log1p(count), np.log1p(tenure)]
-    for days in (7, 30, 90):
-        recent = past.time > cutoff - days * DAY
-        cols.append(np.log1p(np.bincount(past.user[recent], minlength=n)))
-    day = np.floor(past.time / DAY).astype(np.int64)
-    day_keys = np.unique(past.user * (int(day.max(initial=0)) + 1) + day)  # distinct (user, day)
-    cols.append(np.log1p(np.bincount(day_keys // (int(day.max(initial=0)) + 1), minlength=n)))
+    cols += [np.log1p(np.bincount(past.user[m], minlength=n)) for m in recent] + extra
     cols.append(np.log1p(tenure / np.maximum(count - 1, 1)))
     pop = np.log1p(np.bincount(past.item, minlength=inter.n_items).astype(np.float64))
     cols.append(np.bincount(past.user, weights=pop[past.item], minlength=n) / np.maximum(count, 1))
-    names = list(FEATURES)
+    names = list(names)
     if past.rating is not None:
         total = np.bincount(past.user, weights=past.rating.astype(np.float64), minlength=n)
         cols.append(total / np.maximum(count, 1))
@@ -174,28 +193,8 @@ def event_features(
     tenure, gaps and recent windows counted in events of the whole log, and their names."""
     m = clock < cutoff
     past, pc = inter.select(m), clock[m].astype(np.float64)
-    n = inter.n_users
-    count = np.bincount(past.user, minlength=n).astype(np.float64)
-    last = np.full(n, -np.inf)
-    first = np.full(n, np.inf)
-    np.maximum.at(last, past.user, pc)
-    np.minimum.at(first, past.user, pc)
-    seen = count > 0
-    recency = np.where(seen, cutoff - np.where(seen, last, 0.0), 0.0)  # >= 1 for seen users
-    tenure = np.where(seen, np.where(seen, last, 0.0) - np.where(seen, first, 0.0), 0.0)
-    cols = [np.log1p(recency), np.log1p(count), np.log1p(tenure)]
-    for w in event_windows(horizon):
-        cols.append(np.log1p(np.bincount(past.user[pc >= cutoff - w], minlength=n)))
-    cols.append(np.log1p(tenure / np.maximum(count - 1, 1)))
-    pop = np.log1p(np.bincount(past.item, minlength=inter.n_items).astype(np.float64))
-    cols.append(np.bincount(past.user, weights=pop[past.item], minlength=n) / np.maximum(count, 1))
-    names = list(EVENT_FEATURES)
-    if past.rating is not None:
-        total = np.bincount(past.user, weights=past.rating.astype(np.float64), minlength=n)
-        cols.append(total / np.maximum(count, 1))
-        names.append("mean_rating")
-    x = np.stack(cols, 1)[users]
-    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), names
+    recent = [pc >= cutoff - w for w in event_windows(horizon)]
+    return _activity_features(inter, past, pc, cutoff, 1.0, recent, [], users, EVENT_FEATURES)
 
 
 DEFAULT_HORIZON_DAYS = 30.0
