@@ -49,6 +49,7 @@ class BERT4Rec(Recommender):
         gbce_t: float = 0.75,
         ce_chunk: int = 1 << 20,
         shared_negatives: bool = False,
+        scale_embeddings: bool = False,
     ):
         super().__init__(num_users, num_items)
         check_transformer_args(
@@ -84,6 +85,7 @@ class BERT4Rec(Recommender):
             norm_first,
             layer_norm_eps,
             init_std,
+            scale_embeddings=bool(scale_embeddings),
         )
 
     def mask(self, seq: Tensor) -> tuple[Tensor, Tensor]:

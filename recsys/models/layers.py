@@ -8,6 +8,7 @@ all-padding columns off the left of a batch changes nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -87,6 +88,9 @@ class TransformerBlock(nn.Module):
 class SequenceEncoder(nn.Module):
     """Item + learned position embeddings, dropout, ``n_layers`` :class:`TransformerBlock` s.
 
+    ``scale_embeddings``: item embeddings times sqrt(d) at the input (SASRec's reference code);
+    the output layer uses the unscaled table.
+
     The item table has ``num_items + extra_tokens`` rows: ids ``0..num_items-1`` are items,
     ``num_items`` is padding (a zero row that gets no gradient), ``num_items + 1`` BERT4Rec's mask
     token. Its first ``num_items`` rows double as the output layer (tied weights).
@@ -107,9 +111,12 @@ class SequenceEncoder(nn.Module):
         norm_first: bool,
         eps: float,
         init_std: float,
+        scale_embeddings: bool = False,
     ):
         super().__init__()
         self.num_items, self.max_len, self.norm_first = num_items, max_len, norm_first
+        # Kang & McAuley's code multiplies the item embeddings by sqrt(d) before adding positions
+        self.emb_scale = math.sqrt(d) if scale_embeddings else 1.0
         self.item = nn.Embedding(num_items + extra_tokens, d, padding_idx=num_items)
         self.pos = nn.Embedding(max_len, d)
         # BERT-style (post-LN) normalises the embedding sum; pre-LN blocks normalise inside
@@ -134,7 +141,8 @@ class SequenceEncoder(nn.Module):
         L = seq.shape[1]
         real = seq != self.num_items  # (B, L)
         pos = torch.arange(self.max_len - L, self.max_len, device=seq.device)
-        x = self.emb_ln(self.item(seq) + self.pos(pos)[None])  # (B, L, d)
+        items = self.item(seq) if self.emb_scale == 1.0 else self.item(seq) * self.emb_scale
+        x = self.emb_ln(items + self.pos(pos)[None])  # (B, L, d)
         x = self.drop(x) * real[..., None]
         mask = attention_mask(real, causal)
         for block in self.blocks:

@@ -78,6 +78,7 @@ class SASRec(Recommender):
         gbce_t: float = 0.75,
         ce_chunk: int = 1 << 20,
         shared_negatives: bool = False,
+        scale_embeddings: bool = False,
     ):
         super().__init__(num_users, num_items)
         check_transformer_args(
@@ -111,6 +112,7 @@ class SASRec(Recommender):
             norm_first,
             layer_norm_eps,
             init_std,
+            scale_embeddings=bool(scale_embeddings),
         )
 
     def loss(self, batch: SeqBatch) -> Tensor:

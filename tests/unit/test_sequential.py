@@ -140,6 +140,20 @@ def test_large_batches_scored_in_length_groups_equal_each_user_alone():
         torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5, msg=type(m).__name__)
 
 
+def test_scale_embeddings_multiplies_the_input_item_embeddings_by_sqrt_d():
+    torch.manual_seed(0)
+    scaled = SASRec(5, 30, scale_embeddings=True, **SMALL).eval()
+    plain = SASRec(5, 30, **SMALL).eval()
+    plain.load_state_dict(scaled.state_dict())
+    with torch.no_grad():
+        plain.encoder.item.weight.mul_(math.sqrt(SMALL["hidden_size"]))
+    seq = torch.tensor([[30, 3, 7, 1], [4, 4, 9, 2]])
+    torch.testing.assert_close(scaled.encoder(seq, causal=True), plain.encoder(seq, causal=True))
+    unscaled = SASRec(5, 30, **SMALL).eval()
+    unscaled.load_state_dict(scaled.state_dict())  # same weights, no scale: different states
+    assert not torch.allclose(scaled.encoder(seq, causal=True), unscaled.encoder(seq, causal=True))
+
+
 def test_padding_embedding_is_zero_and_gets_no_gradient():
     m = SASRec(5, 30, **SMALL)
     seq = torch.tensor([[30, 30, 1, 2, 3]])
