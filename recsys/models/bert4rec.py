@@ -20,8 +20,8 @@ from torch import Tensor
 
 from recsys.data.batches import SeqBatch, UserBatch
 from recsys.models.base import Recommender, require
-from recsys.models.layers import SequenceEncoder, last_state_by_length
-from recsys.models.sasrec import check_transformer_args
+from recsys.models.layers import last_state_by_length
+from recsys.models.sasrec import check_transformer_args, transformer_encoder
 from recsys.models.seq_losses import sequence_loss
 
 
@@ -71,22 +71,8 @@ class BERT4Rec(Recommender):
         self.gbce_t, self.ce_chunk, self.mask_prob = float(gbce_t), int(ce_chunk), float(mask_prob)
         self.shared_negatives = bool(shared_negatives)
         self.pad, self.mask_id = num_items, num_items + 1
-        self.encoder = SequenceEncoder(
-            num_items,
-            2,
-            max_len,
-            hidden_size,
-            n_layers,
-            n_heads,
-            inner_size,
-            dropout,
-            attn_dropout,
-            activation,
-            norm_first,
-            layer_norm_eps,
-            init_std,
-            scale_embeddings=bool(scale_embeddings),
-        )
+        # the constructor's own arguments (locals) carry the encoder's hyper-parameters
+        self.encoder = transformer_encoder(num_items, 2, locals(), scale_embeddings)
 
     def mask(self, seq: Tensor) -> tuple[Tensor, Tensor]:
         """(input with mask tokens, (B, L) bool masked positions) for left-padded ``seq``."""

@@ -55,6 +55,17 @@ def check_transformer_args(
     require(0 <= gbce_t <= 1, "gbce_t", gbce_t, "in [0, 1]")
 
 
+def transformer_encoder(
+    num_items: int, extra_tokens: int, hp: dict, scale_embeddings: bool
+) -> SequenceEncoder:
+    """The :class:`SequenceEncoder` of SASRec/BERT4Rec from their validated hyper-parameters."""
+    keys = ("max_len", "hidden_size", "n_layers", "n_heads", "inner_size", "dropout")
+    keys += ("attn_dropout", "activation", "norm_first", "layer_norm_eps", "init_std")
+    return SequenceEncoder(
+        num_items, extra_tokens, *(hp[k] for k in keys), scale_embeddings=bool(scale_embeddings)
+    )
+
+
 class SASRec(Recommender):
     train_batch = "sequences"
 
@@ -98,22 +109,8 @@ class SASRec(Recommender):
         self.max_len, self.loss_name, self.num_negatives = int(max_len), loss, int(num_negatives)
         self.gbce_t, self.ce_chunk, self.pad = float(gbce_t), int(ce_chunk), num_items
         self.shared_negatives = bool(shared_negatives)
-        self.encoder = SequenceEncoder(
-            num_items,
-            1,
-            max_len,
-            hidden_size,
-            n_layers,
-            n_heads,
-            inner_size,
-            dropout,
-            attn_dropout,
-            activation,
-            norm_first,
-            layer_norm_eps,
-            init_std,
-            scale_embeddings=bool(scale_embeddings),
-        )
+        # the constructor's own arguments (locals) carry the encoder's hyper-parameters
+        self.encoder = transformer_encoder(num_items, 1, locals(), scale_embeddings)
 
     def loss(self, batch: SeqBatch) -> Tensor:
         h = self.encoder(batch.input, causal=True)  # (B, L, d)
