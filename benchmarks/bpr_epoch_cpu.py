@@ -39,6 +39,7 @@ overrides = [
     "eval.baseline=null",
     "+callbacks.bench_timer._target_=recsys.bench.EpochTimer",
     "trainer.check_val_every_n_epoch=30",
+    *sys.argv[2:],
 ]
 out = Path(f"/tmp/bpr_epoch_cpu_{label}")
 shutil.rmtree(out, ignore_errors=True)

@@ -132,7 +132,8 @@ class EpochTimer(pl.Callback):
         self.samples.append(0)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.samples[-1] += len(batch.user) if hasattr(batch, "user") else 0
+        for b in batch if isinstance(batch, list) else [batch]:  # a list: optim.steps_per_call
+            self.samples[-1] += len(b.user) if hasattr(b, "user") else 0
 
     def _end_train(self) -> None:
         if self._in_train:
@@ -268,7 +269,7 @@ def run_entry(spec: dict[str, Any]) -> dict[str, Any]:
     dev = torch.device("cuda" if cuda else "cpu")
     module.to(dev).eval()
     dm = datamodule_from_config(ckpt["hyper_parameters"]["config"])
-    dm.configure_for(module.model)
+    dm.configure_for(module.model, module.steps_per_call)
     result["n_params"] = sum(p.numel() for p in module.model.parameters())
     result["eval"] = measure_eval(module, dm, dev)
     result["peak_rss_mb"] = peak_rss_mb()

@@ -31,6 +31,15 @@ def validate_config(config: dict[str, Any]) -> None:
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs < 1):
         raise ConfigError(f"trainer.max_epochs must be a positive integer, got {max_epochs!r}")
     validate_eval(config["eval"])
+    k = (config.get("optim") or {}).get("steps_per_call", 1)
+    trainer = config.get("trainer") or {}
+    if k != 1:  # RecModule runs the optimizer steps itself: Lightning's automatic parts are off
+        for key, off in (("gradient_clip_val", None), ("accumulate_grad_batches", 1)):
+            if trainer.get(key, off) not in (off, 0):
+                raise ConfigError(
+                    f"optim.steps_per_call={k!r} cannot be combined with trainer.{key}="
+                    f"{trainer[key]!r} (set optim.steps_per_call=1)"
+                )
 
 
 def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:

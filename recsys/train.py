@@ -110,7 +110,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         seed=config["seed"],
         config=config,
     )
-    dm.configure_for(module.model)
+    dm.configure_for(module.model, module.steps_per_call)
     log.info("data %s: %s", config["data"].get("name"), dm.summary())
     trainer = build_trainer(config, run_dir)
     ckpt_dir = run_dir / "checkpoints"

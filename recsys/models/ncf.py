@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from recsys.data.batches import PairBatch, UserBatch
 from recsys.errors import ConfigError
-from recsys.models.base import Recommender, require
+from recsys.models.base import Recommender, lookup, require
 
 
 def _check_common(num_negatives: int, dropout: float, init_std: float) -> None:
@@ -150,7 +150,7 @@ class GMF(_PairwiseScorer):
         self.out = nn.Linear(embedding_size, 1)
 
     def pair_logits(self, user: Tensor, item: Tensor) -> Tensor:
-        return self.out(self.user_emb(user) * self.item_emb(item)).squeeze(-1)
+        return self.out(lookup(self.user_emb, user) * lookup(self.item_emb, item)).squeeze(-1)
 
     def user_logits(self, user: Tensor) -> Tensor:
         w = self.out.weight[0]  # (d,)
@@ -180,7 +180,8 @@ class MLP(_PairwiseScorer):
         self.out = nn.Linear(self.tower.out_size, 1)
 
     def pair_logits(self, user: Tensor, item: Tensor) -> Tensor:
-        return self.out(self.tower(self.user_emb(user), self.item_emb(item))).squeeze(-1)
+        u, i = lookup(self.user_emb, user), lookup(self.item_emb, item)
+        return self.out(self.tower(u, i)).squeeze(-1)
 
     def user_logits(self, user: Tensor) -> Tensor:
         x = self.tower.all_items(self.user_emb(user), self.item_emb.weight)  # (B, I, h)
@@ -286,8 +287,8 @@ class NeuMF(_PairwiseScorer):
         )
 
     def pair_logits(self, user: Tensor, item: Tensor) -> Tensor:
-        gmf = self.user_mf(user) * self.item_mf(item)
-        mlp = self.tower(self.user_mlp(user), self.item_mlp(item))
+        gmf = lookup(self.user_mf, user) * lookup(self.item_mf, item)
+        mlp = self.tower(lookup(self.user_mlp, user), lookup(self.item_mlp, item))
         return self.out(torch.cat([gmf, mlp], -1)).squeeze(-1)
 
     def user_logits(self, user: Tensor) -> Tensor:

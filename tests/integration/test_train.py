@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from recsys.errors import ConfigError
 from recsys.eval import evaluate_checkpoint
 from recsys.train import train
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config
@@ -105,3 +106,48 @@ def test_resume_reaches_the_uninterrupted_result(tmp_path):
     # the resumed run continues in its own directory
     assert json.loads((tmp_path / "part" / "metrics.json").read_text())["test"] == full["test"]
     assert resumed["timing"]["epochs"] == 2
+
+
+def test_steps_per_call_makes_the_same_updates(tmp_path):
+    """K batches per Lightning step (manual optimization) = one step per batch: same weights,
+    same metrics, whether or not K divides the number of batches, and with the loss axis's
+    multi-term outputs (reg > 0)."""
+    base = TINY_DATA + [
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "~logger",
+        "data.batch_size=500",  # ~12 batches per epoch: groups of 5, 5 and the rest
+        "model.reg=0.01",
+        "optim.lr=0.05",
+        "seed=3",
+        "trainer.max_epochs=3",
+        "callbacks.early_stopping=null",
+    ]
+    runs = {
+        k: train(compose_config("train", base + [f"optim.steps_per_call={k}"], tmp_path / str(k)))
+        for k in (1, 5)
+    }
+    assert runs[5]["test"] == runs[1]["test"]
+    assert runs[5]["val"] == runs[1]["val"]
+    states = [
+        torch.load(tmp_path / str(k) / "checkpoints/last.ckpt", weights_only=True) for k in (1, 5)
+    ]
+    for name, w in states[0]["state_dict"].items():
+        assert torch.equal(w, states[1]["state_dict"][name]), name
+    assert states[0]["global_step"] == states[1]["global_step"]  # optimizer steps, both ways
+
+
+def test_steps_per_call_refuses_lightning_gradient_clipping(tmp_path):
+    with pytest.raises(
+        ConfigError,
+        match="optim.steps_per_call=4 cannot be combined with trainer.gradient_clip_val",
+    ):
+        train(
+            compose_config(
+                "train",
+                TINY_DATA
+                + FAST_TRAINER
+                + ["optim.steps_per_call=4", "trainer.gradient_clip_val=1.0"],
+                tmp_path,
+            )
+        )

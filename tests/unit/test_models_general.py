@@ -92,3 +92,21 @@ def test_mf_refuses_unknown_loss():
         ConfigError, match="model.loss must be one of: bpr, softmax, sampled_softmax"
     ):
         MF(3, 4, loss="hinge")
+
+
+def test_lookup_equals_embedding_in_values_and_gradients():
+    from recsys.models.base import lookup
+
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(7, 4)
+    idx = torch.tensor([[3, 3, 0], [6, 3, 1]])  # repeated rows accumulate their gradients
+    upstream = torch.randn(2, 3, 4)
+    out = lookup(table, idx)
+    assert torch.equal(out, table(idx))
+    (grad,) = torch.autograd.grad((out * upstream).sum(), table.weight)
+    (ref,) = torch.autograd.grad((table(idx) * upstream).sum(), table.weight)
+    torch.testing.assert_close(grad, ref)
+    assert grad[3].abs().sum() > 0 and grad[2].abs().sum() == 0
+    padded = torch.nn.Embedding(7, 4, padding_idx=6)  # nn.Embedding's own path: pad gets no grad
+    (g,) = torch.autograd.grad(lookup(padded, idx).sum(), padded.weight)
+    assert g[6].abs().sum() == 0
