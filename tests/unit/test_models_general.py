@@ -110,3 +110,28 @@ def test_lookup_equals_embedding_in_values_and_gradients():
     padded = torch.nn.Embedding(7, 4, padding_idx=6)  # nn.Embedding's own path: pad gets no grad
     (g,) = torch.autograd.grad(lookup(padded, idx).sum(), padded.weight)
     assert g[6].abs().sum() == 0
+
+
+@pytest.mark.parametrize("n_neg", [1, 3])
+def test_fused_bpr_equals_autograd_in_loss_and_gradients(n_neg):
+    from recsys.data.batches import PairBatch
+    from recsys.models.mf import MF
+
+    torch.manual_seed(0)
+    m = MF(9, 11, 5, loss="bpr", num_negatives=n_neg)
+    batch = PairBatch(  # repeated users and items: their gradients accumulate
+        user=torch.tensor([0, 3, 3, 8, 0]),
+        item=torch.tensor([1, 1, 10, 4, 2]),
+        neg=torch.randint(11, (5, n_neg)),
+        rating=None,
+    )
+    fused = m.loss(batch)["loss"]
+    g_fused = torch.autograd.grad(fused, [m.user_emb.weight, m.item_emb.weight])
+    u, p, q = m.user_emb(batch.user), m.item_emb(batch.item), m.item_emb(batch.neg)
+    ref = -torch.nn.functional.logsigmoid(
+        (u * p).sum(-1, keepdim=True) - (u[:, None] * q).sum(-1)
+    ).mean()
+    g_ref = torch.autograd.grad(ref, [m.user_emb.weight, m.item_emb.weight])
+    torch.testing.assert_close(fused, ref)
+    for a, b in zip(g_fused, g_ref, strict=True):
+        torch.testing.assert_close(a, b)
