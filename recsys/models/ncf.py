@@ -98,7 +98,9 @@ class _PairwiseScorer(Recommender):
     """Shared loss/score plumbing: subclasses define ``pair_logits`` and ``user_logits``."""
 
     train_batch = "pairs"
-    score_chunk = 1 << 18  # max (user, item) pairs per tower pass in ``score``
+    # max (user, item) pairs per tower pass in ``score``: 2^16 keeps the (users, items, h)
+    # activations near cache size, 2.3x faster than 2^18 on ml-100k (1.9 -> 0.8 CPU s per pass)
+    score_chunk = 1 << 16
 
     def pair_logits(self, user: Tensor, item: Tensor) -> Tensor:
         raise NotImplementedError
