@@ -7,7 +7,7 @@
 
 A matrix file lists entries ``(name, model, data, overrides)``. Each entry is trained through
 the normal path (:func:`recsys.train.train` on the composed configs) in its own subprocess, so
-peak host memory (``ru_maxrss``) is per entry. Entries whose model or data config does not exist,
+peak host memory (``VmHWM``, the process high-water mark) is per entry. Entries whose model or data config does not exist,
 or whose dataset files are absent under the data root, are skipped with the reason printed.
 
 Besides the run's ``metrics.json`` the child measures: training time per epoch without the
@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+
+from recsys.bench_recbole import peak_rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
@@ -98,8 +100,6 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 # -- per-epoch timing callback ------------------------------------------------------------------
@@ -498,7 +498,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "all items, mask seen items, top-k, metrics), best of 3; *score GFLOP/s* is the score "
         "computation alone for MF, a `(B, d) @ (d, I)` matmul, against the fp32 peak (measured again "
         "in the entry's process right after, since the load drifts); *peak RSS* "
-        "is the entry's process (`ru_maxrss`), one process per entry. Closed-form models (EASE, "
+        "is the entry's process (`VmHWM`: its own high-water mark), one process per entry. Closed-form models (EASE, "
         "popularity) have 0 epochs.",
         "",
     ]

@@ -32,6 +32,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB: ``VmHWM`` from /proc, which restarts at exec.
+    ``ru_maxrss`` does not: a child started by vfork + exec inherits its parent's peak (the bench
+    parent's fp32 peak matmul made every entry read >= 661 MiB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)  # kB
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PYTHON = REPO / ".venv-recbole" / "bin" / "python"
 SEQUENTIAL = {"SASRec", "GRU4Rec", "BERT4Rec"}
@@ -342,7 +355,7 @@ def child_main(spec_path: str, out_path: str) -> None:
         "fit_s": round(fit_s, 2),
         "data_s": round(data_s, 2),
         "wall_s": round(time.perf_counter() - t_start, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "n_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
         "data": {
             "users": int(dataset.user_num) - 1,
