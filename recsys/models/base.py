@@ -102,7 +102,7 @@ class _GatherRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (idx,) = ctx.saved_tensors
-        flat = grad.reshape(-1, grad.shape[-1])
+        flat = grad.reshape(idx.numel(), grad.shape[-1])  # explicit rows: d may be 0
         return flat.new_zeros(ctx.rows, flat.shape[1]).index_add_(0, idx.reshape(-1), flat), None
 
 
