@@ -100,8 +100,6 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-
-
 # -- per-epoch timing callback ------------------------------------------------------------------
 class EpochTimer(pl.Callback):
     """Training time of each epoch without its validation pass, and samples trained per epoch.

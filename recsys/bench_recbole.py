@@ -45,6 +45,7 @@ def peak_rss_mb() -> float:
         pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PYTHON = REPO / ".venv-recbole" / "bin" / "python"
 SEQUENTIAL = {"SASRec", "GRU4Rec", "BERT4Rec"}
