@@ -114,12 +114,15 @@ def lookup(table: nn.Embedding, idx: Tensor) -> Tensor:
     ``padding_idx``, ``max_norm`` or sparse gradients, and other devices, take ``nn.Embedding``'s
     own path.
     """
-    w = table.weight
-    if (
-        w.device.type != "cpu"
-        or table.padding_idx is not None
-        or table.max_norm is not None
-        or table.sparse
-    ):
-        return table(idx)
-    return _GatherRows.apply(w, idx)
+    return _GatherRows.apply(table.weight, idx) if gathers_on_cpu(table) else table(idx)
+
+
+def gathers_on_cpu(table: nn.Embedding) -> bool:
+    """Whether lookups in ``table`` may take the ``index_select`` / ``index_add_`` path (plain
+    tables on the CPU), as :func:`lookup` and the models' fused losses do."""
+    return (
+        table.weight.device.type == "cpu"
+        and table.padding_idx is None
+        and table.max_norm is None
+        and not table.sparse
+    )

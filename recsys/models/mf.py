@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.data.batches import PairBatch, UserBatch
-from recsys.models.base import Recommender, lookup, require
+from recsys.models.base import Recommender, gathers_on_cpu, lookup, require
 
 LOSSES = ("bpr", "softmax", "sampled_softmax")
 
@@ -98,7 +98,7 @@ class MF(Recommender):
             nn.init.normal_(table.weight, std=std)
 
     def loss(self, batch: PairBatch) -> dict[str, Tensor]:
-        if self.loss_name == "bpr" and not self.reg and self.user_emb.weight.device.type == "cpu":
+        if self.loss_name == "bpr" and not self.reg and gathers_on_cpu(self.user_emb):
             assert batch.neg is not None, "MF needs sampled negatives (num_negatives >= 1)"
             main = _BPR.apply(
                 self.user_emb.weight, self.item_emb.weight, batch.user, batch.item, batch.neg
