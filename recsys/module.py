@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.precision import Precision
 from torch import Tensor
 
 from recsys.data.batches import EvalBatch
@@ -159,14 +160,48 @@ class RecModule(pl.LightningModule):
             loss = self._train_loss(batch)
         else:  # optim.steps_per_call > 1: a list of batches, one optimizer step each
             opt = self.optimizers()
+            direct = self._direct_steps(opt)
             for b in batch:
                 loss = self._train_loss(b)
                 opt.zero_grad()
-                self.manual_backward(loss)
-                opt.step()
+                if direct:  # what Lightning's wrappers would do here, without their dispatch
+                    loss.backward()
+                    opt._on_before_step()  # counts the step (global_step), as opt.step() does
+                    opt.optimizer.step()
+                    opt._on_after_step()
+                else:
+                    self.manual_backward(loss)
+                    opt.step()
         if batch_idx + 1 >= self.trainer.num_training_batches:
             self._log_train_losses()
         return loss if self.automatic_optimization else None
+
+    def _direct_steps(self, opt: Any) -> bool:
+        """Whether the ``steps_per_call`` loop may call ``backward`` and the torch optimizer
+        directly. ``manual_backward`` and ``LightningOptimizer.step`` then only dispatch hooks
+        that nothing overrides (~0.4 ms per step, a quarter of a BPR-MF step on ml-100k): true
+        for one process at full fp32 precision whose callbacks and module leave the backward
+        and optimizer-step hooks alone. Anything else (DDP, mixed precision, a callback watching
+        gradients) takes Lightning's path. Decided once per fit."""
+        cached = getattr(self, "_direct", None)
+        if cached is not None and cached[0] is self.trainer:
+            return cached[1]
+        hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+        trainer = self.trainer
+        ok = (
+            trainer.world_size == 1
+            and type(trainer.precision_plugin) is Precision
+            and hasattr(opt, "_on_before_step")
+            and hasattr(opt, "_on_after_step")
+            and all(
+                getattr(type(cb), h) is getattr(pl.Callback, h)
+                for cb in trainer.callbacks
+                for h in hooks
+            )
+            and all(getattr(type(self), h) is getattr(pl.LightningModule, h) for h in hooks)
+        )
+        self._direct = (trainer, ok)
+        return ok
 
     def _train_loss(self, batch: Any) -> Tensor:
         """The model's loss on one batch; its terms are summed for the epoch's ``train/*`` logs."""

@@ -127,9 +127,16 @@ class _PairwiseScorer(Recommender):
 
     def score(self, users: UserBatch) -> Tensor:
         step = max(1, self.score_chunk // self.num_items)
-        return torch.cat(
-            [self.user_logits(users.user[s : s + step]) for s in range(0, len(users.user), step)]
-        )  # (B, I)
+        if len(users.user) <= step:
+            return self.user_logits(users.user)
+        # chunks written into one preallocated (B, I): kept per-chunk results would sit between
+        # the freed (users, items, h) activations and fragment the heap (on Amazon Beauty a
+        # list + torch.cat of 205 chunks held 3.6 GB for 50 MB of scores)
+        w = next(self.parameters())
+        out = w.new_empty(len(users.user), self.num_items)
+        for s in range(0, len(users.user), step):
+            out[s : s + step] = self.user_logits(users.user[s : s + step])
+        return out  # (B, I)
 
 
 class GMF(_PairwiseScorer):

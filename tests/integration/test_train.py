@@ -108,10 +108,23 @@ def test_resume_reaches_the_uninterrupted_result(tmp_path):
     assert resumed["timing"]["epochs"] == 2
 
 
-def test_steps_per_call_makes_the_same_updates(tmp_path):
+def test_steps_per_call_makes_the_same_updates(tmp_path, monkeypatch):
     """K batches per Lightning step (manual optimization) = one step per batch: same weights,
-    same metrics, whether or not K divides the number of batches, and with the loss axis's
-    multi-term outputs (reg > 0)."""
+    same metrics and optimizer-step count, whether or not K divides the number of batches, and
+    with the loss axis's multi-term outputs (reg > 0); both through the direct backward/step
+    path this single-process fp32 run takes and through Lightning's own wrappers."""
+    from recsys.module import RecModule
+
+    direct_step = RecModule._direct_steps
+    taken: list[bool] = []
+
+    def spy(self, opt):
+        ok = direct_step(self, opt) and not force_lightning
+        taken.append(ok)
+        return ok
+
+    monkeypatch.setattr(RecModule, "_direct_steps", spy)
+    force_lightning = False
     base = TINY_DATA + [
         "trainer.accelerator=cpu",
         "trainer.enable_progress_bar=false",
@@ -127,14 +140,19 @@ def test_steps_per_call_makes_the_same_updates(tmp_path):
         k: train(compose_config("train", base + [f"optim.steps_per_call={k}"], tmp_path / str(k)))
         for k in (1, 5)
     }
-    assert runs[5]["test"] == runs[1]["test"]
-    assert runs[5]["val"] == runs[1]["val"]
-    states = [
-        torch.load(tmp_path / str(k) / "checkpoints/last.ckpt", weights_only=True) for k in (1, 5)
-    ]
-    for name, w in states[0]["state_dict"].items():
-        assert torch.equal(w, states[1]["state_dict"][name]), name
-    assert states[0]["global_step"] == states[1]["global_step"]  # optimizer steps, both ways
+    assert taken and all(taken)  # the K=5 run took the direct path
+    force_lightning, taken[:] = True, []
+    runs["5L"] = train(compose_config("train", base + ["optim.steps_per_call=5"], tmp_path / "5L"))
+    assert taken and not any(taken)
+    states = {
+        k: torch.load(tmp_path / str(k) / "checkpoints/last.ckpt", weights_only=True) for k in runs
+    }
+    for k in (5, "5L"):
+        assert runs[k]["test"] == runs[1]["test"], k
+        assert runs[k]["val"] == runs[1]["val"], k
+        for name, w in states[1]["state_dict"].items():
+            assert torch.equal(w, states[k]["state_dict"][name]), (k, name)
+        assert states[k]["global_step"] == states[1]["global_step"], k  # optimizer steps
 
 
 def test_steps_per_call_refuses_lightning_gradient_clipping(tmp_path):
