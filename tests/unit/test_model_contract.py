@@ -87,3 +87,17 @@ def test_model_contract(name: str) -> None:
     assert s1.shape == (len(batch.users.user), dm.n_items)
     assert not torch.isnan(s1).any(), f"{name}: NaN scores"
     assert torch.equal(s1, s2), f"{name}: evaluation is not deterministic"
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR.parent / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_builds_its_model(name):
+    """Each shipped experiment file composes (its defaults and overrides exist) and its model
+    section builds (no misspelt hyper-parameter), on a tiny id space."""
+    cfg = compose_config("train", [f"experiment={name}"])
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model = build_model(model_cfg, num_users=6, num_items=9)
+    assert model.num_items == 9
+    assert float(cfg.optim.lr) > 0
