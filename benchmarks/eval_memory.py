@@ -1,0 +1,32 @@
+"""Peak memory of the bench's standalone full-ranking pass over a checkpoint's test users.
+
+    OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/work/shared/datasets \
+      python benchmarks/eval_memory.py <run>/checkpoints/last.ckpt [repeats]
+
+Runs ``recsys.bench.measure_eval`` (score pass and full evaluation pass, ``repeats`` times each)
+and prints the process's peak RSS (``VmHWM``) before and after it, and the pass time. Used for
+the NeuMF Amazon Beauty evaluation memory in benchmarks/results.md.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from recsys.bench import measure_eval
+from recsys.bench_recbole import peak_rss_mb
+from recsys.runner import datamodule_from_config, load_checkpoint, module_from_checkpoint
+
+ckpt = load_checkpoint(Path(sys.argv[1]))
+repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+module = module_from_checkpoint(ckpt).eval()
+dm = datamodule_from_config(ckpt["hyper_parameters"]["config"])
+dm.configure_for(module.model, module.steps_per_call)
+before = peak_rss_mb()
+t0 = time.perf_counter()
+result = measure_eval(module, dm, torch.device("cpu"), repeats=repeats)
+print(
+    f"peak RSS before {before:.0f} MiB, after {peak_rss_mb():.0f} MiB; "
+    f"full pass {result['full_pass_s']:.1f} s, whole measurement {time.perf_counter() - t0:.1f} s"
+)
