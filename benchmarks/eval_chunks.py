@@ -1,0 +1,35 @@
+"""Full-ranking pass time of a checkpoint's test users by users per chunk (``eval.batch_size``).
+
+    OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/work/shared/datasets \
+      python benchmarks/eval_chunks.py <run>/checkpoints/best.ckpt 128,256,1024 [repeats]
+
+For each chunk size, the best of ``repeats`` (default 15) passes of ``RecModule.evaluate_batch``
+over every test user (score, mask seen items, top-k, metrics), as the bench's standalone pass.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from recsys.runner import datamodule_from_config, load_checkpoint, module_from_checkpoint
+
+ckpt = load_checkpoint(Path(sys.argv[1]))
+sizes = [int(x) for x in sys.argv[2].split(",")]
+repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 15
+module = module_from_checkpoint(ckpt).eval()
+for bs in sizes:
+    cfg = ckpt["hyper_parameters"]["config"]
+    cfg["eval"]["batch_size"] = bs
+    dm = datamodule_from_config(cfg)
+    dm.configure_for(module.model, module.steps_per_call)
+    batches = list(dm.test_dataloader())
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for b in batches:
+                module.evaluate_batch(b)
+            best = min(best, time.perf_counter() - t0)
+    print(f"eval.batch_size={bs}: {len(batches)} chunks, best pass {best * 1000:.1f} ms")
