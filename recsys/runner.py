@@ -21,11 +21,12 @@ def validate_config(config: dict[str, Any]) -> None:
     """Refuse invalid values that can be checked before any data is loaded."""
     if not isinstance(config.get("seed"), int):
         raise ConfigError(f"seed must be an integer, got {config.get('seed')!r}")
+    eval_bs = config["eval"].get("batch_size")  # null: the model's own chunk
     for key, value in (
         ("data.batch_size", config["data"].get("batch_size", 1)),
-        ("eval.batch_size", config["eval"].get("batch_size", 1)),
+        ("eval.batch_size", 1 if eval_bs is None else eval_bs),
     ):
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key} must be a positive integer, got {value!r}")
     max_epochs = config.get("trainer", {}).get("max_epochs", 1)
     if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs < 1):
@@ -72,7 +73,7 @@ def module_from_checkpoint(ckpt: dict[str, Any], key: str = "ckpt_path") -> RecM
 
 def datamodule_from_config(config: dict[str, Any]) -> RecDataModule:
     return RecDataModule(
-        config["data"], seed=int(config["seed"]), eval_batch_size=int(config["eval"]["batch_size"])
+        config["data"], seed=int(config["seed"]), eval_batch_size=config["eval"].get("batch_size")
     )
 
 

@@ -69,11 +69,12 @@ class RecDataModule(pl.LightningDataModule):
     stage's held-out items.
     """
 
-    def __init__(self, cfg: Mapping[str, Any], seed: int = 0, eval_batch_size: int = 1024):
+    def __init__(self, cfg: Mapping[str, Any], seed: int = 0, eval_batch_size: int | None = 1024):
         super().__init__()
         self.cfg = dict(cfg)
         self.seed = int(seed)
-        self.eval_batch_size = int(eval_batch_size)
+        # users per evaluation chunk; None: the model's own (set by ``configure_for``)
+        self.eval_batch_size = None if eval_batch_size is None else int(eval_batch_size)
         self.split: Split | None = None
         self.train_batch: str | None = "pairs"
         self.num_negatives = 0
@@ -139,6 +140,8 @@ class RecDataModule(pl.LightningDataModule):
         self.train_batch = getattr(model, "train_batch", "pairs")
         self.num_negatives = int(getattr(model, "num_negatives", 0))
         self.max_len = getattr(model, "max_len", None)  # sequence models: their window
+        if self.eval_batch_size is None and hasattr(model, "eval_users_per_chunk"):
+            self.eval_batch_size = int(model.eval_users_per_chunk())
 
     @property
     def device(self) -> torch.device:
@@ -197,7 +200,7 @@ class RecDataModule(pl.LightningDataModule):
         return EvalLoader(
             _store(self.history(stage).to_csr(), self.device),
             _store(target.to_csr(), self.device),
-            self.eval_batch_size,
+            self.eval_batch_size or 1024,
             rank=rank,
             world_size=world,
             target_ratings=_rating_store(target, self.device),

@@ -48,6 +48,16 @@ class Recommender(nn.Module):
     def score(self, users: Any) -> Tensor:
         raise NotImplementedError
 
+    def eval_users_per_chunk(self) -> int:
+        """Users scored per evaluation chunk when ``eval.batch_size`` is null (auto): enough for
+        ~2^18 scores, so the (users, items) scores, their mask and top-k stay in cache (a
+        BPR-MF pass on ml-100k: 11.8 ms at 128 users, 20.5 ms at 1,024), within [64, 1024].
+        Sequence models run an encoder per user, which batches better: 1,024 (SASRec on
+        ml-100k: 268 ms per pass at 1,024, 317 ms at 256)."""
+        if self.train_batch == "sequences":
+            return 1024
+        return max(64, min(1024, (1 << 18) // self.num_items))
+
 
 def require(ok: bool, key: str, value: Any, expected: str) -> None:
     """Raise a one-line :class:`ConfigError` for ``model.<key>`` unless ``ok``."""

@@ -41,6 +41,7 @@ def assert_nothing_finished(run_dir: Path) -> None:
         ("model.embedding_size=-4", "model.embedding_size must be an integer >= 1, got -4"),
         ("eval.topk=[]", "eval.topk must be a non-empty list"),
         ("data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
+        ("eval.batch_size=0", "eval.batch_size must be a positive integer, got 0"),
         ("eval.topk=[10,5000]", "eval.topk contains 5000, larger than the catalogue"),
     ],
 )

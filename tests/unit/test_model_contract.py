@@ -101,3 +101,36 @@ def test_every_experiment_composes_and_builds_its_model(name):
     model = build_model(model_cfg, num_users=6, num_items=9)
     assert model.num_items == 9
     assert float(cfg.optim.lr) > 0
+
+
+def test_auto_eval_chunk_is_the_models_and_does_not_change_metrics():
+    """``eval.batch_size: null`` takes the model's chunk (~2^18 scores within [64, 1024] users;
+    1,024 for sequence models); metrics do not depend on the chunking."""
+    assert build_model({"_target_": "recsys.models.mf.MF"}, 10, 1682).eval_users_per_chunk() == 155
+    assert build_model({"_target_": "recsys.models.mf.MF"}, 10, 12101).eval_users_per_chunk() == 64
+    assert build_model({"_target_": "recsys.models.mf.MF"}, 10, 50).eval_users_per_chunk() == 1024
+    sasrec = build_model({"_target_": "recsys.models.sasrec.SASRec"}, 10, 12101)
+    assert sasrec.eval_users_per_chunk() == 1024
+
+    from recsys.module import RecModule
+    from recsys.runner import evaluate
+
+    cfg = compose_config("train", TINY_DATA + ["model=mf", "eval.batch_size=null"])
+    data, model, ev = (
+        OmegaConf.to_container(c, resolve=True) for c in (cfg.data, cfg.model, cfg.eval)
+    )
+    ev["baseline"] = None
+    results = {}
+    for bs in (None, 7):
+        dm = RecDataModule(data, seed=0, eval_batch_size=bs)
+        dm.setup()
+        torch.manual_seed(0)
+        module = RecModule(model, dm.n_users, dm.n_items, evaluation=ev)
+        dm.configure_for(module.model)
+        expected = module.model.eval_users_per_chunk() if bs is None else bs
+        assert dm.eval_batch_size == expected
+        assert len(list(dm.val_dataloader())) == -(-dm.n_users // expected)
+        results[bs] = evaluate(module, dm, "val", "cpu")[0]
+    assert results[None].keys() == results[7].keys()
+    for k, v in results[None].items():
+        assert abs(v - results[7][k]) < 1e-6, k
