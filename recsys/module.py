@@ -291,11 +291,12 @@ class RecModule(pl.LightningModule):
         target = torch.zeros_like(scores, dtype=torch.bool)
         target[batch.target_rows, batch.target_items] = True
         n_rel = target.sum(1)
-        hits = topk_hits(scores, target, max(self.topk))
+        # the top-K lists once (top-k is the largest cost of a pass): hits and list metrics
+        top = torch.topk(scores, max(self.topk), dim=1, sorted=True).indices  # (B, K)
+        hits = torch.gather(target, 1, top)  # = topk_hits(scores, target, K)
         values = ranking_metrics(hits, n_rel, self.topk, tuple(self.eval_cfg["metrics"]))
         pop = self._train_popularity() if self.popularity_bias else None
         if pop is not None:
-            top = torch.topk(scores, max(self.topk), dim=1, sorted=True).indices  # (B, K)
             values.update(average_popularity(top, pop, self.topk))
             values["_top"] = top  # list-level metrics at epoch end; not a per-user value
         if self.sampled:
