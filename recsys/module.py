@@ -26,7 +26,7 @@ from torch import Tensor
 from recsys.data.batches import EvalBatch
 from recsys.errors import ConfigError
 from recsys.metrics.beyond import average_popularity, list_metrics
-from recsys.metrics.ranking import METRICS, ranking_metrics, topk_hits
+from recsys.metrics.ranking import METRICS, ranked_hits, ranking_metrics, topk_hits
 from recsys.metrics.rating import RATING_METRICS, error_sums, per_row, pooled
 from recsys.models.base import build_model
 
@@ -160,11 +160,10 @@ class RecModule(pl.LightningModule):
             loss = self._train_loss(batch)
         else:  # optim.steps_per_call > 1: a list of batches, one optimizer step each
             opt = self.optimizers()
-            direct = self._direct_steps(opt)
             for b in batch:
                 loss = self._train_loss(b)
                 opt.zero_grad()
-                if direct:  # what Lightning's wrappers would do here, without their dispatch
+                if self._direct:  # what Lightning's wrappers would do here, without their dispatch
                     loss.backward()
                     opt._on_before_step()  # counts the step (global_step), as opt.step() does
                     opt.optimizer.step()
@@ -182,13 +181,10 @@ class RecModule(pl.LightningModule):
         that nothing overrides (~0.3 ms per step: 16-20% of a BPR-MF epoch on ml-100k): true
         for one process at full fp32 precision whose callbacks and module leave the backward
         and optimizer-step hooks alone. Anything else (DDP, mixed precision, a callback watching
-        gradients) takes Lightning's path. Decided once per fit."""
-        cached = getattr(self, "_direct", None)
-        if cached is not None and cached[0] is self.trainer:
-            return cached[1]
+        gradients) takes Lightning's path. Decided once per fit (``on_train_start``)."""
         hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
         trainer = self.trainer
-        ok = (
+        return (
             trainer.world_size == 1
             and type(trainer.precision_plugin) is Precision
             and hasattr(opt, "_on_before_step")
@@ -200,8 +196,9 @@ class RecModule(pl.LightningModule):
             )
             and all(getattr(type(self), h) is getattr(pl.LightningModule, h) for h in hooks)
         )
-        self._direct = (trainer, ok)
-        return ok
+
+    def on_train_start(self) -> None:
+        self._direct = not self.automatic_optimization and self._direct_steps(self.optimizers())
 
     def _train_loss(self, batch: Any) -> Tensor:
         """The model's loss on one batch; its terms are summed for the epoch's ``train/*`` logs."""
@@ -291,9 +288,8 @@ class RecModule(pl.LightningModule):
         target = torch.zeros_like(scores, dtype=torch.bool)
         target[batch.target_rows, batch.target_items] = True
         n_rel = target.sum(1)
-        # the top-K lists once (top-k is the largest cost of a pass): hits and list metrics
-        top = torch.topk(scores, max(self.topk), dim=1, sorted=True).indices  # (B, K)
-        hits = torch.gather(target, 1, top)  # = topk_hits(scores, target, K)
+        # one top-k (the largest cost of a pass) for the hits and the list metrics
+        top, hits = ranked_hits(scores, target, max(self.topk))
         values = ranking_metrics(hits, n_rel, self.topk, tuple(self.eval_cfg["metrics"]))
         pop = self._train_popularity() if self.popularity_bias else None
         if pop is not None:

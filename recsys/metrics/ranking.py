@@ -26,15 +26,20 @@ from torch import Tensor
 METRICS = ("recall", "precision", "ndcg", "map", "mrr", "hit", "recall_capped")
 
 
-def topk_hits(scores: Tensor, target: Tensor, k: int) -> Tensor:
-    """(B, k) bool: whether each of the top-``k`` scored items is a target.
+def ranked_hits(scores: Tensor, target: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The top-``k`` items (B, k), best first, and whether each is a target (B, k) bool.
 
     Args:
         scores: (B, I) item scores; excluded items already set to ``-inf``.
         target: (B, I) bool relevance.
     """
     top = torch.topk(scores, k, dim=1, sorted=True).indices  # (B, k)
-    return torch.gather(target, 1, top)
+    return top, torch.gather(target, 1, top)
+
+
+def topk_hits(scores: Tensor, target: Tensor, k: int) -> Tensor:
+    """(B, k) bool: whether each of the top-``k`` scored items is a target."""
+    return ranked_hits(scores, target, k)[1]
 
 
 def ranking_metrics(
