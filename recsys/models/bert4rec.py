@@ -50,6 +50,8 @@ class BERT4Rec(Recommender):
         ce_chunk: int = 1 << 20,
         shared_negatives: bool = False,
         scale_embeddings: bool = False,
+        init: str = "normal",
+        residual_norm: bool = False,
     ):
         super().__init__(num_users, num_items)
         check_transformer_args(
@@ -72,7 +74,7 @@ class BERT4Rec(Recommender):
         self.shared_negatives = bool(shared_negatives)
         self.pad, self.mask_id = num_items, num_items + 1
         # the constructor's own arguments (locals) carry the encoder's hyper-parameters
-        self.encoder = transformer_encoder(num_items, 2, locals(), scale_embeddings)
+        self.encoder = transformer_encoder(num_items, 2, locals())
 
     def mask(self, seq: Tensor) -> tuple[Tensor, Tensor]:
         """(input with mask tokens, (B, L) bool masked positions) for left-padded ``seq``."""

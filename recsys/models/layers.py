@@ -39,8 +39,10 @@ def attention_mask(real: Tensor, causal: bool) -> Tensor:
 
 class TransformerBlock(nn.Module):
     """Multi-head self-attention and a position-wise feed-forward network, each wrapped in
-    dropout, a residual connection and layer norm (``norm_first``: pre-LN as in the SASRec
-    paper's code; otherwise post-LN as in BERT4Rec / RecBole). Attention runs through
+    dropout, a residual connection and layer norm (``norm_first``: pre-LN; otherwise post-LN as
+    in BERT4Rec / RecBole). ``residual_norm`` (with ``norm_first``) is the block of the SASRec
+    paper's code: the query and the feed-forward input are normalised and each residual starts
+    from that normalised value, while keys and values see the raw input. Attention runs through
     ``F.scaled_dot_product_attention``."""
 
     def __init__(
@@ -53,10 +55,12 @@ class TransformerBlock(nn.Module):
         activation: str = "gelu",
         norm_first: bool = True,
         eps: float = 1e-8,
+        residual_norm: bool = False,
     ):
         super().__init__()
         assert d % n_heads == 0, "hidden size must be divisible by the number of heads"
         self.n_heads, self.attn_dropout, self.norm_first = n_heads, attn_dropout, norm_first
+        self.residual_norm = residual_norm and norm_first
         self.qkv = nn.Linear(d, 3 * d)
         self.out = nn.Linear(d, d)
         self.ff1, self.ff2 = nn.Linear(d, inner), nn.Linear(inner, d)
@@ -64,9 +68,16 @@ class TransformerBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.act = ACTIVATIONS[activation]
 
-    def _attn(self, x: Tensor, mask: Tensor) -> Tensor:
+    def _attn(self, x: Tensor, mask: Tensor, kv: Tensor | None = None) -> Tensor:
+        """Self-attention of queries ``x`` over keys/values ``kv`` (default: ``x``)."""
         B, L, d = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, d // self.n_heads).unbind(2)
+        if kv is None:
+            q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, d // self.n_heads).unbind(2)
+        else:  # one projection table, query rows applied to x, key/value rows to kv
+            w_q, w_kv = self.qkv.weight.split([d, 2 * d])
+            b_q, b_kv = self.qkv.bias.split([d, 2 * d])
+            q = F.linear(x, w_q, b_q).view(B, L, self.n_heads, d // self.n_heads)
+            k, v = F.linear(kv, w_kv, b_kv).view(B, L, 2, self.n_heads, d // self.n_heads).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, d/H)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
@@ -78,6 +89,10 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (B, L, d); mask: (B, 1, L, L) bool from :func:`attention_mask`."""
+        if self.residual_norm:
+            q = self.ln1(x)
+            x = self.ln2(q + self._attn(q, mask, kv=x))
+            return x + self._ff(x)
         if self.norm_first:
             x = x + self._attn(self.ln1(x), mask)
             return x + self._ff(self.ln2(x))
@@ -89,7 +104,8 @@ class SequenceEncoder(nn.Module):
     """Item + learned position embeddings, dropout, ``n_layers`` :class:`TransformerBlock` s.
 
     ``scale_embeddings``: item embeddings times sqrt(d) at the input (SASRec's reference code);
-    the output layer uses the unscaled table.
+    the output layer uses the unscaled table. ``init``: ``normal`` (std ``init_std`` for every
+    weight and embedding) or ``xavier`` (Glorot normal for every matrix, as RecTools does).
 
     The item table has ``num_items + extra_tokens`` rows: ids ``0..num_items-1`` are items,
     ``num_items`` is padding (a zero row that gets no gradient), ``num_items + 1`` BERT4Rec's mask
@@ -112,6 +128,8 @@ class SequenceEncoder(nn.Module):
         eps: float,
         init_std: float,
         scale_embeddings: bool = False,
+        init: str = "normal",
+        residual_norm: bool = False,
     ):
         super().__init__()
         self.num_items, self.max_len, self.norm_first = num_items, max_len, norm_first
@@ -123,11 +141,13 @@ class SequenceEncoder(nn.Module):
         self.emb_ln = nn.Identity() if norm_first else nn.LayerNorm(d, eps=eps)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(d, n_heads, inner, dropout, attn_dropout, activation, norm_first, eps)
+            TransformerBlock(
+                d, n_heads, inner, dropout, attn_dropout, activation, norm_first, eps, residual_norm
+            )
             for _ in range(n_layers)
         )
         self.final_ln = nn.LayerNorm(d, eps=eps) if norm_first else nn.Identity()
-        self.apply(lambda m: _init(m, init_std))
+        self.apply(lambda m: _init(m, init_std, xavier=init == "xavier"))
         with torch.no_grad():
             self.item.weight[num_items].zero_()
 
@@ -150,9 +170,12 @@ class SequenceEncoder(nn.Module):
         return self.final_ln(x) * real[..., None]
 
 
-def _init(m: nn.Module, std: float) -> None:
+def _init(m: nn.Module, std: float, xavier: bool = False) -> None:
     if isinstance(m, nn.Linear | nn.Embedding):
-        nn.init.normal_(m.weight, std=std)
+        if xavier:
+            nn.init.xavier_normal_(m.weight)
+        else:
+            nn.init.normal_(m.weight, std=std)
     if isinstance(m, nn.Linear) and m.bias is not None:
         nn.init.zeros_(m.bias)
 

@@ -9,8 +9,9 @@ embeddings; the hidden state at each position scores the next item against the i
 RecSys 2023).
 
 Deviations from the paper: positions are counted back from the most recent item (the paper's
-left-padded layout gives the same thing); GELU or ReLU feed-forward (``activation``); pre-LN
-(paper's code) or post-LN (``norm_first=false``, as in RecBole).
+left-padded layout gives the same thing); GELU or ReLU feed-forward (``activation``); the
+paper's code's block (``residual_norm``), standard pre-LN (``norm_first``) or post-LN
+(``norm_first=false``, as in RecBole); ``init: xavier`` is RecTools' initialisation.
 """
 
 from __future__ import annotations
@@ -55,14 +56,19 @@ def check_transformer_args(
     require(0 <= gbce_t <= 1, "gbce_t", gbce_t, "in [0, 1]")
 
 
-def transformer_encoder(
-    num_items: int, extra_tokens: int, hp: dict, scale_embeddings: bool
-) -> SequenceEncoder:
-    """The :class:`SequenceEncoder` of SASRec/BERT4Rec from their validated hyper-parameters."""
+def transformer_encoder(num_items: int, extra_tokens: int, hp: dict) -> SequenceEncoder:
+    """The :class:`SequenceEncoder` of SASRec/BERT4Rec from their hyper-parameters (``hp``: the
+    model constructor's arguments, already checked by :func:`check_transformer_args`)."""
+    require(hp["init"] in ("normal", "xavier"), "init", hp["init"], "one of: normal, xavier")
     keys = ("max_len", "hidden_size", "n_layers", "n_heads", "inner_size", "dropout")
     keys += ("attn_dropout", "activation", "norm_first", "layer_norm_eps", "init_std")
     return SequenceEncoder(
-        num_items, extra_tokens, *(hp[k] for k in keys), scale_embeddings=bool(scale_embeddings)
+        num_items,
+        extra_tokens,
+        *(hp[k] for k in keys),
+        scale_embeddings=bool(hp["scale_embeddings"]),
+        init=hp["init"],
+        residual_norm=bool(hp["residual_norm"]),
     )
 
 
@@ -90,6 +96,8 @@ class SASRec(Recommender):
         ce_chunk: int = 1 << 20,
         shared_negatives: bool = False,
         scale_embeddings: bool = False,
+        init: str = "normal",
+        residual_norm: bool = False,
     ):
         super().__init__(num_users, num_items)
         check_transformer_args(
@@ -110,7 +118,7 @@ class SASRec(Recommender):
         self.gbce_t, self.ce_chunk, self.pad = float(gbce_t), int(ce_chunk), num_items
         self.shared_negatives = bool(shared_negatives)
         # the constructor's own arguments (locals) carry the encoder's hyper-parameters
-        self.encoder = transformer_encoder(num_items, 1, locals(), scale_embeddings)
+        self.encoder = transformer_encoder(num_items, 1, locals())
 
     def loss(self, batch: SeqBatch) -> Tensor:
         h = self.encoder(batch.input, causal=True)  # (B, L, d)

@@ -154,6 +154,54 @@ def test_scale_embeddings_multiplies_the_input_item_embeddings_by_sqrt_d():
     assert not torch.allclose(scaled.encoder(seq, causal=True), unscaled.encoder(seq, causal=True))
 
 
+def test_residual_norm_block_is_the_sasrec_reference_block():
+    """``residual_norm``: query and feed-forward input layer-normed, residuals from the normed
+    values, keys/values from the raw input (Kang & McAuley's code), written out by hand here."""
+    from recsys.models.layers import TransformerBlock, attention_mask
+
+    torch.manual_seed(0)
+    d, H = 8, 2
+    block = TransformerBlock(d, H, 16, 0.0, 0.0, "relu", norm_first=True, residual_norm=True)
+    block.eval()
+    x = torch.randn(2, 5, d)
+    real = torch.tensor([[False, True, True, True, True], [True] * 5])
+    mask = attention_mask(real, causal=True)
+    q_in = F.layer_norm(x, (d,), block.ln1.weight, block.ln1.bias, block.ln1.eps)
+    w, b = block.qkv.weight, block.qkv.bias
+    q, k, v = q_in @ w[:d].T + b[:d], x @ w[d : 2 * d].T + b[d : 2 * d], x @ w[2 * d :].T + b[2 * d :]
+    heads = []
+    for h in range(H):
+        sl = slice(h * d // H, (h + 1) * d // H)
+        att = (q[..., sl] @ k[..., sl].transpose(1, 2)) / math.sqrt(d // H)
+        att = att.masked_fill(~mask[:, 0], float("-inf")).softmax(-1)
+        heads.append(att @ v[..., sl])
+    y = q_in + block.out(torch.cat(heads, -1))
+    y = F.layer_norm(y, (d,), block.ln2.weight, block.ln2.bias, block.ln2.eps)
+    ref = y + block.ff2(F.relu(block.ff1(y)))
+    torch.testing.assert_close(block(x, mask), ref, atol=1e-5, rtol=1e-5)
+    plain = TransformerBlock(d, H, 16, 0.0, 0.0, "relu", norm_first=True).eval()
+    plain.load_state_dict(block.state_dict())
+    assert not torch.allclose(plain(x, mask), ref, atol=1e-3)
+
+
+def test_reference_block_and_xavier_init_keep_causality_and_padding_invariance():
+    torch.manual_seed(0)
+    m = SASRec(5, 30, **SMALL, residual_norm=True, init="xavier").eval()
+    # xavier: Glorot-normal spread per matrix (fan_in + fan_out), not the fixed init_std
+    qkv = m.encoder.blocks[0].qkv.weight
+    assert abs(float(qkv.std()) - math.sqrt(2 / (16 + 48))) < 0.05
+    seq = torch.tensor([[30, 30, 4, 7, 1, 9, 2]])
+    changed = seq.clone()
+    changed[0, -1] = 17
+    a, b = m.encoder(seq, causal=True), m.encoder(changed, causal=True)
+    assert torch.allclose(a[:, :-1], b[:, :-1], atol=1e-6)
+    alone = m.score(UserBatch.from_lists([0], [[4, 7, 1, 9, 2]]))
+    padded = m.encoder(seq, causal=True)[:, -1] @ m.encoder.item_weight.T
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="init"):
+        SASRec(5, 30, **SMALL, init="uniform")
+
+
 def test_padding_embedding_is_zero_and_gets_no_gradient():
     m = SASRec(5, 30, **SMALL)
     seq = torch.tensor([[30, 30, 1, 2, 3]])
