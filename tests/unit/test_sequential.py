@@ -168,7 +168,11 @@ def test_residual_norm_block_is_the_sasrec_reference_block():
     mask = attention_mask(real, causal=True)
     q_in = F.layer_norm(x, (d,), block.ln1.weight, block.ln1.bias, block.ln1.eps)
     w, b = block.qkv.weight, block.qkv.bias
-    q, k, v = q_in @ w[:d].T + b[:d], x @ w[d : 2 * d].T + b[d : 2 * d], x @ w[2 * d :].T + b[2 * d :]
+    q, k, v = (
+        q_in @ w[:d].T + b[:d],
+        x @ w[d : 2 * d].T + b[d : 2 * d],
+        x @ w[2 * d :].T + b[2 * d :],
+    )
     heads = []
     for h in range(H):
         sl = slice(h * d // H, (h + 1) * d // H)
