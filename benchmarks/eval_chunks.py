@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/work/shared/datasets \
       python benchmarks/eval_chunks.py <run>/checkpoints/best.ckpt 128,256,1024 [repeats]
 
-For each chunk size, the best of ``repeats`` (default 15) passes of ``RecModule.evaluate_batch``
+For each chunk size, the best of ``repeats`` (default 15) passes of ``RecModule.evaluate``
 over every test user (score, mask seen items, top-k, metrics), as the bench's standalone pass.
 """
 
@@ -29,7 +29,6 @@ for bs in sizes:
     with torch.inference_mode():
         for _ in range(repeats):
             t0 = time.perf_counter()
-            for b in batches:
-                module.evaluate_batch(b)
+            module.evaluate(batches)
             best = min(best, time.perf_counter() - t0)
     print(f"eval.batch_size={bs}: {len(batches)} chunks, best pass {best * 1000:.1f} ms")

@@ -55,8 +55,7 @@ def main(overrides: list[str], epochs: int = 3) -> None:
     for _ in range(4):
         t0 = time.perf_counter()
         with torch.no_grad():
-            for batch in dm.val_dataloader():
-                module.evaluate_batch(batch)
+            module.evaluate(dm.val_dataloader())
         evals.append(time.perf_counter() - t0)
     epoch_s = sorted(times[1:])[len(times[1:]) // 2]
     eval_s = sorted(evals[1:])[len(evals[1:]) // 2]

@@ -277,36 +277,59 @@ class RecModule(pl.LightningModule):
         return {**sums, "user": users}
 
     def evaluate_batch(self, batch: EvalBatch) -> dict[str, Tensor]:
-        """Per-user metrics for one chunk of users: score all items, mask, top-k, compare."""
+        """Per-user results of one chunk of users: score all items, mask, top-k, compare.
+
+        Ranking returns the raw per-user results (hits of the top K, relevant counts, keys
+        starting with ``_``); :meth:`user_metrics` turns them into metric values once per pass
+        (per chunk, the metric arithmetic on a few thousand values cost as much as the top-k
+        selection). Use :meth:`evaluate` for both. Rating returns per-user error sums."""
         if self.eval_cfg["task"] == "rating":
             return self.evaluate_ratings(batch)
         users = batch.users
         scores = self.model.score(users).float()  # (B, I)
-        if self.eval_cfg["mask_seen"]:
-            scores = scores.clone()
-            scores[users.rows(), users.items] = float("-inf")
+        if self.eval_cfg["mask_seen"]:  # out of place: the model's tensor is never written
+            flat = users.rows() * scores.shape[1] + users.items
+            scores = scores.reshape(-1).index_fill(0, flat, float("-inf")).view(scores.shape)
         target = torch.zeros_like(scores, dtype=torch.bool)
         target[batch.target_rows, batch.target_items] = True
-        n_rel = target.sum(1)
         # one top-k (the largest cost of a pass) for the hits and the list metrics
         top, hits = ranked_hits(scores, target, max(self.topk))
-        values = ranking_metrics(hits, n_rel, self.topk, tuple(self.eval_cfg["metrics"]))
-        pop = self._train_popularity() if self.popularity_bias else None
-        if pop is not None:
-            values.update(average_popularity(top, pop, self.topk))
-            values["_top"] = top  # list-level metrics at epoch end; not a per-user value
+        # uint8, not bool: DDP gathers these and gloo has no bool all_gather
+        values = {"user": users.user, "_hits": hits.to(torch.uint8), "_n_rel": batch.n_rel}
+        if self.popularity_bias and self._train_popularity() is not None:
+            values["_top"] = top  # arp per user, coverage/gini over the lists at the end
         if self.sampled:
-            values.update(self.sampled_metrics(batch, scores, target))
-        values["user"] = users.user
+            values["_sampled_hits"] = self.sampled_hits(batch, scores, target).to(torch.uint8)
         return values
 
-    def sampled_metrics(
-        self, batch: EvalBatch, scores: Tensor, target: Tensor
-    ) -> dict[str, Tensor]:
-        """Metrics ranking each user's targets among ``eval.sampled.n`` sampled negatives only
-        (never a history item or a target; uniform, or popularity-weighted without replacement
-        by Gumbel top-k), named ``sampled_<metric>@K``. Krichene & Rendle (KDD 2020): sampled
-        metrics can disagree with full ranking, even on which model is better."""
+    def user_metrics(self, raw: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-user metric values ``{"ndcg@10": (U,), ...}`` (plus ``user`` and ``_top`` when
+        present) from :meth:`evaluate_batch` results concatenated over any number of chunks."""
+        metrics = tuple(self.eval_cfg["metrics"])
+        out = {k: raw[k] for k in ("user", "_top") if k in raw}
+        out.update(ranking_metrics(raw["_hits"], raw["_n_rel"], self.topk, metrics))
+        if "_top" in raw:
+            out.update(average_popularity(raw["_top"], self.item_popularity(), self.topk))
+        if "_sampled_hits" in raw:
+            sampled = ranking_metrics(raw["_sampled_hits"], raw["_n_rel"], self.topk, metrics)
+            out.update({f"sampled_{k}": v for k, v in sampled.items()})
+        return out
+
+    def evaluate(self, batches) -> dict[str, Tensor]:
+        """Per-user metric values over ``batches`` (one process): what a validation or test
+        stage computes, without a trainer."""
+        outs = [self.evaluate_batch(b) for b in batches]
+        if not outs:
+            return {}
+        cat = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+        return cat if self.eval_cfg["task"] == "rating" else self.user_metrics(cat)
+
+    def sampled_hits(self, batch: EvalBatch, scores: Tensor, target: Tensor) -> Tensor:
+        """(B, K) hits of the ranking of each user's targets among ``eval.sampled.n`` sampled
+        negatives only (never a history item or a target; uniform, or popularity-weighted
+        without replacement by Gumbel top-k), reported as ``sampled_<metric>@K``. Krichene &
+        Rendle (KDD 2020): sampled metrics can disagree with full ranking, even on which model is
+        better."""
         if not getattr(self, "_sampled_warned", False):
             log.warning(
                 "eval.sampled: metrics over %d sampled negatives (%s) can reorder models relative to "
@@ -327,9 +350,7 @@ class RecModule(pl.LightningModule):
         neg = torch.topk(keys, int(self.sampled["n"]), dim=1).indices  # (B, n)
         candidate = target.clone().scatter_(1, neg, True)
         sampled = scores.masked_fill(~candidate, float("-inf"))
-        hits = topk_hits(sampled, target, max(self.topk))
-        values = ranking_metrics(hits, target.sum(1), self.topk, tuple(self.eval_cfg["metrics"]))
-        return {f"sampled_{k}": v for k, v in values.items()}
+        return topk_hits(sampled, target, max(self.topk))
 
     def item_popularity(self) -> Tensor:
         """(I,) training events per item, from the attached datamodule (cached)."""
@@ -364,6 +385,8 @@ class RecModule(pl.LightningModule):
         cat = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
         if self.trainer.world_size > 1:  # each rank scored a disjoint set of users
             cat = self._gather_users(cat)
+        if self.eval_cfg["task"] != "rating":
+            cat = self.user_metrics(cat)  # once, on every user of the stage
         users = cat.pop("user")
         top = cat.pop("_top", None)
         if self.eval_cfg["task"] == "rating":  # pooled over ratings, not averaged over users

@@ -123,6 +123,7 @@ class EvalBatch:
     users: UserBatch  # model input: the users and the history known at this stage
     target_rows: Tensor  # (nnz_t,) int64 batch row of each held-out item
     target_items: Tensor  # (nnz_t,) int64 held-out items
+    n_rel: Tensor  # (B,) int64 distinct held-out items of each user (repeats counted once)
     target_ratings: Tensor | None = None  # (nnz_t,) float32 their ratings, where the data has them
 
     def to(self, device: torch.device) -> EvalBatch:
@@ -152,6 +153,18 @@ class RowStore:
     def users(self, rows: Tensor) -> UserBatch:
         items, offsets = self.gather(rows)
         return UserBatch(rows, items, offsets)
+
+    def distinct_counts(self) -> Tensor:
+        """(rows,) number of distinct items in each row (a repeated item counts once)."""
+        counts = self.indptr[1:] - self.indptr[:-1]
+        if len(self.indices) == 0 or int(counts.max()) <= 1:
+            return counts
+        rows = torch.repeat_interleave(
+            torch.arange(len(counts), device=counts.device), counts, output_size=len(self.indices)
+        )
+        width = int(self.indices.max()) + 1
+        pairs = torch.unique(rows * width + self.indices)  # sorted distinct (row, item) keys
+        return torch.bincount(pairs // width, minlength=len(counts))
 
 
 class _EpochSeed:
@@ -323,6 +336,7 @@ class EvalLoader:
         self.history, self.targets, self.target_ratings = history, targets, target_ratings
         counts = targets.indptr[1:] - targets.indptr[:-1]
         self.users = torch.nonzero(counts > 0).flatten()[rank::world_size]
+        self.n_rel = targets.distinct_counts()[self.users]  # once, not per batch
         self.batch_size = batch_size
 
     def __len__(self) -> int:
@@ -331,6 +345,7 @@ class EvalLoader:
     def __iter__(self) -> Iterator[EvalBatch]:
         for start in range(0, len(self.users), self.batch_size):
             rows = self.users[start : start + self.batch_size]
+            n_rel = self.n_rel[start : start + self.batch_size]
             t_items, t_offsets = self.targets.gather(rows)
             t_rows = torch.repeat_interleave(
                 torch.arange(len(rows), device=rows.device),
@@ -338,7 +353,7 @@ class EvalLoader:
                 output_size=len(t_items),
             )
             ratings = None if self.target_ratings is None else self.target_ratings.gather(rows)[0]
-            yield EvalBatch(self.history.users(rows), t_rows, t_items, ratings)
+            yield EvalBatch(self.history.users(rows), t_rows, t_items, n_rel, ratings)
 
 
 SEQ_WINDOWING = ("truncate", "windows")

@@ -72,3 +72,24 @@ def test_eval_loader_covers_each_user_with_targets_once():
     b = next(b for s in shards for b in s if int(b.users.user[0]) == 2)
     assert b.users.items.tolist() == [2] and b.target_items.tolist() == [0, 3]
     assert np.array_equal(b.target_rows.numpy(), [0, 0])
+
+
+def test_eval_batches_count_each_users_distinct_targets_once():
+    """``n_rel`` is the size of the relevant set: a target repeated in the log (``dedup=false``)
+    counts once, as in the dense target matrix it is compared with."""
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(0, 6, size=int(n)).tolist() for n in rng.integers(0, 5, size=40)]
+    indptr = torch.tensor([0, *np.cumsum([len(r) for r in rows])])
+    targets = RowStore(indptr, torch.tensor([i for r in rows for i in r], dtype=torch.long))
+    hist = RowStore(torch.zeros(41, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    assert targets.distinct_counts().tolist() == [len(set(r)) for r in rows]
+    got = {}
+    for b in EvalLoader(hist, targets, 7):
+        dense = torch.zeros(len(b.users), 6, dtype=torch.bool)
+        dense[b.target_rows, b.target_items] = True
+        assert torch.equal(b.n_rel, dense.sum(1))
+        got.update(zip(b.users.user.tolist(), b.n_rel.tolist(), strict=True))
+    assert got == {u: len(set(r)) for u, r in enumerate(rows) if r}
+    # one target per user (leave-one-out): the row lengths themselves
+    one = RowStore(torch.tensor([0, 1, 1, 2]), torch.tensor([5, 5]))
+    assert one.distinct_counts().tolist() == [1, 0, 1]
