@@ -46,6 +46,25 @@ def test_run_directory_is_complete(run):
     assert saved["data"]["n_train"] + saved["data"]["n_val"] + saved["data"]["n_test"] > 0
 
 
+def test_every_metric_reaches_tensorboard_at_each_validation(run):
+    """Metrics no callback reads skip Lightning's (slow) ``self.log`` and go to the loggers
+    directly: TensorBoard still holds every validation and test metric, at the same steps as the
+    monitored one, with the values of metrics.json for the test stage."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, metrics = run
+    ea = EventAccumulator(str(next((out / "tensorboard").rglob("events.out.tfevents.*")).parent))
+    ea.Reload()
+    scalars = set(ea.Tags()["scalars"])
+    steps = [e.step for e in ea.Scalars("val/ndcg@10")]  # logged through self.log (eval.monitor)
+    assert len(steps) == metrics["timing"]["epochs"]
+    for key in metrics["val"]:
+        assert f"val/{key}" in scalars, key
+        assert [e.step for e in ea.Scalars(f"val/{key}")] == steps, key
+    for key, value in metrics["test"].items():
+        assert ea.Scalars(f"test/{key}")[-1].value == pytest.approx(value, rel=1e-6), key
+
+
 def test_checkpoint_is_plain_and_reloads_to_identical_metrics(run):
     out, metrics = run
     ckpt = torch.load(out / "checkpoints/best.ckpt", map_location="cpu", weights_only=True)
