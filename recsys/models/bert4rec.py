@@ -52,6 +52,7 @@ class BERT4Rec(Recommender):
         scale_embeddings: bool = False,
         init: str = "normal",
         residual_norm: bool = False,
+        item_dropout: float = 0.0,
     ):
         super().__init__(num_users, num_items)
         check_transformer_args(
@@ -87,11 +88,12 @@ class BERT4Rec(Recommender):
     def loss(self, batch: SeqBatch) -> Tensor:
         seq = batch.target  # (B, L) the window's items, left-padded
         inp, masked = self.mask(seq)
-        h = self.encoder(inp, causal=False)[masked]  # (N, d) at the masked positions
+        table = self.encoder.table()  # one item-dropout mask for input and output
+        h = self.encoder(inp, causal=False, table=table)[masked]  # (N, d) at the masked positions
         return sequence_loss(
             h,
             seq[masked],
-            self.encoder.item_weight,
+            table[: self.pad],
             self.loss_name,
             self.num_negatives,
             self.gbce_t,

@@ -106,6 +106,8 @@ class SequenceEncoder(nn.Module):
     ``scale_embeddings``: item embeddings times sqrt(d) at the input (SASRec's reference code);
     the output layer uses the unscaled table. ``init``: ``normal`` (std ``init_std`` for every
     weight and embedding) or ``xavier`` (Glorot normal for every matrix, as RecTools does).
+    ``item_dropout``: dropout on the item table itself in training, one mask per batch shared by
+    the input lookup and the output layer (:meth:`table`; RecTools' item network does this).
 
     The item table has ``num_items + extra_tokens`` rows: ids ``0..num_items-1`` are items,
     ``num_items`` is padding (a zero row that gets no gradient), ``num_items + 1`` BERT4Rec's mask
@@ -130,9 +132,11 @@ class SequenceEncoder(nn.Module):
         scale_embeddings: bool = False,
         init: str = "normal",
         residual_norm: bool = False,
+        item_dropout: float = 0.0,
     ):
         super().__init__()
         self.num_items, self.max_len, self.norm_first = num_items, max_len, norm_first
+        self.item_dropout = item_dropout
         # Kang & McAuley's code multiplies the item embeddings by sqrt(d) before adding positions
         self.emb_scale = math.sqrt(d) if scale_embeddings else 1.0
         self.item = nn.Embedding(num_items + extra_tokens, d, padding_idx=num_items)
@@ -156,12 +160,25 @@ class SequenceEncoder(nn.Module):
         """(I, d) the output layer: embeddings of the real items."""
         return self.item.weight[: self.num_items]
 
-    def forward(self, seq: Tensor, causal: bool) -> Tensor:
-        """(B, L) left-padded ids, L <= max_len → (B, L, d) hidden states (padding rows zero)."""
+    def table(self) -> Tensor:
+        """(I + extra, d) the item table for one training batch: with ``item_dropout``, one
+        dropout mask for the input and the output; outside training the table itself."""
+        if self.item_dropout > 0 and self.training:
+            return F.dropout(self.item.weight, self.item_dropout)
+        return self.item.weight
+
+    def forward(self, seq: Tensor, causal: bool, table: Tensor | None = None) -> Tensor:
+        """(B, L) left-padded ids, L <= max_len → (B, L, d) hidden states (padding rows zero).
+
+        ``table``: the item table to embed with (from :meth:`table`); default the stored one."""
         L = seq.shape[1]
         real = seq != self.num_items  # (B, L)
         pos = torch.arange(self.max_len - L, self.max_len, device=seq.device)
-        items = self.item(seq) if self.emb_scale == 1.0 else self.item(seq) * self.emb_scale
+        if table is None:
+            items = self.item(seq)
+        else:  # padding_idx: the padding row gets no gradient through the batch's table either
+            items = F.embedding(seq, table, padding_idx=self.num_items)
+        items = items if self.emb_scale == 1.0 else items * self.emb_scale
         x = self.emb_ln(items + self.pos(pos)[None])  # (B, L, d)
         x = self.drop(x) * real[..., None]
         mask = attention_mask(real, causal)

@@ -60,6 +60,7 @@ def transformer_encoder(num_items: int, extra_tokens: int, hp: dict) -> Sequence
     """The :class:`SequenceEncoder` of SASRec/BERT4Rec from their hyper-parameters (``hp``: the
     model constructor's arguments, already checked by :func:`check_transformer_args`)."""
     require(hp["init"] in ("normal", "xavier"), "init", hp["init"], "one of: normal, xavier")
+    require(0 <= hp["item_dropout"] < 1, "item_dropout", hp["item_dropout"], "in [0, 1)")
     keys = ("max_len", "hidden_size", "n_layers", "n_heads", "inner_size", "dropout")
     keys += ("attn_dropout", "activation", "norm_first", "layer_norm_eps", "init_std")
     return SequenceEncoder(
@@ -69,6 +70,7 @@ def transformer_encoder(num_items: int, extra_tokens: int, hp: dict) -> Sequence
         scale_embeddings=bool(hp["scale_embeddings"]),
         init=hp["init"],
         residual_norm=bool(hp["residual_norm"]),
+        item_dropout=float(hp["item_dropout"]),
     )
 
 
@@ -98,6 +100,7 @@ class SASRec(Recommender):
         scale_embeddings: bool = False,
         init: str = "normal",
         residual_norm: bool = False,
+        item_dropout: float = 0.0,
     ):
         super().__init__(num_users, num_items)
         check_transformer_args(
@@ -121,12 +124,13 @@ class SASRec(Recommender):
         self.encoder = transformer_encoder(num_items, 1, locals())
 
     def loss(self, batch: SeqBatch) -> Tensor:
-        h = self.encoder(batch.input, causal=True)  # (B, L, d)
+        table = self.encoder.table()  # one item-dropout mask for input and output
+        h = self.encoder(batch.input, causal=True, table=table)  # (B, L, d)
         return next_item_loss(
             h,
             batch.target,
             self.pad,
-            self.encoder.item_weight,
+            table[: self.pad],
             self.loss_name,
             self.num_negatives,
             self.gbce_t,

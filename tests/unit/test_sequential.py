@@ -215,6 +215,34 @@ def test_padding_embedding_is_zero_and_gets_no_gradient():
     assert torch.all(m.encoder.item.weight.grad[30] == 0)
 
 
+def test_item_dropout_one_mask_for_input_and_output_and_none_at_inference():
+    """``item_dropout`` drops entries of the item table once per batch: the input lookup and the
+    output layer see the same dropped table (written out here with the same random draw); the
+    padding row gets no gradient; in eval mode scores equal a model without it."""
+    from recsys.data.batches import SeqBatch
+    from recsys.models.seq_losses import next_item_loss
+
+    torch.manual_seed(0)
+    kw = dict(SMALL, dropout=0.0, attn_dropout=0.0)
+    m = SASRec(5, 30, **kw, item_dropout=0.5).train()
+    seq = torch.tensor([[30, 30, 1, 2, 3], [4, 5, 6, 7, 8]])
+    tgt = torch.tensor([[30, 1, 2, 3, 9], [5, 6, 7, 8, 10]])
+    batch = SeqBatch(torch.tensor([0, 1]), seq, tgt)
+    torch.manual_seed(7)
+    loss = m.loss(batch)
+    torch.manual_seed(7)
+    table = F.dropout(m.encoder.item.weight, 0.5)
+    h = m.encoder(seq, causal=True, table=table)
+    ref = next_item_loss(h, tgt, 30, table[:30], "ce", 1, 0.75, 1 << 20)
+    torch.testing.assert_close(loss, ref)
+    loss.backward()
+    assert torch.all(m.encoder.item.weight.grad[30] == 0)
+    plain = SASRec(5, 30, **kw).eval()
+    plain.load_state_dict(m.state_dict())
+    users = UserBatch.from_lists([0, 1], [[1, 2, 3], [4, 5, 6, 7, 8]])
+    torch.testing.assert_close(m.eval().score(users), plain.score(users))
+
+
 def test_gbce_matches_direct_computation():
     torch.manual_seed(0)
     N, K, n, d, t = 6, 4, 11, 8, 0.5

@@ -1,0 +1,145 @@
+"""RecTools 0.19 SASRec on our Amazon Beauty leave-one-out split: seconds per epoch and validation
+NDCG@10 after each epoch, for the time-to-quality comparison of issue 7.
+
+Two steps, two interpreters (RecTools pins numpy < 2 and Lightning <= 2.5.2, so it lives in its
+own venv: ``python -m venv .venv-rectools && .venv-rectools/bin/pip install torch==2.13.0
+'rectools[torch]==0.19.0'``):
+
+    # 1. our split (the data of experiment=sasrec_ce_beauty), written once as arrays
+    RECSYS_DATA_DIR=/work/shared/datasets .venv/bin/python benchmarks/rectools_beauty.py \
+        export /tmp/rt/beauty_split.npz
+    # 2. RecTools trains on the training part, one epoch at a time (fit_partial), and ranks every
+    #    item for each validation user after each epoch (seen items filtered, as ours)
+    OMP_NUM_THREADS=2 .venv-rectools/bin/python benchmarks/rectools_beauty.py \
+        run /tmp/rt/beauty_split.npz /tmp/rt/rectools.jsonl [epochs] [threads]
+
+Each epoch writes one JSON line: training wall and CPU seconds of the epoch alone (Lightning
+epoch start to end, RecTools' own loop and data loader), the validation NDCG@10 / HR@10 and the
+process peak RSS. The model is RecTools' SASRec with the settings the issue names: full softmax
+loss, 2 blocks, 64 factors, session_max_len 50, batch 128; everything else is RecTools' default
+(4 heads, dropout 0.2, lr 1e-3, its SASRec layers and initialisation).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def export(out: str) -> None:
+    """Our leave-one-out split of Amazon Beauty: training events in time order, one validation
+    and one test item per user (internal ids)."""
+    from hydra import compose, initialize_config_dir
+
+    from recsys.bench import CONFIG_DIR
+    from recsys.runner import datamodule_from_config
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=sasrec_ce_beauty", "data.download=false"])
+    dm = datamodule_from_config(cfg)
+    split = dm.data
+    arrays = {}
+    for name, part in (("train", split.train), ("val", split.val), ("test", split.test)):
+        perm = part.order()
+        arrays[f"{name}_user"] = part.user[perm]
+        arrays[f"{name}_item"] = part.item[perm]
+    np.savez(out, n_items=dm.n_items, n_users=dm.n_users, **arrays)
+    print({k: len(v) for k, v in arrays.items() if k.endswith("_user")}, "items", dm.n_items)
+
+
+def run(split_path: str, out: str, epochs: int, threads: int) -> None:
+    import pandas as pd
+    import pytorch_lightning as pl
+    import torch
+    from rectools import Columns
+    from rectools.dataset import Dataset
+    from rectools.models import SASRecModel
+
+    torch.set_num_threads(threads)
+    z = np.load(split_path)
+    n = len(z["train_user"])
+    inter = pd.DataFrame(
+        {
+            Columns.User: z["train_user"],
+            Columns.Item: z["train_item"],
+            Columns.Weight: 1.0,
+            # time order of our split; RecTools sorts each user's events by it
+            Columns.Datetime: pd.Timestamp("2020-01-01") + pd.to_timedelta(np.arange(n), "s"),
+        }
+    )
+    dataset = Dataset.construct(inter)
+    val_user, val_item = z["val_user"], z["val_item"]
+
+    class EpochClock(pl.Callback):
+        def on_train_epoch_start(self, trainer, module):
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+        def on_train_epoch_end(self, trainer, module):
+            self.wall, self.cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+
+    clock = EpochClock()
+
+    def trainer() -> pl.Trainer:  # RecTools' default trainer, plus the clock, on the CPU
+        return pl.Trainer(
+            max_epochs=1,
+            min_epochs=1,
+            accelerator="cpu",
+            devices=1,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            logger=False,
+            enable_checkpointing=False,
+            callbacks=[clock],
+        )
+
+    model = SASRecModel(
+        n_blocks=2,
+        n_factors=64,
+        session_max_len=50,
+        batch_size=128,
+        loss="softmax",
+        epochs=1,
+        get_trainer_func=trainer,
+        recommend_torch_device="cpu",
+    )
+    truth = pd.Series(val_item, index=val_user)
+    wall = cpu = 0.0
+    with open(out, "a") as f:
+        for epoch in range(epochs):
+            model.fit_partial(dataset, min_epochs=1, max_epochs=1)
+            wall, cpu = wall + clock.wall, cpu + clock.cpu
+            t0 = time.perf_counter()
+            reco = model.recommend(val_user, dataset, k=10, filter_viewed=True)
+            rank = reco.merge(
+                pd.DataFrame({Columns.User: val_user, Columns.Item: val_item}),
+                on=[Columns.User, Columns.Item],
+            )[Columns.Rank].to_numpy()
+            ndcg = float((1.0 / np.log2(rank + 1)).sum() / len(truth))
+            rec = {
+                "epoch": epoch,
+                "epoch_wall_s": round(clock.wall, 2),
+                "epoch_cpu_s": round(clock.cpu, 2),
+                "train_wall_s": round(wall, 2),
+                "train_cpu_s": round(cpu, 2),
+                "val_ndcg@10": round(ndcg, 5),
+                "val_hr@10": round(len(rank) / len(truth), 5),
+                "recommend_s": round(time.perf_counter() - t0, 2),
+                "threads": threads,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+            }
+            print(json.dumps(rec), flush=True)
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "export":
+        export(sys.argv[2])
+    else:
+        epochs = int(sys.argv[4]) if len(sys.argv) > 4 else 20
+        threads = int(sys.argv[5]) if len(sys.argv) > 5 else 2
+        run(sys.argv[2], sys.argv[3], epochs, threads)
