@@ -150,8 +150,17 @@ class RowStore:
         idx = starts[row_of] + torch.arange(total, device=rows.device) - offsets[row_of]
         return self.indices[idx], offsets
 
-    def users(self, rows: Tensor) -> UserBatch:
-        items, offsets = self.gather(rows)
+    def span(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """:meth:`gather` of the contiguous rows ``start..stop-1``: a slice, no index arithmetic."""
+        lo, hi = self.indptr[start], self.indptr[stop]
+        return self.indices[int(lo) : int(hi)], self.indptr[start : stop + 1] - lo
+
+    def users(self, rows: Tensor, contiguous: bool = False) -> UserBatch:
+        """The rows as a batch; ``contiguous``: the caller knows ``rows`` is ascending by one."""
+        if contiguous and len(rows):
+            items, offsets = self.span(int(rows[0]), int(rows[-1]) + 1)
+        else:
+            items, offsets = self.gather(rows)
         return UserBatch(rows, items, offsets)
 
     def distinct_counts(self) -> Tensor:
@@ -346,14 +355,25 @@ class EvalLoader:
         for start in range(0, len(self.users), self.batch_size):
             rows = self.users[start : start + self.batch_size]
             n_rel = self.n_rel[start : start + self.batch_size]
-            t_items, t_offsets = self.targets.gather(rows)
+            # users ascend: a chunk without gaps is a slice of both stores (the common case)
+            contiguous = int(rows[-1]) - int(rows[0]) == len(rows) - 1
+            if contiguous:
+                t_items, t_offsets = self.targets.span(int(rows[0]), int(rows[-1]) + 1)
+            else:
+                t_items, t_offsets = self.targets.gather(rows)
             t_rows = torch.repeat_interleave(
                 torch.arange(len(rows), device=rows.device),
                 t_offsets[1:] - t_offsets[:-1],
                 output_size=len(t_items),
             )
-            ratings = None if self.target_ratings is None else self.target_ratings.gather(rows)[0]
-            yield EvalBatch(self.history.users(rows), t_rows, t_items, n_rel, ratings)
+            ratings = None
+            if self.target_ratings is not None:
+                r = self.target_ratings
+                ratings = (
+                    r.span(int(rows[0]), int(rows[-1]) + 1) if contiguous else r.gather(rows)
+                )[0]
+            users = self.history.users(rows, contiguous)
+            yield EvalBatch(users, t_rows, t_items, n_rel, ratings)
 
 
 SEQ_WINDOWING = ("truncate", "windows")

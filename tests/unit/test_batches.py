@@ -93,3 +93,32 @@ def test_eval_batches_count_each_users_distinct_targets_once():
     # one target per user (leave-one-out): the row lengths themselves
     one = RowStore(torch.tensor([0, 1, 1, 2]), torch.tensor([5, 5]))
     assert one.distinct_counts().tolist() == [1, 0, 1]
+
+
+def test_eval_batches_sliced_or_gathered_hold_the_same_rows():
+    """Chunks of consecutive users are sliced out of the stores, others gathered: both give each
+    user's history, targets and ratings exactly (against a per-user reference)."""
+    rng = np.random.default_rng(1)
+    n = 50
+    hist_rows = [rng.integers(0, 9, size=int(k)).tolist() for k in rng.integers(0, 6, size=n)]
+    tgt_rows = [rng.integers(0, 9, size=int(k)).tolist() for k in rng.integers(0, 3, size=n)]
+    tgt_rows[10:20] = [[1]] * 10  # a run of users with targets: contiguous chunks
+    store = _store_of(hist_rows)
+    targets = _store_of(tgt_rows)
+    ratings = RowStore(targets.indptr, targets.indices.float() / 2)
+    for bs in (1, 4, 7, 64):
+        seen = []
+        for b in EvalLoader(store, targets, bs, target_ratings=ratings):
+            for j, u in enumerate(b.users.user.tolist()):
+                lo, hi = int(b.users.offsets[j]), int(b.users.offsets[j + 1])
+                assert b.users.items[lo:hi].tolist() == hist_rows[u]
+                mine = (b.target_rows == j).nonzero().flatten()
+                assert b.target_items[mine].tolist() == tgt_rows[u]
+                assert (b.target_ratings[mine] * 2).long().tolist() == tgt_rows[u]
+                seen.append(u)
+        assert seen == [u for u in range(n) if tgt_rows[u]]
+
+
+def _store_of(rows: list[list[int]]) -> RowStore:
+    indptr = torch.tensor([0, *np.cumsum([len(r) for r in rows])], dtype=torch.long)
+    return RowStore(indptr, torch.tensor([i for r in rows for i in r], dtype=torch.long))
