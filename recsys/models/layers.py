@@ -60,7 +60,7 @@ class TransformerBlock(nn.Module):
         super().__init__()
         assert d % n_heads == 0, "hidden size must be divisible by the number of heads"
         self.n_heads, self.attn_dropout, self.norm_first = n_heads, attn_dropout, norm_first
-        self.residual_norm = residual_norm and norm_first
+        self.residual_norm = residual_norm
         self.qkv = nn.Linear(d, 3 * d)
         self.out = nn.Linear(d, d)
         self.ff1, self.ff2 = nn.Linear(d, inner), nn.Linear(inner, d)
@@ -89,7 +89,7 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (B, L, d); mask: (B, 1, L, L) bool from :func:`attention_mask`."""
-        if self.residual_norm:
+        if self.residual_norm:  # a pre-LN block (the encoders refuse it with norm_first=false)
             q = self.ln1(x)
             x = self.ln2(q + self._attn(q, mask, kv=x))
             return x + self._ff(x)

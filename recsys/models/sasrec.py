@@ -61,6 +61,12 @@ def transformer_encoder(num_items: int, extra_tokens: int, hp: dict) -> Sequence
     model constructor's arguments, already checked by :func:`check_transformer_args`)."""
     require(hp["init"] in ("normal", "xavier"), "init", hp["init"], "one of: normal, xavier")
     require(0 <= hp["item_dropout"] < 1, "item_dropout", hp["item_dropout"], "in [0, 1)")
+    require(
+        hp["norm_first"] or not hp["residual_norm"],
+        "residual_norm",
+        hp["residual_norm"],
+        "false with norm_first=false (it is a pre-LN block)",
+    )
     keys = ("max_len", "hidden_size", "n_layers", "n_heads", "inner_size", "dropout")
     keys += ("attn_dropout", "activation", "norm_first", "layer_norm_eps", "init_std")
     return SequenceEncoder(

@@ -204,6 +204,8 @@ def test_reference_block_and_xavier_init_keep_causality_and_padding_invariance()
     torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="init"):
         SASRec(5, 30, **SMALL, init="uniform")
+    with pytest.raises(ValueError, match="residual_norm"):
+        BERT4Rec(5, 30, **SMALL, residual_norm=True)  # post-LN by default
 
 
 def test_padding_embedding_is_zero_and_gets_no_gradient():
