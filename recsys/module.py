@@ -322,7 +322,7 @@ class RecModule(pl.LightningModule):
         outs = [self.evaluate_batch(b) for b in batches]
         if not outs:
             return {}
-        cat = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+        cat = _concat(outs)
         return cat if self.eval_cfg["task"] == "rating" else self.user_metrics(cat)
 
     def sampled_hits(self, batch: EvalBatch, scores: Tensor, target: Tensor) -> Tensor:
@@ -383,7 +383,7 @@ class RecModule(pl.LightningModule):
         outs = self._outputs.pop(stage, [])
         if not outs:
             return
-        cat = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+        cat = _concat(outs)
         if self.trainer.world_size > 1:  # each rank scored a disjoint set of users
             cat = self._gather_users(cat)
         if self.eval_cfg["task"] != "rating":
@@ -449,3 +449,8 @@ class RecModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+
+def _concat(outs: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Per-chunk evaluation results joined along the user axis, key by key."""
+    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}

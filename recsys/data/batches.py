@@ -155,12 +155,15 @@ class RowStore:
         lo, hi = self.indptr[start], self.indptr[stop]
         return self.indices[int(lo) : int(hi)], self.indptr[start : stop + 1] - lo
 
-    def users(self, rows: Tensor, contiguous: bool = False) -> UserBatch:
-        """The rows as a batch; ``contiguous``: the caller knows ``rows`` is ascending by one."""
+    def take(self, rows: Tensor, contiguous: bool = False) -> tuple[Tensor, Tensor]:
+        """:meth:`gather`, or :meth:`span` when the caller knows ``rows`` ascends by one."""
         if contiguous and len(rows):
-            items, offsets = self.span(int(rows[0]), int(rows[-1]) + 1)
-        else:
-            items, offsets = self.gather(rows)
+            return self.span(int(rows[0]), int(rows[-1]) + 1)
+        return self.gather(rows)
+
+    def users(self, rows: Tensor, contiguous: bool = False) -> UserBatch:
+        """The rows as a batch (``contiguous``: as in :meth:`take`)."""
+        items, offsets = self.take(rows, contiguous)
         return UserBatch(rows, items, offsets)
 
     def distinct_counts(self) -> Tensor:
@@ -357,10 +360,7 @@ class EvalLoader:
             n_rel = self.n_rel[start : start + self.batch_size]
             # users ascend: a chunk without gaps is a slice of both stores (the common case)
             contiguous = int(rows[-1]) - int(rows[0]) == len(rows) - 1
-            if contiguous:
-                t_items, t_offsets = self.targets.span(int(rows[0]), int(rows[-1]) + 1)
-            else:
-                t_items, t_offsets = self.targets.gather(rows)
+            t_items, t_offsets = self.targets.take(rows, contiguous)
             t_rows = torch.repeat_interleave(
                 torch.arange(len(rows), device=rows.device),
                 t_offsets[1:] - t_offsets[:-1],
@@ -368,10 +368,7 @@ class EvalLoader:
             )
             ratings = None
             if self.target_ratings is not None:
-                r = self.target_ratings
-                ratings = (
-                    r.span(int(rows[0]), int(rows[-1]) + 1) if contiguous else r.gather(rows)
-                )[0]
+                ratings = self.target_ratings.take(rows, contiguous)[0]
             users = self.history.users(rows, contiguous)
             yield EvalBatch(users, t_rows, t_items, n_rel, ratings)
 

@@ -174,10 +174,9 @@ class SequenceEncoder(nn.Module):
         L = seq.shape[1]
         real = seq != self.num_items  # (B, L)
         pos = torch.arange(self.max_len - L, self.max_len, device=seq.device)
-        if table is None:
-            items = self.item(seq)
-        else:  # padding_idx: the padding row gets no gradient through the batch's table either
-            items = F.embedding(seq, table, padding_idx=self.num_items)
+        # padding_idx: the padding row gets no gradient through a batch's table either
+        table = self.item.weight if table is None else table
+        items = F.embedding(seq, table, padding_idx=self.num_items)
         items = items if self.emb_scale == 1.0 else items * self.emb_scale
         x = self.emb_ln(items + self.pos(pos)[None])  # (B, L, d)
         x = self.drop(x) * real[..., None]
