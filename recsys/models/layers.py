@@ -107,7 +107,7 @@ class SequenceEncoder(nn.Module):
     the output layer uses the unscaled table. ``init``: ``normal`` (std ``init_std`` for every
     weight and embedding) or ``xavier`` (Glorot normal for every matrix, as RecTools does).
     ``item_dropout``: dropout on the item table itself in training, one mask per batch shared by
-    the input lookup and the output layer (:meth:`table`; RecTools' item network does this).
+    the input lookup and the output layer (:meth:`table`).
 
     The item table has ``num_items + extra_tokens`` rows: ids ``0..num_items-1`` are items,
     ``num_items`` is padding (a zero row that gets no gradient), ``num_items + 1`` BERT4Rec's mask
