@@ -43,7 +43,22 @@ def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
     return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
 
 
-class _FusedLinearCE(torch.autograd.Function):
+class _GradInForward(torch.autograd.Function):
+    """A mean loss whose forward already computed the gradients of its summed value with
+    respect to ``h`` and ``weight`` and saved them as ``(gh, gw)`` with ``ctx.n`` positions and
+    the inputs' ``ctx.dtypes``: backward only scales them by the incoming gradient."""
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        gh, gw = ctx.saved_tensors
+        scale = grad.float() / ctx.n
+        dh = None if gh is None else (gh * scale).to(ctx.dtypes[0])
+        dw = None if gw is None else (gw * scale).to(ctx.dtypes[1])
+        return dh, dw, None, None, None
+
+
+class _FusedLinearCE(_GradInForward):
     """Mean full-softmax CE of ``h @ weight.T`` against ``target`` with the gradient computed in
     the forward pass, one chunk of ``rows`` positions at a time (Liger-kernel style).
 
@@ -88,17 +103,8 @@ class _FusedLinearCE(torch.autograd.Function):
         ctx.n = max(N, 1)
         return total / ctx.n
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        gh, gw = ctx.saved_tensors
-        scale = grad.float() / ctx.n
-        dh = None if gh is None else (gh * scale).to(ctx.dtypes[0])
-        dw = None if gw is None else (gw * scale).to(ctx.dtypes[1])
-        return dh, dw, None, None, None
 
-
-class _FusedSampledCE(torch.autograd.Function):
+class _FusedSampledCE(_GradInForward):
     """Mean sampled-softmax CE with per-position candidates, gradient computed in forward.
 
     ``cand`` (N, 1 + K) holds each position's target first, then its negatives; ``valid``
@@ -141,8 +147,6 @@ class _FusedSampledCE(torch.autograd.Function):
         ctx.n = max(N, 1)
         return total / ctx.n
 
-    backward = _FusedLinearCE.backward
-
 
 def sampled_ce(
     h: Tensor, target: Tensor, weight: Tensor, neg: Tensor, chunk_elems: int = 1 << 20
@@ -154,11 +158,15 @@ def sampled_ce(
     valid = torch.ones_like(cand, dtype=torch.bool)
     valid[:, 1:] = neg != target[:, None]
     rows = max(1, chunk_elems // (cand.shape[1] * h.shape[1]))
-    device = h.device.type
-    with (
-        torch.autocast(device_type=device, enabled=False) if device in ("cpu", "cuda") else _null()
-    ):
+    with _no_autocast(h.device.type):
         return _FusedSampledCE.apply(h, weight, cand, valid, rows)
+
+
+def _no_autocast(device: str):
+    """The fused losses compute in float32 themselves: autocast off where it exists."""
+    return (
+        torch.autocast(device_type=device, enabled=False) if device in ("cpu", "cuda") else _null()
+    )
 
 
 def full_ce(h: Tensor, target: Tensor, weight: Tensor, chunk_elems: int = 1 << 20) -> Tensor:
@@ -170,9 +178,7 @@ def full_ce(h: Tensor, target: Tensor, weight: Tensor, chunk_elems: int = 1 << 2
     """
     rows = max(1, chunk_elems // max(weight.shape[0], 1))
     device = h.device.type
-    with (
-        torch.autocast(device_type=device, enabled=False) if device in ("cpu", "cuda") else _null()
-    ):
+    with _no_autocast(device):
         onednn = device == "cpu" and _onednn_fp32_exact()
         return _FusedLinearCE.apply(h, weight, target, rows, onednn)
 
