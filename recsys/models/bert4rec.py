@@ -53,6 +53,7 @@ class BERT4Rec(Recommender):
         init: str = "normal",
         residual_norm: bool = False,
         item_dropout: float = 0.0,
+        null_attention: str = "none",
     ):
         super().__init__(num_users, num_items)
         check_transformer_args(

@@ -18,12 +18,26 @@ from torch import Tensor, nn
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 
 
-def attention_mask(real: Tensor, causal: bool) -> Tensor:
-    """(B, 1, L, L) bool, True where query ``i`` may attend to key ``j``.
+NULL_ATTENTION = ("none", "one", "padding")
+
+
+def attention_mask(
+    real: Tensor, causal: bool, null_attention: str = "none", max_len: int | None = None
+) -> Tensor:
+    """Which keys each query may attend to: (B, 1, L, L) bool, True where query ``i`` may
+    attend to key ``j``; with a null slot, an additive float mask (B, 1, L, L + 1) whose first
+    column belongs to the null key.
 
     Keys that are padding are hidden; with ``causal`` so are keys after the query. Every query
     sees itself, so a padding query (whose output is never used) has no empty row and
     ``scaled_dot_product_attention`` never returns NaN.
+
+    ``null_attention`` adds one key/value that every query may attend to ("attend to nothing"),
+    the projection of a zero input (see :class:`TransformerBlock`): ``one`` gives it the weight
+    of one key; ``padding`` the weight of ``max_len - length`` keys (none for a full window),
+    which is what unmasked, zeroed padding keys amount to in implementations that do not mask
+    them (RecTools' SASRec), computed from the length so that padding a batch wider or
+    narrower changes nothing.
 
     Args:
         real: (B, L) bool, True at real (non-padding) items.
@@ -34,7 +48,16 @@ def attention_mask(real: Tensor, causal: bool) -> Tensor:
     mask = real[:, None, None, :].expand(-1, 1, L, -1)  # (B, 1, L, L) by key
     if causal:
         mask = mask & (torch.ones(L, L, device=real.device).tril() > 0)
-    return mask | eye
+    mask = mask | eye
+    if null_attention == "none":
+        return mask
+    if null_attention == "one":
+        null = torch.zeros(real.shape[0], device=real.device)
+    else:  # log of the number of padding positions in a max_len window (-inf when full)
+        assert max_len is not None, "null_attention=padding needs max_len"
+        null = torch.log((max_len - real.sum(1)).float())
+    additive = torch.zeros(mask.shape, device=real.device).masked_fill(~mask, float("-inf"))
+    return torch.cat([null[:, None, None, None].expand(-1, 1, L, 1), additive], -1)
 
 
 class TransformerBlock(nn.Module):
@@ -42,8 +65,10 @@ class TransformerBlock(nn.Module):
     dropout, a residual connection and layer norm (``norm_first``: pre-LN; otherwise post-LN as
     in BERT4Rec / RecBole). ``residual_norm`` (with ``norm_first``) is the block of the SASRec
     paper's code: the query and the feed-forward input are normalised and each residual starts
-    from that normalised value, while keys and values see the raw input. Attention runs through
-    ``F.scaled_dot_product_attention``."""
+    from that normalised value, while keys and values see the raw input. ``null_slot``: one
+    more key/value in front of the others, the projection of a zero input (the key and value
+    biases), weighted by the first column of the float mask of :func:`attention_mask`.
+    Attention runs through ``F.scaled_dot_product_attention``."""
 
     def __init__(
         self,
@@ -56,11 +81,12 @@ class TransformerBlock(nn.Module):
         norm_first: bool = True,
         eps: float = 1e-8,
         residual_norm: bool = False,
+        null_slot: bool = False,
     ):
         super().__init__()
         assert d % n_heads == 0, "hidden size must be divisible by the number of heads"
         self.n_heads, self.attn_dropout, self.norm_first = n_heads, attn_dropout, norm_first
-        self.residual_norm = residual_norm
+        self.residual_norm, self.null_slot = residual_norm, null_slot
         self.qkv = nn.Linear(d, 3 * d)
         self.out = nn.Linear(d, d)
         self.ff1, self.ff2 = nn.Linear(d, inner), nn.Linear(inner, d)
@@ -79,6 +105,12 @@ class TransformerBlock(nn.Module):
             q = F.linear(x, w_q, b_q).view(B, L, self.n_heads, d // self.n_heads)
             k, v = F.linear(kv, w_kv, b_kv).view(B, L, 2, self.n_heads, d // self.n_heads).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, d/H)
+        if self.null_slot:  # the key and value of a zero input: the projection biases
+            k0, v0 = self.qkv.bias[d:].view(2, 1, self.n_heads, 1, d // self.n_heads).unbind(0)
+            k = torch.cat([k0.expand(B, -1, -1, -1).to(k.dtype), k], 2)
+            v = torch.cat([v0.expand(B, -1, -1, -1).to(v.dtype), v], 2)
+        if mask.dtype != torch.bool:  # additive: SDPA wants it in the query's (autocast) dtype
+            mask = mask.to(q.dtype)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
         )
@@ -88,7 +120,8 @@ class TransformerBlock(nn.Module):
         return self.drop(self.ff2(self.drop(self.act(self.ff1(x)))))
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """x: (B, L, d); mask: (B, 1, L, L) bool from :func:`attention_mask`."""
+        """x: (B, L, d); mask: from :func:`attention_mask` (with a null column iff
+        ``null_slot``)."""
         if self.residual_norm:  # a pre-LN block (the encoders refuse it with norm_first=false)
             q = self.ln1(x)
             x = self.ln2(q + self._attn(q, mask, kv=x))
@@ -107,7 +140,8 @@ class SequenceEncoder(nn.Module):
     the output layer uses the unscaled table. ``init``: ``normal`` (std ``init_std`` for every
     weight and embedding) or ``xavier`` (Glorot normal for every matrix, as RecTools does).
     ``item_dropout``: dropout on the item table itself in training, one mask per batch shared by
-    the input lookup and the output layer (:meth:`table`).
+    the input lookup and the output layer (:meth:`table`). ``null_attention``: a null key/value
+    in every block's attention (see :func:`attention_mask`).
 
     The item table has ``num_items + extra_tokens`` rows: ids ``0..num_items-1`` are items,
     ``num_items`` is padding (a zero row that gets no gradient), ``num_items + 1`` BERT4Rec's mask
@@ -133,10 +167,12 @@ class SequenceEncoder(nn.Module):
         init: str = "normal",
         residual_norm: bool = False,
         item_dropout: float = 0.0,
+        null_attention: str = "none",
     ):
         super().__init__()
+        assert null_attention in NULL_ATTENTION, null_attention
         self.num_items, self.max_len, self.norm_first = num_items, max_len, norm_first
-        self.item_dropout = item_dropout
+        self.item_dropout, self.null_attention = item_dropout, null_attention
         # Kang & McAuley's code multiplies the item embeddings by sqrt(d) before adding positions
         self.emb_scale = math.sqrt(d) if scale_embeddings else 1.0
         self.item = nn.Embedding(num_items + extra_tokens, d, padding_idx=num_items)
@@ -146,7 +182,16 @@ class SequenceEncoder(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(
-                d, n_heads, inner, dropout, attn_dropout, activation, norm_first, eps, residual_norm
+                d,
+                n_heads,
+                inner,
+                dropout,
+                attn_dropout,
+                activation,
+                norm_first,
+                eps,
+                residual_norm,
+                null_slot=null_attention != "none",
             )
             for _ in range(n_layers)
         )
@@ -180,7 +225,7 @@ class SequenceEncoder(nn.Module):
         items = items if self.emb_scale == 1.0 else items * self.emb_scale
         x = self.emb_ln(items + self.pos(pos)[None])  # (B, L, d)
         x = self.drop(x) * real[..., None]
-        mask = attention_mask(real, causal)
+        mask = attention_mask(real, causal, self.null_attention, self.max_len)
         for block in self.blocks:
             x = block(x, mask)
         return self.final_ln(x) * real[..., None]

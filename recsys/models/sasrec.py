@@ -11,7 +11,9 @@ RecSys 2023).
 Deviations from the paper: positions are counted back from the most recent item (the paper's
 left-padded layout gives the same thing); GELU or ReLU feed-forward (``activation``); the
 paper's code's block (``residual_norm``), standard pre-LN (``norm_first``) or post-LN
-(``norm_first=false``, as in RecBole); ``init: xavier`` is RecTools' initialisation.
+(``norm_first=false``, as in RecBole); ``init: xavier`` is RecTools' initialisation;
+``null_attention`` (a key/value every query may attend to instead of the items; ``padding``
+gives it the weight RecTools' unmasked padding keys have) keeps padding invariance.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from torch import Tensor
 
 from recsys.data.batches import SeqBatch, UserBatch
 from recsys.models.base import Recommender, require
-from recsys.models.layers import ACTIVATIONS, SequenceEncoder, last_state_by_length
+from recsys.models.layers import (
+    ACTIVATIONS,
+    NULL_ATTENTION,
+    SequenceEncoder,
+    last_state_by_length,
+)
 from recsys.models.seq_losses import LOSSES, next_item_loss
 
 
@@ -62,6 +69,12 @@ def transformer_encoder(num_items: int, extra_tokens: int, hp: dict) -> Sequence
     require(hp["init"] in ("normal", "xavier"), "init", hp["init"], "one of: normal, xavier")
     require(0 <= hp["item_dropout"] < 1, "item_dropout", hp["item_dropout"], "in [0, 1)")
     require(
+        hp["null_attention"] in NULL_ATTENTION,
+        "null_attention",
+        hp["null_attention"],
+        f"one of: {', '.join(NULL_ATTENTION)}",
+    )
+    require(
         hp["norm_first"] or not hp["residual_norm"],
         "residual_norm",
         hp["residual_norm"],
@@ -77,6 +90,7 @@ def transformer_encoder(num_items: int, extra_tokens: int, hp: dict) -> Sequence
         init=hp["init"],
         residual_norm=bool(hp["residual_norm"]),
         item_dropout=float(hp["item_dropout"]),
+        null_attention=hp["null_attention"],
     )
 
 
@@ -107,6 +121,7 @@ class SASRec(Recommender):
         init: str = "normal",
         residual_norm: bool = False,
         item_dropout: float = 0.0,
+        null_attention: str = "none",
     ):
         super().__init__(num_users, num_items)
         check_transformer_args(

@@ -208,6 +208,63 @@ def test_reference_block_and_xavier_init_keep_causality_and_padding_invariance()
         BERT4Rec(5, 30, **SMALL, residual_norm=True)  # post-LN by default
 
 
+@pytest.mark.parametrize("mode", ["one", "padding"])
+def test_null_attention_equals_attending_to_zero_inputs(mode):
+    """The null key/value is what unmasked zero-input keys give in the SASRec code's block (keys
+    and values from the raw input, as RecTools, which zeroes padding rows and leaves them
+    unmasked): ``padding`` equals ``max_len - length`` such keys in front of the history,
+    ``one`` a single one, whatever the batch's own padding."""
+    from recsys.models.layers import TransformerBlock, attention_mask
+
+    torch.manual_seed(0)
+    d, max_len = 8, 6
+    block = TransformerBlock(d, 2, 16, 0.0, 0.0, "relu", residual_norm=True, null_slot=True)
+    plain = TransformerBlock(d, 2, 16, 0.0, 0.0, "relu", residual_norm=True).eval()
+    with torch.no_grad():
+        for p in block.parameters():  # non-zero biases: the null key/value are the biases
+            p.normal_(0, 0.5)
+    plain.load_state_dict(block.state_dict())
+    block.eval()
+    lengths = [2, 5, 6, 1]
+    L = max(lengths)
+    x = torch.randn(len(lengths), L, d)
+    real = torch.arange(L)[None] >= L - torch.tensor(lengths)[:, None]
+    out = block(x * real[..., None], attention_mask(real, True, mode, max_len))
+    for b, n in enumerate(lengths):
+        zeros = (max_len - n) if mode == "padding" else 1
+        ref_in = torch.cat([torch.zeros(zeros, d), x[b, L - n :]])[None]
+        causal = torch.ones(zeros + n, zeros + n).tril().bool()[None, None]
+        ref = plain(ref_in, causal)[0, zeros:]
+        torch.testing.assert_close(out[b, L - n :], ref, atol=1e-5, rtol=1e-5)
+    # without the null key the outputs differ (the test above is not vacuous)
+    assert not torch.allclose(plain(x, attention_mask(real, True))[0, -2:], out[0, -2:], atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["one", "padding"])
+def test_null_attention_keeps_causality_and_padding_invariance(mode):
+    torch.manual_seed(0)
+    for cls in (SASRec, BERT4Rec):
+        m = cls(5, 30, **SMALL, null_attention=mode).eval()
+        histories = [[4, 7, 1], [2, 9, 9, 3, 5, 6, 8, 1, 0, 11, 12, 13, 14, 15], [6]]
+        together = m.score(UserBatch.from_lists([0, 1, 2], histories))
+        for b, h in enumerate(histories):
+            alone = m.score(UserBatch.from_lists([b], [h]))[0]
+            torch.testing.assert_close(together[b], alone, atol=1e-5, rtol=1e-5)
+        none = cls(5, 30, **SMALL).eval()
+        none.load_state_dict(m.state_dict())
+        assert not torch.allclose(
+            none.score(UserBatch.from_lists([0], histories[:1]))[0], together[0]
+        )
+    seq = torch.tensor([[30, 30, 4, 7, 1, 9, 2]])
+    changed = seq.clone()
+    changed[0, -1] = 17
+    m = SASRec(5, 30, **SMALL, null_attention=mode).eval()
+    a, b = m.encoder(seq, causal=True), m.encoder(changed, causal=True)
+    assert torch.allclose(a[:, :-1], b[:, :-1], atol=1e-6)
+    with pytest.raises(ValueError, match="null_attention"):
+        SASRec(5, 30, **SMALL, null_attention="sink")
+
+
 def test_padding_embedding_is_zero_and_gets_no_gradient():
     m = SASRec(5, 30, **SMALL)
     seq = torch.tensor([[30, 30, 1, 2, 3]])
