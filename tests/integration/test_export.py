@@ -31,12 +31,14 @@ from recsys.serve import main as serve_main
 from recsys.train import main as train_main
 from tests.conftest import FAST_TRAINER, compose_config
 
-MODELS = sorted(p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml"))
+MODELS = {p.stem: [f"model={p.stem}"] for p in sorted(Path(CONFIG_DIR, "model").glob("*.yaml"))}
+# variants whose scorer graph differs from their model's defaults
+MODELS["sasrec_null"] = ["model=sasrec", "model.null_attention=padding"]
 DATA = ["data.n_users=120", "data.n_items=60", "data.mean_length=12", "data.n_groups=3"]
 ROWS = 9  # small fixed scorer batch: the 20 reference users span several calls
 # ONNX export is the slow part; the suite checks it on one model of each family that has
 # one (the others get TorchScript + eager, which share the traced code path).
-ONNX_MODELS = {"mf", "pop", "multvae", "sasrec"}
+ONNX_MODELS = {"mf", "pop", "multvae", "sasrec", "sasrec_null"}
 HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
 K = 10
 
@@ -62,9 +64,9 @@ def artifacts(tmp_path_factory) -> dict[str, Path]:
     indptr, indices, _ = _history_csr(dm.data)
     users = [int(u) for u in np.flatnonzero(np.diff(indptr) > 0)[:20]]
     out = {}
-    for name in MODELS:
+    for name, overrides in MODELS.items():
         config = OmegaConf.to_container(
-            compose_config("train", DATA + [f"model={name}"], root), resolve=True
+            compose_config("train", DATA + overrides, root), resolve=True
         )
         torch.manual_seed(0)
         model = build_model(config["model"], dm.n_users, dm.n_items)
