@@ -426,7 +426,11 @@ class SeqLoader:
 
     Each epoch shuffles the windows, sorts each group of ``bucket`` consecutive batches by
     sequence length (so a batch holds similar lengths and little padding survives the trim),
-    and shuffles the order of the batches.
+    and shuffles the order of the batches. ``bucket=1``: plain shuffled batches. Bucketing is
+    not neutral: the loss is a mean over a batch's positions, so a batch of short windows gives
+    each of its few positions more weight than a mixed batch would (on Amazon Beauty it makes
+    the published SASRec recipe peak lower and overfit sooner: benchmarks/sequential_beauty.md,
+    section 11).
     """
 
     def __init__(

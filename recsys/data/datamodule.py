@@ -182,6 +182,9 @@ class RecDataModule(pl.LightningDataModule):
                 raise ConfigError(
                     f"data.seq_windowing must be truncate or windows, got {windowing!r}"
                 )
+            bucket = self.cfg.get("seq_bucket", 32)
+            if not isinstance(bucket, int) or isinstance(bucket, bool) or bucket < 1:
+                raise ConfigError(f"data.seq_bucket must be an integer >= 1, got {bucket!r}")
             return SeqLoader(
                 _store(d.to_csr(), dev),
                 max_len=int(self.max_len or self.cfg.get("max_seq_len", 50)),
@@ -189,6 +192,7 @@ class RecDataModule(pl.LightningDataModule):
                 batch_size=self._batch_size(),
                 seed=self.seed,
                 windowing=windowing,
+                bucket=bucket,
                 stride=self.cfg.get("seq_stride"),
             )
         raise ConfigError(f"model declares an unknown train_batch {self.train_batch!r}")

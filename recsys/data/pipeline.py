@@ -41,6 +41,7 @@ LOADER_KEYS = frozenset(
         "max_seq_len",
         "num_workers",
         "seq_windowing",
+        "seq_bucket",
     }
 )
 # Splits that draw random numbers: their seed is part of the cache key.

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from recsys.data.batches import PairLoader, RowStore, SeqLoader, UserBatch, build_sequences
 from recsys.data.datamodule import RecDataModule
+from recsys.errors import ConfigError
 from recsys.models.bert4rec import BERT4Rec
 from recsys.models.gru4rec import GRU4Rec
 from recsys.models.mf import MF
@@ -79,9 +80,10 @@ def test_build_sequences_against_brute_force(windowing, stride):
     assert torch.all(real[:, 1:] >= real[:, :-1])
 
 
-def test_seq_loader_trims_and_covers_every_window_once():
+@pytest.mark.parametrize("bucket", [1, 32])
+def test_seq_loader_trims_and_covers_every_window_once(bucket):
     rows = [list(range(n)) for n in (3, 7, 2, 15, 4, 30)]
-    loader = SeqLoader(_store(rows), max_len=8, pad=99, batch_size=2, seed=1)
+    loader = SeqLoader(_store(rows), max_len=8, pad=99, batch_size=2, seed=1, bucket=bucket)
     loader.sampler.set_epoch(3)
     seen = []
     for b in loader:
@@ -89,6 +91,23 @@ def test_seq_loader_trims_and_covers_every_window_once():
         seen += [tuple(t[t != 99].tolist()) for t in b.target]
     ref = [tuple(t[t != 99].tolist()) for t in loader.target]
     assert sorted(seen) == sorted(ref)
+
+
+def test_seq_bucket_groups_batches_by_length_and_one_means_random_batches():
+    rng = np.random.default_rng(0)
+    rows = [list(range(int(n))) for n in rng.integers(2, 40, size=600)]
+
+    def spread(bucket: int) -> float:  # mean within-batch range of window lengths
+        loader = SeqLoader(_store(rows), max_len=50, pad=999, batch_size=16, seed=1, bucket=bucket)
+        return float(np.mean([int(np.ptp((b.input != 999).sum(1).numpy())) for b in loader]))
+
+    assert spread(32) < 3 < 15 < spread(1)
+    cfg = compose_config("train", ["data=synthetic", *TINY_DATA, "data.seq_bucket=0"])
+    dm = RecDataModule(dict(cfg.data), seed=0)
+    dm.setup()
+    dm.configure_for(SASRec(dm.n_users, dm.n_items, **SMALL))
+    with pytest.raises(ConfigError, match="data.seq_bucket"):
+        dm.train_dataloader()
 
 
 # -- model behaviour --------------------------------------------------------------------------
