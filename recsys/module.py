@@ -206,6 +206,9 @@ class RecModule(pl.LightningModule):
         out = self.model.loss(batch)
         if isinstance(out, Tensor):
             out = {"loss": out}
+        scale = getattr(batch, "loss_scale", None)  # sequence windows: data.seq_weight_positions
+        if scale is not None:
+            out = {name: value * scale for name, value in out.items()}
         # ``train/<loss>`` is the epoch mean weighted by batch size, as Lightning's on_epoch
         # logging computes it, but summed here and logged once per epoch (at its last batch, so
         # a validation pass sees it): a ``self.log`` per step costs ~15% of a small MF epoch

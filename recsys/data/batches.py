@@ -110,6 +110,8 @@ class SeqBatch:
     user: Tensor  # (B,) int64 the user of each row
     input: Tensor  # (B, L) int64 items, oldest first, left-padded
     target: Tensor  # (B, L) int64 next item of each input position, pad where not trained
+    # () float: multiplies the batch's mean loss (the loader's ``weight_positions``), or None
+    loss_scale: Tensor | None = None
 
     def to(self, device: torch.device) -> SeqBatch:
         return _to(self, device)
@@ -430,7 +432,9 @@ class SeqLoader:
     not neutral: the loss is a mean over a batch's positions, so a batch of short windows gives
     each of its few positions more weight than a mixed batch would (on Amazon Beauty it makes
     the published SASRec recipe peak lower and overfit sooner: benchmarks/sequential_beauty.md,
-    section 11).
+    section 11). ``weight_positions``: each batch carries ``loss_scale``, its trained
+    positions over the epoch's mean per batch, so that the scaled mean losses weigh every
+    position the same over an epoch, with buckets or without.
     """
 
     def __init__(
@@ -443,11 +447,15 @@ class SeqLoader:
         windowing: str = "windows",
         bucket: int = 32,
         stride: int | None = None,
+        weight_positions: bool = False,
     ):
         self.user, self.input, self.target = build_sequences(store, max_len, pad, windowing, stride)
         self.lengths = (self.input != pad).sum(1)
         self.max_len, self.pad, self.batch_size, self.bucket = max_len, pad, batch_size, bucket
         self.sampler = _EpochSeed(seed)
+        self.positions = (self.target != pad).sum(1)  # trained positions of each window
+        self.weight_positions = weight_positions
+        self.mean_positions = self.positions.sum().float() / max(len(self), 1)
 
     def __len__(self) -> int:
         return -(-len(self.user) // self.batch_size)
@@ -470,4 +478,9 @@ class SeqLoader:
         for s in starts[order].tolist():
             idx = perm[s : s + self.batch_size]
             width = max(1, int(self.lengths[idx].max()))
-            yield SeqBatch(self.user[idx], self.input[idx, -width:], self.target[idx, -width:])
+            scale = (
+                self.positions[idx].sum() / self.mean_positions if self.weight_positions else None
+            )
+            yield SeqBatch(
+                self.user[idx], self.input[idx, -width:], self.target[idx, -width:], scale
+            )

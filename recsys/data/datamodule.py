@@ -194,6 +194,7 @@ class RecDataModule(pl.LightningDataModule):
                 windowing=windowing,
                 bucket=bucket,
                 stride=self.cfg.get("seq_stride"),
+                weight_positions=bool(self.cfg.get("seq_weight_positions", False)),
             )
         raise ConfigError(f"model declares an unknown train_batch {self.train_batch!r}")
 

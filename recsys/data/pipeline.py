@@ -42,6 +42,7 @@ LOADER_KEYS = frozenset(
         "num_workers",
         "seq_windowing",
         "seq_bucket",
+        "seq_weight_positions",
     }
 )
 # Splits that draw random numbers: their seed is part of the cache key.

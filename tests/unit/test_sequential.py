@@ -11,7 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recsys.data.batches import PairLoader, RowStore, SeqLoader, UserBatch, build_sequences
+from recsys.data.batches import (
+    PairLoader,
+    RowStore,
+    SeqBatch,
+    SeqLoader,
+    UserBatch,
+    build_sequences,
+)
 from recsys.data.datamodule import RecDataModule
 from recsys.errors import ConfigError
 from recsys.models.bert4rec import BERT4Rec
@@ -108,6 +115,34 @@ def test_seq_bucket_groups_batches_by_length_and_one_means_random_batches():
     dm.configure_for(SASRec(dm.n_users, dm.n_items, **SMALL))
     with pytest.raises(ConfigError, match="data.seq_bucket"):
         dm.train_dataloader()
+
+
+def test_weight_positions_makes_every_position_weigh_the_same_over_an_epoch():
+    """With length buckets, the batches' mean losses times their ``loss_scale`` average to the
+    per-position mean over every window of the epoch, computed here in one pass over all of
+    them (the plain means would over-weigh the positions of short windows)."""
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(0, 30, size=int(n)).tolist() for n in rng.integers(2, 20, size=200)]
+    torch.manual_seed(0)
+    m = SASRec(5, 30, **SMALL, loss="ce").eval()
+    loader = SeqLoader(_store(rows), 12, 30, batch_size=16, seed=1, weight_positions=True)
+    with torch.no_grad():
+        batches = list(loader)
+        scaled = sum(float(m.loss(b) * b.loss_scale) for b in batches) / len(batches)
+        every = float(m.loss(SeqBatch(loader.user, loader.input, loader.target)))
+    assert abs(scaled - every) < 1e-5 * every
+    scales = torch.stack([b.loss_scale for b in batches])
+    # the scales average one; bucketed batches differ several-fold in positions
+    assert abs(float(scales.mean()) - 1) < 1e-6 and float(scales.max() / scales.min()) > 3
+    unweighted = SeqLoader(_store(rows), 12, 30, batch_size=16, seed=1)
+    assert all(b.loss_scale is None for b in unweighted)
+    # the training step is what applies the scale
+    module = RecModule({"_target_": "recsys.models.sasrec.SASRec", **SMALL, "loss": "ce"}, 5, 30)
+    module.model.load_state_dict(m.state_dict())
+    module.model.eval()
+    with torch.no_grad():
+        got = float(module._train_loss(batches[0]))
+    torch.testing.assert_close(got, float(m.loss(batches[0]) * batches[0].loss_scale))
 
 
 # -- model behaviour --------------------------------------------------------------------------
