@@ -185,6 +185,11 @@ class RecDataModule(pl.LightningDataModule):
             bucket = self.cfg.get("seq_bucket", 32)
             if not isinstance(bucket, int) or isinstance(bucket, bool) or bucket < 1:
                 raise ConfigError(f"data.seq_bucket must be an integer >= 1, got {bucket!r}")
+            weight = self.cfg.get("seq_weight_positions", False)
+            if not isinstance(weight, bool):
+                raise ConfigError(
+                    f"data.seq_weight_positions must be true or false, got {weight!r}"
+                )
             return SeqLoader(
                 _store(d.to_csr(), dev),
                 max_len=int(self.max_len or self.cfg.get("max_seq_len", 50)),
@@ -194,7 +199,7 @@ class RecDataModule(pl.LightningDataModule):
                 windowing=windowing,
                 bucket=bucket,
                 stride=self.cfg.get("seq_stride"),
-                weight_positions=bool(self.cfg.get("seq_weight_positions", False)),
+                weight_positions=weight,
             )
         raise ConfigError(f"model declares an unknown train_batch {self.train_batch!r}")
 

@@ -115,6 +115,12 @@ def test_seq_bucket_groups_batches_by_length_and_one_means_random_batches():
     dm.configure_for(SASRec(dm.n_users, dm.n_items, **SMALL))
     with pytest.raises(ConfigError, match="data.seq_bucket"):
         dm.train_dataloader()
+    cfg = compose_config("train", ["data=synthetic", *TINY_DATA, "data.seq_weight_positions=2"])
+    dm = RecDataModule(dict(cfg.data), seed=0)
+    dm.setup()
+    dm.configure_for(SASRec(dm.n_users, dm.n_items, **SMALL))
+    with pytest.raises(ConfigError, match="data.seq_weight_positions"):
+        dm.train_dataloader()
 
 
 def test_weight_positions_makes_every_position_weigh_the_same_over_an_epoch():
