@@ -109,18 +109,13 @@ def test_seq_bucket_groups_batches_by_length_and_one_means_random_batches():
         return float(np.mean([int(np.ptp((b.input != 999).sum(1).numpy())) for b in loader]))
 
     assert spread(32) < 3 < 15 < spread(1)
-    cfg = compose_config("train", ["data=synthetic", *TINY_DATA, "data.seq_bucket=0"])
-    dm = RecDataModule(dict(cfg.data), seed=0)
-    dm.setup()
-    dm.configure_for(SASRec(dm.n_users, dm.n_items, **SMALL))
-    with pytest.raises(ConfigError, match="data.seq_bucket"):
-        dm.train_dataloader()
-    cfg = compose_config("train", ["data=synthetic", *TINY_DATA, "data.seq_weight_positions=2"])
-    dm = RecDataModule(dict(cfg.data), seed=0)
-    dm.setup()
-    dm.configure_for(SASRec(dm.n_users, dm.n_items, **SMALL))
-    with pytest.raises(ConfigError, match="data.seq_weight_positions"):
-        dm.train_dataloader()
+    for key, bad in (("seq_bucket", 0), ("seq_weight_positions", 2)):
+        cfg = compose_config("train", ["data=synthetic", *TINY_DATA, f"data.{key}={bad}"])
+        dm = RecDataModule(dict(cfg.data), seed=0)
+        dm.setup()
+        dm.configure_for(SASRec(dm.n_users, dm.n_items, **SMALL))
+        with pytest.raises(ConfigError, match=f"data.{key}"):
+            dm.train_dataloader()
 
 
 def test_weight_positions_makes_every_position_weigh_the_same_over_an_epoch():
