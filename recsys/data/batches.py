@@ -432,9 +432,9 @@ class SeqLoader:
     not neutral: the loss is a mean over a batch's positions, so a batch of short windows gives
     each of its few positions more weight than a mixed batch would (on Amazon Beauty it makes
     the published SASRec recipe peak lower and overfit sooner: benchmarks/sequential_beauty.md,
-    section 11). ``weight_positions``: each batch carries ``loss_scale``, its trained
-    positions over the epoch's mean per batch, so that the scaled mean losses weigh every
-    position the same over an epoch, with buckets or without.
+    section 11). ``weight_positions`` (the default) undoes that: each batch carries
+    ``loss_scale``, its trained positions over the epoch's mean per batch, so that the scaled
+    mean losses weigh every position the same over an epoch, with buckets or without.
     """
 
     def __init__(
@@ -447,7 +447,7 @@ class SeqLoader:
         windowing: str = "windows",
         bucket: int = 32,
         stride: int | None = None,
-        weight_positions: bool = False,
+        weight_positions: bool = True,
     ):
         self.user, self.input, self.target = build_sequences(store, max_len, pad, windowing, stride)
         self.lengths = (self.input != pad).sum(1)

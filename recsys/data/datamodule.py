@@ -185,7 +185,7 @@ class RecDataModule(pl.LightningDataModule):
             bucket = self.cfg.get("seq_bucket", 32)
             if not isinstance(bucket, int) or isinstance(bucket, bool) or bucket < 1:
                 raise ConfigError(f"data.seq_bucket must be an integer >= 1, got {bucket!r}")
-            weight = self.cfg.get("seq_weight_positions", False)
+            weight = self.cfg.get("seq_weight_positions", True)
             if not isinstance(weight, bool):
                 raise ConfigError(
                     f"data.seq_weight_positions must be true or false, got {weight!r}"

@@ -109,13 +109,21 @@ def test_seq_bucket_groups_batches_by_length_and_one_means_random_batches():
         return float(np.mean([int(np.ptp((b.input != 999).sum(1).numpy())) for b in loader]))
 
     assert spread(32) < 3 < 15 < spread(1)
-    for key, bad in (("seq_bucket", 0), ("seq_weight_positions", 2)):
-        cfg = compose_config("train", ["data=synthetic", *TINY_DATA, f"data.{key}={bad}"])
+
+    def sasrec_data(*overrides: str) -> RecDataModule:
+        cfg = compose_config("train", ["data=synthetic", *TINY_DATA, *overrides])
         dm = RecDataModule(dict(cfg.data), seed=0)
         dm.setup()
         dm.configure_for(SASRec(dm.n_users, dm.n_items, **SMALL))
+        return dm
+
+    for key, bad in (("seq_bucket", 0), ("seq_weight_positions", 2)):
         with pytest.raises(ConfigError, match=f"data.{key}"):
-            dm.train_dataloader()
+            sasrec_data(f"data.{key}={bad}").train_dataloader()
+    # the data config weighs positions unless told not to
+    for extra, weighted in (((), True), (("data.seq_weight_positions=false",), False)):
+        batch = next(iter(sasrec_data(*extra).train_dataloader()))
+        assert (batch.loss_scale is not None) == weighted
 
 
 def test_weight_positions_makes_every_position_weigh_the_same_over_an_epoch():
@@ -126,7 +134,7 @@ def test_weight_positions_makes_every_position_weigh_the_same_over_an_epoch():
     rows = [rng.integers(0, 30, size=int(n)).tolist() for n in rng.integers(2, 20, size=200)]
     torch.manual_seed(0)
     m = SASRec(5, 30, **SMALL, loss="ce").eval()
-    loader = SeqLoader(_store(rows), 12, 30, batch_size=16, seed=1, weight_positions=True)
+    loader = SeqLoader(_store(rows), 12, 30, batch_size=16, seed=1)  # weighted by default
     with torch.no_grad():
         batches = list(loader)
         scaled = sum(float(m.loss(b) * b.loss_scale) for b in batches) / len(batches)
@@ -135,7 +143,7 @@ def test_weight_positions_makes_every_position_weigh_the_same_over_an_epoch():
     scales = torch.stack([b.loss_scale for b in batches])
     # the scales average one; bucketed batches differ several-fold in positions
     assert abs(float(scales.mean()) - 1) < 1e-6 and float(scales.max() / scales.min()) > 3
-    unweighted = SeqLoader(_store(rows), 12, 30, batch_size=16, seed=1)
+    unweighted = SeqLoader(_store(rows), 12, 30, batch_size=16, seed=1, weight_positions=False)
     assert all(b.loss_scale is None for b in unweighted)
     # the training step is what applies the scale
     module = RecModule({"_target_": "recsys.models.sasrec.SASRec", **SMALL, "loss": "ce"}, 5, 30)
