@@ -29,14 +29,22 @@ RecTools' betas), the row whose test NDCG@10 0.0531 / Recall@10 0.0921 issue 7 n
 then also has the test NDCG@10 / HR@10 of that epoch's model: histories are training plus the
 validation item, as in that benchmark (and ours); the epoch to report is the one with the best
 validation score.
+
+After every epoch the script also rewrites ``<out>.ckpt``, RecTools' own trainer checkpoint
+(weights, Adam state, epoch count); run the same command again and it goes on from there,
+appending to ``out``, so a run to convergence can span several sittings (the data order after a
+resume differs from an uninterrupted run's).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import resource
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -128,10 +136,10 @@ def run(
 
     clock = EpochClock
 
-    def trainer() -> pl.Trainer:  # RecTools' default trainer, plus the clock, on the CPU
+    def trainer(epochs: int = 1) -> pl.Trainer:  # RecTools' default trainer + clock, on the CPU
         return pl.Trainer(
-            max_epochs=1,
-            min_epochs=1,
+            max_epochs=epochs,
+            min_epochs=epochs,
             accelerator="cpu",
             devices=1,
             enable_progress_bar=False,
@@ -141,14 +149,23 @@ def run(
             callbacks=[EpochClock()],
         )
 
-    model = SASRecModel(
-        **RECIPES[recipe],
-        session_max_len=50,
-        batch_size=128,
-        epochs=1,
-        get_trainer_func=trainer,
-        recommend_torch_device="cpu",
-    )
+    state = Path(out + ".ckpt")  # RecTools' own trainer checkpoint, rewritten after each epoch
+    if state.exists():  # resume: weights, Adam state and epoch count (not the shuffling RNG)
+        done = torch.load(state, weights_only=False)["epoch"]  # epochs trained
+        # restoring refits on an empty loader, which must stop at the epochs already done
+        resumed = functools.partial(trainer, done)
+        model = SASRecModel.load_from_checkpoint(
+            state, model_params_update={"get_trainer_func": resumed}
+        )
+    else:
+        model = SASRecModel(
+            **RECIPES[recipe],
+            session_max_len=50,
+            batch_size=128,
+            epochs=1,
+            get_trainer_func=trainer,
+            recommend_torch_device="cpu",
+        )
 
     def ndcg_hr(users, items, data) -> tuple[float, float]:
         reco = model.recommend(users, data, k=10, filter_viewed=True)
@@ -159,8 +176,15 @@ def run(
         return float((1.0 / np.log2(rank + 1)).sum() / len(users)), len(rank) / len(users)
 
     wall = cpu = 0.0
+    done = model.fit_trainer.fit_loop.epoch_progress.current.ready if state.exists() else 0
+    if done:
+        last = json.loads(Path(out).read_text().splitlines()[-1])
+        if last["epoch"] != done - 1:
+            raise SystemExit(f"{state} holds {done} epochs but {out} ends at epoch {last['epoch']}")
+        wall, cpu = last["train_wall_s"], last["train_cpu_s"]
+        print(f"resuming after epoch {done - 1} from {state}", flush=True)
     with open(out, "a") as f:
-        for epoch in range(epochs):
+        for epoch in range(done, epochs):
             threads_now = threads if epoch < timed_epochs else 1
             torch.set_num_threads(threads_now)
             model.fit_partial(dataset, min_epochs=1, max_epochs=1)
@@ -185,6 +209,9 @@ def run(
             print(json.dumps(rec), flush=True)
             f.write(json.dumps(rec) + "\n")
             f.flush()
+            tmp = state.with_suffix(".tmp")
+            model.fit_trainer.save_checkpoint(tmp)
+            os.replace(tmp, state)  # never a half-written checkpoint
 
 
 if __name__ == "__main__":
