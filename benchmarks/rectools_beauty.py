@@ -150,8 +150,9 @@ def run(
         )
 
     state = Path(out + ".ckpt")  # RecTools' own trainer checkpoint, rewritten after each epoch
-    if state.exists():  # resume: weights, Adam state and epoch count (not the shuffling RNG)
-        done = torch.load(state, weights_only=False)["epoch"]  # epochs trained
+    # resume: weights, Adam state and epoch count (not the shuffling RNG)
+    done = torch.load(state, weights_only=False)["epoch"] if state.exists() else 0
+    if done:
         # restoring refits on an empty loader, which must stop at the epochs already done
         resumed = functools.partial(trainer, done)
         model = SASRecModel.load_from_checkpoint(
@@ -176,7 +177,6 @@ def run(
         return float((1.0 / np.log2(rank + 1)).sum() / len(users)), len(rank) / len(users)
 
     wall = cpu = 0.0
-    done = model.fit_trainer.fit_loop.epoch_progress.current.ready if state.exists() else 0
     if done:
         last = json.loads(Path(out).read_text().splitlines()[-1])
         if last["epoch"] != done - 1:
