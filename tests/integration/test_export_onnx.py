@@ -1,0 +1,174 @@
+"""ONNX export is required of every model that has it today.
+
+Each model config in configs/model/ is either in ``ONNX_EXPORTS`` (exported with ``onnx=True`` on
+tiny data, the artifact must hold ``scorer.onnx``, and onnxruntime's scores must equal the
+TorchScript and eager scores for known users and for new histories) or in ``NO_ONNX`` with the
+reason its export fails today (recorded in ``artifact.json``). A model whose ONNX export breaks
+fails here; a model that gains ONNX fails here too, until it moves to ``ONNX_EXPORTS``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from recsys.artifact import load, read_manifest
+from recsys.cli import CONFIG_DIR
+from recsys.data.datamodule import RecDataModule
+from recsys.export import export_model
+from recsys.models.base import build_model
+from tests.conftest import compose_config
+
+HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
+pytestmark = pytest.mark.skipif(
+    not HAVE_ONNX, reason="onnx and onnxruntime are not installed (the export extra)"
+)
+
+DATA = [
+    "data.n_users=120",
+    "data.n_items=60",
+    "data.mean_length=12",
+    "data.n_groups=3",
+    "data.max_seq_len=10",  # sequence models see truncated histories
+]
+# tiny sizes: ONNX export time grows with the graph
+SEQ = ["model.hidden_size=16", "model.n_layers=1", "model.n_heads=2", "model.inner_size=32"]
+ONNX_EXPORTS: dict[str, list[str]] = {
+    "bert4rec": SEQ,
+    "biased_mf": ["model.embedding_size=8"],
+    "gmf": ["model.embedding_size=8"],
+    "gru4rec": ["model.embedding_size=8", "model.hidden_size=16"],
+    "mf": ["model.embedding_size=8"],
+    "mlp": ["model.embedding_size=8", "model.mlp_hidden_size=[16,8]"],
+    "multdae": ["model.hidden_dims=[16]"],
+    "multvae": ["model.hidden_dims=[32,8]"],
+    "ncf": [
+        "model.mf_embedding_size=8",
+        "model.mlp_embedding_size=8",
+        "model.mlp_hidden_size=[16,8]",
+    ],
+    "neumf": [
+        "model.mf_embedding_size=8",
+        "model.mlp_embedding_size=8",
+        "model.mlp_hidden_size=[16,8]",
+    ],
+    "pop": [],
+    "sasrec": SEQ,
+}
+# models without an ONNX scorer today: the operator torch.onnx (opset 17) cannot export
+NO_ONNX: dict[str, tuple[list[str], str]] = {
+    # score(): sparse history rows times the dense item-item weight (torch.sparse.mm)
+    "ease": ([], "aten::to_sparse"),
+    # score(): the sparse top-k similarity matrix times the dense history (torch.sparse.mm)
+    "itemknn": (["model.k=10"], "aten::sparse_coo_tensor"),
+}
+# models whose scores depend on the history alone (recommend_history works)
+SCORES_HISTORY = {"bert4rec", "ease", "gru4rec", "itemknn", "multdae", "multvae", "pop", "sasrec"}
+ROWS = 5  # scorer batch: the known users below span several calls
+N_USERS = 10
+RTOL = 1e-5
+
+
+def test_every_model_config_is_classified():
+    configs = {p.stem for p in Path(CONFIG_DIR, "model").glob("*.yaml")}
+    assert set(ONNX_EXPORTS) | set(NO_ONNX) == configs
+    assert not set(ONNX_EXPORTS) & set(NO_ONNX)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx")
+    base = OmegaConf.to_container(compose_config("train", DATA + ["model=pop"], root), resolve=True)
+    dm = RecDataModule(base["data"], seed=int(base["seed"]))
+    dm.setup()
+    return root, dm
+
+
+def _export(data, name: str, overrides: list[str]) -> Path:
+    root, dm = data
+    config = OmegaConf.to_container(
+        compose_config("train", DATA + [f"model={name}", *overrides], root), resolve=True
+    )
+    torch.manual_seed(0)
+    model = build_model(config["model"], dm.n_users, dm.n_items)
+    if model.train_batch is None:
+        model.fit(dm.train_matrix())
+    return export_model(
+        model, config, dm.data, dm.fingerprint, root / name, rows=ROWS, torchscript=True, onnx=True
+    )
+
+
+@pytest.fixture(scope="module", params=sorted(ONNX_EXPORTS))
+def artifact(request, data) -> tuple[str, Path]:
+    """One artifact per model that exports ONNX, shared by the tests of that model."""
+    return request.param, _export(data, request.param, ONNX_EXPORTS[request.param])
+
+
+def _close(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    atol = RTOL * float(np.abs(want).max())  # scores near zero: relative to the model's scale
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=atol, err_msg=what)
+
+
+def test_onnx_scorer_is_written(artifact):
+    name, path = artifact
+    scorer = read_manifest(path)["scorer"]
+    assert scorer["onnx"] == "scorer.onnx", f"{name}: no ONNX scorer ({scorer.get('onnx_error')})"
+    assert "onnx_error" not in scorer
+    assert (path / "scorer.onnx").is_file()
+    assert scorer["torchscript"] == "scorer.ts", scorer.get("torchscript_error")
+    assert read_manifest(path)["supports_history"] is (name in SCORES_HISTORY)
+
+
+def test_onnx_scores_equal_torchscript_and_eager(artifact):
+    name, path = artifact
+    backends = {b: load(path, backend=b) for b in ("onnx", "torchscript", "eager")}
+    onnx = backends.pop("onnx")
+    assert onnx.backend == "onnx"
+    users = [int(u) for u in np.flatnonzero(np.diff(onnx.indptr) > 0)[:N_USERS]]
+    assert len(users) == N_USERS > ROWS  # several fixed-shape calls
+    rng = np.random.default_rng(0)
+    new = [rng.choice(onnx.num_items, size=n, replace=False) for n in (1, 4, 15)]
+    cases = {
+        "known users": (users, [onnx.history(u) for u in users]),
+        # known users with histories the data never had (ignored by id-based models)
+        "new histories": (users[:3], new),
+    }
+    if name in SCORES_HISTORY:  # no user at all: the history alone
+        cases["anonymous histories"] = ([-1] * len(new), new)
+    for case, (u, hist) in cases.items():
+        got = onnx.score(u, hist)
+        assert got.shape == (len(u), onnx.num_items) and np.isfinite(got).all(), case
+        for b, rec in backends.items():
+            _close(got, rec.score(u, hist), f"{name}, {case}: onnx vs {b}")
+        # the scores depend on the input: a scorer returning constants would not pass
+        assert not np.allclose(got, got[:1]) or name == "pop", f"{name}, {case}: same rows"
+    # the same recommendations (items; their scores are compared above)
+    ts = backends["torchscript"]
+    ext = onnx.user_ids[users].tolist()
+    assert [r["items"] for r in onnx.recommend(ext, k=5)] == [
+        r["items"] for r in ts.recommend(ext, k=5)
+    ]
+    if name in SCORES_HISTORY:
+        items = onnx.item_ids[new[1]].tolist()
+        got = onnx.recommend_history(items, k=5)["items"]
+        assert got == ts.recommend_history(items, k=5)["items"]
+
+
+@pytest.mark.parametrize("name", sorted(NO_ONNX))
+def test_models_without_onnx_say_why(name, data):
+    """No ONNX scorer today, and the artifact says why; TorchScript still works. If this fails
+    because the model now exports ONNX, move it to ONNX_EXPORTS."""
+    overrides, operator = NO_ONNX[name]
+    path = _export(data, name, overrides)
+    scorer = read_manifest(path)["scorer"]
+    assert scorer["onnx"] is None, f"{name} exports ONNX now: move it to ONNX_EXPORTS"
+    assert not (path / "scorer.onnx").exists()
+    assert scorer["onnx_error"].startswith("ONNX export failed: UnsupportedOperatorError")
+    assert operator in scorer["onnx_error"]
+    assert scorer["torchscript"] == "scorer.ts", scorer.get("torchscript_error")
+    assert read_manifest(path)["supports_history"] is (name in SCORES_HISTORY)
