@@ -8,7 +8,7 @@ ARGS   ?=
 COMPARE ?=
 RECBOLE_VENV ?= .venv-recbole
 
-.PHONY: help install train test lint tensorboard clean bench bench-quick recbole-venv
+.PHONY: help install train test test-fast lint tensorboard clean bench bench-quick recbole-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ train: install  ## train the default model (MF-BPR) on the built-in synthetic da
 
 test: install  ## run the test suite
 	$(PY) -m pytest -q $(ARGS)
+
+test-fast: install  ## the suite without the slow, gpu and data tests (~2 min on 2 cores)
+	$(PY) -m pytest -q -m "not slow and not gpu and not data" $(ARGS)
 
 lint: install  ## ruff lint and format check
 	$(VENV)/bin/ruff check recsys tests

@@ -52,6 +52,7 @@ def test_invalid_values_are_refused_before_training(tmp_path, override, message)
     assert_nothing_finished(tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_reports_one_line_and_exits_2(tmp_path):
     proc = run("recsys.train", TINY + ["model.embedding_size=-4"], tmp_path)
     assert proc.returncode == 2
@@ -62,6 +63,7 @@ def test_cli_reports_one_line_and_exits_2(tmp_path):
     assert_nothing_finished(tmp_path)
 
 
+@pytest.mark.slow
 def test_unknown_model_lists_the_options(tmp_path):
     proc = run("recsys.train", ["model=no_such_model"], tmp_path)
     assert proc.returncode != 0
@@ -70,6 +72,7 @@ def test_unknown_model_lists_the_options(tmp_path):
     assert_nothing_finished(tmp_path)
 
 
+@pytest.mark.slow
 def test_unknown_key_fails_in_struct_mode(tmp_path):
     proc = run("recsys.train", ["model.embeding_size=8"], tmp_path)
     assert proc.returncode != 0
@@ -77,6 +80,7 @@ def test_unknown_key_fails_in_struct_mode(tmp_path):
     assert_nothing_finished(tmp_path)
 
 
+@pytest.mark.slow
 def test_missing_and_corrupted_checkpoints(tmp_path):
     missing = tmp_path / "nope.ckpt"
     proc = run("recsys.eval", [f"ckpt_path={missing}"], tmp_path / "a")
@@ -94,6 +98,7 @@ def test_missing_and_corrupted_checkpoints(tmp_path):
     assert not (tmp_path / "a" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_help_and_cfg_job():
     out = subprocess.run(
         [sys.executable, "-m", "recsys.train", "--help"],

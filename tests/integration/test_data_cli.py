@@ -40,6 +40,7 @@ def write_ml100k(root) -> int:
     return len(rows)
 
 
+@pytest.mark.slow
 def test_stats_prepare_and_cache_reuse(tmp_path):
     n = write_ml100k(tmp_path / "root")
     args = ["data=ml-100k", f"data.root={tmp_path / 'root'}"]
@@ -98,6 +99,7 @@ def test_bad_data_one_error_line_exit_2(tmp_path, content, message):
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.npz"))
 
 
+@pytest.mark.slow
 def test_usage_without_command(tmp_path):
     r = recsys_data(cwd=tmp_path)
     assert r.returncode == 2 and "usage: recsys-data {stats,prepare}" in r.stderr
@@ -106,6 +108,7 @@ def test_usage_without_command(tmp_path):
     assert "amazon-sports" in h.stdout and "csv" in h.stdout
 
 
+@pytest.mark.data
 @pytest.mark.skipif(shared_datasets() is None, reason="shared datasets absent")
 def test_beauty_statistics_from_shared_copy(tmp_path):
     root = shared_datasets()

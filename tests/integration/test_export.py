@@ -200,6 +200,7 @@ def test_corrupted_or_truncated_artifact_is_refused(artifacts, tmp_path):
         assert name in str(e.value)
 
 
+@pytest.mark.slow
 def test_export_cli_from_a_trained_run_and_recommend_cli(tmp_path, capsys):
     run = tmp_path / "run"
     # the Hydra task function behind recsys-train returns optimized_metric to a sweeper

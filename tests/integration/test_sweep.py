@@ -63,6 +63,7 @@ def _runs(out: Path) -> list[Path]:
     return sorted(p.parent for p in out.glob("*/metrics.json"))
 
 
+@pytest.mark.slow
 def test_failed_runs_are_reported_and_the_others_complete(sweep):
     out, proc = sweep
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -78,6 +79,7 @@ def test_failed_runs_are_reported_and_the_others_complete(sweep):
     assert len(_runs(out)) == 4  # the four valid runs finished
 
 
+@pytest.mark.slow
 def test_manifest_records_the_run(sweep):
     out, _ = sweep
     splits = set()
@@ -98,6 +100,7 @@ def test_manifest_records_the_run(sweep):
     assert len(splits) == 1 and len(splits.pop()) == 16
 
 
+@pytest.mark.slow
 def test_one_tensorboard_root_with_named_runs_and_hparams(sweep):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
@@ -125,6 +128,7 @@ def test_one_tensorboard_root_with_named_runs_and_hparams(sweep):
             assert "optim.lr" in hp
 
 
+@pytest.mark.slow
 def test_compare_on_the_sweep(sweep, tmp_path, capsys):
     out, _ = sweep
     compare_main([str(out), "--out", str(tmp_path), "--metrics", "test/ndcg@10,test/hit@10"])

@@ -74,6 +74,7 @@ def test_checkpoint_is_plain_and_reloads_to_identical_metrics(run):
     assert again["val"] == metrics["val"]
 
 
+@pytest.mark.slow
 def test_recsys_eval_cli_prints_and_writes_metrics(run, tmp_path):
     out, metrics = run
     proc = subprocess.run(

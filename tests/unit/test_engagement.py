@@ -327,6 +327,7 @@ def test_rows_in_time_order_csv_end_to_end(tmp_path):
                                      "task.horizon_interactions=1"], tmp_path / "t"))  # fmt: skip
 
 
+@pytest.mark.data
 def test_amazon_beauty_is_refused_from_the_cli_config(tmp_path):
     from tests.conftest import shared_datasets
 

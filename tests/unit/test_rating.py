@@ -103,6 +103,7 @@ def test_rating_task_reports_the_directly_computed_rmse(tmp_path):
     assert m["test"]["mae"] == pytest.approx(float(np.mean(np.abs(err))), rel=1e-6)
 
 
+@pytest.mark.data
 @pytest.mark.skipif(shared_datasets() is None, reason="needs the shared ml-100k copy")
 @pytest.mark.parametrize("fold", [1, 5])
 def test_ml100k_official_fold(fold):

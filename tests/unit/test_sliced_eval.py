@@ -95,6 +95,7 @@ def test_segments_file_slicing_through_recsys_eval(run, tmp_path):
     assert m["test_by_group"]["activity"] == metrics["test_by_group"]["activity"]
 
 
+@pytest.mark.data
 @pytest.mark.skipif(shared_datasets() is None, reason="needs the shared datasets")
 def test_movielens_user_attributes_as_groups():
     root = shared_datasets()

@@ -292,6 +292,7 @@ SHARED = shared_datasets()
 needs_shared = pytest.mark.skipif(SHARED is None, reason="shared datasets absent")
 
 
+@pytest.mark.data
 @needs_shared
 @pytest.mark.parametrize(
     "name, users, items, interactions",
