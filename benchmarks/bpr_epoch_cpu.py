@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/work/shared/datasets python benchmarks/bpr_epoch_cpu.py after
 
 30 epochs of the `bpr-ml-100k` bench entry (validation only after the last), through
-`recsys.train.train`; prints the median and mean training CPU seconds of epochs 4-30 (without
+`recsys.training.train.train`; prints the median and mean training CPU seconds of epochs 4-30 (without
 validation) and the validation NDCG@10, which must not change between two versions of the code.
 To compare with an older commit C, run the same file against an export of it:
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys.bench import compose
-from recsys.train import train
+from benchmarks.runner.bench import compose
+from recsys.training.train import train
 
 label = sys.argv[1] if len(sys.argv) > 1 else "run"
 overrides = [
@@ -37,14 +37,14 @@ overrides = [
     "trainer.max_epochs=30",
     "model.init=xavier",
     "eval.baseline=null",
-    "+callbacks.bench_timer._target_=recsys.bench.EpochTimer",
+    "+callbacks.bench_timer._target_=benchmarks.runner.bench.EpochTimer",
     "trainer.check_val_every_n_epoch=30",
     *sys.argv[2:],
 ]
 out = Path(f"/tmp/bpr_epoch_cpu_{label}")
 shutil.rmtree(out, ignore_errors=True)
 metrics = train(compose(overrides, out))
-timer = importlib.import_module("recsys.bench").EpochTimer.last
+timer = importlib.import_module("benchmarks.runner.bench").EpochTimer.last
 cpu = np.array(timer.train_cpu_s[3:])
 print(
     f"{label}: train CPU s/epoch median {np.median(cpu):.4f} mean {cpu.mean():.4f} "

@@ -5,7 +5,7 @@ of two numbers measured at different times is noisy. Here each pair runs the two
 back, one process at a time, and the ratio is taken within the pair:
 
     OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/work/shared/datasets \
-      python -m recsys.bench --compare recbole --only bpr-ml-100k --out /tmp/bpr-bench \
+      python -m benchmarks.runner.bench --compare recbole --only bpr-ml-100k --out /tmp/bpr-bench \
         --runs-dir /tmp/bpr-bench/runs
     OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/work/shared/datasets \
       python benchmarks/bpr_paired.py /tmp/bpr-bench/runs/bpr-ml-100k/recbole/spec.json 5
@@ -13,7 +13,7 @@ back, one process at a time, and the ratio is taken within the pair:
 The spec (written by the bench's RecBole side) holds RecBole's translation of the
 ``bpr-ml-100k`` entry and the path of the atomic files of its split. Each side trains 30 epochs:
 ours through ``benchmarks/bpr_epoch_cpu.py`` (the entry's settings, median of epochs 4-30),
-RecBole through the bench's child (``recsys/bench_recbole.py``, median over its epochs; RecBole
+RecBole through the bench's child (``benchmarks/runner/recbole.py``, median over its epochs; RecBole
 validates every epoch, which is timed separately and not counted). Prints one line per pair and
 the median ratio.
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from recsys.runner import datamodule_from_config, load_checkpoint, module_from_checkpoint
+from recsys.training.runs import datamodule_from_config, load_checkpoint, module_from_checkpoint
 
 ckpt = load_checkpoint(Path(sys.argv[1]))
 sizes = [int(x) for x in sys.argv[2].split(",")]

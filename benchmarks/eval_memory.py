@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/work/shared/datasets \
       python benchmarks/eval_memory.py <run>/checkpoints/last.ckpt [repeats]
 
-Runs ``recsys.bench.measure_eval`` (score pass and full evaluation pass, ``repeats`` times each)
+Runs ``benchmarks.runner.bench.measure_eval`` (score pass and full evaluation pass, ``repeats`` times each)
 and prints the process's peak RSS (``VmHWM``) before and after it, and the pass time. Used for
 the NeuMF Amazon Beauty evaluation memory in benchmarks/results.md.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from recsys.bench import measure_eval
-from recsys.bench_recbole import peak_rss_mb
-from recsys.runner import datamodule_from_config, load_checkpoint, module_from_checkpoint
+from benchmarks.runner.bench import measure_eval
+from benchmarks.runner.recbole import peak_rss_mb
+from recsys.training.runs import datamodule_from_config, load_checkpoint, module_from_checkpoint
 
 ckpt = load_checkpoint(Path(sys.argv[1]))
 repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 1

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from recsys.cli import CONFIG_DIR
 from recsys.data.datamodule import RecDataModule
-from recsys.module import RecModule
+from recsys.training.module import RecModule
 
 
 def main(overrides: list[str], epochs: int = 3) -> None:

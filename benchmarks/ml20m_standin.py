@@ -6,7 +6,7 @@ activity log-normal with the same mean and floor, Zipf item popularity, users dr
 from a taste group, and ratings with ML-20M's marginal distribution. Use it in place of the
 ``data.source`` of an ``*_ml20m`` experiment (from the repository root, so ``benchmarks`` imports):
 
-    python -m recsys.train experiment=multvae_ml20m data.source=benchmarks.ml20m_standin.load
+    python -m recsys.cli.train experiment=multvae_ml20m data.source=benchmarks.ml20m_standin.load
 
 Optional keys (``+data.<key>=...``) scale it down: ``standin_users``, ``standin_items``,
 ``standin_mean_length``, ``standin_min_length``.

@@ -54,8 +54,8 @@ def export(out: str) -> None:
     and one test item per user (internal ids)."""
     from hydra import compose, initialize_config_dir
 
-    from recsys.bench import CONFIG_DIR
-    from recsys.runner import datamodule_from_config
+    from benchmarks.runner.bench import CONFIG_DIR
+    from recsys.training.runs import datamodule_from_config
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=sasrec_ce_beauty", "data.download=false"])

@@ -15,7 +15,7 @@ import sys
 import time
 import tracemalloc
 
-from recsys.bench import current_rss_mb, scale_source
+from benchmarks.runner.bench import current_rss_mb, scale_source
 from recsys.data.audit import audit_split
 from recsys.data.interactions import Interactions
 from recsys.data.preprocess import preprocess_config

@@ -8,10 +8,10 @@ __all__ = ["CheckpointError", "ConfigError", "DataError", "RecsysError", "__vers
 
 
 def load(directory, backend: str = "auto"):
-    """Load an exported artifact (``recsys-export``): see :func:`recsys.artifact.load`.
+    """Load an exported artifact (``recsys-export``): see :func:`recsys.serving.artifact.load`.
 
     Imported on first use, so ``import recsys`` stays light (no torch, Hydra or Lightning).
     """
-    from recsys.artifact import load as _load
+    from recsys.serving.artifact import load as _load
 
     return _load(directory, backend=backend)

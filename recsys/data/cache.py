@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from recsys.atomic import atomic_write
 from recsys.data.interactions import Interactions, Split
+from recsys.files import atomic_write
 
 CACHE_VERSION = 2  # bump when the stored layout or audit changes
 PARTS = ("train", "val", "test")

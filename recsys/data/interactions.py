@@ -209,3 +209,13 @@ def has_clock(inter: Interactions) -> bool:
     start = np.maximum.accumulate(np.where(first, np.arange(len(u)), 0))
     rank = np.arange(len(u)) - start
     return not (np.array_equal(t, rank) or np.array_equal(t, rank + 1))
+
+
+def event_index(inter: Interactions) -> np.ndarray:
+    """(n,) int64: each event's position in the global event order of the log: by time, ties by
+    internal user id, then by position in ``inter`` (deterministic)."""
+    n = len(inter)
+    order = np.lexsort((np.arange(n), inter.user, inter.time))
+    index = np.empty(n, dtype=np.int64)
+    index[order] = np.arange(n, dtype=np.int64)
+    return index

@@ -12,7 +12,7 @@ A model is a ``torch.nn.Module`` (subclass :class:`Recommender`) with:
 - ``score(users)`` → (B, num_items) scores for a :class:`~recsys.data.batches.UserBatch`
   (user ids plus the history known at that point), over the whole catalogue.
 
-The model owns its objective; :class:`recsys.module.RecModule` owns optimisation, masking,
+The model owns its objective; :class:`recsys.training.module.RecModule` owns optimisation, masking,
 metrics and logging, and never branches on which model it holds.
 """
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from recsys.bench import scale_source
-from recsys.bench_recbole import recbole_config, write_atomic
+from benchmarks.runner.bench import scale_source
+from benchmarks.runner.recbole import recbole_config, write_atomic
 from recsys.data.pipeline import prepare
 from tests.conftest import compose_config
 
@@ -56,7 +56,7 @@ def test_quick_bench_on_a_tiny_matrix(tmp_path):
         [
             sys.executable,
             "-m",
-            "recsys.bench",
+            "benchmarks.runner.bench",
             "--matrix",
             str(tmp_path / "m.yaml"),
             "--out",
@@ -105,7 +105,7 @@ def test_quick_bench_on_a_tiny_matrix(tmp_path):
     assert md.startswith("# Benchmarks")
     assert "| mf-tiny |" in md and "| pop-tiny |" in md
     assert "## Skipped" in md and "nosuch-tiny" in md
-    assert "python -m recsys.train model=mf data=synthetic" in md
+    assert "python -m recsys.cli.train model=mf data=synthetic" in md
 
 
 def test_scale_source_is_unique_and_near_the_target():
@@ -130,7 +130,7 @@ def test_scale_source_is_unique_and_near_the_target():
         compose_config(
             "train",
             [
-                "data.source=recsys.bench.scale_source",
+                "data.source=benchmarks.runner.bench.scale_source",
                 "+data.scale_users=400",
                 "+data.scale_items=1000",
                 "+data.scale_interactions=18000",

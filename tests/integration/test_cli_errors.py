@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from recsys.errors import ConfigError
-from recsys.train import train
+from recsys.training.train import train
 from tests.conftest import compose_config
 
 TINY = [
@@ -54,7 +54,7 @@ def test_invalid_values_are_refused_before_training(tmp_path, override, message)
 
 @pytest.mark.slow
 def test_cli_reports_one_line_and_exits_2(tmp_path):
-    proc = run("recsys.train", TINY + ["model.embedding_size=-4"], tmp_path)
+    proc = run("recsys.cli.train", TINY + ["model.embedding_size=-4"], tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: model.embedding_size must be an integer >= 1, got -4"
@@ -65,7 +65,7 @@ def test_cli_reports_one_line_and_exits_2(tmp_path):
 
 @pytest.mark.slow
 def test_unknown_model_lists_the_options(tmp_path):
-    proc = run("recsys.train", ["model=no_such_model"], tmp_path)
+    proc = run("recsys.cli.train", ["model=no_such_model"], tmp_path)
     assert proc.returncode != 0
     assert "Could not find 'model/no_such_model'" in proc.stderr
     assert "Available options in 'model'" in proc.stderr and "mf" in proc.stderr
@@ -74,7 +74,7 @@ def test_unknown_model_lists_the_options(tmp_path):
 
 @pytest.mark.slow
 def test_unknown_key_fails_in_struct_mode(tmp_path):
-    proc = run("recsys.train", ["model.embeding_size=8"], tmp_path)
+    proc = run("recsys.cli.train", ["model.embeding_size=8"], tmp_path)
     assert proc.returncode != 0
     assert "embeding_size" in proc.stderr
     assert_nothing_finished(tmp_path)
@@ -83,16 +83,16 @@ def test_unknown_key_fails_in_struct_mode(tmp_path):
 @pytest.mark.slow
 def test_missing_and_corrupted_checkpoints(tmp_path):
     missing = tmp_path / "nope.ckpt"
-    proc = run("recsys.eval", [f"ckpt_path={missing}"], tmp_path / "a")
+    proc = run("recsys.cli.eval", [f"ckpt_path={missing}"], tmp_path / "a")
     assert proc.returncode == 2
     assert f"error: ckpt_path: no such checkpoint file: {missing}" in proc.stderr
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint")
-    proc = run("recsys.eval", [f"ckpt_path={corrupt}"], tmp_path / "b")
+    proc = run("recsys.cli.eval", [f"ckpt_path={corrupt}"], tmp_path / "b")
     assert proc.returncode == 2
     assert f"error: ckpt_path: {corrupt} is not a readable checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = run("recsys.train", TINY + [f"ckpt_path={corrupt}"], tmp_path / "c")
+    proc = run("recsys.cli.train", TINY + [f"ckpt_path={corrupt}"], tmp_path / "c")
     assert proc.returncode == 2 and "is not a readable checkpoint" in proc.stderr
     assert_nothing_finished(tmp_path / "c")
     assert not (tmp_path / "a" / "metrics.json").exists()
@@ -101,14 +101,14 @@ def test_missing_and_corrupted_checkpoints(tmp_path):
 @pytest.mark.slow
 def test_help_and_cfg_job():
     out = subprocess.run(
-        [sys.executable, "-m", "recsys.train", "--help"],
+        [sys.executable, "-m", "recsys.cli.train", "--help"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert out.returncode == 0 and "model: " in out.stdout and "recsys-train" in out.stdout
     out = subprocess.run(
-        [sys.executable, "-m", "recsys.train", "--cfg", "job"],
+        [sys.executable, "-m", "recsys.cli.train", "--cfg", "job"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.artifact import load, pseudonym
 from recsys.data.synthetic import generate
 from recsys.errors import ConfigError, DataError
-from recsys.export import export
+from recsys.serving.artifact import load, pseudonym
+from recsys.serving.export import export
 from tests.conftest import FAST_TRAINER, compose_config
 
 TWIN = 999  # external id of the planted twin of item TARGET
@@ -31,7 +31,7 @@ def twin_log(tmp_path_factory):
 
 
 def _run(tmp, path, model, extra=()):
-    from recsys.train import train
+    from recsys.training.train import train
 
     overrides = [
         "data=csv", f"data.path={path}", "data.columns.time=time", "data.split=leave_one_out",
@@ -78,8 +78,8 @@ def test_planted_twin_ranks_first_by_embedding_cosine(twin_log, tmp_path):
     assert res["method"] == "embedding" and res["items"][0] == TWIN
     # its user representation cannot feed engagement features: leave-one-out training saw the
     # last events of every user, after any engagement cutoff
+    from recsys.customer.engagement import build_windows, frozen_representation, full_log
     from recsys.data.pipeline import prepare
-    from recsys.engagement import build_windows, frozen_representation, full_log
 
     cfg = compose_config("train", ["data=csv", f"data.path={twin_log}", "data.columns.time=time",
                                    "data.split=leave_one_out", f"data.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
@@ -119,7 +119,7 @@ def test_pseudonymized_export_serves_by_hash(ease_artifact, tmp_path, monkeypatc
 
 
 def test_recommend_similar_cli(ease_artifact, capsys):
-    from recsys.serve import main
+    from recsys.cli.recommend import main
 
     _, art = ease_artifact
     main([str(art), "--similar", f"{TARGET}", "-k", "3"])
@@ -128,7 +128,7 @@ def test_recommend_similar_cli(ease_artifact, capsys):
 
 
 def test_segment_cli(ease_artifact, tmp_path, monkeypatch, capsys):
-    from recsys.segment import main
+    from recsys.cli.segment import main
 
     run, _ = ease_artifact
     argv = ["recsys-segment", f"run={run}", "features=rfm", "k=2", "plot=false", f"out={tmp_path}"]

@@ -9,15 +9,15 @@ import sys
 
 import pytest
 
-from recsys.data.cli import run
+from recsys.cli.data import run
 from recsys.errors import ConfigError
-from recsys.train import train
+from recsys.training.train import train
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config, shared_datasets
 
 
 def recsys_data(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "recsys.data.cli", *args],
+        [sys.executable, "-m", "recsys.cli.data", *args],
         capture_output=True,
         text=True,
         timeout=300,

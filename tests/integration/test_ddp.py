@@ -16,7 +16,12 @@ import textwrap
 import numpy as np
 import pytest
 
-from recsys.runner import datamodule_from_config, evaluate, load_checkpoint, module_from_checkpoint
+from recsys.training.runs import (
+    datamodule_from_config,
+    evaluate,
+    load_checkpoint,
+    module_from_checkpoint,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -50,8 +55,8 @@ SCRIPT = textwrap.dedent(
     from pytorch_lightning.strategies import DDPStrategy
 
     from recsys.cli import CONFIG_DIR
-    from recsys.runner import datamodule_from_config, load_checkpoint, module_from_checkpoint
-    from recsys.train import train
+    from recsys.training.runs import datamodule_from_config, load_checkpoint, module_from_checkpoint
+    from recsys.training.train import train
 
     out = Path(sys.argv[1])
     overrides = json.loads(sys.argv[2])

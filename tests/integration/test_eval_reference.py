@@ -33,9 +33,9 @@ import torch
 from omegaconf import OmegaConf
 
 from recsys.data.batches import UserBatch
-from recsys.module import RecModule
-from recsys.runner import datamodule_from_config, evaluate
-from recsys.train import EVAL_KEYS
+from recsys.training.module import RecModule
+from recsys.training.runs import datamodule_from_config, evaluate
+from recsys.training.train import EVAL_KEYS
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config
 
 TOPK = [10, 20]

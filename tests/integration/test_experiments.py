@@ -9,7 +9,7 @@ model, optimiser, evaluation and callbacks stay as written; the only other chang
 schedule (a few batches of one validation period), for strong generalization fewer held-out
 users (the tiny log has a few hundred users, not 1,200 or 20,000), and for losses with hundreds
 of negatives of their own per position a smaller batch (the same loss, a lighter gather). Then
-``recsys.train.train`` prepares the data, builds the trainer, takes a few steps, selects on
+``recsys.training.train.train`` prepares the data, builds the trainer, takes a few steps, selects on
 validation and tests, and metrics.json must hold finite validation and test metrics.
 
 A second check composes each experiment without any test override and asserts it still carries
@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 
 from recsys.cli import CONFIG_DIR
 from recsys.data.synthetic import generate
-from recsys.train import train
+from recsys.training.train import train
 from tests.conftest import compose_config
 
 EXPERIMENT_DIR = Path(CONFIG_DIR) / "experiment"

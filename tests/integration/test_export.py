@@ -20,15 +20,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from recsys.artifact import load, read_manifest
 from recsys.cli import CONFIG_DIR
+from recsys.cli.recommend import main as serve_main
+from recsys.cli.train import main as train_main
 from recsys.data.batches import UserBatch
 from recsys.data.datamodule import RecDataModule
 from recsys.errors import CheckpointError, RecsysError
-from recsys.export import _history_csr, export_model
 from recsys.models.base import build_model
-from recsys.serve import main as serve_main
-from recsys.train import main as train_main
+from recsys.serving.artifact import load, read_manifest
+from recsys.serving.export import _history_csr, export_model
 from tests.conftest import FAST_TRAINER, compose_config
 
 MODELS = {p.stem: [f"model={p.stem}"] for p in sorted(Path(CONFIG_DIR, "model").glob("*.yaml"))}
@@ -216,7 +216,7 @@ def test_export_cli_from_a_trained_run_and_recommend_cli(tmp_path, capsys):
     assert returned == metrics["val"]["mrr@10"]
     art = tmp_path / "art"
     proc = subprocess.run(
-        [sys.executable, "-m", "recsys.export", f"run={run}", f"out={art}"],
+        [sys.executable, "-m", "recsys.cli.export", f"run={run}", f"out={art}"],
         capture_output=True,
         text=True,
         timeout=300,

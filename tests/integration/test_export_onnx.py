@@ -17,11 +17,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from recsys.artifact import load, read_manifest
 from recsys.cli import CONFIG_DIR
 from recsys.data.datamodule import RecDataModule
-from recsys.export import export_model
 from recsys.models.base import build_model
+from recsys.serving.artifact import load, read_manifest
+from recsys.serving.export import export_model
 from tests.conftest import compose_config
 
 HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))

@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from recsys.runner import datamodule_from_config, evaluate, load_checkpoint, module_from_checkpoint
-from recsys.train import train
+from recsys.training.runs import (
+    datamodule_from_config,
+    evaluate,
+    load_checkpoint,
+    module_from_checkpoint,
+)
+from recsys.training.train import train
 from tests.conftest import TINY_DATA, compose_config
 
 pytestmark = [
@@ -51,7 +56,7 @@ def test_cuda_training_and_evaluation_match_cpu(tmp_path, model, extra):
     assert results["gpu"] == pytest.approx(metrics["test"], abs=1e-6)
 
     if model == "mf":  # the bench's CUDA measurements run too
-        from recsys.bench import measure_eval
+        from benchmarks.runner.bench import measure_eval
 
         module = module_from_checkpoint(ckpt).cuda().eval()
         dm = datamodule_from_config(config)

@@ -24,9 +24,9 @@ def _ids_in_npz(path):
 
 
 def test_excluded_users_appear_in_no_output(tmp_path):
-    from recsys.export import export
-    from recsys.segment import segment
-    from recsys.train import train
+    from recsys.customer.segments import segment
+    from recsys.serving.export import export
+    from recsys.training.train import train
 
     optout = tmp_path / "optout.txt"
     optout.write_text("# opted out\n" + "\n".join(map(str, EXCLUDED)) + "\n\n99999\n")

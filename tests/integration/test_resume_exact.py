@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recsys.train import train
+from recsys.training.train import train
 from tests.conftest import TINY_DATA, compose_config
 
 EPOCHS, STOP = 4, 2

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from recsys.cli import CONFIG_DIR
-from recsys.compare import main as compare_main
+from recsys.cli.compare import main as compare_main
 
 pytest.importorskip(
     "hydra_plugins.hydra_joblib_launcher", reason="needs the sweep extra: pip install -e '.[sweep]'"
@@ -42,7 +42,7 @@ def sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
         [
             sys.executable,
             "-m",
-            "recsys.train",
+            "recsys.cli.train",
             "-m",
             "hydra/launcher=parallel",
             "model=mf,pop",

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from recsys.errors import ConfigError
-from recsys.eval import evaluate_checkpoint
-from recsys.train import train
+from recsys.training.evaluate import evaluate_checkpoint
+from recsys.training.train import train
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config
 
 OVERRIDES = TINY_DATA + FAST_TRAINER + ["optim.lr=0.01", "seed=5", "trainer.max_epochs=10"]
@@ -81,7 +81,7 @@ def test_recsys_eval_cli_prints_and_writes_metrics(run, tmp_path):
         [
             sys.executable,
             "-m",
-            "recsys.eval",
+            "recsys.cli.eval",
             f"ckpt_path={out}/checkpoints/best.ckpt",
             f"hydra.run.dir={tmp_path}",
             "accelerator=cpu",
@@ -133,7 +133,7 @@ def test_steps_per_call_makes_the_same_updates(tmp_path, monkeypatch):
     same metrics and optimizer-step count, whether or not K divides the number of batches, and
     with the loss axis's multi-term outputs (reg > 0); both through the direct backward/step
     path this single-process fp32 run takes and through Lightning's own wrappers."""
-    from recsys.module import RecModule
+    from recsys.training.module import RecModule
 
     direct_step = RecModule._direct_steps
     taken: list[bool] = []

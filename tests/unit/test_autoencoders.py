@@ -15,8 +15,8 @@ from recsys.data.datamodule import RecDataModule
 from recsys.errors import ConfigError
 from recsys.models.autoencoders import MultDAE, MultVAE, _Rows
 from recsys.models.base import build_model
-from recsys.runner import load_checkpoint
-from recsys.train import train
+from recsys.training.runs import load_checkpoint
+from recsys.training.train import train
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config
 
 MODELS = {"multvae": MultVAE, "multdae": MultDAE}

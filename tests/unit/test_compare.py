@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from recsys.compare import compare, holm, main
+from recsys.cli.compare import main
 from recsys.errors import DataError
+from recsys.training.compare import compare, holm
 
 
 def make_run(

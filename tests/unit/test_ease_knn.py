@@ -11,7 +11,7 @@ from recsys.data.batches import UserBatch
 from recsys.errors import ConfigError
 from recsys.models.ease import EASE, ease_memory_bytes
 from recsys.models.itemknn import ItemKNN
-from recsys.train import train
+from recsys.training.train import train
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config
 
 

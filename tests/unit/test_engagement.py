@@ -8,8 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsys.customer.engagement import (
+    DAY,
+    build_windows,
+    features,
+    fit_evaluate,
+    labels,
+    observed_users,
+)
 from recsys.data.interactions import Interactions
-from recsys.engagement import DAY, build_windows, features, fit_evaluate, labels, observed_users
 from recsys.errors import DataError
 from tests.conftest import compose_config
 
@@ -116,16 +123,15 @@ def test_beats_the_recency_baseline_on_a_planted_churn_signal():
 
 
 def test_cli_path_writes_metrics_and_scores(tmp_path):
-    from recsys.engagement import run
+    from recsys.customer.engagement import run
 
     cfg = compose_config(
-        "train",
+        "engagement",
         [
-            "task=engagement",
             "data.n_users=400",
             "data.n_items=100",
-            "task.horizon_days=20",
-            "task.train_windows=2",
+            "horizon_days=20",
+            "train_windows=2",
         ],
         tmp_path,
     )
@@ -139,7 +145,7 @@ def test_cli_path_writes_metrics_and_scores(tmp_path):
 
 
 def test_logs_without_a_clock_are_refused():
-    from recsys.engagement import check_clock
+    from recsys.customer.engagement import check_clock
 
     seq = Interactions.from_frame(
         pd.DataFrame({"user": [1, 1, 2], "item": [1, 2, 1], "time": [0.0, 1.0, 0.0]})
@@ -174,7 +180,12 @@ def in_row_order(inter: Interactions) -> Interactions:
 
 
 def test_event_clock_labels_and_features_hand_worked():
-    from recsys.engagement import event_features, event_index, labels_events, observed_users_events
+    from recsys.customer.engagement import (
+        event_features,
+        event_index,
+        labels_events,
+        observed_users_events,
+    )
 
     # rows in event order: 0:u1 1:u2 2:u1 3:u3 | cutoff 4 | 4:u1 5:u4 | 6:u2
     df = pd.DataFrame({"user": [1, 2, 1, 3, 1, 4, 2], "item": [1, 2, 3, 1, 2, 1, 3]})
@@ -199,7 +210,8 @@ def test_event_clock_labels_and_features_hand_worked():
 
 
 def test_event_clock_features_never_see_events_at_or_after_the_cutoff():
-    from recsys.engagement import event_features, event_index, observed_users_events
+    from recsys.customer.engagement import event_features, observed_users_events
+    from recsys.data.interactions import event_index
 
     inter = in_row_order(churn_log(300))
     clock = event_index(inter)
@@ -222,7 +234,8 @@ def test_event_clock_features_never_see_events_at_or_after_the_cutoff():
 
 
 def test_event_clock_labels_never_see_events_before_the_cutoff():
-    from recsys.engagement import event_index, labels_events, observed_users_events
+    from recsys.customer.engagement import labels_events, observed_users_events
+    from recsys.data.interactions import event_index
 
     inter = in_row_order(churn_log(300))
     clock = event_index(inter)
@@ -263,7 +276,7 @@ def test_event_clock_beats_the_recency_baseline_on_a_planted_churn_signal():
 
 
 def test_exactly_one_horizon():
-    from recsys.engagement import horizon_of
+    from recsys.customer.engagement import horizon_of
     from recsys.errors import ConfigError
 
     with pytest.raises(ConfigError, match="both set"):
@@ -278,7 +291,7 @@ def test_exactly_one_horizon():
 
 
 def test_per_user_order_is_refused_in_either_clock():
-    from recsys.engagement import check_clock
+    from recsys.customer.engagement import check_clock
 
     seq = Interactions.from_frame(
         pd.DataFrame({"user": [1, 1, 2, 2, 2], "item": [1, 2, 1, 3, 2], "time": [0.0, 1, 0, 1, 2]})
@@ -297,7 +310,7 @@ def test_per_user_order_is_refused_in_either_clock():
 def test_rows_in_time_order_csv_end_to_end(tmp_path):
     """A csv log without a time column, written in event order: the CLI path on the event clock;
     days are refused; a log that has a time column cannot also declare its row order."""
-    from recsys.engagement import run
+    from recsys.customer.engagement import run
 
     inter = churn_log(400, seed=3)
     order = np.argsort(inter.time, kind="stable")
@@ -305,10 +318,10 @@ def test_rows_in_time_order_csv_end_to_end(tmp_path):
     pd.DataFrame(
         {"user_id": inter.user_ids[inter.user[order]], "item_id": inter.item_ids[inter.item[order]]}
     ).to_csv(path, index=False)
-    base = ["task=engagement", "data=csv", f"data.path={path}", "data.dedup=false",
+    base = ["data=csv", f"data.path={path}", "data.dedup=false",
             f"data.cache_dir={tmp_path / 'cache'}", "data.rows_in_time_order=true"]  # fmt: skip
     metrics = run(
-        compose_config("train", [*base, "task.horizon_interactions=300"], tmp_path / "ev")
+        compose_config("engagement", [*base, "horizon_interactions=300"], tmp_path / "ev")
     )
     a = metrics["audit"]
     assert a["ok"] and a["clock"] == "event_index" and a["n_events"] == len(inter)
@@ -317,14 +330,14 @@ def test_rows_in_time_order_csv_end_to_end(tmp_path):
     lines = (tmp_path / "ev" / "engagement_scores.csv").read_text().splitlines()
     assert len(lines) == 401
     with pytest.raises(DataError, match="counts events, not days"):
-        run(compose_config("train", [*base, "task.horizon_days=30"], tmp_path / "days"))
+        run(compose_config("engagement", [*base, "horizon_days=30"], tmp_path / "days"))
     with pytest.raises(DataError, match="has a time column"):
         pd.DataFrame({"user_id": [1, 2, 1], "item_id": [1, 1, 2], "ts": [1, 2, 3]}).to_csv(
             tmp_path / "t.csv", index=False
         )
-        run(compose_config("train", [*base[:2], f"data.path={tmp_path / 't.csv'}",
+        run(compose_config("engagement", [*base[:2], f"data.path={tmp_path / 't.csv'}",
                                      "data.columns.time=ts", "data.rows_in_time_order=true",
-                                     "task.horizon_interactions=1"], tmp_path / "t"))  # fmt: skip
+                                     "horizon_interactions=1"], tmp_path / "t"))  # fmt: skip
 
 
 @pytest.mark.data
@@ -334,15 +347,14 @@ def test_amazon_beauty_is_refused_from_the_cli_config(tmp_path):
     root = shared_datasets()
     if root is None or not (root / "beauty" / "Beauty.txt").is_file():
         pytest.skip("shared datasets (Beauty) not available")
-    from recsys.engagement import run
+    from recsys.customer.engagement import run
 
     cfg = compose_config(
-        "train",
+        "engagement",
         [
-            "task=engagement",
             "data=amazon-beauty",
             f"data.root={root}",
-            "task.horizon_interactions=1000",
+            "horizon_interactions=1000",
         ],
         tmp_path,
     )

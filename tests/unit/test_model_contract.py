@@ -112,8 +112,8 @@ def test_auto_eval_chunk_is_the_models_and_does_not_change_metrics():
     sasrec = build_model({"_target_": "recsys.models.sasrec.SASRec"}, 10, 12101)
     assert sasrec.eval_users_per_chunk() == 1024
 
-    from recsys.module import RecModule
-    from recsys.runner import evaluate
+    from recsys.training.module import RecModule
+    from recsys.training.runs import evaluate
 
     cfg = compose_config("train", TINY_DATA + ["model=mf", "eval.batch_size=null"])
     data, model, ev = (

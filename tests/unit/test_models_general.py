@@ -9,7 +9,7 @@ import torch
 from recsys.data.batches import UserBatch
 from recsys.errors import ConfigError
 from recsys.models.ncf import GMF, MLP, NeuMF
-from recsys.train import train
+from recsys.training.train import train
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config
 
 PLANTED = TINY_DATA + FAST_TRAINER + ["optim.lr=0.01", "seed=3", "trainer.max_epochs=5"]

@@ -11,8 +11,8 @@ from recsys.data.batches import PairBatch
 from recsys.data.folds import load_ml100k_fold
 from recsys.metrics.rating import error_sums, mae, per_row, pooled, rmse
 from recsys.models.biased_mf import BiasedMF
-from recsys.runner import datamodule_from_config, load_checkpoint, module_from_checkpoint
-from recsys.train import train
+from recsys.training.runs import datamodule_from_config, load_checkpoint, module_from_checkpoint
+from recsys.training.train import train
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config, shared_datasets
 
 

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from recsys.artifact import pseudonym
 from recsys.data.batches import PairBatch
 from recsys.models.seq_losses import next_item_loss, sequence_loss
-from recsys.module import RecModule
-from recsys.runner import datamodule_from_config
+from recsys.serving.artifact import pseudonym
+from recsys.training.module import RecModule
+from recsys.training.runs import datamodule_from_config
 from tests.conftest import TINY_DATA, compose_config
 
 # -- pseudonyms: HMAC-SHA256 of str(user) under the key, full hex digest ------------------------

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
+from recsys.customer.segments import representation, rfm_features, segment, top_items_by_lift
 from recsys.data.interactions import Interactions, has_clock
 from recsys.data.synthetic import generate
 from recsys.errors import ConfigError
-from recsys.segment import representation, rfm_features, segment, top_items_by_lift
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config
 
 DAY = 86_400.0
@@ -31,7 +31,7 @@ def _inter(user, item, time=None, rating=None, n_users=None, n_items=None) -> In
 
 @pytest.fixture(scope="module")
 def dae_run(tmp_path_factory):
-    from recsys.train import train
+    from recsys.training.train import train
 
     out = tmp_path_factory.mktemp("seg") / "run"
     overrides = (
@@ -108,7 +108,7 @@ def test_positions_are_not_a_clock():
 
 
 def test_rfm_degrades_clearly_without_a_clock_or_ratings():
-    from recsys.segment import rfm_notes
+    from recsys.customer.segments import rfm_notes
 
     positions = _inter([0, 0, 0, 1, 1], [0, 1, 2, 0, 1], time=[0, 1, 2, 0, 1])
     notes = rfm_notes(positions, "amazon-beauty")
@@ -154,7 +154,7 @@ def test_bad_arguments_are_refused(dae_run):
 
 def test_sequence_model_final_state_segments_recover_taste_groups(tmp_path):
     """SASRec's user representation is its final hidden state over the user's history."""
-    from recsys.train import train
+    from recsys.training.train import train
 
     out = tmp_path / "run"
     overrides = TINY_DATA + FAST_TRAINER[:-1]

@@ -26,7 +26,7 @@ from recsys.models.gru4rec import GRU4Rec
 from recsys.models.mf import MF
 from recsys.models.sasrec import SASRec
 from recsys.models.seq_losses import LOSSES, gbce_beta, sequence_loss
-from recsys.module import RecModule
+from recsys.training.module import RecModule
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config
 
 SMALL = dict(max_len=12, hidden_size=16, n_layers=2, n_heads=2, inner_size=32)
@@ -603,7 +603,7 @@ def test_models_learn_planted_sequential_structure(planted, name):
 
 # -- evaluation and the CLI -------------------------------------------------------------------
 def test_cli_trains_sequence_model_with_sampled_eval(tmp_path, caplog):
-    from recsys.train import train
+    from recsys.training.train import train
 
     cfg = compose_config(
         "train",
@@ -649,7 +649,7 @@ def test_sampled_eval_rejects_bad_settings():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_bf16_mixed_precision_on_gpu(tmp_path):
-    from recsys.train import train
+    from recsys.training.train import train
 
     for model in ("sasrec", "bert4rec"):
         cfg = compose_config(

@@ -13,7 +13,7 @@ from recsys.metrics.beyond import (
     group_means,
     list_metrics,
 )
-from recsys.slices import activity_names, labels_for
+from recsys.training.slices import activity_names, labels_for
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config, shared_datasets
 
 
@@ -48,7 +48,7 @@ def test_activity_buckets_and_group_means():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from recsys.train import train
+    from recsys.training.train import train
 
     out = tmp_path_factory.mktemp("sliced") / "run"
     overrides = (
@@ -78,7 +78,7 @@ def test_group_metrics_weight_back_to_the_overall_metric(run):
 
 
 def test_segments_file_slicing_through_recsys_eval(run, tmp_path):
-    from recsys.eval import evaluate_checkpoint
+    from recsys.training.evaluate import evaluate_checkpoint
 
     metrics, out = run
     seg = tmp_path / "segments.csv"
@@ -110,8 +110,8 @@ def test_movielens_user_attributes_as_groups():
 
 
 def test_compare_shows_groups_and_flags_significantly_worse_ones(run, tmp_path):
-    from recsys.compare import compare, to_markdown
-    from recsys.train import train
+    from recsys.training.compare import compare, to_markdown
+    from recsys.training.train import train
 
     _, mf_dir = run
     pop_dir = tmp_path / "pop"

@@ -45,4 +45,4 @@ def report_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # The configs/ folder of the source tree (the package is installed editable: `pip install -e .`).
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")

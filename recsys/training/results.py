@@ -1,18 +1,6 @@
-"""Run outputs: the results table printed at the end of a run, and atomic JSON files."""
+"""Run outputs: the results table printed at the end of a run."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
-from typing import Any
-
-from recsys.atomic import atomic_write
-
-
-def write_json(path: str | Path, payload: Any) -> None:
-    """Write JSON atomically (see :func:`recsys.atomic.atomic_write`)."""
-    text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _metric_order(name: str) -> tuple[int, str]:

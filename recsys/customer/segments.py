@@ -38,15 +38,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from recsys.cli import CONFIG_DIR, report_errors
-from recsys.data.interactions import Interactions, has_clock
+from recsys.data.interactions import Interactions, event_index, has_clock
 from recsys.errors import CheckpointError, ConfigError
-from recsys.reporting import write_json
+from recsys.files import write_json
 
 log = logging.getLogger("recsys")
 DAY = 86_400.0
@@ -86,8 +83,6 @@ def rfm_features(
     count = np.bincount(inter.user, minlength=n).astype(np.float64)
     cols, names, raw = [np.log1p(count)], ["log_frequency"], {"frequency": count}
     if has_clock(inter) and event_clock:
-        from recsys.engagement import event_index
-
         last = np.full(n, -1.0)
         np.maximum.at(last, inter.user, event_index(inter).astype(np.float64))
         recency = np.where(last >= 0, len(inter) - 1 - last, len(inter))
@@ -217,7 +212,7 @@ def _quantiles(x: np.ndarray) -> dict[str, float]:
 # -- run ----------------------------------------------------------------------------------------
 def _load(run: str | None, artifact: str | None, data_root: str | None):
     """(model, data config, run dir or None, artifact dir or None) of a run or an artifact."""
-    from recsys.runner import load_checkpoint, module_from_checkpoint
+    from recsys.training.runs import load_checkpoint, module_from_checkpoint
 
     if bool(run) == bool(artifact):
         raise ConfigError(
@@ -235,7 +230,7 @@ def _load(run: str | None, artifact: str | None, data_root: str | None):
         config = c["hyper_parameters"].get("config") or {}
         model, out_run, out_art = module.model, run_dir, None
     else:
-        from recsys.artifact import load
+        from recsys.serving.artifact import load
 
         rec = load(str(artifact), backend="eager")
         import yaml
@@ -407,35 +402,3 @@ def _plot(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="segment")
-@report_errors
-def main(cfg: DictConfig) -> None:
-    c: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    result = segment(
-        run=c.get("run"),
-        artifact=c.get("artifact"),
-        features=c["features"],
-        k=c.get("k"),
-        k_range=c.get("k_range"),
-        seed=int(c["seed"]),
-        n_init=int(c["n_init"]),
-        silhouette_sample=int(c["silhouette_sample"]),
-        out=c.get("out"),
-        data_root=c.get("data_root"),
-        plot=bool(c.get("plot", True)),
-    )
-    print(f"{result['k']} segments of {result['n_users']} users ({result['features']} features)")
-    for s in result["segments"]:
-        ndcg = s.get("test", {}).get("ndcg@10")
-        extra = f"  test ndcg@10 {ndcg:.4f}" if ndcg is not None else ""
-        print(
-            f"  segment {s['segment']}: {s['size']} users, median activity {s['activity'].get('q50', 0):.0f}{extra}"
-        )
-    where = Path(c["out"]) if c.get("out") else Path(result["source"]) / "segments"
-    print(f"wrote {where}/segments.csv, segments.json, segments.png", flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -21,19 +21,19 @@ import numpy as np
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from recsys.cli import CONFIG_DIR, report_errors
 from recsys.errors import CheckpointError
-from recsys.manifest import end_manifest, split_fingerprint, start_manifest
-from recsys.module import RecModule
-from recsys.reporting import format_table, write_json
-from recsys.runner import (
+from recsys.files import write_json
+from recsys.training.manifest import end_manifest, split_fingerprint, start_manifest
+from recsys.training.module import RecModule
+from recsys.training.results import format_table
+from recsys.training.runs import (
     datamodule_from_config,
     evaluate,
     load_checkpoint,
     module_from_checkpoint,
     validate_config,
 )
-from recsys.sweep import log_hparams, record_failures, run_name, sweep_dir, task_overrides
+from recsys.training.sweep import log_hparams, run_name, sweep_dir, task_overrides
 
 log = logging.getLogger("recsys")
 # evaluation settings RecModule receives (the rest of eval: selection, batching, baseline)
@@ -209,7 +209,7 @@ def _group_labels(config: dict[str, Any], dm, per_user: dict[str, Any]) -> dict[
     groups = config["eval"].get("groups")
     if not groups or config["eval"].get("task", "ranking") != "ranking":
         return {}
-    from recsys.slices import labels_for
+    from recsys.training.slices import labels_for
 
     train = dm.data.train
     counts = np.bincount(train.user, minlength=train.n_users)
@@ -226,7 +226,7 @@ def _by_group(config: dict[str, Any], dm, per_user: dict[str, Any]) -> dict[str,
     groups = config["eval"].get("groups")
     if not groups or config["eval"].get("task", "ranking") != "ranking":
         return {}
-    from recsys.slices import by_group
+    from recsys.training.slices import by_group
 
     train = dm.data.train
     return by_group(
@@ -236,21 +236,3 @@ def _by_group(config: dict[str, Any], dm, per_user: dict[str, Any]) -> dict[str,
         np.bincount(train.user, minlength=train.n_users),
         config["data"],
     )
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-@report_errors
-@record_failures  # in a sweep (-m): a failing run is recorded, the others go on
-def main(cfg: DictConfig) -> float | None:
-    if (cfg.get("task") or {}).get("name") == "engagement":  # task=engagement: no recommender
-        from recsys.engagement import run
-
-        run(cfg)
-        return None
-    metrics = train(cfg)
-    monitor = str(cfg.get("optimized_metric") or cfg.eval.monitor).split("/", 1)
-    return metrics.get(monitor[0], {}).get(monitor[-1]) if len(monitor) == 2 else None
-
-
-if __name__ == "__main__":
-    main()

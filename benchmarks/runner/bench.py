@@ -1,12 +1,12 @@
-"""``python -m recsys.bench``: the benchmark matrix, the matmul peak, and the scaling runs.
+"""``python -m benchmarks.runner.bench``: the benchmark matrix, the matmul peak, and the scaling runs.
 
-    python -m recsys.bench                       # experiments/bench/full.yaml -> benchmarks/
-    python -m recsys.bench --quick               # experiments/bench/quick.yaml -> outputs/bench-quick/
-    python -m recsys.bench --compare recbole --recbole-python .venv-recbole/bin/python
-    python -m recsys.bench scale --sizes 1M,20M,100M   # -> benchmarks/scale.md
+    python -m benchmarks.runner.bench                       # experiments/bench/full.yaml -> benchmarks/
+    python -m benchmarks.runner.bench --quick               # experiments/bench/quick.yaml -> outputs/bench-quick/
+    python -m benchmarks.runner.bench --compare recbole --recbole-python .venv-recbole/bin/python
+    python -m benchmarks.runner.bench scale --sizes 1M,20M,100M   # -> benchmarks/scale.md
 
 A matrix file lists entries ``(name, model, data, overrides)``. Each entry is trained through
-the normal path (:func:`recsys.train.train` on the composed configs) in its own subprocess, so
+the normal path (:func:`recsys.training.train.train` on the composed configs) in its own subprocess, so
 peak host memory (``VmHWM``, the process high-water mark) is per entry. Entries whose model or data config does not exist,
 or whose dataset files are absent under the data root, are skipped with the reason printed.
 
@@ -35,9 +35,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from recsys.bench_recbole import peak_rss_mb
+from benchmarks.runner.recbole import peak_rss_mb
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "configs"
 MATRIX_DIR = REPO / "experiments" / "bench"
 
@@ -216,13 +216,13 @@ def skip_reason(entry: dict[str, Any]) -> str | None:
 
 # -- one entry (child process) ------------------------------------------------------------------
 def run_entry(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train one entry through recsys.train.train and measure it; runs in its own process."""
-    from recsys.runner import datamodule_from_config, load_checkpoint, module_from_checkpoint
-    from recsys.train import train
+    """Train one entry through recsys.training.train.train and measure it; runs in its own process."""
+    from recsys.training.runs import datamodule_from_config, load_checkpoint, module_from_checkpoint
+    from recsys.training.train import train
 
     out = Path(spec["output_dir"])
     overrides = list(spec["overrides"]) + [
-        "+callbacks.bench_timer._target_=recsys.bench.EpochTimer"
+        "+callbacks.bench_timer._target_=benchmarks.runner.bench.EpochTimer"
     ]
     cfg = compose(overrides, out)
     cuda = torch.cuda.is_available() and cfg.trainer.get("accelerator") != "cpu"
@@ -231,8 +231,8 @@ def run_entry(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     metrics = train(cfg)
     wall = time.perf_counter() - t0
-    # hydra instantiated the callback from the module ``recsys.bench``, not this ``__main__``
-    timer = importlib.import_module("recsys.bench").EpochTimer.last
+    # hydra instantiated the callback from the module ``benchmarks.runner.bench``, not this ``__main__``
+    timer = importlib.import_module("benchmarks.runner.bench").EpochTimer.last
     result: dict[str, Any] = {
         "name": spec["name"],
         "model": spec["model"],
@@ -337,7 +337,7 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
         "matrix": str(
             matrix_path.relative_to(REPO) if matrix_path.is_relative_to(REPO) else matrix_path
         ),
-        "command": "python -m recsys.bench " + " ".join(sys.argv[1:]),
+        "command": "python -m benchmarks.runner.bench " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": info,
         "env": {
@@ -383,7 +383,7 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> None:
-    from recsys.reporting import write_json
+    from recsys.files import write_json
 
     report["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -401,7 +401,7 @@ def run_child(spec: dict[str, Any], timeout: float | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "recsys.bench", "_entry", str(spec_path)],
+            [sys.executable, "-m", "benchmarks.runner.bench", "_entry", str(spec_path)],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -424,7 +424,7 @@ def _head(spec: dict[str, Any]) -> dict[str, Any]:
 def run_recbole(
     entry: dict[str, Any], ours: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
-    from recsys import bench_recbole
+    from benchmarks.runner import recbole as bench_recbole
 
     try:
         return bench_recbole.compare(entry, ours, python=args.recbole_python, timeout=args.timeout)
@@ -501,7 +501,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
     lines += ["## Commands", ""]
     for r in report["results"]:
-        lines.append(f"- {r['name']}: `python -m recsys.train {' '.join(r['overrides'])}`")
+        lines.append(f"- {r['name']}: `python -m recsys.cli.train {' '.join(r['overrides'])}`")
     if report.get("notes"):
         lines += ["", "## Notes", "", str(report["notes"]).strip()]
     return "\n".join(lines) + "\n"
@@ -678,7 +678,7 @@ class ScaleProgress(pl.Callback):
         self.out = Path(out)
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        timer = importlib.import_module("recsys.bench").EpochTimer.last
+        timer = importlib.import_module("benchmarks.runner.bench").EpochTimer.last
         if timer is not None and timer.train_s:
             progress(
                 self.out, "trained", epoch_s=timer.train_s[-1], epoch_cpu_s=timer.train_cpu_s[-1]
@@ -694,7 +694,7 @@ class ScaleProgress(pl.Callback):
 def run_scale_point(spec: dict[str, Any]) -> dict[str, Any]:
     """Load, split, train one MF epoch and evaluate by full ranking; time and memory per phase."""
     import recsys.data.datamodule as datamodule
-    from recsys.train import train
+    from recsys.training.train import train
 
     phases: dict[str, Any] = {}
     prepare = datamodule.prepare
@@ -706,7 +706,9 @@ def run_scale_point(spec: dict[str, Any]) -> dict[str, Any]:
         phases["load_split_cpu_s"] = round(time.process_time() - c0, 2)
         phases["load_split_peak_rss_mb"] = peak_rss_mb()
         phases["rss_after_load_mb"] = current_rss_mb()
-        source = importlib.import_module("recsys.bench").SOURCE_STATS  # where the source ran
+        source = importlib.import_module(
+            "benchmarks.runner.bench"
+        ).SOURCE_STATS  # where the source ran
         progress(out, "loaded", **phases, **{f"source_{k}": v for k, v in source.items()})
         return split
 
@@ -715,8 +717,8 @@ def run_scale_point(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = compose(
         list(spec["overrides"])
         + [
-            "+callbacks.bench_timer._target_=recsys.bench.EpochTimer",
-            "+callbacks.scale_progress._target_=recsys.bench.ScaleProgress",
+            "+callbacks.bench_timer._target_=benchmarks.runner.bench.EpochTimer",
+            "+callbacks.scale_progress._target_=benchmarks.runner.bench.ScaleProgress",
             f"+callbacks.scale_progress.out={out}",
         ],
         out,
@@ -724,7 +726,9 @@ def run_scale_point(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     metrics = train(cfg)
     wall = time.perf_counter() - t0
-    bench = importlib.import_module("recsys.bench")  # the module the source and callback ran in
+    bench = importlib.import_module(
+        "benchmarks.runner.bench"
+    )  # the module the source and callback ran in
     timer = bench.EpochTimer.last
     source = dict(bench.SOURCE_STATS)
     return {
@@ -756,7 +760,7 @@ def scale_overrides(size: str) -> list[str]:
     return [
         "model=mf",
         "data=synthetic",
-        "data.source=recsys.bench.scale_source",
+        "data.source=benchmarks.runner.bench.scale_source",
         f"+data.scale_users={users}",
         f"+data.scale_items={items}",
         f"+data.scale_interactions={inter}",
@@ -776,7 +780,7 @@ def scale_overrides(size: str) -> list[str]:
 
 
 def scale_main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser(prog="python -m recsys.bench scale")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.runner.bench scale")
     ap.add_argument(
         "--sizes", default="1M,20M,100M", help=f"comma-separated of {list(SCALE_SHAPES)}"
     )
@@ -795,14 +799,23 @@ def scale_main(argv: list[str]) -> None:
         out.mkdir(parents=True, exist_ok=True)
         spec = {"size": size, "overrides": scale_overrides(size), "output_dir": str(out)}
         (out / "scale_spec.json").write_text(json.dumps(spec))
-        print(f"scale: {size}: python -m recsys.train {' '.join(spec['overrides'])}", flush=True)
+        print(
+            f"scale: {size}: python -m recsys.cli.train {' '.join(spec['overrides'])}",
+            flush=True,
+        )
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         log_path = out / "scale.log"  # streamed: a stopped run leaves its log
         with open(log_path, "w") as log_file:
             proc = subprocess.run(
-                [sys.executable, "-m", "recsys.bench", "_scale", str(out / "scale_spec.json")],
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.runner.bench",
+                    "_scale",
+                    str(out / "scale_spec.json"),
+                ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -830,14 +843,14 @@ def scale_main(argv: list[str]) -> None:
             print(f"scale: {size}: {json.dumps(res)}", flush=True)
         res["load_avg_start"] = round(load0, 2)
         rows.append(res)
-    from recsys.reporting import write_json
+    from recsys.files import write_json
 
     out_md = Path(args.out)
     write_json(
         out_md.with_suffix(".json"),
         {
             "machine": info,
-            "command": "python -m recsys.bench scale " + " ".join(argv),
+            "command": "python -m benchmarks.runner.bench scale " + " ".join(argv),
             "results": rows,
         },
     )
@@ -849,12 +862,12 @@ def render_scale(info: dict[str, Any], rows: list[dict[str, Any]], argv: list[st
     lines = [
         "# Scaling: load, split, one MF epoch and full-ranking evaluation",
         "",
-        f"Written by `python -m recsys.bench scale {' '.join(argv)}` on {time.strftime('%Y-%m-%d %H:%M %Z')}.",
+        f"Written by `python -m benchmarks.runner.bench scale {' '.join(argv)}` on {time.strftime('%Y-%m-%d %H:%M %Z')}.",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GiB RAM; "
         f"load average at start {info['load_avg']} (the CPU is shared with other jobs).",
         "",
-        "Each size runs in its own process through the normal path (`recsys.train.train`): the "
-        "synthetic source (`recsys.bench.scale_source`, MovieLens-1M / MovieLens-20M / Netflix shapes),"
+        "Each size runs in its own process through the normal path (`recsys.training.train.train`): the "
+        "synthetic source (`benchmarks.runner.bench.scale_source`, MovieLens-1M / MovieLens-20M / Netflix shapes),"
         " the data pipeline (encode ids, leave-one-out split by time), one MF-BPR epoch (batch "
         "131,072 pairs, d = 64), a validation pass during fit, then validation and test passes on "
         "the best checkpoint (full ranking over every item, seen items masked, users in chunks of "
@@ -886,7 +899,7 @@ def render_scale(info: dict[str, Any], rows: list[dict[str, Any]], argv: list[st
         )
     lines += ["", "Commands (one process per size):", ""]
     for r in rows:
-        lines.append(f"- {r['size']}: `python -m recsys.train {' '.join(r['overrides'])}`")
+        lines.append(f"- {r['size']}: `python -m recsys.cli.train {' '.join(r['overrides'])}`")
     return "\n".join(lines) + "\n"
 
 
@@ -912,7 +925,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["scale"]:
         scale_main(argv[1:])
         return
-    ap = argparse.ArgumentParser(prog="python -m recsys.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.runner.bench", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--quick", action="store_true", help="experiments/bench/quick.yaml")
     ap.add_argument("--matrix", help="a matrix YAML (default: experiments/bench/full.yaml)")
     ap.add_argument(

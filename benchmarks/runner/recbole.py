@@ -1,6 +1,6 @@
 """Side-by-side runs of RecBole 1.2.1 on exactly our data, split and hyper-parameters.
 
-Used by ``python -m recsys.bench --compare recbole``. For a bench entry with a ``recbole:``
+Used by ``python -m benchmarks.runner.bench --compare recbole``. For a bench entry with a ``recbole:``
 block, the parent side (:func:`compare`) rebuilds the entry's split from its checkpoint's config,
 writes it as RecBole atomic files, translates our model and training config into RecBole's
 keys, and runs RecBole in a subprocess of the RecBole interpreter (``--recbole-python``: by
@@ -46,7 +46,7 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PYTHON = REPO / ".venv-recbole" / "bin" / "python"
 SEQUENTIAL = {"SASRec", "GRU4Rec", "BERT4Rec"}
 
@@ -191,7 +191,7 @@ def compare(
     timeout: float | None = None,
 ) -> dict[str, Any]:
     """Run RecBole on ``entry``'s data and settings; ratios and metric differences vs ``ours``."""
-    from recsys.runner import datamodule_from_config, load_checkpoint
+    from recsys.training.runs import datamodule_from_config, load_checkpoint
 
     rb = dict(entry["recbole"])
     rb_model = rb["model"]
@@ -255,7 +255,7 @@ def compare(
     notes = [
         "RecBole runs in its own process and interpreter (numpy 1.26, pandas < 3, no ray), reading "
         "our split from atomic files; its hyper-parameters are translated from our run's config "
-        "(recsys/bench_recbole.py: recbole_config).",
+        "(benchmarks/runner/recbole.py: recbole_config).",
         "eval-time ratio: RecBole's mean validation pass over our validation pass (median), both "
         "full ranking over all users inside the training loop.",
     ]

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from recsys.reporting import write_json
+from recsys.files import write_json
 
 PACKAGES = (
     "recsys",

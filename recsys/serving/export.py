@@ -5,7 +5,7 @@
 
 The data and split are rebuilt from the config stored in the checkpoint (as ``recsys-eval``
 does) to recover the external id maps and each user's history. The layout of the artifact is
-described in :mod:`recsys.artifact`; ``recsys.load(<dir>)`` serves it. Scorers (TorchScript and
+described in :mod:`recsys.serving.artifact`; ``recsys.load(<dir>)`` serves it. Scorers (TorchScript and
 ONNX) are traced at fixed shapes and verified against the model in memory on real users before
 they are written; a model that does not trace cleanly gets none, and the reason is recorded in
 ``artifact.json`` (``recsys.load`` then rebuilds the model from ``weights.pt``).
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from recsys.artifact import FORMAT, MANIFEST, VERSION, chunks, pack, read_manifest, sha256
 from recsys.data.batches import UserBatch
 from recsys.errors import CheckpointError, ConfigError
+from recsys.serving.artifact import FORMAT, MANIFEST, VERSION, chunks, pack, read_manifest, sha256
 
 log = logging.getLogger("recsys")
 
@@ -212,7 +212,7 @@ def export(
     pseudonym_key_env: str = "RECSYS_PSEUDONYM_KEY",
 ) -> Path:
     """Write the artifact of ``ckpt_path`` to ``out`` and return ``out``."""
-    from recsys.runner import datamodule_from_config, load_checkpoint, module_from_checkpoint
+    from recsys.training.runs import datamodule_from_config, load_checkpoint, module_from_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
     module = module_from_checkpoint(ckpt)
@@ -266,13 +266,13 @@ def export_model(
     """Write the artifact of an in-memory ``model`` trained on ``split`` (``config``: the run's).
 
     ``pseudonymize_users``: ``ids.npz`` holds HMAC-SHA256 keyed hashes of the external user ids
-    (:func:`recsys.artifact.pseudonym`, key from the environment variable ``pseudonym_key_env``)
+    (:func:`recsys.serving.artifact.pseudonym`, key from the environment variable ``pseudonym_key_env``)
     instead of the ids; ``recommend`` then takes those hashes."""
     user_ids = _ids(split.train.user_ids)
     if pseudonymize_users:
         import os
 
-        from recsys.artifact import pseudonym
+        from recsys.serving.artifact import pseudonym
 
         key = os.environ.get(pseudonym_key_env, "")
         if not key:
@@ -372,53 +372,3 @@ def export_model(
     tmp.replace(out / MANIFEST)
     read_manifest(out)  # what was written reads back
     return out
-
-
-def _main(cfg) -> None:
-    from omegaconf import OmegaConf
-
-    c = OmegaConf.to_container(cfg, resolve=True)
-    ckpt, run = c.get("ckpt_path"), c.get("run")
-    if bool(ckpt) == bool(run):
-        raise ConfigError("give exactly one of ckpt_path=<checkpoint> or run=<run directory>")
-    if run:
-        run_path = Path(run)
-        if not run_path.is_dir():
-            raise ConfigError(f"run: no such run directory: {run_path}")
-        ckpt = run_path / "checkpoints" / "best.ckpt"
-    out = c.get("out") or (Path(ckpt).resolve().parent.parent / "artifact")
-    path = export(
-        ckpt,
-        out,
-        data_root=c.get("data_root"),
-        rows=int(c.get("rows", 33)),
-        torchscript=bool(c.get("torchscript", True)),
-        onnx=bool(c.get("onnx", True)),
-        pseudonymize_users=bool(c.get("pseudonymize_users", False)),
-        pseudonym_key_env=str(c.get("pseudonym_key_env") or "RECSYS_PSEUDONYM_KEY"),
-    )
-    meta = read_manifest(path, verify=False)
-    s = meta["scorer"]
-    print(f"artifact: {path}")
-    print(
-        f"  model: {meta['model']['_target_']}  users: {meta['num_users']}  items: {meta['num_items']}"
-    )
-    print(f"  torchscript: {s['torchscript'] or 'no (' + s.get('torchscript_error', '') + ')'}")
-    print(f"  onnx: {s['onnx'] or 'no (' + s.get('onnx_error', '') + ')'}")
-    print(
-        f"  embeddings: {', '.join(meta['embeddings']) or 'none'}  history input: {meta['supports_history']}"
-    )
-
-
-def main() -> None:
-    import hydra
-
-    from recsys.cli import CONFIG_DIR, report_errors
-
-    hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")(
-        report_errors(_main)
-    )()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,17 +1,17 @@
 """Engagement scoring: the probability that a user interacts again within a horizon.
 
-    recsys-train task=engagement data=ml-100k                              # 30 days
-    recsys-train task=engagement data=ml-latest-small task.horizon_days=60
-    recsys-train task=engagement data=ml-100k task.horizon_interactions=5000
-    recsys-train task=engagement data=csv data.path=log.csv data.rows_in_time_order=true \
-        task.horizon_interactions=2000                                     # no time column
+    recsys-engagement data=ml-100k                              # 30 days
+    recsys-engagement data=ml-latest-small horizon_days=60
+    recsys-engagement data=ml-100k horizon_interactions=5000
+    recsys-engagement data=csv data.path=log.csv data.rows_in_time_order=true \
+        horizon_interactions=2000                                     # no time column
 
 Data: the dataset's preprocessed log from the same pipeline as every run (same preprocessing,
 same opt-out; the union of the split's parts). It needs a clock shared by all users; logs whose
 only order is each user's sequence position (the one-line-per-user Amazon files) are refused.
 
-Two clocks, one horizon each (set exactly one of ``task.horizon_days`` and
-``task.horizon_interactions``; neither: 30 days):
+Two clocks, one horizon each (set exactly one of ``horizon_days`` and
+``horizon_interactions``; neither: 30 days):
 
 - **days** (``horizon_days``, needs timestamps). At a cutoff ``c`` the users are those with an
   event at or before ``c``; features use only events with ``time <= c``; the label is 1 when the
@@ -24,8 +24,8 @@ Two clocks, one horizon each (set exactly one of ``task.horizon_days`` and
   index ``< k`` (recency, tenure and gaps counted in events), and the label is 1 when the user
   has one of the next ``H`` events of the log (index in ``[k, k + H)``).
 
-The test cutoff is ``last - horizon`` (or ``task.cutoff``, a timestamp or an event index); the
-model is trained on ``task.train_windows`` earlier cutoffs ``c_test - j * horizon`` (j = 1..n),
+The test cutoff is ``last - horizon`` (or ``cutoff``, a timestamp or an event index); the
+model is trained on ``train_windows`` earlier cutoffs ``c_test - j * horizon`` (j = 1..n),
 whose label windows all end at or before ``c_test``, so no event after ``c_test`` is used in
 training and every test label lies strictly after every feature. The audit in ``metrics.json``
 reports these bounds as measured on the arrays, in the run's clock.
@@ -33,7 +33,7 @@ reports these bounds as measured on the arrays, in the run's clock.
 Features (:func:`features`, :func:`event_features`): log recency, log frequency, tenure, event
 counts in the last 7/30/90 days (events: in the last H/4, H and 3H events of the log), active
 days (days only), mean gap, mean item popularity at the cutoff and, with ratings, the mean
-rating. The classifier is scikit-learn's gradient-boosted trees (``task.classifier=gbdt``) or a
+rating. The classifier is scikit-learn's gradient-boosted trees (``classifier=gbdt``) or a
 logistic regression (``logistic``) on standardized features, seeded. The baseline is the
 recency-only model: a logistic regression on log recency (a user active recently is likely to
 come back).
@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.data.interactions import Interactions, has_clock
+from recsys.data.interactions import Interactions, event_index, has_clock
 from recsys.errors import ConfigError, DataError
 
 log = logging.getLogger("recsys")
@@ -147,17 +147,7 @@ def recency_feature(x: np.ndarray, names: list[str]) -> np.ndarray:
     return x[:, [names.index(name)]]
 
 
-# -- the event-index clock (task.horizon_interactions) ------------------------------------------
-def event_index(inter: Interactions) -> np.ndarray:
-    """(n,) int64: each event's position in the global event order of the log: by time, ties by
-    internal user id, then by position in ``inter`` (deterministic)."""
-    n = len(inter)
-    order = np.lexsort((np.arange(n), inter.user, inter.time))
-    index = np.empty(n, dtype=np.int64)
-    index[order] = np.arange(n, dtype=np.int64)
-    return index
-
-
+# -- the event-index clock (horizon_interactions) ------------------------------------------
 def observed_users_events(inter: Interactions, clock: np.ndarray, cutoff: int) -> np.ndarray:
     """Internal ids of users with at least one event of index ``< cutoff`` (sorted)."""
     return np.unique(inter.user[clock < cutoff])
@@ -201,24 +191,24 @@ DEFAULT_HORIZON_DAYS = 30.0
 
 
 def horizon_of(cfg: Mapping[str, Any]) -> tuple[str, float]:
-    """``("days", seconds)`` or ``("events", H)`` from ``task.horizon_days`` /
-    ``task.horizon_interactions`` (exactly one may be set; neither: 30 days)."""
+    """``("days", seconds)`` or ``("events", H)`` from ``horizon_days`` /
+    ``horizon_interactions`` (exactly one may be set; neither: 30 days)."""
     days, events = cfg.get("horizon_days"), cfg.get("horizon_interactions")
     if days is not None and events is not None:
         raise ConfigError(
-            f"task.horizon_days={days} and task.horizon_interactions={events} are both set; set "
+            f"horizon_days={days} and horizon_interactions={events} are both set; set "
             "exactly one (days need timestamps; interactions count the next events of the log) "
             "and the other to null"
         )
     if events is not None:
         if isinstance(events, bool) or not isinstance(events, int) or events < 1:
             raise ConfigError(
-                f"task.horizon_interactions must be an integer >= 1 (events), got {events!r}"
+                f"horizon_interactions must be an integer >= 1 (events), got {events!r}"
             )
         return "events", float(events)
     days = DEFAULT_HORIZON_DAYS if days is None else days
     if isinstance(days, bool) or not isinstance(days, int | float) or days <= 0:
-        raise ConfigError(f"task.horizon_days must be > 0, got {days!r}")
+        raise ConfigError(f"horizon_days must be > 0, got {days!r}")
     return "days", float(days) * DAY
 
 
@@ -237,7 +227,7 @@ def make_classifier(kind: str, seed: int):
         from sklearn.preprocessing import StandardScaler
 
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
-    raise ConfigError(f"task.classifier must be one of {', '.join(CLASSIFIERS)}, got {kind!r}")
+    raise ConfigError(f"classifier must be one of {', '.join(CLASSIFIERS)}, got {kind!r}")
 
 
 def scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -278,17 +268,17 @@ def check_clock(
     """Refuse logs that have no clock for the horizon's mode (see the module docstring)."""
     rows = (
         "a log whose rows are written in event order across users (data=csv or data=atomic "
-        "with data.rows_in_time_order=true, then task.horizon_interactions=<events>)"
+        "with data.rows_in_time_order=true, then horizon_interactions=<events>)"
     )
     if inter.time is None:
         raise DataError(
-            f"task=engagement: dataset {name!r} has no time column and no declared row order, "
+            f"recsys-engagement: dataset {name!r} has no time column and no declared row order, "
             "so there is no cutoff shared by all users; it becomes possible with timestamps "
-            f"(task.horizon_days or task.horizon_interactions) or with {rows}"
+            f"(horizon_days or horizon_interactions) or with {rows}"
         )
     if not has_clock(inter):
         raise DataError(
-            f"task=engagement: dataset {name!r} orders events only by each user's own sequence "
+            f"recsys-engagement: dataset {name!r} orders events only by each user's own sequence "
             "position (one line per user, no timestamps), so there is no clock shared by all "
             "users and no cutoff that is the same for every user, in days or in interactions; "
             "it becomes possible with the events' timestamps (e.g. the raw log with its times, "
@@ -296,9 +286,9 @@ def check_clock(
         )
     if mode == "days" and rows_in_time_order:
         raise DataError(
-            f"task=engagement: dataset {name!r} has no timestamps: its clock is the row order "
+            f"recsys-engagement: dataset {name!r} has no timestamps: its clock is the row order "
             "(data.rows_in_time_order=true), which counts events, not days; set "
-            "task.horizon_interactions=<events> instead of task.horizon_days"
+            "horizon_interactions=<events> instead of horizon_days"
         )
 
 
@@ -315,7 +305,7 @@ def build_windows(
     mode, horizon = horizon_of(cfg)
     n_train = int(cfg.get("train_windows", 3))
     if n_train < 1:
-        raise ConfigError(f"task.train_windows must be >= 1, got {n_train}")
+        raise ConfigError(f"train_windows must be >= 1, got {n_train}")
     if mode == "events":
         return _build_event_windows(inter, cfg, int(horizon), n_train, extra)
     t_min, t_max = float(inter.time.min()), float(inter.time.max())
@@ -323,13 +313,13 @@ def build_windows(
     cutoffs = [c_test - j * horizon for j in range(n_train, 0, -1)]
     if cutoffs[0] <= t_min:
         raise DataError(
-            f"task=engagement: the log spans {(t_max - t_min) / DAY:.0f} days, too short for "
+            f"recsys-engagement: the log spans {(t_max - t_min) / DAY:.0f} days, too short for "
             f"{n_train} training window(s) and a test window of {horizon / DAY:g} days each; "
-            "lower task.horizon_days or task.train_windows"
+            "lower horizon_days or train_windows"
         )
     if extra is not None and extra[1] > cutoffs[0]:
         raise DataError(
-            f"task.representation_run: the recommender was trained on events up to {extra[1]:.0f}, "
+            f"representation_run: the recommender was trained on events up to {extra[1]:.0f}, "
             f"after the first engagement cutoff {cutoffs[0]:.0f}: its representation would leak "
             "later behaviour into the features; train it with data.split=temporal and larger "
             "val_ratio/test_ratio so its training data ends before that cutoff"
@@ -397,21 +387,21 @@ def _build_event_windows(
     n_train: int,
     extra: tuple[np.ndarray, float, list[str]] | None,
 ) -> dict[str, Any]:
-    """:func:`build_windows` on the event-index clock (``task.horizon_interactions``)."""
+    """:func:`build_windows` on the event-index clock (``horizon_interactions``)."""
     clock = event_index(inter)
     n = len(inter)
     c_test = int(cfg["cutoff"]) if cfg.get("cutoff") is not None else n - horizon
     if not 0 < c_test <= n - horizon:
         raise DataError(
-            f"task.cutoff={c_test}: on the event clock the test cutoff is an event index in "
+            f"cutoff={c_test}: on the event clock the test cutoff is an event index in "
             f"[1, {n - horizon}] (the log has {n} events, the horizon is {horizon})"
         )
     cutoffs = [c_test - j * horizon for j in range(n_train, 0, -1)]
     if cutoffs[0] < 1:
         raise DataError(
-            f"task=engagement: the log has {n} events, too few for {n_train} training window(s) "
+            f"recsys-engagement: the log has {n} events, too few for {n_train} training window(s) "
             f"and a test window of {horizon} events each after at least one past event; lower "
-            "task.horizon_interactions or task.train_windows"
+            "horizon_interactions or train_windows"
         )
     rep_index = None
     if extra is not None:
@@ -419,7 +409,7 @@ def _build_event_windows(
         rep_index = int(np.searchsorted(np.sort(inter.time), extra[1], side="right"))
         if rep_index > cutoffs[0]:
             raise DataError(
-                f"task.representation_run: the recommender was trained on the first {rep_index} "
+                f"representation_run: the recommender was trained on the first {rep_index} "
                 f"events of the log, after the first engagement cutoff (event {cutoffs[0]}): its "
                 "representation would leak later behaviour into the features; train it with "
                 "data.split=temporal and larger val_ratio/test_ratio so its training data ends "
@@ -495,8 +485,8 @@ def fit_evaluate(
     w = build_windows(inter, cfg, extra)
     y_train, y_test = w["y_train"], w["y_test"]
     if len(np.unique(y_train)) < 2:
-        raise DataError("task=engagement: the training windows hold only one label class")
-    # task.threads (default 1): these fits are small, and OpenMP oversubscription on a shared
+        raise DataError("recsys-engagement: the training windows hold only one label class")
+    # threads (default 1): these fits are small, and OpenMP oversubscription on a shared
     # machine made them ~10x slower than one thread in our measurements
     with threadpool_limits(limits=int(cfg.get("threads") or 1)):
         clf = make_classifier(str(cfg.get("classifier", "gbdt")), seed).fit(w["x_train"], y_train)
@@ -522,17 +512,17 @@ def fit_evaluate(
 def frozen_representation(run_dir: str, inter: Interactions) -> tuple[np.ndarray, float, list[str]]:
     """A trained run's ``user_representation`` of ``inter``'s users (matched by external id;
     zeros for users the run does not know), and the latest event time the run trained on."""
+    from recsys.customer.segments import representation
     from recsys.data.pipeline import prepare
-    from recsys.runner import load_checkpoint, module_from_checkpoint
-    from recsys.segment import representation
+    from recsys.training.runs import load_checkpoint, module_from_checkpoint
 
-    ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / "best.ckpt", "task.representation_run")
-    model = module_from_checkpoint(ckpt, "task.representation_run").model
+    ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / "best.ckpt", "representation_run")
+    model = module_from_checkpoint(ckpt, "representation_run").model
     config = ckpt["hyper_parameters"].get("config") or {}
     split = prepare(config["data"], int(config.get("seed", 0)))
     seen = split.train  # the model's parameters were fitted on the training part
     if seen.time is None:
-        raise DataError("task.representation_run: the run's data has no timestamps")
+        raise DataError("representation_run: the run's data has no timestamps")
     rep = representation(model, seen)  # (run users, d)
     index = {str(u): i for i, u in enumerate(split.train.user_ids.tolist())}
     rows = np.array([index.get(str(u), -1) for u in inter.user_ids.tolist()])
@@ -541,15 +531,16 @@ def frozen_representation(run_dir: str, inter: Interactions) -> tuple[np.ndarray
 
 
 def run(cfg) -> dict[str, Any]:
-    """``recsys-train task=engagement``: fit, evaluate, write metrics.json and the scores file."""
+    """``recsys-engagement``: fit, evaluate, write metrics.json and the scores file."""
     from omegaconf import OmegaConf
 
     from recsys.data.pipeline import fingerprint, prepare
-    from recsys.manifest import end_manifest, start_manifest
-    from recsys.reporting import format_table, write_json
+    from recsys.files import write_json
+    from recsys.training.manifest import end_manifest, start_manifest
+    from recsys.training.results import format_table
 
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    task, data_cfg = config["task"], config["data"]
+    task, data_cfg = config, config["data"]  # the engagement settings are top-level keys
     out_dir = Path(config["paths"]["output_dir"])
     mode, horizon = horizon_of(task)  # a conflicting config fails before the data is read
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from recsys.cli import CONFIG_DIR, report_errors
 from recsys.errors import CheckpointError
-from recsys.reporting import format_table, write_json
-from recsys.runner import datamodule_from_config, evaluate, load_checkpoint, module_from_checkpoint
+from recsys.files import write_json
+from recsys.training.runs import (
+    datamodule_from_config,
+    evaluate,
+    load_checkpoint,
+    module_from_checkpoint,
+)
 
 
 def evaluate_checkpoint(
@@ -58,7 +59,7 @@ def evaluate_checkpoint(
     if any(slicing.values()) and config["eval"].get("task", "ranking") == "ranking":
         import numpy as np
 
-        from recsys.slices import by_group as slice_metrics
+        from recsys.training.slices import by_group as slice_metrics
 
         train = dm.data.train
         counts = np.bincount(train.user, minlength=train.n_users)
@@ -75,25 +76,3 @@ def evaluate_checkpoint(
     if out_dir is not None:
         write_json(Path(out_dir) / "metrics.json", metrics)
     return metrics
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
-@report_errors
-def main(cfg: DictConfig) -> None:
-    out_dir = Path(cfg.paths.output_dir)
-    metrics = evaluate_checkpoint(
-        cfg.ckpt_path,
-        out_dir,
-        cfg.data_root,
-        cfg.accelerator,
-        cfg.batch_size,
-        OmegaConf.to_container(cfg.groups, resolve=True) if cfg.get("groups") else None,
-    )
-    print(f"\n{format_table({'val': metrics['val'], 'test': metrics['test']})}\n")
-    for name, table in metrics.get("test_by_group", {}).items():
-        print(f"test by {name}:\n{format_table(table)}\n")
-    print(f"metrics written to {out_dir / 'metrics.json'}", flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     try:
-        from recsys.artifact import load
+        from recsys.serving.artifact import load
 
         if args.k < 1:
             raise RecsysError(f"-k must be a positive integer, got {args.k}")

@@ -23,13 +23,13 @@ import torch
 from pytorch_lightning.plugins.precision import Precision
 from torch import Tensor
 
-from recsys.callbacks import EpochSummary
 from recsys.data.batches import EvalBatch
 from recsys.errors import ConfigError
 from recsys.metrics.beyond import average_popularity, list_metrics
 from recsys.metrics.ranking import METRICS, ranked_hits, ranking_metrics, topk_hits
 from recsys.metrics.rating import RATING_METRICS, error_sums, per_row, pooled
 from recsys.models.base import build_model
+from recsys.training.callbacks import EpochSummary
 
 log = logging.getLogger("recsys")
 # RecModule moves its own batch dataclasses (transfer_batch_to_device below); Lightning warns

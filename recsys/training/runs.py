@@ -12,7 +12,7 @@ import torch
 
 from recsys.data.datamodule import RecDataModule
 from recsys.errors import CheckpointError, ConfigError
-from recsys.module import RecModule, validate_eval
+from recsys.training.module import RecModule, validate_eval
 
 log = logging.getLogger("recsys")
 

@@ -1,0 +1,68 @@
+"""``recsys-compare``: which configuration won, and is the difference real?
+
+recsys-compare multirun/<date>/<time> --metrics test/ndcg@10,test/recall@10 --baseline popularity
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from recsys.errors import RecsysError
+from recsys.training.compare import compare, plot, to_markdown, write_csv
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="recsys-compare",
+        description="Compare runs: mean ± std over seeds, paired tests against a baseline, chart.",
+    )
+    parser.add_argument("paths", nargs="+", help="sweep directories and/or run directories")
+    parser.add_argument(
+        "--metrics",
+        default="test/ndcg@10,test/recall@10",
+        help="comma-separated metrics to tabulate (split/metric; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="primary metric: best row, tests, chart (default: the first of --metrics)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="row label (or a unique part of it) tested against (default: popularity, else the first row)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="folder for compare.md/.csv/.png (default: the single sweep directory given, else .)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        result = compare(args.paths, metrics, args.metric, args.baseline)
+        out = (
+            Path(args.out)
+            if args.out
+            else (
+                Path(args.paths[0])
+                if len(args.paths) == 1 and not (Path(args.paths[0]) / "metrics.json").is_file()
+                else Path(".")
+            )
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        md = to_markdown(result)
+        (out / "compare.md").write_text(md)
+        write_csv(result, out / "compare.csv")
+        plot(result, out / "compare.png")
+    except RecsysError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(md)
+    print(f"written: {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'compare.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""``recsys-export``: turn a trained run into a self-contained artifact.
+
+recsys-export run=outputs/<date>/<time>            # or ckpt_path=<checkpoint>
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recsys.errors import ConfigError
+from recsys.serving.artifact import read_manifest
+from recsys.serving.export import export
+
+
+def _main(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    ckpt, run = c.get("ckpt_path"), c.get("run")
+    if bool(ckpt) == bool(run):
+        raise ConfigError("give exactly one of ckpt_path=<checkpoint> or run=<run directory>")
+    if run:
+        run_path = Path(run)
+        if not run_path.is_dir():
+            raise ConfigError(f"run: no such run directory: {run_path}")
+        ckpt = run_path / "checkpoints" / "best.ckpt"
+    out = c.get("out") or (Path(ckpt).resolve().parent.parent / "artifact")
+    path = export(
+        ckpt,
+        out,
+        data_root=c.get("data_root"),
+        rows=int(c.get("rows", 33)),
+        torchscript=bool(c.get("torchscript", True)),
+        onnx=bool(c.get("onnx", True)),
+        pseudonymize_users=bool(c.get("pseudonymize_users", False)),
+        pseudonym_key_env=str(c.get("pseudonym_key_env") or "RECSYS_PSEUDONYM_KEY"),
+    )
+    meta = read_manifest(path, verify=False)
+    s = meta["scorer"]
+    print(f"artifact: {path}")
+    print(
+        f"  model: {meta['model']['_target_']}  users: {meta['num_users']}  items: {meta['num_items']}"
+    )
+    print(f"  torchscript: {s['torchscript'] or 'no (' + s.get('torchscript_error', '') + ')'}")
+    print(f"  onnx: {s['onnx'] or 'no (' + s.get('onnx_error', '') + ')'}")
+    print(
+        f"  embeddings: {', '.join(meta['embeddings']) or 'none'}  history input: {meta['supports_history']}"
+    )
+
+
+def main() -> None:
+    import hydra
+
+    from recsys.cli import CONFIG_DIR, report_errors
+
+    hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")(
+        report_errors(_main)
+    )()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""``recsys-segment``: customer segments of a run or an artifact.
+
+recsys-segment run=outputs/<date>/<time> features=both
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from recsys.cli import CONFIG_DIR, report_errors
+from recsys.customer.segments import segment
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="segment")
+@report_errors
+def main(cfg: DictConfig) -> None:
+    c: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    result = segment(
+        run=c.get("run"),
+        artifact=c.get("artifact"),
+        features=c["features"],
+        k=c.get("k"),
+        k_range=c.get("k_range"),
+        seed=int(c["seed"]),
+        n_init=int(c["n_init"]),
+        silhouette_sample=int(c["silhouette_sample"]),
+        out=c.get("out"),
+        data_root=c.get("data_root"),
+        plot=bool(c.get("plot", True)),
+    )
+    print(f"{result['k']} segments of {result['n_users']} users ({result['features']} features)")
+    for s in result["segments"]:
+        ndcg = s.get("test", {}).get("ndcg@10")
+        extra = f"  test ndcg@10 {ndcg:.4f}" if ndcg is not None else ""
+        print(
+            f"  segment {s['segment']}: {s['size']} users, median activity {s['activity'].get('q50', 0):.0f}{extra}"
+        )
+    where = Path(c["out"]) if c.get("out") else Path(result["source"]) / "segments"
+    print(f"wrote {where}/segments.csv, segments.json, segments.png", flush=True)
+
+
+if __name__ == "__main__":
+    main()
