@@ -61,9 +61,19 @@ def resolve_source(path: str) -> Callable[[Mapping[str, Any]], pd.DataFrame]:
 
 def fingerprint(cfg: Mapping[str, Any]) -> str:
     """A short hash of every value that determines the prepared data and split."""
-    payload = {k: v for k, v in sorted(optout.cache_values(cfg).items()) if k not in LOADER_KEYS}
+    payload = _data_values(cfg)
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
+
+
+def _data_values(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The config values that determine the prepared data (not :data:`LOADER_KEYS`), with
+    ``source`` under its :func:`~recsys.data.sources.hashed_name`: a loader named by its module
+    or by its older package-level name hashes the same."""
+    values = {k: v for k, v in optout.cache_values(cfg).items() if k not in LOADER_KEYS}
+    if isinstance(values.get("source"), str):
+        values["source"] = sources.hashed_name(values["source"])
+    return values
 
 
 def _effective_seed(cfg: Mapping[str, Any], seed: int) -> int | None:
@@ -135,7 +145,7 @@ def cache_path(cfg: Mapping[str, Any], seed: int) -> tuple[Path, str] | None:
     cdir = cache_dir(cfg, data_root(cfg))
     if cdir is None:
         return None
-    values = {k: v for k, v in optout.cache_values(cfg).items() if k not in LOADER_KEYS}
+    values = _data_values(cfg)
     values["_split_seed"] = _effective_seed(cfg, seed)
     key = cache_key(values, files, cdir)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(cfg.get("name", "dataset")))

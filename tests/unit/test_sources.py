@@ -3,13 +3,17 @@ one-line DataError (file, line, column) for each kind of bad input."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from recsys.cli import CONFIG_DIR
 from recsys.data import sources
-from recsys.data.pipeline import build, prepare
+from recsys.data.pipeline import build, cache_path, fingerprint, prepare, resolve_source
+from recsys.data.sources import atomic, files, lastfm, movielens, sequences, tabular
 from recsys.errors import DataError
 from tests.conftest import compose_config, shared_datasets
 
@@ -31,7 +35,7 @@ def write(path, text: str | bytes) -> None:
 # -- each format from a fixture -------------------------------------------------------------------
 def test_ml100k_fixture(tmp_path):
     write(tmp_path / "ml-100k" / "u.data", "1\t10\t5\t300\n2\t10\t3\t100\n1\t20\t4\t200\n")
-    df = sources.load_ml100k(data_cfg("ml-100k", f"data.root={tmp_path}"))
+    df = movielens.load_ml100k(data_cfg("ml-100k", f"data.root={tmp_path}"))
     assert df["user"].tolist() == [1, 2, 1]
     assert df["item"].tolist() == [10, 10, 20]
     assert df["rating"].tolist() == [5.0, 3.0, 4.0]
@@ -40,7 +44,7 @@ def test_ml100k_fixture(tmp_path):
 
 def test_ml1m_ratings_dat_fixture(tmp_path):
     write(tmp_path / "ml-1m" / "ratings.dat", "1::1193::5::978300760\n2::661::3::978302109\n")
-    df = sources.load_ml1m(data_cfg("ml-1m", f"data.root={tmp_path}", "data.split=temporal"))
+    df = movielens.load_ml1m(data_cfg("ml-1m", f"data.root={tmp_path}", "data.split=temporal"))
     assert df[["user", "item", "rating", "time"]].to_numpy().tolist() == [
         [1, 1193, 5, 978300760],
         [2, 661, 3, 978302109],
@@ -53,7 +57,7 @@ def test_ml1m_parquet_pairs_and_refusals(tmp_path, capsys):
     pd.DataFrame({"userID": ["1", "1", "2"], "movieID": ["5", "7", "5"]}).to_parquet(
         folder / "ratings.parquet"
     )
-    df = sources.load_ml1m(data_cfg("ml-1m", f"data.root={tmp_path}"))
+    df = movielens.load_ml1m(data_cfg("ml-1m", f"data.root={tmp_path}"))
     assert list(df.columns) == ["user", "item"]
     assert df["item"].tolist() == [5, 7, 5]
     err = capsys.readouterr().err.strip().splitlines()
@@ -64,7 +68,7 @@ def test_ml1m_parquet_pairs_and_refusals(tmp_path, capsys):
         ("data.rating_threshold=4", "data.rating_threshold=4 needs ratings"),
     ]:
         with pytest.raises(DataError, match="only .*ratings.parquet is present") as e:
-            sources.load_ml1m(data_cfg("ml-1m", f"data.root={tmp_path}", override))
+            movielens.load_ml1m(data_cfg("ml-1m", f"data.root={tmp_path}", override))
         assert needs in str(e.value) and "ratings.dat" in str(e.value)
 
 
@@ -75,7 +79,7 @@ def test_movielens_csv_fixture(tmp_path, name):
         tmp_path / folder / "ratings.csv",
         "userId,movieId,rating,timestamp\n1,2,3.5,10\n4,5,4.0,20\n",
     )
-    df = sources.load_movielens_csv(data_cfg(name, f"data.root={tmp_path}"))
+    df = movielens.load_movielens_csv(data_cfg(name, f"data.root={tmp_path}"))
     assert df[["user", "item", "rating", "time"]].to_numpy().tolist() == [
         [1, 2, 3.5, 10],
         [4, 5, 4, 20],
@@ -86,7 +90,7 @@ def test_movielens_csv_fixture(tmp_path, name):
 def test_user_sequence_fixture(tmp_path, name):
     cfg = data_cfg(name, f"data.root={tmp_path}")
     write(tmp_path / cfg["folder"] / cfg["files"][0], "1 5 6 7\n2 6 5\n")
-    df = sources.load_user_sequences(cfg)
+    df = sequences.load_user_sequences(cfg)
     assert df["user"].tolist() == [1, 1, 1, 2, 2]
     assert df["item"].tolist() == [5, 6, 7, 6, 5]
     assert df["time"].tolist() == [0, 1, 2, 0, 1]  # the position in the line is the order
@@ -97,7 +101,7 @@ def test_lastfm_fixture_with_crlf(tmp_path):
         tmp_path / "lastfm-hetrec2011-2k" / "user_artists.dat",
         b"userID\tartistID\tweight\r\n2\t51\t13883\r\n2\t52\t11690\r\n3\t51\t228\r\n",
     )
-    df = sources.load_lastfm(data_cfg("lastfm", f"data.root={tmp_path}"))
+    df = lastfm.load_lastfm(data_cfg("lastfm", f"data.root={tmp_path}"))
     assert df[["user", "item", "rating"]].to_numpy().tolist() == [
         [2, 51, 13883],
         [2, 52, 11690],
@@ -114,14 +118,14 @@ def test_atomic_fixture(tmp_path):
     )
     cfg = data_cfg("atomic", f"data.root={tmp_path}", "data.name=mydata")
     assert cfg["folder"] == "mydata" and cfg["files"] == ["mydata.inter"]
-    df = sources.load_atomic(cfg)
+    df = atomic.load_atomic(cfg)
     assert df["user"].tolist() == ["u1", "u2"] and df["item"].tolist() == ["i9", "i1"]
     assert df["rating"].tolist() == [4.0, 3.0] and df["time"].tolist() == [881250949.0, 891717742.0]
 
 
 def test_atomic_without_rating_and_time(tmp_path):
     write(tmp_path / "d" / "d.inter", "user_id:token\titem_id:token\n1\t2\n3\t4\n")
-    df = sources.load_atomic(data_cfg("atomic", f"data.root={tmp_path}", "data.name=d"))
+    df = atomic.load_atomic(data_cfg("atomic", f"data.root={tmp_path}", "data.name=d"))
     assert list(df.columns) == ["user", "item"]
 
 
@@ -137,7 +141,7 @@ def test_csv_mapping_tsv_and_parquet(tmp_path):
         "data.columns.time=ts",
         "data.columns.rating=stars",
     )
-    df = sources.load_csv(cfg)
+    df = tabular.load_csv(cfg)
     assert df["user"].tolist() == ["alice", "bob", "alice"] and df["item"].tolist() == [
         "A",
         "B",
@@ -146,7 +150,7 @@ def test_csv_mapping_tsv_and_parquet(tmp_path):
     assert df["time"].tolist() == [5, 6, 7] and df["rating"].tolist() == [1, 2, 5]
 
     pd.DataFrame({"u": [1, 2, 2], "i": [3, 3, 4]}).to_parquet(tmp_path / "log.parquet")
-    df = sources.load_csv(
+    df = tabular.load_csv(
         data_cfg(
             "csv",
             f"data.path={tmp_path / 'log.parquet'}",
@@ -159,7 +163,7 @@ def test_csv_mapping_tsv_and_parquet(tmp_path):
 
 def test_csv_without_header_by_position_relative_to_root(tmp_path):
     write(tmp_path / "logs" / "x.csv", "7|1|100\n8|2|200\n7|2|300\n")
-    df = sources.load_csv(
+    df = tabular.load_csv(
         data_cfg(
             "csv",
             f"data.root={tmp_path}",
@@ -180,11 +184,45 @@ def test_csv_without_header_by_position_relative_to_root(tmp_path):
 
 def test_data_root_defaults_to_env_then_data(tmp_path, monkeypatch):
     monkeypatch.setenv("RECSYS_DATA_DIR", str(tmp_path / "env"))
-    assert sources.data_root({}) == tmp_path / "env"
+    assert files.data_root({}) == tmp_path / "env"
     assert data_cfg("ml-100k")["root"] == str(tmp_path / "env")
     monkeypatch.delenv("RECSYS_DATA_DIR")
-    assert str(sources.data_root({})) == "data"
+    assert str(files.data_root({})) == "data"
     assert data_cfg("ml-100k")["root"] == "data"
+
+
+# -- loaders named by module, and by the package-level names of older configs ----------------------
+SOURCES = {
+    p.stem: str(OmegaConf.load(p).get("source", ""))
+    for p in sorted((Path(CONFIG_DIR) / "data").glob("*.yaml"))
+}
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, s in SOURCES.items() if s.startswith("recsys.data.sources.")]
+)
+def test_configs_name_a_format_module_and_the_old_name_is_the_same_loader(name):
+    source = SOURCES[name]
+    module, _, loader = source.rpartition(".")
+    assert module != "recsys.data.sources", f"{name}: name the loader's module"
+    old = f"recsys.data.sources.{loader}"  # what checkpoints made before the split store
+    assert resolve_source(old) is resolve_source(source)
+    assert sources.hashed_name(source) == sources.hashed_name(old) == old
+
+
+def test_data_fingerprint_and_cache_key_unchanged_by_the_move(tmp_path):
+    """Runs and cached splits made when the loaders lived in one module stay comparable and
+    reusable: the value below is ml-100k's fingerprint computed before the move."""
+    cfg = data_cfg("ml-100k")
+    assert cfg["source"] == "recsys.data.sources.movielens.load_ml100k"
+    assert fingerprint(cfg) == "054843265c3bebe5"
+    assert fingerprint({**cfg, "source": "recsys.data.sources.load_ml100k"}) == "054843265c3bebe5"
+    cfg = ml100k_with(tmp_path, "1\t10\t5\t300\n2\t10\t3\t100\n1\t20\t4\t200\n")
+    new = cache_path(cfg, 0)
+    assert new is not None
+    assert cache_path({**cfg, "source": "recsys.data.sources.load_ml100k"}, 0) == new
+    # another loader is another dataset
+    assert fingerprint({**cfg, "source": "recsys.data.sources.load_ml1m"}) != fingerprint(cfg)
 
 
 # -- bad input: one line naming file, line and column ----------------------------------------------
@@ -203,7 +241,7 @@ def one_line_error(fn, *args) -> str:
 
 def test_missing_file_names_files_directory_and_url(tmp_path):
     msg = one_line_error(
-        sources.load_ml100k, data_cfg("ml-100k", f"data.root={tmp_path}", "data.download=false")
+        movielens.load_ml100k, data_cfg("ml-100k", f"data.root={tmp_path}", "data.download=false")
     )
     assert "missing u.data" in msg and str(tmp_path / "ml-100k") in msg
     assert "https://files.grouplens.org/datasets/movielens/ml-100k.zip" in msg
@@ -211,63 +249,67 @@ def test_missing_file_names_files_directory_and_url(tmp_path):
 
 def test_missing_column(tmp_path):
     write(tmp_path / "ml-20m" / "ratings.csv", "userId,itemId,rating,timestamp\n1,2,3,4\n")
-    msg = one_line_error(sources.load_movielens_csv, data_cfg("ml-20m", f"data.root={tmp_path}"))
+    msg = one_line_error(movielens.load_movielens_csv, data_cfg("ml-20m", f"data.root={tmp_path}"))
     assert "ratings.csv: missing column 'movieId' (item)" in msg and "userId, itemId" in msg
     write(tmp_path / "d" / "d.inter", "user_id:token\tproduct:token\n1\t2\n")
     msg = one_line_error(
-        sources.load_atomic, data_cfg("atomic", f"data.root={tmp_path}", "data.name=d")
+        atomic.load_atomic, data_cfg("atomic", f"data.root={tmp_path}", "data.name=d")
     )
     assert "d.inter: missing field 'item_id' (item" in msg
 
 
 def test_unparseable_line_reports_file_and_line(tmp_path):
-    msg = one_line_error(sources.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n1\t3\t4\t5\t6\n"))
+    msg = one_line_error(
+        movielens.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n1\t3\t4\t5\t6\n")
+    )
     assert msg.endswith("u.data: line 2: expected 4 fields, found 5")
     msg = one_line_error(
-        sources.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n5\t6\t7\t8\n1\t3\n")
+        movielens.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n5\t6\t7\t8\n1\t3\n")
     )
     assert "u.data: line 3: missing value in column 'rating' (rating)" in msg
     write(tmp_path / "ml-1m" / "ratings.dat", "1::2::3::4\n1::2::3\n")
-    msg = one_line_error(sources.load_ml1m, data_cfg("ml-1m", f"data.root={tmp_path}"))
+    msg = one_line_error(movielens.load_ml1m, data_cfg("ml-1m", f"data.root={tmp_path}"))
     assert "ratings.dat: line 2: missing value in column 'Timestamp'" in msg
 
 
 def test_non_numeric_rating_and_timestamp(tmp_path):
-    msg = one_line_error(sources.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n1\t3\tfive\t5\n"))
+    msg = one_line_error(
+        movielens.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n1\t3\tfive\t5\n")
+    )
     assert "u.data: line 2: column 'rating' (rating) must be a number, got 'five'" in msg
     write(
         tmp_path / "ml-latest-small" / "ratings.csv",
         "userId,movieId,rating,timestamp\n1,2,3,4\n1,3,4,5\n2,2,1,yesterday\n",
     )
     msg = one_line_error(
-        sources.load_movielens_csv, data_cfg("ml-latest-small", f"data.root={tmp_path}")
+        movielens.load_movielens_csv, data_cfg("ml-latest-small", f"data.root={tmp_path}")
     )
     assert "ratings.csv: line 4: column 'timestamp' (time) must be a number, got 'yesterday'" in msg
 
 
 def test_negative_or_non_integer_ids(tmp_path):
-    msg = one_line_error(sources.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n-1\t3\t4\t5\n"))
+    msg = one_line_error(movielens.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n-1\t3\t4\t5\n"))
     assert (
         "u.data: line 2: column 'user_id' (user) must be a non-negative integer id, got '-1'" in msg
     )
-    msg = one_line_error(sources.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n2\t3.5\t4\t5\n"))
+    msg = one_line_error(movielens.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n2\t3.5\t4\t5\n"))
     assert "line 2: column 'item_id' (item) must be a non-negative integer id, got '3.5'" in msg
     write(tmp_path / "beauty" / "Beauty.txt", "1 2 3\n2 3 4\n\n3 4 x7\n")
     msg = one_line_error(
-        sources.load_user_sequences, data_cfg("amazon-beauty", f"data.root={tmp_path}")
+        sequences.load_user_sequences, data_cfg("amazon-beauty", f"data.root={tmp_path}")
     )
     assert "Beauty.txt: line 4: item id at field 3 must be a non-negative integer, got 'x7'" in msg
     write(tmp_path / "beauty" / "Beauty.txt", "1 2 3\n-2 3 4\n")
     msg = one_line_error(
-        sources.load_user_sequences, data_cfg("amazon-beauty", f"data.root={tmp_path}")
+        sequences.load_user_sequences, data_cfg("amazon-beauty", f"data.root={tmp_path}")
     )
     assert "line 2: user id at field 1 must be a non-negative integer, got '-2'" in msg
 
 
 def test_single_valued_user_or_item_column(tmp_path):
-    msg = one_line_error(sources.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n1\t3\t4\t5\n"))
+    msg = one_line_error(movielens.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n1\t3\t4\t5\n"))
     assert "u.data: the user column holds a single value (1)" in msg
-    msg = one_line_error(sources.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n2\t2\t4\t5\n"))
+    msg = one_line_error(movielens.load_ml100k, ml100k_with(tmp_path, "1\t2\t3\t4\n2\t2\t4\t5\n"))
     assert "u.data: the item column holds a single value (2)" in msg
 
 
@@ -283,7 +325,7 @@ def test_empty_after_filtering_names_the_step(tmp_path):
 
 
 def test_empty_file(tmp_path):
-    msg = one_line_error(sources.load_ml100k, ml100k_with(tmp_path, ""))
+    msg = one_line_error(movielens.load_ml100k, ml100k_with(tmp_path, ""))
     assert "u.data" in msg
 
 
@@ -307,8 +349,7 @@ needs_shared = pytest.mark.skipif(SHARED is None, reason="shared datasets absent
 def test_shared_statistics(name, users, items, interactions, tmp_path):
     cfg = data_cfg(name, f"data.root={SHARED}", f"data.cache_dir={tmp_path}")
     if not any(
-        (sources._folder(cfg) / f).is_file()
-        for f in cfg["files"] + cfg.get("alternative_files", [])
+        (files._folder(cfg) / f).is_file() for f in cfg["files"] + cfg.get("alternative_files", [])
     ):
         pytest.skip(f"{name} absent from {SHARED}")
     split = prepare(cfg, seed=0)

@@ -1,8 +1,8 @@
-"""Raw formats → a frame of external ids (``user, item`` + optional ``time, rating``).
+"""Finding and reading raw files, shared by every loader of :mod:`recsys.data.sources`.
 
-Each source is a function ``(data config) -> DataFrame`` named by ``data.source``. Files are found
-under ``<data.root>/<data.folder>/`` (``data.root`` defaults to ``$RECSYS_DATA_DIR``, else
-``data/``) and downloaded from ``data.remote`` when missing (see :mod:`recsys.data.download`).
+Files are found under ``<data.root>/<data.folder>/`` (``data.root`` defaults to
+``$RECSYS_DATA_DIR``, else ``data/``) and downloaded from ``data.remote`` when missing (see
+:mod:`recsys.data.download`).
 
 Parsing is vectorized: delimited files go through pyarrow's multi-threaded CSV reader; only when
 that fails or a column has the wrong type is the file re-read (by pandas, as text) to find the
@@ -83,11 +83,17 @@ def dataset_dir(cfg: Mapping[str, Any]) -> Path:
     )
 
 
+def log_path(cfg: Mapping[str, Any]) -> Path:
+    """``data.path`` (the ``csv`` source's log), absolute or under the data root."""
+    p = Path(str(cfg.get("path"))).expanduser()
+    return p if p.is_absolute() else data_root(cfg) / p
+
+
 def raw_files(cfg: Mapping[str, Any]) -> list[Path]:
     """The files a source reads (for the cache key): ``data.path`` for ``csv``, else the present
     ``data.files`` (or, failing those, ``data.alternative_files``) under the dataset folder."""
     if cfg.get("path"):
-        path = _csv_path(cfg)
+        path = log_path(cfg)
         if not path.is_file():
             raise DataError(f"{path}: no such file (data.path)")
         return [path]
@@ -277,136 +283,7 @@ def _diagnose(
             )
 
 
-def rows_in_time_order(df: pd.DataFrame, cfg: Mapping[str, Any], path: Path | str) -> pd.DataFrame:
-    """``data.rows_in_time_order=true`` declares a log without a time column whose rows are
-    written in event order across users: the row number (0, 1, ...) becomes ``time``, a clock of
-    event indices shared by all users (not seconds). Refused when the log has a time column."""
-    if not cfg.get("rows_in_time_order"):
-        return df
-    if "time" in df:
-        raise DataError(
-            f"{path}: data.rows_in_time_order=true, but the log has a time column, which orders "
-            "the events; unmap the time column or drop data.rows_in_time_order"
-        )
-    notice(
-        f"{path}: no time column; the row order is the clock (data.rows_in_time_order=true): "
-        "time = row number, an event index shared by all users",
-        True,
-    )
-    return df.assign(time=np.arange(len(df), dtype=np.float64))
-
-
-def _finish(df: pd.DataFrame, path: Path | str) -> pd.DataFrame:
-    """Refuse logs a recommender cannot use: empty, or a single user or a single item."""
-    if len(df) == 0:
-        raise DataError(f"{path}: no interactions in the file")
-    for role in ("user", "item"):
-        col = df[role].to_numpy()
-        if not (col != col[0]).any():
-            raise DataError(
-                f"{path}: the {role} column holds a single value ({col[0]}); "
-                f"a recommendation log needs at least two distinct {role}s"
-            )
-    return df.reset_index(drop=True)
-
-
-# -- the catalog's parsers -------------------------------------------------------------------------
-def load_ml100k(cfg: Mapping[str, Any]) -> pd.DataFrame:
-    """MovieLens-100K ``u.data``: tab-separated ``user item rating timestamp``, no header."""
-    path = dataset_dir(cfg) / "u.data"
-    names = ["user_id", "item_id", "rating", "timestamp"]
-    cols = dict(zip(("user", "item", "rating", "time"), names, strict=True))
-    return _finish(read_delimited(path, sep="\t", header=False, names=names, columns=cols), path)
-
-
-def load_ml1m(cfg: Mapping[str, Any]) -> pd.DataFrame:
-    """MovieLens-1M: official ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``), or, when
-    only ``ratings.parquet`` (string ``userID, movieID``) is present, implicit pairs without
-    ratings or times. On the pairs, time-based splits and rating thresholds are refused."""
-    folder = dataset_dir(cfg)
-    dat = folder / "ratings.dat"
-    if dat.is_file():
-        names = ["UserID", "MovieID", "Rating", "Timestamp"]
-        cols = dict(zip(("user", "item", "rating", "time"), names, strict=True))
-        return _finish(read_delimited(dat, sep="::", header=False, names=names, columns=cols), dat)
-    path = folder / "ratings.parquet"
-    split = str(cfg.get("split", "random"))
-    needs = []
-    if split in ("leave_one_out", "temporal"):
-        needs.append(f"data.split={split} needs timestamps")
-    if cfg.get("rating_threshold") is not None:
-        needs.append(f"data.rating_threshold={cfg.get('rating_threshold')} needs ratings")
-    if needs:
-        raise DataError(
-            f"ml-1m: only {path} is present, which holds (user, movie) pairs without ratings or "
-            f"timestamps; {' and '.join(needs)}: use data.split=random and "
-            f"data.rating_threshold=null, or put the official ratings.dat in {folder}/"
-        )
-    notice(f"ml-1m: using {path}: implicit (user, movie) pairs, no ratings or timestamps", True)
-    frame = read_parquet(path, {"user": "userID", "item": "movieID"}, int_ids=True)
-    return _finish(frame, path)
-
-
-def load_movielens_csv(cfg: Mapping[str, Any]) -> pd.DataFrame:
-    """MovieLens ``ratings.csv`` (ml-20m, ml-25m, ml-latest, ml-latest-small): header
-    ``userId,movieId,rating,timestamp``."""
-    path = dataset_dir(cfg) / str(cfg["files"][0])
-    cols = {"user": "userId", "item": "movieId", "rating": "rating", "time": "timestamp"}
-    return _finish(read_delimited(path, sep=",", header=True, columns=cols), path)
-
-
-def load_lastfm(cfg: Mapping[str, Any]) -> pd.DataFrame:
-    """Last.fm hetrec2011 ``user_artists.dat``: tab-separated ``userID artistID weight`` with a
-    header; the play count becomes ``rating``; there are no timestamps."""
-    path = dataset_dir(cfg) / str(cfg["files"][0])
-    cols = {"user": "userID", "item": "artistID", "rating": "weight"}
-    return _finish(read_delimited(path, sep="\t", header=True, columns=cols), path)
-
-
-def load_user_sequences(cfg: Mapping[str, Any]) -> pd.DataFrame:
-    """One line per user, ``user item item ...`` in time order (S3-Rec / ICLRec format). The
-    position in the line becomes the ``time`` column (0, 1, 2, ... per user): an order within
-    each user, not a clock shared by all users."""
-    path = dataset_dir(cfg) / str(cfg["files"][0])
-    if cfg.get("rows_in_time_order"):
-        raise DataError(
-            f"{path}: data.rows_in_time_order=true does not apply: each line is one user's "
-            "whole sequence, so the lines are not events in time order across users"
-        )
-    return _finish(parse_user_sequences(path.read_bytes(), path), path)
-
-
-def parse_user_sequences(raw: bytes, path: Path | str) -> pd.DataFrame:
-    """Parse the one-line-per-user format from bytes (vectorized over tokens)."""
-    text = raw.decode("utf-8", "replace")
-    lengths = np.fromiter(map(len, map(str.split, text.splitlines())), dtype=np.int64)
-    tokens = text.split()
-    if not tokens:
-        return pd.DataFrame({"user": [], "item": [], "time": []})
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[lengths > 0]
-    try:
-        ids = np.array(tokens, dtype=np.int64)
-        bad_any = bool(len(ids)) and ids.min() < 0
-    except (ValueError, OverflowError):
-        bad_any = True
-    if bad_any:
-        num = pd.to_numeric(pd.Series(tokens, dtype=object), errors="coerce").to_numpy(np.float64)
-        bad = np.isnan(num) | (num < 0) | (np.floor(num) != num)
-        i = int(np.argmax(bad))
-        line_of = np.repeat(np.arange(len(lengths)), lengths)
-        pos = i - starts[np.searchsorted(starts, i, side="right") - 1]
-        raise DataError(
-            f"{path}: line {line_of[i] + 1}: {'user' if pos == 0 else 'item'} id at field "
-            f"{pos + 1} must be a non-negative integer, got {tokens[i]!r}"
-        )
-    is_user = np.zeros(len(ids), dtype=bool)
-    is_user[starts] = True
-    counts = lengths[lengths > 0]
-    user = np.repeat(ids[starts], counts)[~is_user]
-    pos = np.arange(len(ids)) - np.repeat(starts, counts)
-    return pd.DataFrame({"user": user, "item": ids[~is_user], "time": pos[~is_user] - 1.0})
-
-
+# -- Parquet, checked the same way -----------------------------------------------------------------
 def read_parquet(
     path: Path, columns: Mapping[str, str | None], int_ids: bool = False
 ) -> pd.DataFrame:
@@ -465,104 +342,35 @@ def read_parquet(
     return pd.DataFrame(out)
 
 
-# -- RecBole atomic files and user logs ------------------------------------------------------------
-_ATOMIC_TYPES = ("token", "float", "token_seq", "float_seq")
-
-
-def load_atomic(cfg: Mapping[str, Any]) -> pd.DataFrame:
-    """RecBole atomic ``<name>.inter``: tab-separated with a typed header such as
-    ``user_id:token item_id:token rating:float timestamp:float``. ``data.fields`` maps roles to
-    field names; ``rating`` and ``time`` are used when the header has them."""
-    path = dataset_dir(cfg) / str(cfg["files"][0])
-    sep = str(cfg.get("sep") or "\t")
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    with open(path, encoding="utf-8", errors="replace") as f:
-        header = [h.strip() for h in f.readline().rstrip("\r\n").lstrip("\ufeff").split(sep)]
-    typed = {}
-    for h in header:
-        name, colon, kind = h.partition(":")
-        if not colon or kind not in _ATOMIC_TYPES:
-            raise DataError(
-                f"{path}: line 1: header field {h!r} is not '<name>:<type>' with type one of "
-                f"{', '.join(_ATOMIC_TYPES)}"
-            )
-        typed[name] = (h, kind)
-    fields = dict(cfg.get("fields") or {})
-    cols: dict[str, str | None] = {}
-    for role in ROLES:
-        name = fields.get(role)
-        if name is None:
-            continue
-        if name not in typed:
-            if role in ("user", "item"):
-                raise DataError(
-                    f"{path}: missing field {name!r} ({role}, data.fields.{role}); the header "
-                    f"has: {', '.join(header)}"
-                )
-            continue
-        full, kind = typed[name]
-        if role in ("time", "rating") and kind != "float":
-            raise DataError(f"{path}: field {full!r} ({role}) must have type float")
-        cols[role] = full
-    frame = read_delimited(
-        path, sep=sep, header=True, columns=cols, int_ids=False, id_as_string=True
-    )
-    return _finish(rows_in_time_order(frame, cfg, path), path)
-
-
-def _csv_path(cfg: Mapping[str, Any]) -> Path:
-    p = Path(str(cfg.get("path"))).expanduser()
-    return p if p.is_absolute() else data_root(cfg) / p
-
-
-def load_csv(cfg: Mapping[str, Any]) -> pd.DataFrame:
-    """A user's own log: CSV, TSV or Parquet (``data.path``, absolute or under the data root),
-    with ``data.columns`` mapping ``user, item`` and the optional ``time, rating`` to column names
-    (or 0-based positions when ``data.header`` is false)."""
-    if not cfg.get("path"):
-        raise DataError("data.path: the csv source needs the path of the log file")
-    path = _csv_path(cfg)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (data.path)")
-    mapping = dict(cfg.get("columns") or {})
-    for role in ("user", "item"):
-        if mapping.get(role) is None:
-            raise DataError(f"data.columns.{role}: the csv source needs the {role} column")
-    unknown = set(mapping) - set(ROLES)
-    if unknown:
-        raise DataError(f"data.columns: unknown role(s) {', '.join(sorted(unknown))}; use {ROLES}")
-    fmt = str(cfg.get("format") or "auto")
-    if fmt == "auto":
-        suffix = path.suffix.lower()
-        fmt = {".parquet": "parquet", ".pq": "parquet", ".tsv": "tsv", ".tab": "tsv"}.get(
-            suffix, "csv"
+# -- what every loader does with the frame it read -------------------------------------------------
+def rows_in_time_order(df: pd.DataFrame, cfg: Mapping[str, Any], path: Path | str) -> pd.DataFrame:
+    """``data.rows_in_time_order=true`` declares a log without a time column whose rows are
+    written in event order across users: the row number (0, 1, ...) becomes ``time``, a clock of
+    event indices shared by all users (not seconds). Refused when the log has a time column."""
+    if not cfg.get("rows_in_time_order"):
+        return df
+    if "time" in df:
+        raise DataError(
+            f"{path}: data.rows_in_time_order=true, but the log has a time column, which orders "
+            "the events; unmap the time column or drop data.rows_in_time_order"
         )
-    id_type = str(cfg.get("id_type") or "auto")
-    if fmt == "parquet":
-        frame = read_parquet(path, mapping, int_ids=id_type == "int")
-        return _finish(rows_in_time_order(frame, cfg, path), path)
-    sep = cfg.get("sep") or ("\t" if fmt == "tsv" else ",")
-    header = bool(cfg.get("header", True))
-    names = None
-    if not header:
-        positions = [v for v in mapping.values() if v is not None]
-        if not all(isinstance(v, int) for v in positions):
-            raise DataError("data.columns: without a header, map roles to 0-based column positions")
-        with open(path, encoding="utf-8", errors="replace") as f:
-            width = len(f.readline().rstrip("\r\n").split(str(sep)))
-        names = [str(i) for i in range(width)]
-        for role, v in mapping.items():
-            if v is not None and v >= width:
-                raise DataError(f"{path}: missing column {v} ({role}); line 1 has {width} fields")
-        mapping = {r: (None if v is None else str(v)) for r, v in mapping.items()}
-    frame = read_delimited(
-        path,
-        sep=str(sep),
-        header=header,
-        names=names,
-        columns=mapping,
-        int_ids=id_type == "int",
-        id_as_string=id_type == "str",
+    notice(
+        f"{path}: no time column; the row order is the clock (data.rows_in_time_order=true): "
+        "time = row number, an event index shared by all users",
+        True,
     )
-    return _finish(rows_in_time_order(frame, cfg, path), path)
+    return df.assign(time=np.arange(len(df), dtype=np.float64))
+
+
+def finish_log(df: pd.DataFrame, path: Path | str) -> pd.DataFrame:
+    """Refuse logs a recommender cannot use: empty, or a single user or a single item."""
+    if len(df) == 0:
+        raise DataError(f"{path}: no interactions in the file")
+    for role in ("user", "item"):
+        col = df[role].to_numpy()
+        if not (col != col[0]).any():
+            raise DataError(
+                f"{path}: the {role} column holds a single value ({col[0]}); "
+                f"a recommendation log needs at least two distinct {role}s"
+            )
+    return df.reset_index(drop=True)
