@@ -35,11 +35,11 @@ lint: install  ## ruff lint and format check
 	$(VENV)/bin/ruff check recsys tests
 	$(VENV)/bin/ruff format --check recsys tests
 
-bench: install $(if $(filter recbole,$(COMPARE)),recbole-venv)  ## full benchmark matrix -> benchmarks/results.md (COMPARE=recbole: side by side)
-	$(PY) -m benchmarks.runner.bench $(if $(COMPARE),--compare $(COMPARE) --recbole-python $(RECBOLE_VENV)/bin/python) $(ARGS)
+bench: install $(if $(filter recbole,$(COMPARE)),recbole-venv)  ## benchmarks/matrices/full.yaml -> benchmarks/matrix.md, .json (COMPARE=recbole: side by side)
+	$(PY) -m benchmarks.runner $(if $(COMPARE),--compare $(COMPARE) --recbole-python $(RECBOLE_VENV)/bin/python) $(ARGS)
 
-bench-quick: install $(if $(filter recbole,$(COMPARE)),recbole-venv)  ## small benchmark (synthetic, ml-100k if present) -> outputs/bench-quick/
-	$(PY) -m benchmarks.runner.bench --quick $(if $(COMPARE),--compare $(COMPARE) --recbole-python $(RECBOLE_VENV)/bin/python) $(ARGS)
+bench-quick: install $(if $(filter recbole,$(COMPARE)),recbole-venv)  ## benchmarks/matrices/quick.yaml (synthetic, ml-100k if present) -> outputs/bench-quick/
+	$(PY) -m benchmarks.runner --quick $(if $(COMPARE),--compare $(COMPARE) --recbole-python $(RECBOLE_VENV)/bin/python) $(ARGS)
 
 # RecBole 1.2.1 in its own venv (numpy<2, pandas<3, no ray), driven by benchmarks/runner/recbole.py
 recbole-venv: $(RECBOLE_VENV)/.installed  ## venv with RecBole 1.2.1 for COMPARE=recbole

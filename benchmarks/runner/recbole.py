@@ -1,6 +1,6 @@
 """Side-by-side runs of RecBole 1.2.1 on exactly our data, split and hyper-parameters.
 
-Used by ``python -m benchmarks.runner.bench --compare recbole``. For a bench entry with a ``recbole:``
+Used by ``python -m benchmarks.runner --compare recbole``. For a bench entry with a ``recbole:``
 block, the parent side (:func:`compare`) rebuilds the entry's split from its checkpoint's config,
 writes it as RecBole atomic files, translates our model and training config into RecBole's
 keys, and runs RecBole in a subprocess of the RecBole interpreter (``--recbole-python``: by
@@ -378,5 +378,5 @@ def child_main(spec_path: str, out_path: str) -> None:
 
 if __name__ == "__main__":
     if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-        sys.path.pop(0)  # run as a script: keep recsys/ (its data/, metrics/ ...) off the path
+        sys.path.pop(0)  # run as a script: this folder's recbole.py would shadow the package
     child_main(sys.argv[1], sys.argv[2])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from benchmarks.runner.bench import scale_source
+from benchmarks.runner.scale import scale_source
 from benchmarks.runner.recbole import recbole_config, write_atomic
 from recsys.data.pipeline import prepare
 from tests.conftest import compose_config
@@ -56,7 +56,7 @@ def test_quick_bench_on_a_tiny_matrix(tmp_path):
         [
             sys.executable,
             "-m",
-            "benchmarks.runner.bench",
+            "benchmarks.runner",
             "--matrix",
             str(tmp_path / "m.yaml"),
             "--out",
@@ -75,7 +75,7 @@ def test_quick_bench_on_a_tiny_matrix(tmp_path):
     assert "skip nosuch-tiny: no model config" in proc.stdout
     assert "skip mf-ml-100k: dataset files" in proc.stdout
 
-    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    report = json.loads((tmp_path / "out" / "matrix.json").read_text())
     assert report["matmul_peak"]["gflops"] > 0
     assert {"cpu", "cores", "versions", "load_avg"} <= set(report["machine"])
     assert report["machine"]["versions"]["torch"]
@@ -101,7 +101,7 @@ def test_quick_bench_on_a_tiny_matrix(tmp_path):
     assert 0 < mf["eval"]["score_peak_fraction"]
     assert pop["timing"]["epochs"] == 0 and "score_gflops" not in pop["eval"]
 
-    md = (tmp_path / "out" / "results.md").read_text()
+    md = (tmp_path / "out" / "matrix.md").read_text()
     assert md.startswith("# Benchmarks")
     assert "| mf-tiny |" in md and "| pop-tiny |" in md
     assert "## Skipped" in md and "nosuch-tiny" in md
@@ -130,7 +130,7 @@ def test_scale_source_is_unique_and_near_the_target():
         compose_config(
             "train",
             [
-                "data.source=benchmarks.runner.bench.scale_source",
+                "data.source=benchmarks.runner.scale.scale_source",
                 "+data.scale_users=400",
                 "+data.scale_items=1000",
                 "+data.scale_interactions=18000",

@@ -56,7 +56,7 @@ def test_cuda_training_and_evaluation_match_cpu(tmp_path, model, extra):
     assert results["gpu"] == pytest.approx(metrics["test"], abs=1e-6)
 
     if model == "mf":  # the bench's CUDA measurements run too
-        from benchmarks.runner.bench import measure_eval
+        from benchmarks.runner.matrix import measure_eval
 
         module = module_from_checkpoint(ckpt).cuda().eval()
         dm = datamodule_from_config(config)

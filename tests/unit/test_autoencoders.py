@@ -288,7 +288,7 @@ def test_ml20m_experiment_composes_and_runs_on_tiny_standin(tmp_path, experiment
         "train",
         [
             f"experiment={experiment}",
-            "data.source=benchmarks.ml20m_standin.load",
+            "data.source=benchmarks.scripts.ml20m_standin.load",
             "data.files=[]",
             "+data.standin_users=400",
             "+data.standin_items=150",

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.runner.bench import scale_source
+from benchmarks.runner.scale import scale_source
 from recsys.data import audit
 from recsys.data.interactions import Interactions, encode_ids
 

@@ -1,6 +1,6 @@
 """Memory and CPU time of each load/split stage of the scale pipeline (benchmarks/scale.md).
 
-    OMP_NUM_THREADS=1 python benchmarks/scale_memprof.py 1e7
+    OMP_NUM_THREADS=1 python -m benchmarks.scripts.scale_memprof 1e7
 
 Generates the Netflix-shaped scale log with N events (users scaled as 480,189 * N / 1e8, 17,770
 items) and runs the pipeline's stages one by one, printing per stage: CPU seconds, memory traced
@@ -15,7 +15,8 @@ import sys
 import time
 import tracemalloc
 
-from benchmarks.runner.bench import current_rss_mb, scale_source
+from benchmarks.runner.machine import current_rss_mb
+from benchmarks.runner.scale import scale_source
 from recsys.data.audit import audit_split
 from recsys.data.interactions import Interactions
 from recsys.data.preprocess import preprocess_config

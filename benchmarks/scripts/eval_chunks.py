@@ -1,7 +1,7 @@
 """Full-ranking pass time of a checkpoint's test users by users per chunk (``eval.batch_size``).
 
-    OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/work/shared/datasets \
-      python benchmarks/eval_chunks.py <run>/checkpoints/best.ckpt 128,256,1024 [repeats]
+    OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/path/to/datasets \
+      python benchmarks/scripts/eval_chunks.py <run>/checkpoints/best.ckpt 128,256,1024 [repeats]
 
 For each chunk size, the best of ``repeats`` (default 15) passes of ``RecModule.evaluate``
 over every test user (score, mask seen items, top-k, metrics), as the bench's standalone pass.

@@ -1,18 +1,18 @@
 """BPR-MF training CPU seconds per epoch, ours and RecBole 1.2.1, in interleaved pairs.
 
-This VM's speed drifts by ~1.5x between runs minutes apart (benchmarks/results.md), so a ratio
+This VM's speed drifts by ~1.5x between runs minutes apart (benchmarks/matrix.md), so a ratio
 of two numbers measured at different times is noisy. Here each pair runs the two sides back to
 back, one process at a time, and the ratio is taken within the pair:
 
-    OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/work/shared/datasets \
-      python -m benchmarks.runner.bench --compare recbole --only bpr-ml-100k --out /tmp/bpr-bench \
+    OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/path/to/datasets \
+      python -m benchmarks.runner --compare recbole --only bpr-ml-100k --out /tmp/bpr-bench \
         --runs-dir /tmp/bpr-bench/runs
-    OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/work/shared/datasets \
-      python benchmarks/bpr_paired.py /tmp/bpr-bench/runs/bpr-ml-100k/recbole/spec.json 5
+    OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/path/to/datasets \
+      python benchmarks/scripts/bpr_paired.py /tmp/bpr-bench/runs/bpr-ml-100k/recbole/spec.json 5
 
 The spec (written by the bench's RecBole side) holds RecBole's translation of the
 ``bpr-ml-100k`` entry and the path of the atomic files of its split. Each side trains 30 epochs:
-ours through ``benchmarks/bpr_epoch_cpu.py`` (the entry's settings, median of epochs 4-30),
+ours through ``benchmarks/scripts/bpr_epoch_cpu.py`` (the entry's settings, median of epochs 4-30),
 RecBole through the bench's child (``benchmarks/runner/recbole.py``, median over its epochs; RecBole
 validates every epoch, which is timed separately and not counted). Prints one line per pair and
 the median ratio.
@@ -26,14 +26,19 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 30
 
 
 def ours() -> float:
     out = subprocess.run(
-        [sys.executable, str(HERE / "bpr_epoch_cpu.py"), "paired", "optim.steps_per_call=64"],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.scripts.bpr_epoch_cpu",
+            "paired",
+            "optim.steps_per_call=64",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -48,7 +53,12 @@ def recbole(spec_path: Path, python: Path, work: Path) -> float:
     spec["config"].update(epochs=EPOCHS, stopping_step=EPOCHS, checkpoint_dir=str(work / "saved"))
     (work / "spec.json").write_text(json.dumps(spec))
     subprocess.run(
-        [str(python), str(REPO / "recsys" / "bench_recbole.py"), "spec.json", "result.json"],
+        [
+            str(python),
+            str(REPO / "benchmarks" / "runner" / "recbole.py"),
+            "spec.json",
+            "result.json",
+        ],
         capture_output=True,
         check=True,
         cwd=work,

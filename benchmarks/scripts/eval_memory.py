@@ -1,11 +1,11 @@
 """Peak memory of the bench's standalone full-ranking pass over a checkpoint's test users.
 
-    OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/work/shared/datasets \
-      python benchmarks/eval_memory.py <run>/checkpoints/last.ckpt [repeats]
+    OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/path/to/datasets \
+      python -m benchmarks.scripts.eval_memory <run>/checkpoints/last.ckpt [repeats]
 
-Runs ``benchmarks.runner.bench.measure_eval`` (score pass and full evaluation pass, ``repeats`` times each)
-and prints the process's peak RSS (``VmHWM``) before and after it, and the pass time. Used for
-the NeuMF Amazon Beauty evaluation memory in benchmarks/results.md.
+Runs ``benchmarks.runner.matrix.measure_eval`` (score pass and full evaluation pass, ``repeats``
+times each) and prints the process's peak RSS (``VmHWM``) before and after it, and the pass
+time. Used for the NeuMF Amazon Beauty evaluation memory in benchmarks/matrix.md.
 """
 
 import sys
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.runner.bench import measure_eval
-from benchmarks.runner.recbole import peak_rss_mb
+from benchmarks.runner.machine import peak_rss_mb
+from benchmarks.runner.matrix import measure_eval
 from recsys.training.runs import datamodule_from_config, load_checkpoint, module_from_checkpoint
 
 ckpt = load_checkpoint(Path(sys.argv[1]))

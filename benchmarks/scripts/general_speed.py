@@ -2,7 +2,7 @@
 Lightning's per-epoch extras (validation, checkpoints): the loader, loss, backward and Adam step
 per epoch, and one full-ranking pass over all validation users (score, mask, top-k, metrics).
 
-    RECSYS_DATA_DIR=/work/shared/datasets python benchmarks/general_speed.py experiment=bpr_ml100k
+    RECSYS_DATA_DIR=/path/to/datasets python benchmarks/scripts/general_speed.py experiment=bpr_ml100k
 """
 
 from __future__ import annotations

@@ -1,16 +1,17 @@
 """RecTools 0.19 SASRec on our Amazon Beauty leave-one-out split: seconds per epoch and validation
-NDCG@10 after each epoch, for the time-to-quality comparison of issue 7.
+NDCG@10 after each epoch, for the time-to-quality comparison with our SASRec
+(benchmarks/sequential_beauty.md).
 
 Two steps, two interpreters (RecTools pins numpy < 2 and Lightning <= 2.5.2, so it lives in its
 own venv: ``python -m venv .venv-rectools && .venv-rectools/bin/pip install torch==2.13.0
 'rectools[torch]==0.19.0'``):
 
     # 1. our split (the data of experiment=sasrec_ce_beauty), written once as arrays
-    RECSYS_DATA_DIR=/work/shared/datasets .venv/bin/python benchmarks/rectools_beauty.py \
+    RECSYS_DATA_DIR=/path/to/datasets .venv/bin/python benchmarks/scripts/rectools_beauty.py \
         export /tmp/rt/beauty_split.npz
     # 2. RecTools trains on the training part, one epoch at a time (fit_partial), and ranks every
     #    item for each validation user after each epoch (seen items filtered, as ours)
-    OMP_NUM_THREADS=2 .venv-rectools/bin/python benchmarks/rectools_beauty.py \
+    OMP_NUM_THREADS=2 .venv-rectools/bin/python benchmarks/scripts/rectools_beauty.py \
         run /tmp/rt/beauty_split.npz /tmp/rt/rectools.jsonl [epochs] [threads] [timed_epochs] [recipe]
 
 The first ``timed_epochs`` epochs (default all) run on ``threads`` threads (default 2), the
@@ -18,14 +19,14 @@ rest on one thread, so that a long run to convergence can share the machine; the
 given quality is then the number of epochs times the ``threads``-thread epoch time. Each epoch
 writes one JSON line: training wall and CPU seconds of the epoch alone (Lightning
 epoch start to end, RecTools' own loop and data loader), the validation NDCG@10 / HR@10 and the
-process peak RSS. The model is RecTools' SASRec with the settings the issue names: full softmax
-loss, 2 blocks, 64 factors, session_max_len 50, batch 128; everything else is RecTools' default
-(4 heads, dropout 0.2, lr 1e-3, its SASRec layers and initialisation).
+process peak RSS. The default recipe, ``2x64``, is RecTools' SASRec with the compared settings:
+full softmax loss, 2 blocks, 64 factors, session_max_len 50, batch 128; everything else is
+RecTools' default (4 heads, dropout 0.2, lr 1e-3, its SASRec layers and initialisation).
 
 ``recipe=esasrec`` is instead the SASRec of the eSASRec benchmark's leave-one-out table
 (``configs/paper/loo/s3_vanilla.yaml`` of blondered/transformer_benchmark: 1 block, 1 head, 256
 factors, dropout 0.2, sampled softmax over 256 negatives, session_max_len 50, batch 128, lr 1e-3,
-RecTools' betas), the row whose test NDCG@10 0.0531 / Recall@10 0.0921 issue 7 names. Each line
+RecTools' betas), the row with the published test NDCG@10 0.0531 / Recall@10 0.0921. Each line
 then also has the test NDCG@10 / HR@10 of that epoch's model: histories are training plus the
 validation item, as in that benchmark (and ours); the epoch to report is the one with the best
 validation score.
@@ -54,7 +55,7 @@ def export(out: str) -> None:
     and one test item per user (internal ids)."""
     from hydra import compose, initialize_config_dir
 
-    from benchmarks.runner.bench import CONFIG_DIR
+    from recsys.cli import CONFIG_DIR
     from recsys.training.runs import datamodule_from_config
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -71,7 +72,7 @@ def export(out: str) -> None:
 
 
 RECIPES = {
-    "issue": dict(n_blocks=2, n_factors=64, loss="softmax"),
+    "2x64": dict(n_blocks=2, n_factors=64, loss="softmax"),
     "esasrec": dict(
         n_blocks=1,
         n_heads=1,
@@ -84,7 +85,7 @@ RECIPES = {
 
 
 def run(
-    split_path: str, out: str, epochs: int, threads: int, timed_epochs: int, recipe: str = "issue"
+    split_path: str, out: str, epochs: int, threads: int, timed_epochs: int, recipe: str = "2x64"
 ) -> None:
     import pandas as pd
     import pytorch_lightning as pl

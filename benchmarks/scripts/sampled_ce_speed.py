@@ -2,8 +2,8 @@
 for one forward + backward over 6,400 positions (a batch of 128 full 50-item windows), d = 256,
 K = 256 negatives each, 12,101 items, one thread.
 
-    .venv/bin/python benchmarks/sampled_ce_speed.py fused     # recsys.models.seq_losses.sampled_ce
-    .venv/bin/python benchmarks/sampled_ce_speed.py unfused   # gather + einsum + F.cross_entropy
+    .venv/bin/python benchmarks/scripts/sampled_ce_speed.py fused     # recsys.models.seq_losses.sampled_ce
+    .venv/bin/python benchmarks/scripts/sampled_ce_speed.py unfused   # gather + einsum + F.cross_entropy
 
 One mode per process, so that the peak RSS printed is that mode's alone.
 """

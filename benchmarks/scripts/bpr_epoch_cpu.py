@@ -1,6 +1,6 @@
-"""Training CPU seconds per epoch of the bench's BPR-MF on ml-100k (benchmarks/results.md).
+"""Training CPU seconds per epoch of the bench's BPR-MF on ml-100k (benchmarks/matrix.md).
 
-    OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/work/shared/datasets python benchmarks/bpr_epoch_cpu.py after
+    OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/path/to/datasets python -m benchmarks.scripts.bpr_epoch_cpu after
 
 30 epochs of the `bpr-ml-100k` bench entry (validation only after the last), through
 `recsys.training.train.train`; prints the median and mean training CPU seconds of epochs 4-30 (without
@@ -8,17 +8,17 @@ validation) and the validation NDCG@10, which must not change between two versio
 To compare with an older commit C, run the same file against an export of it:
 
     git archive C recsys configs | tar -x -C /tmp/before
-    (cd /tmp/before && PYTHONPATH=/tmp/before python /path/to/benchmarks/bpr_epoch_cpu.py before)
+    git archive HEAD benchmarks | tar -x -C /tmp/before    # today's runner and this script
+    (cd /tmp/before && python -m benchmarks.scripts.bpr_epoch_cpu before)
 """
 
-import importlib
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.runner.bench import compose
+from benchmarks.runner.matrix import EpochTimer, compose
 from recsys.training.train import train
 
 label = sys.argv[1] if len(sys.argv) > 1 else "run"
@@ -37,14 +37,14 @@ overrides = [
     "trainer.max_epochs=30",
     "model.init=xavier",
     "eval.baseline=null",
-    "+callbacks.bench_timer._target_=benchmarks.runner.bench.EpochTimer",
+    "+callbacks.bench_timer._target_=benchmarks.runner.matrix.EpochTimer",
     "trainer.check_val_every_n_epoch=30",
     *sys.argv[2:],
 ]
 out = Path(f"/tmp/bpr_epoch_cpu_{label}")
 shutil.rmtree(out, ignore_errors=True)
 metrics = train(compose(overrides, out))
-timer = importlib.import_module("benchmarks.runner.bench").EpochTimer.last
+timer = EpochTimer.last
 cpu = np.array(timer.train_cpu_s[3:])
 print(
     f"{label}: train CPU s/epoch median {np.median(cpu):.4f} mean {cpu.mean():.4f} "

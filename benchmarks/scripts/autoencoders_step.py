@@ -6,7 +6,7 @@ raw catalogue) directly as arrays (no pandas), then runs the same code paths as 
 ``UserLoader`` batches of ``--batch`` users, ``model.loss`` + Adam step, and evaluation chunks of
 ``--eval-batch`` users scored over all items with history masked and the top 100 taken.
 
-    python benchmarks/autoencoders_step.py --model multvae --steps 20
+    python benchmarks/scripts/autoencoders_step.py --model multvae --steps 20
 """
 
 from __future__ import annotations

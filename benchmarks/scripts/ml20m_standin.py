@@ -6,7 +6,7 @@ activity log-normal with the same mean and floor, Zipf item popularity, users dr
 from a taste group, and ratings with ML-20M's marginal distribution. Use it in place of the
 ``data.source`` of an ``*_ml20m`` experiment (from the repository root, so ``benchmarks`` imports):
 
-    python -m recsys.cli.train experiment=multvae_ml20m data.source=benchmarks.ml20m_standin.load
+    python -m recsys.cli.train experiment=multvae_ml20m data.source=benchmarks.scripts.ml20m_standin.load
 
 Optional keys (``+data.<key>=...``) scale it down: ``standin_users``, ``standin_items``,
 ``standin_mean_length``, ``standin_min_length``.
@@ -70,7 +70,7 @@ def generate(
 
 
 def load(cfg: Mapping[str, Any]) -> pd.DataFrame:
-    """Data source (``data.source=benchmarks.ml20m_standin.load``)."""
+    """Data source (``data.source=benchmarks.scripts.ml20m_standin.load``)."""
     return generate(
         n_users=int(cfg.get("standin_users", 138_493)),
         n_items=int(cfg.get("standin_items", 26_744)),
