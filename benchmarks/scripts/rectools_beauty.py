@@ -1,6 +1,6 @@
 """RecTools 0.19 SASRec on our Amazon Beauty leave-one-out split: seconds per epoch and validation
 NDCG@10 after each epoch, for the time-to-quality comparison with our SASRec
-(benchmarks/sequential_beauty.md).
+(benchmarks/sequential.md).
 
 Two steps, two interpreters (RecTools pins numpy < 2 and Lightning <= 2.5.2, so it lives in its
 own venv: ``python -m venv .venv-rectools && .venv-rectools/bin/pip install torch==2.13.0
