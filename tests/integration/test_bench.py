@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from benchmarks.runner.scale import scale_source
 from benchmarks.runner.recbole import recbole_config, write_atomic
+from benchmarks.runner.scale import scale_source
 from recsys.data.pipeline import prepare
 from tests.conftest import compose_config
 
