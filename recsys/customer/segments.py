@@ -44,6 +44,7 @@ import torch
 from recsys.data.interactions import Interactions, event_index, has_clock
 from recsys.errors import CheckpointError, ConfigError
 from recsys.files import write_json
+from recsys.models.base import Recommender
 
 log = logging.getLogger("recsys")
 DAY = 86_400.0
@@ -110,12 +111,9 @@ def rfm_features(
     return np.stack(cols, 1), names, raw
 
 
-def representation(
-    model: torch.nn.Module, history: Interactions, batch_size: int = 1024
-) -> np.ndarray:
+def representation(model: Recommender, history: Interactions, batch_size: int = 1024) -> np.ndarray:
     """(U, d) ``model.user_representation`` of every user, fed their ``history``."""
-    fn = getattr(model, "user_representation", None)
-    if fn is None:
+    if not model.represents_users:
         raise ConfigError(
             f"features=embedding: {type(model).__name__} has no user_representation(users); "
             "use features=rfm, or a model that has one (MF, BiasedMF, GMF/MLP/NeuMF, "
@@ -130,7 +128,7 @@ def representation(
         for s in range(0, history.n_users, batch_size):
             users = list(range(s, min(s + batch_size, history.n_users)))
             b = UserBatch.from_lists(users, [csr.row(u).tolist() for u in users])
-            out.append(fn(b).float().cpu().numpy())
+            out.append(model.user_representation(b).float().cpu().numpy())
     return np.concatenate(out)
 
 

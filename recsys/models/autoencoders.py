@@ -152,6 +152,8 @@ class MultDAE(Recommender):
     """Mult-DAE (Liang et al., WWW 2018): a denoising autoencoder with multinomial likelihood."""
 
     train_batch = "users"
+    scores_history = True  # fold-in: the code of whatever history the batch carries
+    represents_users = True
 
     def __init__(
         self,
@@ -201,6 +203,8 @@ class MultVAE(Recommender):
     """Mult-VAE^PR (Liang et al., WWW 2018): a VAE with multinomial likelihood and KL annealing."""
 
     train_batch = "users"
+    scores_history = True  # fold-in: the code of whatever history the batch carries
+    represents_users = True
 
     def __init__(
         self,

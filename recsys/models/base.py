@@ -1,16 +1,46 @@
 """The model contract.
 
-A model is a ``torch.nn.Module`` (subclass :class:`Recommender`) with:
+A model is a ``torch.nn.Module`` subclassing :class:`Recommender`, with:
 
-- ``train_batch``: the training batch shape it consumes — ``"pairs"``
-  (:class:`~recsys.data.batches.PairBatch`, with ``num_negatives`` sampled negatives per pair),
-  ``"users"`` (:class:`~recsys.data.batches.UserBatch` of training rows), or ``None`` for a
-  closed-form model, which implements ``fit(train)`` instead of ``loss``;
-- a constructor taking ``num_users``, ``num_items`` and explicit, typed hyper-parameters, which it
-  validates (raising :class:`~recsys.errors.ConfigError` naming the ``model.<key>``);
+- ``train_batch``, the training batch it consumes, each served by one loader of
+  :mod:`recsys.data.loaders`:
+
+  - ``"pairs"``: :class:`~recsys.data.batches.PairBatch`, (user, item) pairs with
+    ``num_negatives`` sampled negatives per pair (MF, NCF, BiasedMF);
+  - ``"users"``: :class:`~recsys.data.batches.UserBatch`, users with their training rows
+    (Mult-VAE, Mult-DAE);
+  - ``"sequences"``: :class:`~recsys.data.batches.SeqBatch`, left-padded windows of the
+    ``max_len`` most recent items and their next items (SASRec, BERT4Rec, GRU4Rec);
+  - ``None``: a closed-form model (EASE, ItemKNN, popularity), which implements ``fit(train)``
+    instead of ``loss``;
+
+- a constructor taking ``num_users``, ``num_items`` and explicit, typed hyper-parameters (or
+  ``**settings`` of a frozen dataclass named by ``settings_class``), which it validates,
+  raising :class:`~recsys.errors.ConfigError` naming the ``model.<key>``;
 - ``loss(batch)`` → a scalar tensor, or a dict with ``"loss"`` and other terms to log;
 - ``score(users)`` → (B, num_items) scores for a :class:`~recsys.data.batches.UserBatch`
-  (user ids plus the history known at that point), over the whole catalogue.
+  (user ids plus the history known at that point), over the whole catalogue;
+- its optional abilities, declared as class attributes (defaults below, all off), so that
+  callers ask the model instead of probing it:
+
+  - ``scores_history``: ``score`` depends on the history alone, never on the user id, so it
+    scores a new user's history (user id -1): fold-in and sequence models, popularity;
+  - ``represents_users``: ``user_representation(users)`` → (B, d) user vectors (segments,
+    engagement features);
+  - ``exposes_embeddings``: ``embeddings()`` → ``{"user": (U, d), "item": (I, d)}`` tables
+    whose dot product is ``score`` (ANN search, the benchmark's FLOP count);
+  - ``predicts_pairs``: ``predict(user, item)`` → (n,) one value per (user, item) pair
+    (BiasedMF: a rating; NCF: an interaction probability), what ``eval.task=rating`` compares
+    with held-out ratings;
+
+  and two values the data side reads: ``num_negatives`` (negatives per training pair the pair
+  loader draws) and ``max_len`` (the window of a sequence model; its positional table, saved
+  with the model). ``eval_users_per_chunk()`` sizes evaluation chunks.
+
+A declared ability must come with its method and an undeclared one must not (checked when a
+subclass is defined); the default methods of absent abilities raise ``NotImplementedError``
+naming the declaration. ``tests/unit/test_model_contract.py`` checks every shipped model's
+declarations against its behaviour.
 
 The model owns its objective; :class:`recsys.training.module.RecModule` owns optimisation, masking,
 metrics and logging, and never branches on which model it holds.
@@ -18,6 +48,7 @@ metrics and logging, and never branches on which model it holds.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 from collections.abc import Mapping
@@ -28,12 +59,47 @@ from torch import Tensor, nn
 
 from recsys.errors import ConfigError
 
+TRAIN_BATCHES = ("pairs", "users", "sequences", None)
+# each declared ability and the method that provides it
+ABILITIES = {
+    "represents_users": "user_representation",
+    "exposes_embeddings": "embeddings",
+    "predicts_pairs": "predict",
+}
+
 
 class Recommender(nn.Module):
-    """Base class of every model: declares the contract, holds no behaviour of its own."""
+    """Base class of every model: declares the contract and its defaults, holds no behaviour."""
 
     train_batch: ClassVar[str | None] = "pairs"
+    scores_history: ClassVar[bool] = False
+    represents_users: ClassVar[bool] = False
+    exposes_embeddings: ClassVar[bool] = False
+    predicts_pairs: ClassVar[bool] = False
+    # the frozen dataclass of hyper-parameters a ``**settings`` constructor takes (build_model
+    # checks config keys against its fields), or None for explicit keyword parameters
+    settings_class: ClassVar[type | None] = None
+    # config keys the model no longer has, each with the one value it is still accepted at
+    # (the value that meant "off"): older checkpoints and artifacts carry them
+    retired_keys: ClassVar[Mapping[str, Any]] = {}
     num_negatives: int = 0
+    max_len: int | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.train_batch not in TRAIN_BATCHES:
+            raise TypeError(
+                f"{cls.__name__}.train_batch must be one of {TRAIN_BATCHES}, got {cls.train_batch!r}"
+            )
+        if cls.train_batch is None and cls.fit is Recommender.fit:
+            raise TypeError(f"{cls.__name__}: train_batch = None (closed form) needs fit()")
+        for flag, method in ABILITIES.items():
+            has = getattr(cls, method) is not getattr(Recommender, method)
+            if has != bool(getattr(cls, flag)):
+                raise TypeError(
+                    f"{cls.__name__}: {flag} = {getattr(cls, flag)} but it "
+                    f"{'defines' if has else 'does not define'} {method}()"
+                )
 
     def __init__(self, num_users: int, num_items: int):
         super().__init__()
@@ -43,10 +109,37 @@ class Recommender(nn.Module):
         self.num_items = int(num_items)
 
     def loss(self, batch: Any) -> Tensor | dict[str, Tensor]:
-        raise NotImplementedError
+        """The training objective on one batch of the ``train_batch`` shape."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no loss() (train_batch = {self.train_batch!r})"
+        )
+
+    def fit(self, train: Tensor) -> None:
+        """Closed-form models (``train_batch = None``): fit on the (U, I) sparse training matrix."""
+        raise NotImplementedError(f"{type(self).__name__} trains by loss(), it has no fit()")
 
     def score(self, users: Any) -> Tensor:
+        """(B, I) scores of every item for the users of a :class:`~recsys.data.batches.UserBatch`."""
         raise NotImplementedError
+
+    def user_representation(self, users: Any) -> Tensor:
+        """(B, d) one vector per user of the batch (``represents_users``)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no user_representation (represents_users = False)"
+        )
+
+    def embeddings(self) -> dict[str, Tensor]:
+        """``{"user": (U, d), "item": (I, d)}`` with ``score = user @ item.T``
+        (``exposes_embeddings``)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} exposes no embeddings (exposes_embeddings = False)"
+        )
+
+    def predict(self, user: Tensor, item: Tensor) -> Tensor:
+        """(n,) the model's value for each of the ``n`` (user, item) pairs (``predicts_pairs``)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} predicts no (user, item) values (predicts_pairs = False)"
+        )
 
     def eval_users_per_chunk(self) -> int:
         """Users scored per evaluation chunk when ``eval.batch_size`` is null (auto): enough for
@@ -76,27 +169,44 @@ def import_target(path: str) -> Any:
 def build_model(cfg: Mapping[str, Any], num_users: int, num_items: int) -> Recommender:
     """Construct the model named by ``cfg["_target_"]`` with the dataset sizes injected.
 
-    Keys are checked against the constructor's signature first, so a misspelt hyper-parameter
-    is refused by name instead of being ignored. Uses no Hydra, so exported models rebuild alone.
+    Keys are checked against the constructor's parameters (and, for a ``**settings``
+    constructor, the fields of its ``settings_class``) first, so a misspelt hyper-parameter is
+    refused by name instead of being ignored. A retired key is dropped when it holds the value it
+    is still accepted at, and refused otherwise. Uses no Hydra, so exported models rebuild alone.
     """
     if "_target_" not in cfg:
         raise ConfigError("model._target_ is missing: the model config must name its class")
-    cls = import_target(cfg["_target_"])
+    target = cfg["_target_"]
+    cls = import_target(target)
+    if not (isinstance(cls, type) and issubclass(cls, Recommender)):
+        raise ConfigError(f"model._target_: {target} is not a recsys.models.base.Recommender")
     kwargs = {k: v for k, v in cfg.items() if k != "_target_"}
+    for key, accepted in cls.retired_keys.items():
+        if key in kwargs and kwargs.pop(key) != accepted:
+            raise ConfigError(
+                f"model.{key} was removed from {target} (only its former default "
+                f"{accepted!r} is still accepted, from older checkpoints), got {cfg[key]!r}"
+            )
     params = inspect.signature(cls).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    allowed = [n for n in params if n not in ("self", "num_users", "num_items")]
-    if not accepts_any:
+    kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    allowed = [
+        n
+        for n, p in params.items()
+        if n not in ("self", "num_users", "num_items") and p.kind not in kinds
+    ]
+    takes_settings = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if takes_settings and cls.settings_class is not None:
+        allowed += [f.name for f in dataclasses.fields(cls.settings_class)]
+    if not takes_settings or cls.settings_class is not None:
         for key in kwargs:
-            if key not in params or key in ("num_users", "num_items"):
+            if key not in allowed:
                 raise ConfigError(
-                    f"model.{key} is not a parameter of {cfg['_target_']} "
-                    f"(parameters: {', '.join(allowed)})"
+                    f"model.{key} is not a parameter of {target} (parameters: {', '.join(allowed)})"
                 )
     try:
         model = cls(num_users=num_users, num_items=num_items, **kwargs)
     except TypeError as e:  # e.g. a missing required parameter
-        raise ConfigError(f"model ({cfg['_target_']}): {e}") from None
+        raise ConfigError(f"model ({target}): {e}") from None
     return model
 
 

@@ -10,73 +10,54 @@ next item.
 Deviations: the output layer is the tied item table without the paper's extra projection and
 bias; a training window is the ``target`` row of a :class:`~recsys.data.batches.SeqBatch` (so a
 user's very first item is never a prediction target); the paper's 10% random / 10% unchanged
-replacement of masked items is not used.
+replacement of masked items is not used. The encoder is
+:class:`~recsys.models.transformer.TransformerEncoder`, shared with SASRec (post-LN blocks by
+default, as in the paper).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from recsys.data.batches import SeqBatch, UserBatch
 from recsys.models.base import Recommender, require
-from recsys.models.layers import last_state_by_length
-from recsys.models.sasrec import check_transformer_args, transformer_encoder
-from recsys.models.seq_losses import sequence_loss
+from recsys.models.seq_padding import last_state_by_length
+from recsys.models.transformer import RETIRED, TransformerEncoder, TransformerSettings
+
+
+@dataclass(frozen=True, kw_only=True)
+class BERT4RecSettings(TransformerSettings):
+    """BERT4Rec's hyper-parameters: the family's, post-LN by default with BERT's epsilon, and
+    the masking rate."""
+
+    norm_first: bool = False
+    layer_norm_eps: float = 1e-12
+    mask_prob: float = 0.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 < self.mask_prob < 1, "mask_prob", self.mask_prob, "in (0, 1)")
 
 
 class BERT4Rec(Recommender):
     train_batch = "sequences"
+    scores_history = True
+    represents_users = True
+    settings_class = BERT4RecSettings
+    retired_keys = RETIRED
 
-    def __init__(
-        self,
-        num_users: int,
-        num_items: int,
-        max_len: int = 50,
-        hidden_size: int = 64,
-        n_layers: int = 2,
-        n_heads: int = 2,
-        inner_size: int = 256,
-        dropout: float = 0.2,
-        attn_dropout: float = 0.2,
-        activation: str = "gelu",
-        norm_first: bool = False,
-        layer_norm_eps: float = 1e-12,
-        init_std: float = 0.02,
-        mask_prob: float = 0.2,
-        loss: str = "ce",
-        num_negatives: int = 1,
-        gbce_t: float = 0.75,
-        ce_chunk: int = 1 << 20,
-        shared_negatives: bool = False,
-        scale_embeddings: bool = False,
-        init: str = "normal",
-        residual_norm: bool = False,
-        item_dropout: float = 0.0,
-        null_attention: str = "none",
-    ):
+    def __init__(self, num_users: int, num_items: int, **settings: Any):
+        """``settings``: the fields of :class:`BERT4RecSettings` (configs/model/bert4rec.yaml)."""
         super().__init__(num_users, num_items)
-        check_transformer_args(
-            max_len,
-            hidden_size,
-            n_layers,
-            n_heads,
-            inner_size,
-            dropout,
-            attn_dropout,
-            activation,
-            loss,
-            num_negatives,
-            gbce_t,
-        )
-        require(0 < mask_prob < 1, "mask_prob", mask_prob, "in (0, 1)")
-        require(ce_chunk >= 1, "ce_chunk", ce_chunk, "an integer >= 1")
-        self.max_len, self.loss_name, self.num_negatives = int(max_len), loss, int(num_negatives)
-        self.gbce_t, self.ce_chunk, self.mask_prob = float(gbce_t), int(ce_chunk), float(mask_prob)
-        self.shared_negatives = bool(shared_negatives)
+        s = BERT4RecSettings(**settings)
+        self.max_len, self.mask_prob = int(s.max_len), float(s.mask_prob)
         self.pad, self.mask_id = num_items, num_items + 1
-        # the constructor's own arguments (locals) carry the encoder's hyper-parameters
-        self.encoder = transformer_encoder(num_items, 2, locals())
+        self.objective = s.objective()
+        self.encoder = TransformerEncoder(num_items, 2, s)
 
     def mask(self, seq: Tensor) -> tuple[Tensor, Tensor]:
         """(input with mask tokens, (B, L) bool masked positions) for left-padded ``seq``."""
@@ -91,16 +72,7 @@ class BERT4Rec(Recommender):
         inp, masked = self.mask(seq)
         table = self.encoder.table()  # one item-dropout mask for input and output
         h = self.encoder(inp, causal=False, table=table)[masked]  # (N, d) at the masked positions
-        return sequence_loss(
-            h,
-            seq[masked],
-            table[: self.pad],
-            self.loss_name,
-            self.num_negatives,
-            self.gbce_t,
-            self.ce_chunk,
-            shared_negatives=self.shared_negatives,
-        )
+        return self.objective(h, seq[masked], table[: self.pad], batch.loss_scale)
 
     def user_representation(self, users: UserBatch) -> Tensor:
         """(B, d) hidden state at the mask token appended after each user's history."""

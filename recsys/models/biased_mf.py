@@ -26,6 +26,8 @@ from recsys.models.base import Recommender, lookup, require
 class BiasedMF(Recommender):
     train_batch = "pairs"
     num_negatives = 0
+    represents_users = True
+    predicts_pairs = True
 
     def __init__(
         self,

@@ -18,12 +18,14 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from recsys.data.batches import SeqBatch, UserBatch
 from recsys.models.base import Recommender, require
-from recsys.models.layers import last_state_by_length
-from recsys.models.seq_losses import LOSSES, next_item_loss
+from recsys.models.seq_losses import SeqObjective
+from recsys.models.seq_padding import last_state_by_length
 
 
 class GRU4Rec(Recommender):
     train_batch = "sequences"
+    scores_history = True
+    represents_users = True
 
     def __init__(
         self,
@@ -48,13 +50,8 @@ class GRU4Rec(Recommender):
         require(n_layers >= 1, "n_layers", n_layers, "an integer >= 1")
         require(0 <= dropout < 1, "dropout", dropout, "in [0, 1)")
         require(init_std > 0, "init_std", init_std, "> 0")
-        require(loss in LOSSES, "loss", loss, f"one of {', '.join(LOSSES)}")
-        require(num_negatives >= 1, "num_negatives", num_negatives, "an integer >= 1")
-        require(0 <= gbce_t <= 1, "gbce_t", gbce_t, "in [0, 1]")
-        require(ce_chunk >= 1, "ce_chunk", ce_chunk, "an integer >= 1")
-        self.max_len, self.loss_name, self.num_negatives = int(max_len), loss, int(num_negatives)
-        self.gbce_t, self.ce_chunk, self.pad = float(gbce_t), int(ce_chunk), num_items
-        self.shared_negatives = bool(shared_negatives)
+        self.max_len, self.pad = int(max_len), num_items
+        self.objective = SeqObjective(loss, num_negatives, gbce_t, ce_chunk, shared_negatives)
         self.item = nn.Embedding(num_items + 1, embedding_size, padding_idx=num_items)
         nn.init.normal_(self.item.weight, std=init_std)
         with torch.no_grad():
@@ -65,6 +62,7 @@ class GRU4Rec(Recommender):
 
     @property
     def item_weight(self) -> Tensor:
+        """(I, d) the output layer: embeddings of the real items."""
         return self.item.weight[: self.num_items]
 
     def encode(self, seq: Tensor) -> Tensor:
@@ -89,17 +87,9 @@ class GRU4Rec(Recommender):
         return left * real[..., None]
 
     def loss(self, batch: SeqBatch) -> Tensor:
-        h = self.encode(batch.input)
-        return next_item_loss(
-            h,
-            batch.target,
-            self.pad,
-            self.item_weight,
-            self.loss_name,
-            self.num_negatives,
-            self.gbce_t,
-            self.ce_chunk,
-            shared_negatives=self.shared_negatives,
+        h = self.encode(batch.input)  # (B, L, d)
+        return self.objective.next_item(
+            h, batch.target, self.pad, self.item_weight, batch.loss_scale
         )
 
     def user_representation(self, users: UserBatch) -> Tensor:

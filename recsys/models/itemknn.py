@@ -24,6 +24,7 @@ from recsys.models.base import Recommender, require
 
 class ItemKNN(Recommender):
     train_batch = None
+    scores_history = True  # sums over the history's neighbours
 
     def __init__(
         self, num_users: int, num_items: int, k: int = 100, shrink: float = 0.0, block: int = 1024

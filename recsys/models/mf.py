@@ -64,6 +64,8 @@ class _BPR(torch.autograd.Function):
 
 class MF(Recommender):
     train_batch = "pairs"
+    represents_users = True
+    exposes_embeddings = True
 
     def __init__(
         self,

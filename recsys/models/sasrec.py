@@ -9,154 +9,54 @@ embeddings; the hidden state at each position scores the next item against the i
 RecSys 2023).
 
 Deviations from the paper: positions are counted back from the most recent item (the paper's
-left-padded layout gives the same thing); GELU or ReLU feed-forward (``activation``); the
-paper's code's block (``residual_norm``), standard pre-LN (``norm_first``) or post-LN
-(``norm_first=false``, as in RecBole); ``init: xavier`` is RecTools' initialisation;
-``null_attention`` (a key/value every query may attend to instead of the items; ``padding``
-gives it the weight RecTools' unmasked padding keys have) keeps padding invariance.
+left-padded layout gives the same thing); GELU or ReLU feed-forward (``activation``); standard
+pre-LN blocks (``norm_first``, the default) whose residuals start from the raw input, where the
+paper's code starts them from the normalised query, or post-LN blocks (``norm_first: false``, as
+in RecBole); ``item_dropout`` and ``scale_embeddings`` (the paper's code) are options. The
+encoder is :class:`~recsys.models.transformer.TransformerEncoder`, shared with BERT4Rec.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from torch import Tensor
 
 from recsys.data.batches import SeqBatch, UserBatch
-from recsys.models.base import Recommender, require
-from recsys.models.layers import (
-    ACTIVATIONS,
-    NULL_ATTENTION,
-    SequenceEncoder,
-    last_state_by_length,
-)
-from recsys.models.seq_losses import LOSSES, next_item_loss
+from recsys.models.base import Recommender
+from recsys.models.seq_padding import last_state_by_length
+from recsys.models.transformer import RETIRED, TransformerEncoder, TransformerSettings
 
 
-def check_transformer_args(
-    max_len: int,
-    hidden_size: int,
-    n_layers: int,
-    n_heads: int,
-    inner_size: int,
-    dropout: float,
-    attn_dropout: float,
-    activation: str,
-    loss: str,
-    num_negatives: int,
-    gbce_t: float,
-) -> None:
-    """Validate the hyper-parameters SASRec and BERT4Rec share (one-line errors by key)."""
-    require(max_len >= 2, "max_len", max_len, "an integer >= 2")
-    require(hidden_size >= 1, "hidden_size", hidden_size, "an integer >= 1")
-    require(n_layers >= 1, "n_layers", n_layers, "an integer >= 1")
-    require(
-        n_heads >= 1 and hidden_size % n_heads == 0,
-        "n_heads",
-        n_heads,
-        f"a positive divisor of hidden_size ({hidden_size})",
-    )
-    require(inner_size >= 1, "inner_size", inner_size, "an integer >= 1")
-    require(0 <= dropout < 1, "dropout", dropout, "in [0, 1)")
-    require(0 <= attn_dropout < 1, "attn_dropout", attn_dropout, "in [0, 1)")
-    require(activation in ACTIVATIONS, "activation", activation, f"one of {', '.join(ACTIVATIONS)}")
-    require(loss in LOSSES, "loss", loss, f"one of {', '.join(LOSSES)}")
-    require(num_negatives >= 1, "num_negatives", num_negatives, "an integer >= 1")
-    require(0 <= gbce_t <= 1, "gbce_t", gbce_t, "in [0, 1]")
+@dataclass(frozen=True, kw_only=True)
+class SASRecSettings(TransformerSettings):
+    """SASRec's hyper-parameters: the family's, pre-LN by default with the paper code's epsilon."""
 
-
-def transformer_encoder(num_items: int, extra_tokens: int, hp: dict) -> SequenceEncoder:
-    """The :class:`SequenceEncoder` of SASRec/BERT4Rec from their hyper-parameters (``hp``: the
-    model constructor's arguments, already checked by :func:`check_transformer_args`)."""
-    require(hp["init"] in ("normal", "xavier"), "init", hp["init"], "one of: normal, xavier")
-    require(0 <= hp["item_dropout"] < 1, "item_dropout", hp["item_dropout"], "in [0, 1)")
-    require(
-        hp["null_attention"] in NULL_ATTENTION,
-        "null_attention",
-        hp["null_attention"],
-        f"one of: {', '.join(NULL_ATTENTION)}",
-    )
-    require(
-        hp["norm_first"] or not hp["residual_norm"],
-        "residual_norm",
-        hp["residual_norm"],
-        "false with norm_first=false (it is a pre-LN block)",
-    )
-    keys = ("max_len", "hidden_size", "n_layers", "n_heads", "inner_size", "dropout")
-    keys += ("attn_dropout", "activation", "norm_first", "layer_norm_eps", "init_std")
-    return SequenceEncoder(
-        num_items,
-        extra_tokens,
-        *(hp[k] for k in keys),
-        scale_embeddings=bool(hp["scale_embeddings"]),
-        init=hp["init"],
-        residual_norm=bool(hp["residual_norm"]),
-        item_dropout=float(hp["item_dropout"]),
-        null_attention=hp["null_attention"],
-    )
+    norm_first: bool = True
+    layer_norm_eps: float = 1e-8
 
 
 class SASRec(Recommender):
     train_batch = "sequences"
+    scores_history = True
+    represents_users = True
+    settings_class = SASRecSettings
+    retired_keys = RETIRED
 
-    def __init__(
-        self,
-        num_users: int,
-        num_items: int,
-        max_len: int = 50,
-        hidden_size: int = 64,
-        n_layers: int = 2,
-        n_heads: int = 2,
-        inner_size: int = 256,
-        dropout: float = 0.2,
-        attn_dropout: float = 0.2,
-        activation: str = "gelu",
-        norm_first: bool = True,
-        layer_norm_eps: float = 1e-8,
-        init_std: float = 0.02,
-        loss: str = "ce",
-        num_negatives: int = 1,
-        gbce_t: float = 0.75,
-        ce_chunk: int = 1 << 20,
-        shared_negatives: bool = False,
-        scale_embeddings: bool = False,
-        init: str = "normal",
-        residual_norm: bool = False,
-        item_dropout: float = 0.0,
-        null_attention: str = "none",
-    ):
+    def __init__(self, num_users: int, num_items: int, **settings: Any):
+        """``settings``: the fields of :class:`SASRecSettings` (configs/model/sasrec.yaml)."""
         super().__init__(num_users, num_items)
-        check_transformer_args(
-            max_len,
-            hidden_size,
-            n_layers,
-            n_heads,
-            inner_size,
-            dropout,
-            attn_dropout,
-            activation,
-            loss,
-            num_negatives,
-            gbce_t,
-        )
-        require(ce_chunk >= 1, "ce_chunk", ce_chunk, "an integer >= 1")
-        self.max_len, self.loss_name, self.num_negatives = int(max_len), loss, int(num_negatives)
-        self.gbce_t, self.ce_chunk, self.pad = float(gbce_t), int(ce_chunk), num_items
-        self.shared_negatives = bool(shared_negatives)
-        # the constructor's own arguments (locals) carry the encoder's hyper-parameters
-        self.encoder = transformer_encoder(num_items, 1, locals())
+        s = SASRecSettings(**settings)
+        self.max_len, self.pad = int(s.max_len), num_items
+        self.objective = s.objective()
+        self.encoder = TransformerEncoder(num_items, 1, s)
 
     def loss(self, batch: SeqBatch) -> Tensor:
         table = self.encoder.table()  # one item-dropout mask for input and output
         h = self.encoder(batch.input, causal=True, table=table)  # (B, L, d)
-        return next_item_loss(
-            h,
-            batch.target,
-            self.pad,
-            table[: self.pad],
-            self.loss_name,
-            self.num_negatives,
-            self.gbce_t,
-            self.ce_chunk,
-            shared_negatives=self.shared_negatives,
+        return self.objective.next_item(
+            h, batch.target, self.pad, table[: self.pad], batch.loss_scale
         )
 
     def user_representation(self, users: UserBatch) -> Tensor:

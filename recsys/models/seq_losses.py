@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from recsys.models.base import require
 
 _null = contextlib.nullcontext
 
@@ -256,6 +259,72 @@ def sequence_loss(
     beta = gbce_beta(num_negatives, n_items, gbce_t) if loss == "gbce" else 1.0
     neg_term = (F.logsigmoid(-s_neg) * ~hit).sum(-1)
     return -(beta * F.logsigmoid(s_pos) + neg_term).mean()
+
+
+@dataclass(frozen=True)
+class SeqObjective:
+    """The loss settings of a sequence model (``model.loss``, ``num_negatives``, ``gbce_t``,
+    ``ce_chunk``, ``shared_negatives``), validated once, and the loss they define.
+
+    ``scale``: the batch's ``loss_scale`` (:class:`~recsys.data.batches.SeqBatch`, from
+    ``data.seq_weight_positions``), which multiplies the mean loss so that every trained position
+    weighs the same over an epoch whatever the batch's length (see
+    :class:`~recsys.data.loaders.SeqLoader`); None leaves the batch's plain mean.
+    """
+
+    loss: str = "ce"
+    num_negatives: int = 1
+    gbce_t: float = 0.75
+    ce_chunk: int = 1 << 20
+    shared_negatives: bool = False
+
+    def __post_init__(self) -> None:
+        require(self.loss in LOSSES, "loss", self.loss, f"one of {', '.join(LOSSES)}")
+        require(self.num_negatives >= 1, "num_negatives", self.num_negatives, "an integer >= 1")
+        require(0 <= self.gbce_t <= 1, "gbce_t", self.gbce_t, "in [0, 1]")
+        require(self.ce_chunk >= 1, "ce_chunk", self.ce_chunk, "an integer >= 1")
+        for key, kind in (
+            ("num_negatives", int),
+            ("gbce_t", float),
+            ("ce_chunk", int),
+            ("shared_negatives", bool),
+        ):
+            object.__setattr__(self, key, kind(getattr(self, key)))
+
+    def __call__(
+        self, h: Tensor, target: Tensor, weight: Tensor, scale: Tensor | None = None
+    ) -> Tensor:
+        """Scalar loss of ``h`` (N, d) against ``target`` (N,) over the item table ``weight``
+        (I, d) (:func:`sequence_loss`), times ``scale`` when given."""
+        loss = sequence_loss(
+            h,
+            target,
+            weight,
+            self.loss,
+            self.num_negatives,
+            self.gbce_t,
+            self.ce_chunk,
+            shared_negatives=self.shared_negatives,
+        )
+        return loss if scale is None else loss * scale
+
+    def next_item(
+        self, hidden: Tensor, target: Tensor, pad: int, weight: Tensor, scale: Tensor | None = None
+    ) -> Tensor:
+        """The same at the non-padding positions of ``hidden`` (B, L, d) / ``target`` (B, L)
+        (:func:`next_item_loss`)."""
+        loss = next_item_loss(
+            hidden,
+            target,
+            pad,
+            weight,
+            self.loss,
+            self.num_negatives,
+            self.gbce_t,
+            self.ce_chunk,
+            shared_negatives=self.shared_negatives,
+        )
+        return loss if scale is None else loss * scale
 
 
 def next_item_loss(

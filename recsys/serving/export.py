@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from recsys.data.batches import UserBatch
 from recsys.errors import CheckpointError, ConfigError
+from recsys.models.base import Recommender
 from recsys.serving.artifact import FORMAT, MANIFEST, VERSION, chunks, pack, read_manifest, sha256
 
 log = logging.getLogger("recsys")
@@ -43,10 +44,11 @@ class Scorer(nn.Module):
         return self.model.score(UserBatch(users, items, offsets)).float()
 
 
-def embeddings(model: nn.Module) -> dict[str, np.ndarray]:
-    """User/item embedding tables: ``model.embeddings()`` if defined, else the unique
-    ``nn.Embedding`` whose row count is the number of users (items, plus up to 2 padding rows)."""
-    if hasattr(model, "embeddings"):
+def embeddings(model: Recommender) -> dict[str, np.ndarray]:
+    """User/item embedding tables: ``model.embeddings()`` if the model exposes them, else the
+    unique ``nn.Embedding`` whose row count is the number of users (items, plus up to 2 padding
+    rows)."""
+    if model.exposes_embeddings:
         return {k: v.detach().float().cpu().numpy() for k, v in model.embeddings().items()}
     found: dict[str, list[Tensor]] = {"user": [], "item": []}
     for m in model.modules():
@@ -83,16 +85,6 @@ def _eager_scores(model: nn.Module, users: list[int], histories: list[np.ndarray
     with torch.no_grad():
         b = UserBatch.from_lists(users, [h.tolist() for h in histories])
         return model.score(b).float().numpy()
-
-
-def _probe_history(model: nn.Module, hist: np.ndarray) -> bool:
-    """True when the model scores a bare history: the same scores whatever the user id (or -1)."""
-    try:
-        ids = [-1, 0] + ([model.num_users - 1] if model.num_users > 1 else [])
-        s = _eager_scores(model, ids, [hist] * len(ids))
-    except Exception:  # noqa: BLE001 - e.g. an embedding lookup of -1
-        return False
-    return bool(np.isfinite(s).all() and np.allclose(s, s[0:1], rtol=1e-5, atol=1e-6))
 
 
 def _probe_sets(indptr: np.ndarray, rows: int, length: int, seed: int = 0) -> list[list[int]]:
@@ -250,7 +242,7 @@ def export(
 
 
 def export_model(
-    model: nn.Module,
+    model: Recommender,
     config: dict[str, Any],
     split,
     fingerprint: str,
@@ -314,7 +306,7 @@ def export_model(
 
     probes = _probe_sets(indptr, rows, length)
     first = probes[0]
-    supports_history = _probe_history(model, hist(first[0]))
+    supports_history = bool(model.scores_history)  # declared; the model contract test checks it
     scorer = Scorer(model).eval()
     example = tuple(
         torch.from_numpy(a) for a in pack(rows, length, first, [hist(u) for u in first])
@@ -353,11 +345,7 @@ def export_model(
         # model.embeddings(): tables the model declares (MF: score = user · item); otherwise the
         # raw nn.Embedding tables, which need not form a dot-product space (NCF's MLP branch)
         "embeddings_source": (
-            "model.embeddings()"
-            if hasattr(model, "embeddings")
-            else "nn.Embedding"
-            if emb
-            else None
+            "model.embeddings()" if model.exposes_embeddings else "nn.Embedding" if emb else None
         ),
         "data": {"name": config["data"].get("name"), "fingerprint": fingerprint},
         "source_checkpoint": source,

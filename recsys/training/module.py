@@ -206,9 +206,6 @@ class RecModule(pl.LightningModule):
         out = self.model.loss(batch)
         if isinstance(out, Tensor):
             out = {"loss": out}
-        scale = getattr(batch, "loss_scale", None)  # sequence windows: data.seq_weight_positions
-        if scale is not None:
-            out = {name: value * scale for name, value in out.items()}
         # ``train/<loss>`` is the epoch mean weighted by batch size, as Lightning's on_epoch
         # logging computes it, but summed here and logged once per epoch (at its last batch, so
         # a validation pass sees it): a ``self.log`` per step costs ~15% of a small MF epoch
@@ -266,14 +263,13 @@ class RecModule(pl.LightningModule):
         """Per-user error sums of the model's ``predict(user, item)`` on held-out ratings."""
         if batch.target_ratings is None:
             raise ConfigError("eval.task=rating needs a dataset with ratings (this one has none)")
-        predict = getattr(self.model, "predict", None)
-        if predict is None:
+        if not self.model.predicts_pairs:
             raise ConfigError(
                 f"eval.task=rating needs a model with predict(user, item); "
                 f"{type(self.model).__name__} only ranks"
             )
         users = batch.users.user
-        pred = predict(users[batch.target_rows], batch.target_items).float()
+        pred = self.model.predict(users[batch.target_rows], batch.target_items).float()
         clip = self.eval_cfg.get("rating_clip")
         if clip is not None:
             pred = pred.clamp(float(clip[0]), float(clip[1]))

@@ -50,7 +50,7 @@ MODELS = {
         "model.hidden_size=16",
         "model.inner_size=32",
         "model.n_layers=1",
-        "data.max_seq_len=12",  # shorter than many histories: the most recent items are kept
+        "model.max_len=12",  # shorter than many histories: the most recent items are kept
     ],
 }
 SPLITS = {
@@ -279,7 +279,7 @@ def test_production_evaluation_matches_numpy_brute_force(model, split, tmp_path)
                 np.testing.assert_allclose(per_user[key], value, rtol=0, atol=1e-6, err_msg=key)
             means_by[(mask_seen, stage)] = means
 
-        if getattr(module.model, "train_batch", None) == "sequences":
+        if module.model.train_batch == "sequences":
             # the order and the cut of the history matter to this model, so the checks above pin
             # them: some histories are longer than its window, and reversed histories score
             # differently

@@ -32,13 +32,11 @@ from recsys.serving.export import _history_csr, export_model
 from tests.conftest import FAST_TRAINER, compose_config
 
 MODELS = {p.stem: [f"model={p.stem}"] for p in sorted(Path(CONFIG_DIR, "model").glob("*.yaml"))}
-# variants whose scorer graph differs from their model's defaults
-MODELS["sasrec_null"] = ["model=sasrec", "model.null_attention=padding"]
 DATA = ["data.n_users=120", "data.n_items=60", "data.mean_length=12", "data.n_groups=3"]
 ROWS = 9  # small fixed scorer batch: the 20 reference users span several calls
 # ONNX export is the slow part; the suite checks it on one model of each family that has
 # one (the others get TorchScript + eager, which share the traced code path).
-ONNX_MODELS = {"mf", "pop", "multvae", "sasrec", "sasrec_null"}
+ONNX_MODELS = {"mf", "pop", "multvae", "sasrec"}
 HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
 K = 10
 

@@ -4,6 +4,7 @@ sampled evaluation, checked against definitions and brute-force references."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -129,7 +130,8 @@ def test_seq_bucket_groups_batches_by_length_and_one_means_random_batches():
 def test_weight_positions_makes_every_position_weigh_the_same_over_an_epoch():
     """With length buckets, the batches' mean losses times their ``loss_scale`` average to the
     per-position mean over every window of the epoch, computed here in one pass over all of
-    them (the plain means would over-weigh the positions of short windows)."""
+    them (the plain means would over-weigh the positions of short windows). The sequence
+    models' loss applies the scale; the training step adds nothing to it."""
     rng = np.random.default_rng(0)
     rows = [rng.integers(0, 30, size=int(n)).tolist() for n in rng.integers(2, 20, size=200)]
     torch.manual_seed(0)
@@ -137,7 +139,8 @@ def test_weight_positions_makes_every_position_weigh_the_same_over_an_epoch():
     loader = SeqLoader(_store(rows), 12, 30, batch_size=16, seed=1)  # weighted by default
     with torch.no_grad():
         batches = list(loader)
-        scaled = sum(float(m.loss(b) * b.loss_scale) for b in batches) / len(batches)
+        plain = [replace(b, loss_scale=None) for b in batches]
+        scaled = sum(float(m.loss(b)) for b in batches) / len(batches)  # scaled by the model
         every = float(m.loss(SeqBatch(loader.user, loader.input, loader.target)))
     assert abs(scaled - every) < 1e-5 * every
     scales = torch.stack([b.loss_scale for b in batches])
@@ -145,13 +148,20 @@ def test_weight_positions_makes_every_position_weigh_the_same_over_an_epoch():
     assert abs(float(scales.mean()) - 1) < 1e-6 and float(scales.max() / scales.min()) > 3
     unweighted = SeqLoader(_store(rows), 12, 30, batch_size=16, seed=1, weight_positions=False)
     assert all(b.loss_scale is None for b in unweighted)
-    # the training step is what applies the scale
+    # the model's loss is what applies the scale (bit for bit the plain mean times it), for
+    # every sequence model, and the training step passes it through
     module = RecModule({"_target_": "recsys.models.sasrec.SASRec", **SMALL, "loss": "ce"}, 5, 30)
     module.model.load_state_dict(m.state_dict())
     module.model.eval()
     with torch.no_grad():
-        got = float(module._train_loss(batches[0]))
-    torch.testing.assert_close(got, float(m.loss(batches[0]) * batches[0].loss_scale))
+        got = module._train_loss(batches[0])
+        assert torch.equal(got, m.loss(plain[0]) * batches[0].loss_scale)
+        for model in _models():
+            model.eval()
+            torch.manual_seed(1)  # BERT4Rec draws its masks in the loss
+            scaled = model.loss(batches[0])
+            torch.manual_seed(1)
+            assert torch.equal(scaled, model.loss(plain[0]) * batches[0].loss_scale)
 
 
 # -- model behaviour --------------------------------------------------------------------------
@@ -217,115 +227,80 @@ def test_scale_embeddings_multiplies_the_input_item_embeddings_by_sqrt_d():
     assert not torch.allclose(scaled.encoder(seq, causal=True), unscaled.encoder(seq, causal=True))
 
 
-def test_residual_norm_block_is_the_sasrec_reference_block():
-    """``residual_norm``: query and feed-forward input layer-normed, residuals from the normed
-    values, keys/values from the raw input (Kang & McAuley's code), written out by hand here."""
-    from recsys.models.layers import TransformerBlock, attention_mask
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_blocks_chosen_by_norm_first_compute_their_definition(norm_first):
+    """``norm_first`` picks the block class: pre-LN ``x + attn(LN(x))``, ``x + ff(LN(x))`` with a
+    final layer norm, or post-LN ``LN(x + attn(x))``, ``LN(x + ff(x))`` with the embedding sum
+    normalised; each written out here by hand (heads, masking and all)."""
+    from recsys.models.transformer import PostLNBlock, PreLNBlock, attention_mask
 
     torch.manual_seed(0)
-    d, H = 8, 2
-    block = TransformerBlock(d, H, 16, 0.0, 0.0, "relu", norm_first=True, residual_norm=True)
-    block.eval()
+    m = SASRec(5, 30, **SMALL, norm_first=norm_first, dropout=0.0, attn_dropout=0.0).eval()
+    enc, d, H = m.encoder, SMALL["hidden_size"], SMALL["n_heads"]
+    assert all(type(b) is (PreLNBlock if norm_first else PostLNBlock) for b in enc.blocks)
+    assert isinstance(enc.final_ln if norm_first else enc.emb_ln, torch.nn.LayerNorm)
+    assert isinstance(enc.emb_ln if norm_first else enc.final_ln, torch.nn.Identity)
+    block = enc.blocks[0]
     x = torch.randn(2, 5, d)
     real = torch.tensor([[False, True, True, True, True], [True] * 5])
     mask = attention_mask(real, causal=True)
-    q_in = F.layer_norm(x, (d,), block.ln1.weight, block.ln1.bias, block.ln1.eps)
-    w, b = block.qkv.weight, block.qkv.bias
-    q, k, v = (
-        q_in @ w[:d].T + b[:d],
-        x @ w[d : 2 * d].T + b[d : 2 * d],
-        x @ w[2 * d :].T + b[2 * d :],
-    )
-    heads = []
-    for h in range(H):
-        sl = slice(h * d // H, (h + 1) * d // H)
-        att = (q[..., sl] @ k[..., sl].transpose(1, 2)) / math.sqrt(d // H)
-        att = att.masked_fill(~mask[:, 0], float("-inf")).softmax(-1)
-        heads.append(att @ v[..., sl])
-    y = q_in + block.out(torch.cat(heads, -1))
-    y = F.layer_norm(y, (d,), block.ln2.weight, block.ln2.bias, block.ln2.eps)
-    ref = y + block.ff2(F.relu(block.ff1(y)))
+
+    def ln(v, norm):
+        return F.layer_norm(v, (d,), norm.weight, norm.bias, norm.eps)
+
+    def attn(v):
+        q, k, w = (v @ block.qkv.weight[i * d : (i + 1) * d].T for i in range(3))
+        q, k, w = (t + block.qkv.bias[i * d : (i + 1) * d] for i, t in enumerate((q, k, w)))
+        heads = []
+        for h in range(H):
+            sl = slice(h * d // H, (h + 1) * d // H)
+            att = (q[..., sl] @ k[..., sl].transpose(1, 2)) / math.sqrt(d // H)
+            heads.append(att.masked_fill(~mask[:, 0], float("-inf")).softmax(-1) @ w[..., sl])
+        return block.out(torch.cat(heads, -1))
+
+    def ff(v):
+        return block.ff2(F.gelu(block.ff1(v)))
+
+    if norm_first:
+        y = x + attn(ln(x, block.ln1))
+        ref = y + ff(ln(y, block.ln2))
+    else:
+        y = ln(x + attn(x), block.ln1)
+        ref = ln(y + ff(y), block.ln2)
     torch.testing.assert_close(block(x, mask), ref, atol=1e-5, rtol=1e-5)
-    plain = TransformerBlock(d, H, 16, 0.0, 0.0, "relu", norm_first=True).eval()
-    plain.load_state_dict(block.state_dict())
-    assert not torch.allclose(plain(x, mask), ref, atol=1e-3)
 
 
-def test_reference_block_and_xavier_init_keep_causality_and_padding_invariance():
+def test_retired_transformer_options_load_at_their_old_default_only():
+    """``null_attention``, ``residual_norm`` and the transformer ``init`` were removed: a config
+    from an older checkpoint carrying them at the value that meant "off" still builds the same
+    model; any other value is refused by name, and so is a misspelt key."""
+    from recsys.models.base import build_model
+
+    base = {"_target_": "recsys.models.sasrec.SASRec", **SMALL}
+    old = {**base, "null_attention": "none", "residual_norm": False, "init": "normal"}
     torch.manual_seed(0)
-    m = SASRec(5, 30, **SMALL, residual_norm=True, init="xavier").eval()
-    # xavier: Glorot-normal spread per matrix (fan_in + fan_out), not the fixed init_std
-    qkv = m.encoder.blocks[0].qkv.weight
-    assert abs(float(qkv.std()) - math.sqrt(2 / (16 + 48))) < 0.05
-    seq = torch.tensor([[30, 30, 4, 7, 1, 9, 2]])
-    changed = seq.clone()
-    changed[0, -1] = 17
-    a, b = m.encoder(seq, causal=True), m.encoder(changed, causal=True)
-    assert torch.allclose(a[:, :-1], b[:, :-1], atol=1e-6)
-    alone = m.score(UserBatch.from_lists([0], [[4, 7, 1, 9, 2]]))
-    padded = m.encoder(seq, causal=True)[:, -1] @ m.encoder.item_weight.T
-    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="init"):
-        SASRec(5, 30, **SMALL, init="uniform")
-    with pytest.raises(ValueError, match="residual_norm"):
-        BERT4Rec(5, 30, **SMALL, residual_norm=True)  # post-LN by default
-
-
-@pytest.mark.parametrize("mode", ["one", "padding"])
-def test_null_attention_equals_attending_to_zero_inputs(mode):
-    """The null key/value is what unmasked zero-input keys give in the SASRec code's block (keys
-    and values from the raw input, as RecTools, which zeroes padding rows and leaves them
-    unmasked): ``padding`` equals ``max_len - length`` such keys in front of the history,
-    ``one`` a single one, whatever the batch's own padding."""
-    from recsys.models.layers import TransformerBlock, attention_mask
-
+    a = build_model(old, 5, 30)
     torch.manual_seed(0)
-    d, max_len = 8, 6
-    block = TransformerBlock(d, 2, 16, 0.0, 0.0, "relu", residual_norm=True, null_slot=True)
-    plain = TransformerBlock(d, 2, 16, 0.0, 0.0, "relu", residual_norm=True).eval()
-    with torch.no_grad():
-        for p in block.parameters():  # non-zero biases: the null key/value are the biases
-            p.normal_(0, 0.5)
-    plain.load_state_dict(block.state_dict())
-    block.eval()
-    lengths = [2, 5, 6, 1]
-    L = max(lengths)
-    x = torch.randn(len(lengths), L, d)
-    real = torch.arange(L)[None] >= L - torch.tensor(lengths)[:, None]
-    out = block(x * real[..., None], attention_mask(real, True, mode, max_len))
-    for b, n in enumerate(lengths):
-        zeros = (max_len - n) if mode == "padding" else 1
-        ref_in = torch.cat([torch.zeros(zeros, d), x[b, L - n :]])[None]
-        causal = torch.ones(zeros + n, zeros + n).tril().bool()[None, None]
-        ref = plain(ref_in, causal)[0, zeros:]
-        torch.testing.assert_close(out[b, L - n :], ref, atol=1e-5, rtol=1e-5)
-    # without the null key the outputs differ (the test above is not vacuous)
-    assert not torch.allclose(plain(x, attention_mask(real, True))[0, -2:], out[0, -2:], atol=1e-3)
-
-
-@pytest.mark.parametrize("mode", ["one", "padding"])
-def test_null_attention_keeps_causality_and_padding_invariance(mode):
-    torch.manual_seed(0)
-    for cls in (SASRec, BERT4Rec):
-        m = cls(5, 30, **SMALL, null_attention=mode).eval()
-        histories = [[4, 7, 1], [2, 9, 9, 3, 5, 6, 8, 1, 0, 11, 12, 13, 14, 15], [6]]
-        together = m.score(UserBatch.from_lists([0, 1, 2], histories))
-        for b, h in enumerate(histories):
-            alone = m.score(UserBatch.from_lists([b], [h]))[0]
-            torch.testing.assert_close(together[b], alone, atol=1e-5, rtol=1e-5)
-        none = cls(5, 30, **SMALL).eval()
-        none.load_state_dict(m.state_dict())
-        assert not torch.allclose(
-            none.score(UserBatch.from_lists([0], histories[:1]))[0], together[0]
-        )
-    seq = torch.tensor([[30, 30, 4, 7, 1, 9, 2]])
-    changed = seq.clone()
-    changed[0, -1] = 17
-    m = SASRec(5, 30, **SMALL, null_attention=mode).eval()
-    a, b = m.encoder(seq, causal=True), m.encoder(changed, causal=True)
-    assert torch.allclose(a[:, :-1], b[:, :-1], atol=1e-6)
-    with pytest.raises(ValueError, match="null_attention"):
-        SASRec(5, 30, **SMALL, null_attention="sink")
+    b = build_model(base, 5, 30)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    for key, value in (("null_attention", "padding"), ("residual_norm", True), ("init", "xavier")):
+        with pytest.raises(ConfigError, match=f"model.{key} was removed"):
+            build_model({**base, key: value}, 5, 30)
+        with pytest.raises(TypeError):  # the constructor itself knows nothing of them
+            SASRec(5, 30, **SMALL, **{key: value})
+    for cls in ("sasrec.SASRec", "bert4rec.BERT4Rec"):
+        with pytest.raises(ConfigError, match="model.hiden_size is not a parameter.*hidden_size"):
+            build_model({"_target_": f"recsys.models.{cls}", "hiden_size": 8}, 5, 30)
+    with pytest.raises(ConfigError, match="model.mask_prob is not a parameter"):
+        build_model({**base, "mask_prob": 0.3}, 5, 30)  # BERT4Rec's own key
+    with pytest.raises(ConfigError, match="model.n_heads must be a positive divisor"):
+        SASRec(5, 30, **{**SMALL, "n_heads": 3})
+    with pytest.raises(ConfigError, match="model.mask_prob must be in"):
+        BERT4Rec(5, 30, mask_prob=1.5)
+    # each model's own defaults: SASRec pre-LN with 1e-8, BERT4Rec post-LN with 1e-12
+    sas, bert = SASRec(5, 30).encoder, BERT4Rec(5, 30).encoder
+    assert sas.final_ln.eps == 1e-8 and isinstance(sas.emb_ln, torch.nn.Identity)
+    assert bert.emb_ln.eps == 1e-12 and isinstance(bert.final_ln, torch.nn.Identity)
 
 
 def test_padding_embedding_is_zero_and_gets_no_gradient():
@@ -517,7 +492,6 @@ SEQ_DATA = dict(
     n_groups=2,
     p_taste=0.1,
     p_sequential=0.85,
-    max_seq_len=20,
     batch_size=64,
 )
 
