@@ -241,9 +241,8 @@ def measure_eval(module, dm, dev: torch.device, repeats: int = 3) -> dict[str, A
         "users_per_s": round(n_users / full_s, 1),
         "test_check": check,
     }
-    emb = getattr(module.model, "user_emb", None)
-    if type(module.model).__name__ == "MF" and emb is not None:  # score = (B, d) @ (d, I)
-        flops = 2.0 * n_users * dm.n_items * emb.embedding_dim
+    if module.model.exposes_embeddings:  # score = (B, d) @ (d, I)
+        flops = 2.0 * n_users * dm.n_items * module.model.embeddings()["user"].shape[1]
         out["score_gflops"] = round(flops / score_s / 1e9, 1)
         # the peak again, in this process right now: on a shared machine the load drifts
         local = matmul_peak(n=2048, repeats=3, device=dev.type)

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from recsys.data.batches import RowStore, UserLoader
+from recsys.data.loaders import RowStore, UserLoader
 from recsys.metrics.ranking import ranking_metrics, topk_hits
 from recsys.models.autoencoders import MultDAE, MultVAE
 

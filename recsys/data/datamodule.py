@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from recsys.data.batches import (
-    EvalLoader,
-    Grouped,
-    PairLoader,
-    RowStore,
-    SeqLoader,
-    UserLoader,
-)
-from recsys.data.interactions import CSR, Interactions, Split
+from recsys.data.interactions import Interactions, Split
+from recsys.data.loaders import TRAIN_LOADERS, EvalLoader, Grouped, RowStore, TrainData
 from recsys.data.pipeline import fingerprint, prepare
 from recsys.errors import ConfigError
 
 
-def _store(csr: CSR, device: torch.device) -> RowStore:
-    return RowStore(
-        torch.as_tensor(csr.indptr, device=device), torch.as_tensor(csr.indices, device=device)
-    )
+class BatchConsumer(Protocol):
+    """What the datamodule asks of a model: the declarations of
+    :class:`recsys.models.base.Recommender` that decide its batches."""
+
+    train_batch: str | None
+    num_negatives: int
+    max_len: int | None
+
+    def eval_users_per_chunk(self) -> int: ...
 
 
 def _rating_store(inter: Interactions, device: torch.device) -> RowStore | None:
@@ -63,10 +61,11 @@ class RankShard:
 class RecDataModule(pl.LightningDataModule):
     """Serves one prepared split.
 
-    Training batches follow the model's ``train_batch`` ("pairs" or "users"); validation and
-    test batches are :class:`~recsys.data.batches.EvalBatch` es whose history is what is known
-    at that stage (train for validation, train + validation for test) and whose targets are the
-    stage's held-out items.
+    Training batches follow the model's ``train_batch`` (the loader of that name in
+    :data:`~recsys.data.loaders.TRAIN_LOADERS`); validation and test batches are
+    :class:`~recsys.data.batches.EvalBatch` es whose history is what is known at that stage
+    (train for validation, train + validation for test) and whose targets are the stage's
+    held-out items.
     """
 
     def __init__(self, cfg: Mapping[str, Any], seed: int = 0, eval_batch_size: int | None = 1024):
@@ -133,14 +132,15 @@ class RecDataModule(pl.LightningDataModule):
         ).coalesce()
 
     # -- batches ----------------------------------------------------------------------------
-    def configure_for(self, model: torch.nn.Module, steps_per_call: int = 1) -> None:
-        """Serve the batch shape ``model`` declares (its ``train_batch`` and ``num_negatives``),
-        ``steps_per_call`` consecutive training batches per item when it is above 1."""
+    def configure_for(self, model: BatchConsumer, steps_per_call: int = 1) -> None:
+        """Serve the batches ``model`` declares (its ``train_batch``, ``num_negatives`` and, for
+        sequences, ``max_len``: the window is the model's alone), ``steps_per_call`` consecutive
+        training batches per item when it is above 1."""
         self.steps_per_call = int(steps_per_call)
-        self.train_batch = getattr(model, "train_batch", "pairs")
-        self.num_negatives = int(getattr(model, "num_negatives", 0))
-        self.max_len = getattr(model, "max_len", None)  # sequence models: their window
-        if self.eval_batch_size is None and hasattr(model, "eval_users_per_chunk"):
+        self.train_batch = model.train_batch
+        self.num_negatives = int(model.num_negatives)
+        self.max_len = model.max_len
+        if self.eval_batch_size is None:
             self.eval_batch_size = int(model.eval_users_per_chunk())
 
     @property
@@ -163,53 +163,28 @@ class RecDataModule(pl.LightningDataModule):
         return Grouped(loader, k) if k > 1 else loader
 
     def _train_loader(self):
-        d, dev = self.data.train, self.device
-        if self.train_batch == "pairs":
-            return PairLoader(
-                torch.as_tensor(d.user, device=dev),
-                torch.as_tensor(d.item, device=dev),
-                None if d.rating is None else torch.as_tensor(d.rating, device=dev),
-                num_items=d.n_items,
+        build = TRAIN_LOADERS.get(self.train_batch or "")  # closed form (None): no loader
+        if build is None:
+            raise ConfigError(f"model declares an unknown train_batch {self.train_batch!r}")
+        return build(
+            TrainData(
+                self.data.train,
+                self.device,
+                self._batch_size(),
+                self.seed,
                 num_negatives=self.num_negatives,
-                batch_size=self._batch_size(),
-                seed=self.seed,
+                max_len=self.max_len,
+                options=self.cfg,
             )
-        if self.train_batch == "users":
-            return UserLoader(_store(d.to_csr(), dev), self._batch_size(), self.seed)
-        if self.train_batch == "sequences":
-            windowing = str(self.cfg.get("seq_windowing", "windows"))
-            if windowing not in ("truncate", "windows"):
-                raise ConfigError(
-                    f"data.seq_windowing must be truncate or windows, got {windowing!r}"
-                )
-            bucket = self.cfg.get("seq_bucket", 32)
-            if not isinstance(bucket, int) or isinstance(bucket, bool) or bucket < 1:
-                raise ConfigError(f"data.seq_bucket must be an integer >= 1, got {bucket!r}")
-            weight = self.cfg.get("seq_weight_positions", True)
-            if not isinstance(weight, bool):
-                raise ConfigError(
-                    f"data.seq_weight_positions must be true or false, got {weight!r}"
-                )
-            return SeqLoader(
-                _store(d.to_csr(), dev),
-                max_len=int(self.max_len or self.cfg.get("max_seq_len", 50)),
-                pad=d.n_items,
-                batch_size=self._batch_size(),
-                seed=self.seed,
-                windowing=windowing,
-                bucket=bucket,
-                stride=self.cfg.get("seq_stride"),
-                weight_positions=weight,
-            )
-        raise ConfigError(f"model declares an unknown train_batch {self.train_batch!r}")
+        )
 
     def _eval_loader(self, stage: str) -> EvalLoader:
         target = self.data.val if stage == "val" else self.data.test
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return EvalLoader(
-            _store(self.history(stage).to_csr(), self.device),
-            _store(target.to_csr(), self.device),
+            RowStore.from_csr(self.history(stage).to_csr(), self.device),
+            RowStore.from_csr(target.to_csr(), self.device),
             self.eval_batch_size or 1024,
             rank=rank,
             world_size=world,

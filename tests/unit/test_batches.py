@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recsys.data.batches import EvalLoader, PairLoader, RowStore, UserBatch, sample_negatives
+from recsys.data.batches import UserBatch
 from recsys.data.interactions import Interactions
+from recsys.data.loaders import EvalLoader, PairLoader, RowStore, sample_negatives
 from recsys.data.synthetic import generate
 
 

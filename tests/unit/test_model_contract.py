@@ -89,6 +89,130 @@ def test_model_contract(name: str) -> None:
     assert torch.equal(s1, s2), f"{name}: evaluation is not deterministic"
 
 
+# scores_history: popularity scores every history alike (it declares that it needs no user id)
+HISTORY_BLIND = {"pop"}
+
+
+def _histories(dm, n: int) -> list[list[int]]:
+    csr = dm.data.train.to_csr()
+    rows = [csr.row(u).tolist() for u in range(dm.n_users)]
+    return [r for r in rows if len(r) >= 2][:n]
+
+
+@pytest.mark.parametrize("name", MODEL_CONFIGS)
+def test_declared_abilities_are_true_to_behaviour(name: str) -> None:
+    """Each declaration of the contract (recsys.models.base) holds for every model config, and
+    an ability declared absent raises an error naming its declaration."""
+    from recsys.data.batches import UserBatch
+    from recsys.data.loaders import TRAIN_LOADERS
+
+    model, dm = setup_model(name)
+    assert model.train_batch is None or model.train_batch in TRAIN_LOADERS
+    if model.train_batch is None:
+        model.fit(dm.train_matrix())
+    else:
+        batch = next(iter(dm.train_dataloader()))
+        if model.train_batch == "pairs":  # the loader draws the negatives the model declares
+            assert (batch.neg is None) == (model.num_negatives == 0)
+            assert batch.neg is None or batch.neg.shape[1] == model.num_negatives
+        else:
+            assert model.num_negatives == 0, "only pair models have negatives drawn for them"
+    model.eval()
+    n_users, n_items = dm.n_users, dm.n_items
+    hist = _histories(dm, 3)
+    assert 64 <= model.eval_users_per_chunk() <= 1024
+
+    def scores(users: list[int], histories: list[list[int]]) -> torch.Tensor:
+        with torch.no_grad():
+            return model.score(UserBatch.from_lists(users, histories)).float()
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:  # export's old probe tolerance
+        return bool(torch.allclose(a, b, rtol=1e-5, atol=1e-6))
+
+    # scores_history: the history alone decides the scores (any user id, or -1 for none);
+    # otherwise the user id matters
+    if model.scores_history:
+        s = scores([-1, 0, n_users - 1], [hist[0]] * 3)
+        assert torch.isfinite(s).all() and same(s[0], s[1]) and same(s[0], s[2])
+        if name not in HISTORY_BLIND:
+            s = scores([-1, -1], hist[:2])
+            assert not same(s[0], s[1]), f"{name}: different histories, the same scores"
+    else:
+        s = scores([0, 1], [hist[0]] * 2)
+        assert not same(s[0], s[1]), f"{name}: scores ignore the user id; declare scores_history"
+
+    users = UserBatch.from_lists([0, 1, 2], hist)
+    with torch.no_grad():
+        if model.represents_users:
+            rep = model.user_representation(users)
+            assert rep.ndim == 2 and rep.shape[0] == 3 and torch.isfinite(rep).all()
+            assert torch.equal(rep, model.user_representation(users))
+        else:
+            with pytest.raises(NotImplementedError, match="represents_users = False"):
+                model.user_representation(users)
+
+        if model.exposes_embeddings:
+            emb = model.embeddings()
+            assert emb["user"].shape[0] == n_users and emb["item"].shape[0] == n_items
+            torch.testing.assert_close(emb["user"][:3] @ emb["item"].T, model.score(users))
+        else:
+            with pytest.raises(NotImplementedError, match="exposes_embeddings = False"):
+                model.embeddings()
+
+        u, i = torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0])
+        if model.predicts_pairs:
+            pred = model.predict(u, i)
+            assert pred.shape == (3,) and torch.isfinite(pred).all()
+            assert pred[0] != pred[1] and pred[0] != pred[2], f"{name}: predict ignores the pair"
+        else:
+            with pytest.raises(NotImplementedError, match="predicts_pairs = False"):
+                model.predict(u, i)
+
+    # max_len: the window of a sequence model; histories beyond it are cut to it
+    if model.train_batch == "sequences":
+        L = model.max_len
+        assert isinstance(L, int) and L >= 2 and L + 5 < n_items
+        long = [(7 * j) % n_items for j in range(L + 5)]
+        s = scores([-1] * 3, [long, long[-L:], long[-(L - 2) :]])
+        assert same(s[0], s[1]), f"{name}: items older than max_len change the scores"
+        # (exactly: an untrained GRU's state hardly remembers an item 48 steps back)
+        assert not torch.equal(s[1], s[2]), f"{name}: the window is shorter than max_len - 1"
+    else:
+        assert model.max_len is None
+
+
+def test_declarations_must_match_methods():
+    """The contract checks itself when a model class is defined: an ability declared without
+    its method, a method without its declaration, an unknown batch shape, a closed-form model
+    without ``fit``; and build_model only builds Recommenders."""
+    from recsys.errors import ConfigError
+    from recsys.models.base import Recommender
+
+    with pytest.raises(TypeError, match="represents_users = True but it does not define"):
+
+        class Declared(Recommender):
+            represents_users = True
+
+    with pytest.raises(TypeError, match="predicts_pairs = False but it defines predict"):
+
+        class Undeclared(Recommender):
+            def predict(self, user, item):
+                return user
+
+    with pytest.raises(TypeError, match="train_batch"):
+
+        class Triples(Recommender):
+            train_batch = "triples"
+
+    with pytest.raises(TypeError, match="needs fit"):
+
+        class NoFit(Recommender):
+            train_batch = None
+
+    with pytest.raises(ConfigError, match="not a recsys.models.base.Recommender"):
+        build_model({"_target_": "torch.nn.Linear"}, 3, 4)
+
+
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR.parent / "experiment").glob("*.yaml"))
 
 

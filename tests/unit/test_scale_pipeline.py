@@ -110,7 +110,7 @@ def _reference_negatives(user, num_items, num, positive_keys, generator, max_rou
 def test_sample_negatives_redraws_like_the_full_check(num, max_rounds):
     import torch
 
-    from recsys.data.batches import sample_negatives
+    from recsys.data.loaders import sample_negatives
 
     rng = np.random.default_rng(num)
     n_users, n_items = 50, 12

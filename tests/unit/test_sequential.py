@@ -12,15 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recsys.data.batches import (
-    PairLoader,
-    RowStore,
-    SeqBatch,
-    SeqLoader,
-    UserBatch,
-    build_sequences,
-)
+from recsys.data.batches import SeqBatch, UserBatch
 from recsys.data.datamodule import RecDataModule
+from recsys.data.loaders import PairLoader, RowStore, SeqLoader, build_sequences
 from recsys.errors import ConfigError
 from recsys.models.bert4rec import BERT4Rec
 from recsys.models.gru4rec import GRU4Rec
