@@ -38,7 +38,6 @@ LOADER_KEYS = frozenset(
         "download",
         "remote",
         "batch_size",
-        "max_seq_len",
         "num_workers",
         "seq_windowing",
         "seq_bucket",
