@@ -164,32 +164,29 @@ class RecModule(pl.LightningModule):
             for b in batch:
                 loss = self._train_loss(b)
                 opt.zero_grad()
-                if self._direct:  # what Lightning's wrappers would do here, without their dispatch
+                if self._direct:  # no hook to dispatch: what manual_backward would end in
                     loss.backward()
-                    opt._on_before_step()  # counts the step (global_step), as opt.step() does
-                    opt.optimizer.step()
-                    opt._on_after_step()
                 else:
                     self.manual_backward(loss)
-                    opt.step()
+                opt.step()  # counts the step (global_step) and runs the optimizer
         if batch_idx + 1 >= self.trainer.num_training_batches:
             self._log_train_losses()
         return loss if self.automatic_optimization else None
 
     def _direct_steps(self, opt: Any) -> bool:
-        """Whether the ``steps_per_call`` loop may call ``backward`` and the torch optimizer
-        directly. ``manual_backward`` and ``LightningOptimizer.step`` then only dispatch hooks
-        that nothing overrides (~0.3 ms per step: 16-20% of a BPR-MF epoch on ml-100k): true
-        for one process at full fp32 precision whose callbacks and module leave the backward
-        and optimizer-step hooks alone. Anything else (DDP, mixed precision, a callback watching
-        gradients) takes Lightning's path. Decided once per fit (``on_train_start``)."""
-        hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+        """Whether the ``steps_per_call`` loop may call ``loss.backward()`` itself instead of
+        ``manual_backward``, which then would only dispatch backward hooks that nothing
+        overrides: true for one process at full fp32 precision whose callbacks and module leave
+        ``on_before_backward`` and ``on_after_backward`` alone. Anything else (DDP, mixed
+        precision, a callback watching gradients) takes Lightning's path. The optimizer step is
+        always ``LightningOptimizer.step`` (public; it counts ``global_step``). What the direct
+        backward saves is measured in benchmarks/general.md (training loop). Decided once per
+        fit (``on_train_start``)."""
+        hooks = ("on_before_backward", "on_after_backward")
         trainer = self.trainer
         return (
             trainer.world_size == 1
             and type(trainer.precision_plugin) is Precision
-            and hasattr(opt, "_on_before_step")
-            and hasattr(opt, "_on_after_step")
             and all(
                 getattr(type(cb), h) is getattr(pl.Callback, h)
                 for cb in trainer.callbacks
@@ -221,14 +218,33 @@ class RecModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_train_losses()  # an epoch that ended before its last batch
+        self._to_loggers(getattr(self, "_epoch_losses", {}))
+        self._epoch_losses = {}
 
     def _log_train_losses(self) -> None:
         sums, n = getattr(self, "_loss_sums", None), getattr(self, "_loss_n", 0)
         if not sums or not n:
             return
-        for name, total in sums.items():
-            self.log(f"train/{name}", total / n, on_step=False, on_epoch=True, batch_size=n)
+        means = {f"train/{name}": total / n for name, total in sums.items()}
+        for key, value in means.items():  # for the callbacks; the loggers get them at epoch end
+            self.log(key, value, on_step=False, on_epoch=True, batch_size=n, logger=False)
+        self._epoch_losses = {k: float(v) for k, v in means.items()}
         self._loss_sums, self._loss_n = {}, 0
+
+    def _to_loggers(self, metrics: dict[str, float]) -> None:
+        """Write ``metrics`` to every logger (TensorBoard, MLflow) with the ``epoch``, at the
+        index of the last optimizer step taken (where Lightning's own logging puts epoch-end
+        metrics). Through the public ``Logger`` API, not ``self.log``: its result record costs
+        ~0.25 ms per key, a quarter of a BPR validation pass with ~20 metrics. RecModule logs
+        everything it logs this way, so training and validation curves share one step axis
+        (optimizer steps, whatever ``optim.steps_per_call``). Loggers write on rank zero only."""
+        if not metrics or not self.loggers or self.trainer.sanity_checking:
+            return
+        step = max(self.trainer.global_step - 1, 0)
+        row = {**metrics, "epoch": self.current_epoch}
+        for logger in self.loggers:
+            logger.log_metrics(row, step=step)
+            logger.save()
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -404,22 +420,19 @@ class RecModule(pl.LightningModule):
         self._log_stage(stage, means)
 
     def _log_stage(self, stage: str, means: dict[str, float]) -> None:
-        """Every metric to the loggers (TensorBoard), and through Lightning's ``self.log`` the
-        ones a callback reads from ``trainer.callback_metrics`` (a ``monitor`` of any callback,
-        ``eval.monitor``, the epoch summary line). ``self.log`` costs ~0.25 ms per key (it walks
-        its whole result record); with ~20 metrics that was a quarter of a BPR validation pass."""
+        """Every metric to the loggers (:meth:`_to_loggers`), and through Lightning's
+        ``self.log`` only the ones a callback reads from ``trainer.callback_metrics`` (a
+        ``monitor`` of any callback, ``eval.monitor``, the epoch summary line)."""
         named = {f"{stage}/{k}": v for k, v in means.items()}
         watched = {str(self.eval_cfg.get("monitor"))}
         for cb in self.trainer.callbacks:
             watched.update(m for m in [getattr(cb, "monitor", None)] if isinstance(m, str))
             if isinstance(cb, EpochSummary):
                 watched.update(cb.metrics)
-        self.log_dict({k: v for k, v in named.items() if k in watched}, sync_dist=False)
-        rest = {k: v for k, v in named.items() if k not in watched}
-        if rest and not self.trainer.sanity_checking:
-            # Lightning's own logger path: the step and ``epoch`` it gives logged metrics, and
-            # ``trainer.logged_metrics``; the loggers write on rank zero only
-            self.trainer._logger_connector.log_metrics(rest)
+        self.log_dict(
+            {k: v for k, v in named.items() if k in watched}, sync_dist=False, logger=False
+        )
+        self._to_loggers(named)
 
     def _gather_users(self, cat: dict[str, Tensor]) -> dict[str, Tensor]:
         """Every rank's per-user values, concatenated and sorted by user id.
