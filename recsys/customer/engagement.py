@@ -513,13 +513,10 @@ def frozen_representation(run_dir: str, inter: Interactions) -> tuple[np.ndarray
     """A trained run's ``user_representation`` of ``inter``'s users (matched by external id;
     zeros for users the run does not know), and the latest event time the run trained on."""
     from recsys.customer.segments import representation
-    from recsys.data.pipeline import prepare
-    from recsys.training.runs import load_checkpoint, module_from_checkpoint
+    from recsys.training.runs import open_run
 
-    ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / "best.ckpt", "representation_run")
-    model = module_from_checkpoint(ckpt, "representation_run").model
-    config = ckpt["hyper_parameters"].get("config") or {}
-    split = prepare(config["data"], int(config.get("seed", 0)))
+    opened = open_run(run_dir, key="representation_run")
+    model, split = opened.module.model, opened.datamodule.data
     seen = split.train  # the model's parameters were fitted on the training part
     if seen.time is None:
         raise DataError("representation_run: the run's data has no timestamps")

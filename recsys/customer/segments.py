@@ -209,8 +209,10 @@ def _quantiles(x: np.ndarray) -> dict[str, float]:
 
 # -- run ----------------------------------------------------------------------------------------
 def _load(run: str | None, artifact: str | None, data_root: str | None):
-    """(model, data config, run dir or None, artifact dir or None) of a run or an artifact."""
-    from recsys.training.runs import load_checkpoint, module_from_checkpoint
+    """(model, data config, prepared split, run dir or None, artifact dir or None) of a run or
+    an artifact."""
+    from recsys.data.pipeline import prepare
+    from recsys.training.runs import open_run
 
     if bool(run) == bool(artifact):
         raise ConfigError(
@@ -218,33 +220,36 @@ def _load(run: str | None, artifact: str | None, data_root: str | None):
         )
     if run:
         run_dir = Path(str(run))
-        ckpt = run_dir / "checkpoints" / "best.ckpt"
-        if not ckpt.is_file():
+        if not run_dir.is_dir():
             raise CheckpointError(
                 f"run={run_dir}: no checkpoints/best.ckpt (is it a recsys-train run directory?)"
             )
-        c = load_checkpoint(ckpt, "run")
-        module = module_from_checkpoint(c, "run")
-        config = c["hyper_parameters"].get("config") or {}
-        model, out_run, out_art = module.model, run_dir, None
-    else:
-        from recsys.serving.artifact import load
+        opened = open_run(run_dir, data_root=data_root, key="run")
+        data_cfg = opened.config["data"]
+        return opened.module.model, data_cfg, opened.datamodule.data, run_dir, None
+    from recsys.serving.artifact import load
 
-        rec = load(str(artifact), backend="eager")
-        import yaml
+    rec = load(str(artifact), backend="eager")
+    import yaml
 
-        config = yaml.safe_load((Path(str(artifact)) / "config.yaml").read_text())
-        model, out_run, out_art = rec.model, None, Path(str(artifact))
-        if rec.meta.get("pseudonymized_users"):
-            raise ConfigError(
-                f"artifact={artifact}: its user ids are pseudonymized; segment the run instead (run=...)"
-            )
+    config = yaml.safe_load((Path(str(artifact)) / "config.yaml").read_text())
+    model = rec.model
+    if rec.meta.get("pseudonymized_users"):
+        raise ConfigError(
+            f"artifact={artifact}: its user ids are pseudonymized; segment the run instead (run=...)"
+        )
     if "data" not in config:
         raise CheckpointError("the run does not record its data config")
     data_cfg = dict(config["data"])
     if data_root is not None:
         data_cfg["root"] = data_root
-    return model, data_cfg, int(config.get("seed", 0)), out_run, out_art
+    split = prepare(data_cfg, int(config.get("seed", 0)))
+    if (split.n_users, split.n_items) != (model.num_users, model.num_items):
+        raise CheckpointError(
+            f"the data now has {split.n_users} users / {split.n_items} items, the model was "
+            f"trained on {model.num_users} / {model.num_items}"
+        )
+    return model, data_cfg, split, None, Path(str(artifact))
 
 
 def segment(
@@ -265,15 +270,7 @@ def segment(
         raise ConfigError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
     if k is not None and (not isinstance(k, int) or k < 2):
         raise ConfigError(f"k must be null or an integer >= 2, got {k!r}")
-    from recsys.data.pipeline import prepare
-
-    model, data_cfg, run_seed, run_dir, art_dir = _load(run, artifact, data_root)
-    split = prepare(data_cfg, run_seed)
-    if (split.n_users, split.n_items) != (model.num_users, model.num_items):
-        raise CheckpointError(
-            f"the data now has {split.n_users} users / {split.n_items} items, the model was "
-            f"trained on {model.num_users} / {model.num_items}"
-        )
+    model, data_cfg, split, run_dir, art_dir = _load(run, artifact, data_root)
     history = split.test_input if split.test_input is not None else split.train.concat(split.val)
     event_clock = bool(data_cfg.get("rows_in_time_order"))
     rfm, rfm_names, raw = rfm_features(history, event_clock=event_clock)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from recsys.data.batches import UserBatch
-from recsys.errors import CheckpointError, ConfigError
+from recsys.errors import ConfigError
 from recsys.models.base import Recommender
 from recsys.serving.artifact import FORMAT, MANIFEST, VERSION, chunks, pack, read_manifest, sha256
 
@@ -203,39 +203,23 @@ def export(
     pseudonymize_users: bool = False,
     pseudonym_key_env: str = "RECSYS_PSEUDONYM_KEY",
 ) -> Path:
-    """Write the artifact of ``ckpt_path`` to ``out`` and return ``out``."""
-    from recsys.training.runs import datamodule_from_config, load_checkpoint, module_from_checkpoint
+    """Write the artifact of ``ckpt_path`` (a checkpoint, or a run directory: its best
+    checkpoint) to ``out`` and return ``out``."""
+    from recsys.training.runs import open_run
 
-    ckpt = load_checkpoint(ckpt_path)
-    module = module_from_checkpoint(ckpt)
-    model = module.model.eval().cpu()
-    config = dict(ckpt["hyper_parameters"].get("config") or {})
-    if not config.get("data"):
-        raise CheckpointError(
-            f"ckpt_path: {ckpt_path} holds no run config; cannot rebuild its id maps"
-        )
-    if data_root:
-        config["data"] = {**config["data"], "root": data_root}
-    dm = datamodule_from_config(config)
-    dm.setup()
-    split = dm.data
-    if (split.n_users, split.n_items) != (model.num_users, model.num_items):
-        raise CheckpointError(
-            f"the data rebuilt from the checkpoint's config has {split.n_users} users and {split.n_items} "
-            f"items, the model {model.num_users} and {model.num_items}: the dataset changed since training"
-        )
-    run_dir = Path(run_dir) if run_dir else Path(ckpt_path).resolve().parent.parent
+    run = open_run(ckpt_path, data_root=data_root)
+    model = run.module.model.eval().cpu()
     return export_model(
         model,
-        config,
-        split,
-        dm.fingerprint,
+        run.config,
+        run.datamodule.data,
+        run.datamodule.fingerprint,
         out,
-        run_dir=run_dir,
+        run_dir=Path(run_dir) if run_dir else run.checkpoint_path.resolve().parent.parent,
         rows=rows,
         torchscript=torchscript,
         onnx=onnx,
-        source=str(Path(ckpt_path).resolve()),
+        source=str(run.checkpoint_path.resolve()),
         pseudonymize_users=pseudonymize_users,
         pseudonym_key_env=pseudonym_key_env,
     )

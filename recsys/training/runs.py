@@ -1,20 +1,26 @@
-"""What the entry points share: config checks, checkpoint loading, trainers, evaluation."""
+"""What the commands share: config checks, reopening a run (:func:`open_run`), evaluation."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from recsys.data.datamodule import RecDataModule
 from recsys.errors import CheckpointError, ConfigError
 from recsys.training.module import RecModule, validate_eval
 
 log = logging.getLogger("recsys")
+# evaluation settings RecModule receives (the rest of eval: selection, batching, baseline, groups)
+EVAL_KEYS = ("topk", "metrics", "mask_seen", "task", "rating_clip", "popularity_bias", "sampled")
 
 
 def validate_config(config: dict[str, Any]) -> None:
@@ -77,6 +83,96 @@ def datamodule_from_config(config: dict[str, Any]) -> RecDataModule:
     )
 
 
+def eval_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``eval`` keys RecModule receives (the rest: selection, batching, baseline, groups)."""
+    return {k: config["eval"][k] for k in EVAL_KEYS if k in config["eval"]}
+
+
+@dataclass(frozen=True)
+class OpenedRun:
+    """A trained run, reopened from its checkpoint (:func:`open_run`)."""
+
+    config: dict[str, Any]  # the run's resolved config, with the overrides open_run was given
+    module: RecModule  # the checkpoint's weights, on the CPU
+    datamodule: RecDataModule  # the run's split, prepared and serving the model's batch shape
+    checkpoint_path: Path
+
+
+def open_run(
+    path: str | Path,
+    data_root: str | None = None,
+    eval_batch_size: int | None = None,
+    key: str = "ckpt_path",
+) -> OpenedRun:
+    """Reopen a run: its checkpoint (``path`` itself, or ``<path>/checkpoints/best.ckpt`` for a
+    run directory), the module with its weights, and the data rebuilt from the stored config
+    (same seed, same split). ``data_root`` replaces ``data.root`` (the data moved since
+    training), ``eval_batch_size`` ``eval.batch_size``. ``key`` names the setting that gave
+    ``path`` in the one-line :class:`CheckpointError` of a file that is not a recsys
+    checkpoint, a config without its data section, or data whose user or item count is no
+    longer the checkpoint's."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoints" / "best.ckpt"
+        if not p.is_file():
+            raise CheckpointError(
+                f"{key}={path}: no checkpoints/best.ckpt (is it a recsys-train run directory?)"
+            )
+    ckpt = load_checkpoint(p, key)
+    module = module_from_checkpoint(ckpt, key)
+    config = copy.deepcopy(ckpt["hyper_parameters"].get("config"))
+    if not isinstance(config, dict) or not config.get("data"):
+        raise CheckpointError(f"{key}: {p} does not record the data config of its run")
+    if data_root:
+        config["data"]["root"] = data_root
+    config.setdefault("eval", {})
+    if eval_batch_size is not None:
+        config["eval"]["batch_size"] = eval_batch_size
+    dm = datamodule_from_config(config)
+    dm.configure_for(module.model, module.steps_per_call)
+    model = module.model
+    if (dm.n_users, dm.n_items) != (model.num_users, model.num_items):
+        raise CheckpointError(
+            f"{key}: the data now has {dm.n_users} users / {dm.n_items} items, the checkpoint "
+            f"was trained on {model.num_users} / {model.num_items} (the dataset changed since "
+            "training?)"
+        )
+    return OpenedRun(config, module, dm, p)
+
+
+def tidy_console() -> None:
+    """Keep a run's console ours: drop, by their exact text, three notices Lightning prints that
+    say nothing about the run; every other warning and message stays. Idempotent.
+
+    - the "💡 Tip: ..." advertisements (litlogger, litmodels), logged at INFO by Lightning's
+      rank-zero logger when a Trainer is built;
+    - torch's FutureWarning that ``LeafSpec`` is deprecated, raised inside Lightning's own
+      ``utilities/_pytree.py`` (Lightning's code to change, not ours);
+    - "The number of training batches (N) is smaller than the logging interval": recsys logs
+      once per epoch (RecModule writes its metrics to the loggers itself), never per step, so
+      ``trainer.log_every_n_steps`` has nothing to log.
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"pytorch_lightning\.utilities\._pytree",
+    )
+    warnings.filterwarnings(
+        "ignore",
+        message=r"The number of training batches \(\d+\) is smaller than the logging interval",
+        category=PossibleUserWarning,
+    )
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _drop_tips not in logger.filters:
+            logger.addFilter(_drop_tips)
+
+
+def _drop_tips(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip:")
+
+
 @contextmanager
 def quiet_lightning():
     """Silence Lightning's device banners for the short evaluation trainers."""
@@ -96,6 +192,7 @@ def evaluate(
     module: RecModule, dm: RecDataModule, stage: str, accelerator: str = "auto"
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Metrics and per-user values of ``module`` on ``stage`` ("val" or "test")."""
+    tidy_console()
     with quiet_lightning():
         trainer = pl.Trainer(
             accelerator=accelerator,

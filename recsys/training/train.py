@@ -25,19 +25,27 @@ from recsys.errors import CheckpointError
 from recsys.files import write_json
 from recsys.training.manifest import end_manifest, split_fingerprint, start_manifest
 from recsys.training.module import RecModule
-from recsys.training.results import format_table
+from recsys.training.results import (
+    baseline,
+    format_table,
+    group_labels,
+    group_metrics,
+    metrics_record,
+)
 from recsys.training.runs import (
+    EVAL_KEYS,
     datamodule_from_config,
+    eval_settings,
     evaluate,
     load_checkpoint,
     module_from_checkpoint,
+    tidy_console,
     validate_config,
 )
 from recsys.training.sweep import log_hparams, run_name, sweep_dir, task_overrides
 
+__all__ = ["EVAL_KEYS", "build_trainer", "train"]
 log = logging.getLogger("recsys")
-# evaluation settings RecModule receives (the rest of eval: selection, batching, baseline)
-EVAL_KEYS = ("topk", "metrics", "mask_seen", "task", "rating_clip", "popularity_bias", "sampled")
 
 
 def _resume_dir(ckpt_path: Path, default: Path) -> Path:
@@ -76,6 +84,7 @@ def build_trainer(config: dict[str, Any], run_dir: Path) -> pl.Trainer:
         hydra.utils.instantiate(config["logger"], **logger_args) if config.get("logger") else False
     )
     trainer_cfg = dict(config["trainer"])
+    tidy_console()
     if not sys.stderr.isatty():  # a progress bar in a log file is noise; EpochSummary logs epochs
         trainer_cfg["enable_progress_bar"] = False
     return hydra.utils.instantiate(
@@ -100,13 +109,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(config["seed"], workers=True, verbose=False)
     dm = datamodule_from_config(config)
     dm.setup()
-    evaluation = {k: config["eval"][k] for k in EVAL_KEYS if k in config["eval"]}
     module = RecModule(
         model=config["model"],
         num_users=dm.n_users,
         num_items=dm.n_items,
         optim=config["optim"],
-        evaluation=evaluation,
+        evaluation=eval_settings(config),
         seed=config["seed"],
         config=config,
     )
@@ -144,9 +152,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     t1 = time.perf_counter()
     test, per_user = evaluate(best_module, dm, "test", accelerator)
     eval_s = time.perf_counter() - t1
-    baseline = _baseline(config, dm, accelerator)
-    test_by_group = _by_group(config, dm, per_user)
-    group_labels = _group_labels(config, dm, per_user)  # per-user group of each slicing (compare)
+    base = baseline(config, dm, accelerator)
+    by_group = group_metrics(config, dm, per_user)
+    labels = group_labels(config, dm, per_user)  # per-user group of each slicing (compare)
 
     if trainer.logger:
         trainer.logger.log_metrics(
@@ -154,27 +162,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         log_hparams(trainer.logger, config, task_overrides(), {"val": val, "test": test})
         trainer.logger.save()
-    np.savez_compressed(run_dir / "per_user_test.npz", **per_user, **group_labels)
-    metrics = {
-        "model": config["model"]["_target_"],
-        "val": val,
-        "test": test,
-        "baseline": baseline,
-        **({"test_by_group": test_by_group} if test_by_group else {}),
-        "data": {
-            "name": config["data"].get("name"),
-            "fingerprint": dm.fingerprint,
-            **dm.summary(),
-            "audit": dm.data.audit,
-        },
-        "timing": {
-            "fit_s": round(fit_s, 3),
-            "epochs": int(epochs),
-            "s_per_epoch": round(fit_s / epochs, 4) if epochs else None,
-            "eval_s": round(eval_s, 4),
-        },
-        "best_checkpoint": str(best),
+    np.savez_compressed(run_dir / "per_user_test.npz", **per_user, **labels)
+    timing = {
+        "fit_s": round(fit_s, 3),
+        "epochs": int(epochs),
+        "s_per_epoch": round(fit_s / epochs, 4) if epochs else None,
+        "eval_s": round(eval_s, 4),
     }
+    metrics = metrics_record(
+        config,
+        dm,
+        val,
+        test,
+        timing,
+        baseline=base,
+        test_by_group=by_group,
+        best_checkpoint=str(best),
+        audit=True,
+    )
     write_json(run_dir / "metrics.json", metrics)
     log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger else None
     opted_out = (dm.data.audit or {}).get("opt_out")  # counts and file hash, never ids
@@ -182,57 +187,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         run_dir, manifest, tensorboard=log_dir, **({"opt_out": opted_out} if opted_out else {})
     )
     rows = {"val": val, "test": test}
-    if baseline:
-        rows[f"{baseline['name']} (test)"] = baseline["test"]
+    if base:
+        rows[f"{base['name']} (test)"] = base["test"]
     print(f"\n{format_table(rows)}\n\nrun directory: {run_dir}", flush=True)
     return metrics
-
-
-def _baseline(config: dict[str, Any], dm, accelerator: str) -> dict[str, Any]:
-    """The reference row: the configured baseline model, fitted and tested on the same split."""
-    base_cfg = config["eval"].get("baseline")
-    if not base_cfg:
-        return {}
-    evaluation = {k: config["eval"][k] for k in EVAL_KEYS if k in config["eval"]}
-    module = RecModule(
-        model=base_cfg, num_users=dm.n_users, num_items=dm.n_items, evaluation=evaluation
-    )
-    module.fit_closed_form(dm.train_matrix())
-    test, per_user = evaluate(module, dm, "test", accelerator)
-    name = base_cfg["_target_"].rpartition(".")[2].lower()
-    by_group = _by_group(config, dm, per_user)
-    return {"name": name, "test": test, **({"test_by_group": by_group} if by_group else {})}
-
-
-def _group_labels(config: dict[str, Any], dm, per_user: dict[str, Any]) -> dict[str, np.ndarray]:
-    """``{"group:<slicing>": (U,) str}``: each evaluated user's group (empty: none)."""
-    groups = config["eval"].get("groups")
-    if not groups or config["eval"].get("task", "ranking") != "ranking":
-        return {}
-    from recsys.training.slices import labels_for
-
-    train = dm.data.train
-    counts = np.bincount(train.user, minlength=train.n_users)
-    users = np.asarray(per_user["user"], dtype=np.int64)
-    found = labels_for(groups, users, train.user_ids, counts, config["data"])
-    return {
-        f"group:{name}": np.array(["" if v is None else str(v) for v in labels])
-        for name, (labels, _) in found.items()
-    }
-
-
-def _by_group(config: dict[str, Any], dm, per_user: dict[str, Any]) -> dict[str, Any]:
-    """Per-group test metrics (``eval.groups``: activity buckets, a segments file, an attribute)."""
-    groups = config["eval"].get("groups")
-    if not groups or config["eval"].get("task", "ranking") != "ranking":
-        return {}
-    from recsys.training.slices import by_group
-
-    train = dm.data.train
-    return by_group(
-        per_user,
-        groups,
-        train.user_ids,
-        np.bincount(train.user, minlength=train.n_users),
-        config["data"],
-    )

@@ -96,6 +96,33 @@ def test_recsys_eval_cli_prints_and_writes_metrics(run, tmp_path):
     assert f"{metrics['test']['ndcg@10']:.4f}" in proc.stdout
 
 
+@pytest.mark.slow
+def test_a_clean_run_prints_no_third_party_notices(tmp_path):
+    """The console of a clean ``recsys-train`` run is ours: no Lightning advertisement, no
+    deprecation warning raised inside Lightning, no logging-interval warning (recsys logs once
+    per epoch). Each is filtered by its exact text (recsys.training.runs.tidy_console)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recsys.cli.train",
+            *TINY_DATA,
+            "trainer.accelerator=cpu",
+            "trainer.max_epochs=1",
+            "logger=tensorboard",  # the logging-interval warning needs a logger
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    console = proc.stdout + proc.stderr
+    for notice in ("Tip:", "litlogger", "LeafSpec", "smaller than the logging interval"):
+        assert notice not in console, (notice, console)
+    assert "run directory:" in proc.stdout
+
+
 def test_mf_beats_popularity_on_synthetic(run):
     _, metrics = run
     assert metrics["test"]["ndcg@10"] > 1.5 * metrics["baseline"]["test"]["ndcg@10"]
