@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from recsys.errors import RecsysError
-from recsys.training.compare import compare, plot, to_markdown, write_csv
+from recsys.training.compare import compare, default_out, write_report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,25 +43,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
         result = compare(args.paths, metrics, args.metric, args.baseline)
-        out = (
-            Path(args.out)
-            if args.out
-            else (
-                Path(args.paths[0])
-                if len(args.paths) == 1 and not (Path(args.paths[0]) / "metrics.json").is_file()
-                else Path(".")
-            )
-        )
-        out.mkdir(parents=True, exist_ok=True)
-        md = to_markdown(result)
-        (out / "compare.md").write_text(md)
-        write_csv(result, out / "compare.csv")
-        plot(result, out / "compare.png")
+        out = Path(args.out) if args.out else default_out(args.paths)
+        md, written = write_report(result, out)
     except RecsysError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(md)
-    print(f"written: {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'compare.png'}")
+    print(f"written: {', '.join(map(str, written))}")
 
 
 if __name__ == "__main__":
