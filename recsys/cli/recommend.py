@@ -15,27 +15,10 @@ Lightning.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 from recsys.errors import RecsysError
-
-
-def _read_users(path: Path) -> list[str]:
-    if not path.is_file():
-        raise RecsysError(f"--input: no such file: {path}")
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    if not rows:
-        raise RecsysError(f"--input: {path} is empty")
-    header = [c.strip().lower() for c in rows[0]]
-    if "user" in header:
-        col = header.index("user")
-        return [r[col].strip() for r in rows[1:] if len(r) > col]
-    if len(header) > 1:
-        raise RecsysError(f"--input: {path} has several columns and none is named 'user'")
-    return [r[0].strip() for r in rows]
 
 
 def _print(rec: dict, label: str) -> None:
@@ -45,27 +28,12 @@ def _print(rec: dict, label: str) -> None:
         print(f"{rank:4d}  {item}  {score:.6g}")
 
 
-def _similar(rec, args) -> None:
-    items = [i.strip() for i in args.similar.split(",") if i.strip()]
-    if not items:
-        raise RecsysError("--similar: give at least one item id")
-    titles = rec.item_titles(args.data_root)
-    out = rec.similar_items(items, k=args.k, method=args.method)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.output, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["item", "rank", "similar_item", "score", "title"])
-            for r in out:
-                for rank, (item, score) in enumerate(zip(r["items"], r["scores"], strict=False), 1):
-                    w.writerow([r["item"], rank, item, f"{score:.7g}", titles.get(str(item), "")])
-        print(f"wrote similar items of {len(out)} item(s) to {args.output}")
-        return
-    for r in out:
-        name = titles.get(str(r["item"]))
+def _print_similar(rows: list[dict]) -> None:
+    for r in rows:
+        name = r["title"]
         print(f"similar to {r['item']}{f' ({name})' if name else ''}  [{r['method']}]")
-        for rank, (item, score) in enumerate(zip(r["items"], r["scores"], strict=False), 1):
-            title = titles.get(str(item), "")
+        cells = zip(r["items"], r["scores"], r["titles"], strict=False)
+        for rank, (item, score, title) in enumerate(cells, 1):
             print(f"{rank:4d}  {item}  {score:.4f}  {title}".rstrip())
 
 
@@ -106,50 +74,38 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     try:
+        from recsys.serving import batch
         from recsys.serving.artifact import load
 
         if args.k < 1:
             raise RecsysError(f"-k must be a positive integer, got {args.k}")
         rec = load(args.artifact, backend=args.backend)
-        exclude = not args.include_seen
         if args.similar is not None:
-            _similar(rec, args)
+            items = batch.parse_ids(args.similar, "--similar")
+            similar = batch.similar_with_titles(rec, items, args.k, args.method, args.data_root)
+            if args.output:
+                batch.write_similar(similar, args.output)
+                print(f"wrote similar items of {len(similar)} item(s) to {args.output}")
+            else:
+                _print_similar(similar)
             return
+        exclude = not args.include_seen
         if args.items is not None:
-            items = [i.strip() for i in args.items.split(",") if i.strip()]
-            if not items:
-                raise RecsysError("--items: give at least one item id")
+            history = batch.parse_ids(args.items, "--items")
             out = [
                 {
                     "user": "",
                     **rec.recommend_history(
-                        items, k=args.k, exclude_seen=exclude, fallback=args.fallback
+                        history, k=args.k, exclude_seen=exclude, fallback=args.fallback
                     ),
                 }
             ]
         else:
-            users = args.user if args.user else _read_users(args.input)
-            out = []
-            for s in range(0, len(users), max(1, args.batch_size)):
-                out += rec.recommend(
-                    users[s : s + args.batch_size],
-                    k=args.k,
-                    exclude_seen=exclude,
-                    fallback=args.fallback,
-                )
+            users = args.user if args.user else batch.read_users(args.input)
+            out = batch.recommend_users(rec, users, args.k, exclude, args.fallback, args.batch_size)
         if args.output:
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            with open(args.output, "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["user", "rank", "item", "score"])
-                for r in out:
-                    for rank, (item, score) in enumerate(
-                        zip(r["items"], r["scores"], strict=False), 1
-                    ):
-                        w.writerow([r["user"], rank, item, f"{score:.7g}"])
-            print(
-                f"wrote {sum(len(r['items']) for r in out)} recommendations for {len(out)} row(s) to {args.output}"
-            )
+            n = batch.write_recommendations(out, args.output)
+            print(f"wrote {n} recommendations for {len(out)} row(s) to {args.output}")
         else:
             for r in out:
                 _print(r, f"user {r['user']}" if args.items is None else f"history {args.items}")
