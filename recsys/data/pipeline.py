@@ -42,6 +42,9 @@ LOADER_KEYS = frozenset(
         "seq_windowing",
         "seq_bucket",
         "seq_weight_positions",
+        # retired: the sequence window is model.max_len now; data configs stored in earlier
+        # checkpoints still carry it, and it never changed the data
+        "max_seq_len",
     }
 )
 # Splits that draw random numbers: their seed is part of the cache key.
