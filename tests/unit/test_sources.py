@@ -217,6 +217,8 @@ def test_data_fingerprint_and_cache_key_unchanged_by_the_move(tmp_path):
     assert cfg["source"] == "recsys.data.sources.movielens.load_ml100k"
     assert fingerprint(cfg) == "054843265c3bebe5"
     assert fingerprint({**cfg, "source": "recsys.data.sources.load_ml100k"}) == "054843265c3bebe5"
+    # data configs stored before the sequence window moved to model.max_len carry max_seq_len
+    assert fingerprint({**cfg, "max_seq_len": 200}) == "054843265c3bebe5"
     cfg = ml100k_with(tmp_path, "1\t10\t5\t300\n2\t10\t3\t100\n1\t20\t4\t200\n")
     new = cache_path(cfg, 0)
     assert new is not None
