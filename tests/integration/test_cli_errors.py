@@ -114,3 +114,18 @@ def test_help_and_cfg_job():
         timeout=120,
     )
     assert out.returncode == 0 and "_target_: recsys.models.mf.MF" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["eval", "engagement", "export", "segment"])
+def test_help_lists_only_what_the_command_reads(command):
+    """Hydra's help lists every config group of configs/; the other commands choose none of
+    recsys-train's (model, experiment, trainer, ...), so their help does not offer them."""
+    out = subprocess.run(
+        [sys.executable, "-m", f"recsys.cli.{command}", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and f"recsys-{command}:" in out.stdout
+    assert "experiment:" not in out.stdout and "hparams_search:" not in out.stdout
