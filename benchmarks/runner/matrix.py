@@ -156,7 +156,7 @@ def skip_reason(entry: dict[str, Any]) -> str | None:
 # -- one entry (child process) ------------------------------------------------------------------
 def run_entry(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one entry through recsys.training.train.train and measure it; runs in its own process."""
-    from recsys.training.runs import datamodule_from_config, load_checkpoint, module_from_checkpoint
+    from recsys.training.runs import open_run
     from recsys.training.train import train
 
     out = Path(spec["output_dir"])
@@ -200,12 +200,10 @@ def run_entry(spec: dict[str, Any]) -> dict[str, Any]:
         result["train_throughput"] = round(float(np.median(np.array(timer.samples) / ts)), 1)
 
     # standalone full-ranking pass over the test users of the best checkpoint
-    ckpt = load_checkpoint(Path(metrics["best_checkpoint"]))
-    module = module_from_checkpoint(ckpt)
+    run = open_run(metrics["best_checkpoint"])
+    module, dm = run.module, run.datamodule
     dev = torch.device("cuda" if cuda else "cpu")
     module.to(dev).eval()
-    dm = datamodule_from_config(ckpt["hyper_parameters"]["config"])
-    dm.configure_for(module.model, module.steps_per_call)
     result["n_params"] = sum(p.numel() for p in module.model.parameters())
     result["eval"] = measure_eval(module, dm, dev)
     result["peak_rss_mb"] = peak_rss_mb()

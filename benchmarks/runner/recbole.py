@@ -191,7 +191,7 @@ def compare(
     timeout: float | None = None,
 ) -> dict[str, Any]:
     """Run RecBole on ``entry``'s data and settings; ratios and metric differences vs ``ours``."""
-    from recsys.training.runs import datamodule_from_config, load_checkpoint
+    from recsys.training.runs import open_run
 
     rb = dict(entry["recbole"])
     rb_model = rb["model"]
@@ -201,9 +201,8 @@ def compare(
         py = Path(sys.executable)  # `pip install -e '.[compare]'`: RecBole in our environment
     if not py.exists():
         raise RuntimeError(f"no RecBole interpreter at {py} (run `make recbole-venv`)")
-    ckpt = load_checkpoint(ours["best_checkpoint"])
-    config = ckpt["hyper_parameters"]["config"]
-    dm = datamodule_from_config(config)
+    run = open_run(ours["best_checkpoint"])
+    config, dm = run.config, run.datamodule
     work = Path(ours["run_dir"]) / "recbole"
     name = "bench"
     sequential = rb_model in SEQUENTIAL

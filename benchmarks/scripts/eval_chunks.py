@@ -13,17 +13,14 @@ from pathlib import Path
 
 import torch
 
-from recsys.training.runs import datamodule_from_config, load_checkpoint, module_from_checkpoint
+from recsys.training.runs import open_run
 
-ckpt = load_checkpoint(Path(sys.argv[1]))
+path = Path(sys.argv[1])
 sizes = [int(x) for x in sys.argv[2].split(",")]
 repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 15
-module = module_from_checkpoint(ckpt).eval()
 for bs in sizes:
-    cfg = ckpt["hyper_parameters"]["config"]
-    cfg["eval"]["batch_size"] = bs
-    dm = datamodule_from_config(cfg)
-    dm.configure_for(module.model, module.steps_per_call)
+    run = open_run(path, eval_batch_size=bs)
+    module, dm = run.module.eval(), run.datamodule
     batches = list(dm.test_dataloader())
     best = float("inf")
     with torch.inference_mode():

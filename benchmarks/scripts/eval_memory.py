@@ -16,13 +16,11 @@ import torch
 
 from benchmarks.runner.machine import peak_rss_mb
 from benchmarks.runner.matrix import measure_eval
-from recsys.training.runs import datamodule_from_config, load_checkpoint, module_from_checkpoint
+from recsys.training.runs import open_run
 
-ckpt = load_checkpoint(Path(sys.argv[1]))
+run = open_run(Path(sys.argv[1]))
 repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-module = module_from_checkpoint(ckpt).eval()
-dm = datamodule_from_config(ckpt["hyper_parameters"]["config"])
-dm.configure_for(module.model, module.steps_per_call)
+module, dm = run.module.eval(), run.datamodule
 before = peak_rss_mb()
 t0 = time.perf_counter()
 result = measure_eval(module, dm, torch.device("cpu"), repeats=repeats)
