@@ -7,13 +7,14 @@
 validation) and the validation NDCG@10, which must not change between two versions of the code.
 To compare with an older commit C, run the same file against an export of it:
 
-    git archive C recsys configs | tar -x -C /tmp/before
-    git archive HEAD benchmarks | tar -x -C /tmp/before    # today's runner and this script
-    (cd /tmp/before && python -m benchmarks.scripts.bpr_epoch_cpu before)
+    git archive C recsys configs | tar -x -C <scratch>/before
+    git archive HEAD benchmarks | tar -x -C <scratch>/before    # today's runner and this script
+    (cd <scratch>/before && python -m benchmarks.scripts.bpr_epoch_cpu before)
 """
 
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ overrides = [
     "trainer.check_val_every_n_epoch=30",
     *sys.argv[2:],
 ]
-out = Path(f"/tmp/bpr_epoch_cpu_{label}")
+out = Path(tempfile.gettempdir()) / f"bpr_epoch_cpu_{label}"
 shutil.rmtree(out, ignore_errors=True)
 metrics = train(compose(overrides, out))
 timer = EpochTimer.last

@@ -5,10 +5,10 @@ of two numbers measured at different times is noisy. Here each pair runs the two
 back, one process at a time, and the ratio is taken within the pair:
 
     OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/path/to/datasets \
-      python -m benchmarks.runner --compare recbole --only bpr-ml-100k --out /tmp/bpr-bench \
-        --runs-dir /tmp/bpr-bench/runs
+      python -m benchmarks.runner --compare recbole --only bpr-ml-100k --out <scratch>/bpr-bench \
+        --runs-dir <scratch>/bpr-bench/runs
     OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/path/to/datasets \
-      python benchmarks/scripts/bpr_paired.py /tmp/bpr-bench/runs/bpr-ml-100k/recbole/spec.json 5
+      python benchmarks/scripts/bpr_paired.py <scratch>/bpr-bench/runs/bpr-ml-100k/recbole/spec.json 5
 
 The spec (written by the bench's RecBole side) holds RecBole's translation of the
 ``bpr-ml-100k`` entry and the path of the atomic files of its split. Each side trains 30 epochs:

@@ -8,11 +8,11 @@ own venv: ``python -m venv .venv-rectools && .venv-rectools/bin/pip install torc
 
     # 1. our split (the data of experiment=sasrec_ce_beauty), written once as arrays
     RECSYS_DATA_DIR=/path/to/datasets .venv/bin/python benchmarks/scripts/rectools_beauty.py \
-        export /tmp/rt/beauty_split.npz
+        export <scratch>/beauty_split.npz
     # 2. RecTools trains on the training part, one epoch at a time (fit_partial), and ranks every
     #    item for each validation user after each epoch (seen items filtered, as ours)
     OMP_NUM_THREADS=2 .venv-rectools/bin/python benchmarks/scripts/rectools_beauty.py \
-        run /tmp/rt/beauty_split.npz /tmp/rt/rectools.jsonl [epochs] [threads] [timed_epochs] [recipe]
+        run <scratch>/beauty_split.npz <scratch>/rectools.jsonl [epochs] [threads] [timed_epochs] [recipe]
 
 The first ``timed_epochs`` epochs (default all) run on ``threads`` threads (default 2), the
 rest on one thread, so that a long run to convergence can share the machine; the time to a

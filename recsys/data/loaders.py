@@ -329,8 +329,8 @@ class SeqLoader:
     and shuffles the order of the batches. ``bucket=1``: plain shuffled batches. Bucketing is
     not neutral: the loss is a mean over a batch's positions, so a batch of short windows gives
     each of its few positions more weight than a mixed batch would (on Amazon Beauty it makes
-    the published SASRec recipe peak lower and overfit sooner: benchmarks/sequential_beauty.md,
-    section 11). ``weight_positions`` (the default) undoes that: each batch carries
+    the published SASRec recipe peak lower and overfit sooner: benchmarks/sequential.md, "What
+    to know"). ``weight_positions`` (the default) undoes that: each batch carries
     ``loss_scale``, its trained positions over the epoch's mean per batch, which the model's
     loss multiplies its mean by (:class:`~recsys.models.seq_losses.SeqObjective`), so that the
     scaled mean losses weigh every position the same over an epoch, with buckets or without.

@@ -26,7 +26,7 @@ from recsys.models.seq_losses import SeqObjective
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 
 # Options removed from the family (variants that lost on validation, unused by every shipped
-# config: benchmarks/sequential_beauty.md), at the value that meant "off". Older checkpoints and
+# config: benchmarks/sequential.md, Changelog), at the value that meant "off". Older checkpoints and
 # artifacts carry them; build_model drops them at that value and refuses any other.
 RETIRED = {"null_attention": "none", "residual_norm": False, "init": "normal"}
 
