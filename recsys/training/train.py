@@ -135,7 +135,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module.fit_closed_form(dm.train_matrix())
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         trainer.strategy.connect(module)
-        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+        trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # as ModelCheckpoint
         shutil.copyfile(ckpt_dir / "last.ckpt", ckpt_dir / "best.ckpt")
         epochs = 0
     else:
