@@ -20,28 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.runner.matrix import EpochTimer, compose
+from benchmarks.scripts import bpr_ml100k
 from recsys.training.train import train
 
 label = sys.argv[1] if len(sys.argv) > 1 else "run"
-overrides = [
-    "model=mf",
-    "data=ml-100k",
-    "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false",
-    "~logger",
-    "data.download=false",
-    "seed=2020",
-    "eval.monitor='val/mrr@10'",
-    "callbacks.early_stopping.patience=10",
-    "data.split=random",
-    "data.batch_size=2048",
-    "trainer.max_epochs=30",
-    "model.init=xavier",
-    "eval.baseline=null",
-    "+callbacks.bench_timer._target_=benchmarks.runner.matrix.EpochTimer",
-    "trainer.check_val_every_n_epoch=30",
-    *sys.argv[2:],
-]
+overrides = [*bpr_ml100k.overrides(epochs=30, val_every=30), *sys.argv[2:]]
 out = Path(tempfile.gettempdir()) / f"bpr_epoch_cpu_{label}"
 shutil.rmtree(out, ignore_errors=True)
 metrics = train(compose(overrides, out))

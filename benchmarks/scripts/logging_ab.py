@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.runner.matrix import compose
+from benchmarks.scripts import bpr_ml100k
 from recsys.training.callbacks import EpochSummary
 from recsys.training.module import RecModule
 from recsys.training.train import train
@@ -44,22 +45,7 @@ def _log_stage(self, stage, means):
 RecModule._log_stage = _log_stage
 epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 60
 overrides = [
-    "model=mf",
-    "data=ml-100k",
-    "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false",
-    "logger=tensorboard",
-    "data.download=false",
-    "seed=2020",
-    "eval.monitor='val/mrr@10'",
-    "callbacks.early_stopping=null",
-    "data.split=random",
-    "data.batch_size=2048",
-    f"trainer.max_epochs={epochs}",
-    "model.init=xavier",
-    "eval.baseline=null",
-    "+callbacks.bench_timer._target_=benchmarks.runner.matrix.EpochTimer",
-    "trainer.check_val_every_n_epoch=1",
+    *bpr_ml100k.overrides(epochs, val_every=1, early_stopping=False, logger=True),
     "optim.steps_per_call=64",
 ]
 out = Path(tempfile.gettempdir()) / "logging_ab"

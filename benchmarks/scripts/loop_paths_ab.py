@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.runner.matrix import compose
+from benchmarks.scripts import bpr_ml100k
 from recsys.training.module import RecModule
 from recsys.training.train import train
 
@@ -47,22 +48,7 @@ def training_step(self, batch, batch_idx):
 RecModule.training_step = training_step
 epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 90
 overrides = [
-    "model=mf",
-    "data=ml-100k",
-    "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false",
-    "~logger",
-    "data.download=false",
-    "seed=2020",
-    "eval.monitor='val/mrr@10'",
-    "callbacks.early_stopping=null",
-    "data.split=random",
-    "data.batch_size=2048",
-    f"trainer.max_epochs={epochs}",
-    "model.init=xavier",
-    "eval.baseline=null",
-    "+callbacks.bench_timer._target_=benchmarks.runner.matrix.EpochTimer",
-    f"trainer.check_val_every_n_epoch={epochs}",
+    *bpr_ml100k.overrides(epochs, val_every=epochs, early_stopping=False),
     "optim.steps_per_call=64",
 ]
 out = Path(tempfile.gettempdir()) / "loop_paths_ab"
