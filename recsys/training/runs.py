@@ -88,6 +88,22 @@ def eval_settings(config: dict[str, Any]) -> dict[str, Any]:
     return {k: config["eval"][k] for k in EVAL_KEYS if k in config["eval"]}
 
 
+def module_for(config: dict[str, Any], dm: RecDataModule) -> RecModule:
+    """The run's :class:`RecModule` for the prepared ``dm`` (its sizes injected), with ``dm``
+    configured to serve the batches the model declares: what ``recsys-train`` builds."""
+    module = RecModule(
+        model=config["model"],
+        num_users=dm.n_users,
+        num_items=dm.n_items,
+        optim=config["optim"],
+        evaluation=eval_settings(config),
+        seed=config["seed"],
+        config=config,
+    )
+    dm.configure_for(module.model, module.steps_per_call)
+    return module
+
+
 @dataclass(frozen=True)
 class OpenedRun:
     """A trained run, reopened from its checkpoint (:func:`open_run`)."""

@@ -24,7 +24,6 @@ from omegaconf import DictConfig, OmegaConf
 from recsys.errors import CheckpointError
 from recsys.files import write_json
 from recsys.training.manifest import end_manifest, split_fingerprint, start_manifest
-from recsys.training.module import RecModule
 from recsys.training.results import (
     baseline,
     format_table,
@@ -35,9 +34,9 @@ from recsys.training.results import (
 from recsys.training.runs import (
     EVAL_KEYS,
     datamodule_from_config,
-    eval_settings,
     evaluate,
     load_checkpoint,
+    module_for,
     module_from_checkpoint,
     tidy_console,
     validate_config,
@@ -109,16 +108,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(config["seed"], workers=True, verbose=False)
     dm = datamodule_from_config(config)
     dm.setup()
-    module = RecModule(
-        model=config["model"],
-        num_users=dm.n_users,
-        num_items=dm.n_items,
-        optim=config["optim"],
-        evaluation=eval_settings(config),
-        seed=config["seed"],
-        config=config,
-    )
-    dm.configure_for(module.model, module.steps_per_call)
+    module = module_for(config, dm)
     log.info("data %s: %s", config["data"].get("name"), dm.summary())
     trainer = build_trainer(config, run_dir)
     ckpt_dir = run_dir / "checkpoints"

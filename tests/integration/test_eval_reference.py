@@ -34,8 +34,7 @@ from omegaconf import OmegaConf
 
 from recsys.data.batches import UserBatch
 from recsys.training.module import RecModule
-from recsys.training.runs import datamodule_from_config, evaluate
-from recsys.training.train import EVAL_KEYS
+from recsys.training.runs import datamodule_from_config, evaluate, module_for
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config
 
 TOPK = [10, 20]
@@ -82,20 +81,8 @@ def build(model: str, split: str, tmp_path) -> tuple:
 
 def make_module(config: dict, dm, mask_seen: bool) -> RecModule:
     """The run's module (``eval.mask_seen`` set as given), seeded as ``recsys-train`` seeds it."""
-    evaluation = {k: config["eval"][k] for k in EVAL_KEYS if k in config["eval"]}
-    evaluation["mask_seen"] = mask_seen
     pl.seed_everything(config["seed"], verbose=False)
-    module = RecModule(
-        model=config["model"],
-        num_users=dm.n_users,
-        num_items=dm.n_items,
-        optim=config["optim"],
-        evaluation=evaluation,
-        seed=config["seed"],
-        config=config,
-    )
-    dm.configure_for(module.model, module.steps_per_call)
-    return module
+    return module_for({**config, "eval": {**config["eval"], "mask_seen": mask_seen}}, dm)
 
 
 def run_production(module: RecModule, dm, stage: str) -> tuple:

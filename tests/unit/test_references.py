@@ -18,8 +18,7 @@ from omegaconf import OmegaConf
 from recsys.data.batches import PairBatch
 from recsys.models.seq_losses import next_item_loss, sequence_loss
 from recsys.serving.artifact import pseudonym
-from recsys.training.module import RecModule
-from recsys.training.runs import datamodule_from_config
+from recsys.training.runs import datamodule_from_config, module_for
 from tests.conftest import TINY_DATA, compose_config
 
 # -- pseudonyms: HMAC-SHA256 of str(user) under the key, full hex digest ------------------------
@@ -177,15 +176,7 @@ def _pair_datamodule(tmp_path, num_negatives: int, batch_size: int):
     config = OmegaConf.to_container(cfg, resolve=True)
     dm = datamodule_from_config(config)
     dm.setup()
-    module = RecModule(
-        model=config["model"],
-        num_users=dm.n_users,
-        num_items=dm.n_items,
-        optim=config["optim"],
-        seed=config["seed"],
-        config=config,
-    )
-    dm.configure_for(module.model, module.steps_per_call)
+    module_for(config, dm)
     return dm
 
 
