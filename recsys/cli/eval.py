@@ -26,6 +26,8 @@ def main(cfg: DictConfig) -> None:
         cfg.accelerator,
         cfg.batch_size,
         OmegaConf.to_container(cfg.groups, resolve=True) if cfg.get("groups") else None,
+        trust=list(cfg.trust),
+        allow_unfinished=bool(cfg.allow_unfinished),
     )
     print(f"\n{format_table({'val': metrics['val'], 'test': metrics['test']})}\n")
     for name, table in metrics.get("test_by_group", {}).items():

@@ -34,6 +34,8 @@ def _main(cfg) -> None:
         onnx=bool(c.get("onnx", True)),
         pseudonymize_users=bool(c.get("pseudonymize_users", False)),
         pseudonym_key_env=str(c.get("pseudonym_key_env") or "RECSYS_PSEUDONYM_KEY"),
+        trust=c.get("trust") or [],
+        allow_unfinished=bool(c.get("allow_unfinished")),
     )
     meta = read_manifest(path, verify=False)
     s = meta["scorer"]

@@ -31,6 +31,8 @@ def main(cfg: DictConfig) -> None:
         out=c.get("out"),
         data_root=c.get("data_root"),
         plot=bool(c.get("plot", True)),
+        trust=c.get("trust") or [],
+        allow_unfinished=bool(c.get("allow_unfinished")),
     )
     print(f"{result['k']} segments of {result['n_users']} users ({result['features']} features)")
     for s in result["segments"]:

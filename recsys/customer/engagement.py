@@ -509,13 +509,21 @@ def fit_evaluate(
     }
 
 
-def frozen_representation(run_dir: str, inter: Interactions) -> tuple[np.ndarray, float, list[str]]:
+def frozen_representation(
+    run_dir: str,
+    inter: Interactions,
+    trust: list[str] | None = None,
+    allow_unfinished: bool = False,
+) -> tuple[np.ndarray, float, list[str]]:
     """A trained run's ``user_representation`` of ``inter``'s users (matched by external id;
-    zeros for users the run does not know), and the latest event time the run trained on."""
+    zeros for users the run does not know), and the latest event time the run trained on.
+    ``trust`` and ``allow_unfinished``: as :func:`~recsys.training.runs.open_run`."""
     from recsys.customer.segments import representation
     from recsys.training.runs import open_run
 
-    opened = open_run(run_dir, key="representation_run")
+    opened = open_run(
+        run_dir, key="representation_run", trust=trust, allow_unfinished=allow_unfinished
+    )
     model, split = opened.module.model, opened.datamodule.data
     seen = split.train  # the model's parameters were fitted on the training part
     if seen.time is None:
@@ -548,7 +556,12 @@ def run(cfg) -> dict[str, Any]:
     rows_in_time_order = bool(data_cfg.get("rows_in_time_order"))
     check_clock(inter, str(data_cfg.get("name")), mode, rows_in_time_order)
     extra = (
-        frozen_representation(task["representation_run"], inter)
+        frozen_representation(
+            task["representation_run"],
+            inter,
+            task.get("trust") or [],
+            bool(task.get("allow_unfinished")),
+        )
         if task.get("representation_run")
         else None
     )

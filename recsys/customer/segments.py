@@ -45,6 +45,7 @@ from recsys.data.interactions import Interactions, event_index, has_clock
 from recsys.errors import CheckpointError, ConfigError
 from recsys.files import write_json
 from recsys.models.base import Recommender
+from recsys.trust import Trust, check
 
 log = logging.getLogger("recsys")
 DAY = 86_400.0
@@ -208,9 +209,16 @@ def _quantiles(x: np.ndarray) -> dict[str, float]:
 
 
 # -- run ----------------------------------------------------------------------------------------
-def _load(run: str | None, artifact: str | None, data_root: str | None):
+def _load(
+    run: str | None,
+    artifact: str | None,
+    data_root: str | None,
+    trust: list[str] | None = None,
+    allow_unfinished: bool = False,
+):
     """(model, data config, prepared split, run dir or None, artifact dir or None) of a run or
-    an artifact."""
+    an artifact. What its files may name for construction: recsys' own classes and ``trust``
+    (:mod:`recsys.trust`)."""
     from recsys.data.pipeline import prepare
     from recsys.training.runs import open_run
 
@@ -224,12 +232,14 @@ def _load(run: str | None, artifact: str | None, data_root: str | None):
             raise CheckpointError(
                 f"run={run_dir}: no checkpoints/best.ckpt (is it a recsys-train run directory?)"
             )
-        opened = open_run(run_dir, data_root=data_root, key="run")
+        opened = open_run(
+            run_dir, data_root=data_root, key="run", trust=trust, allow_unfinished=allow_unfinished
+        )
         data_cfg = opened.config["data"]
         return opened.module.model, data_cfg, opened.datamodule.data, run_dir, None
     from recsys.serving.artifact import load
 
-    rec = load(str(artifact), backend="eager")
+    rec = load(str(artifact), backend="eager", trust=trust)
     import yaml
 
     config = yaml.safe_load((Path(str(artifact)) / "config.yaml").read_text())
@@ -238,9 +248,11 @@ def _load(run: str | None, artifact: str | None, data_root: str | None):
         raise ConfigError(
             f"artifact={artifact}: its user ids are pseudonymized; segment the run instead (run=...)"
         )
-    if "data" not in config:
-        raise CheckpointError("the run does not record its data config")
+    if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
+        raise CheckpointError(f"{artifact}/config.yaml: no data config")
     data_cfg = dict(config["data"])
+    allowed = Trust.for_file(Path(str(artifact)) / "config.yaml", trust)
+    check(data_cfg.get("source"), "source", "data.source", allowed)
     if data_root is not None:
         data_cfg["root"] = data_root
     split = prepare(data_cfg, int(config.get("seed", 0)))
@@ -264,13 +276,18 @@ def segment(
     out: str | None = None,
     data_root: str | None = None,
     plot: bool = True,
+    trust: list[str] | None = None,
+    allow_unfinished: bool = False,
 ) -> dict[str, Any]:
-    """Segment the users of a run (see the module docstring); returns the ``segments.json`` dict."""
+    """Segment the users of a run (see the module docstring); returns the ``segments.json`` dict.
+    ``trust`` and ``allow_unfinished``: as :func:`~recsys.training.runs.open_run`."""
     if features not in FEATURES:
         raise ConfigError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
     if k is not None and (not isinstance(k, int) or k < 2):
         raise ConfigError(f"k must be null or an integer >= 2, got {k!r}")
-    model, data_cfg, split, run_dir, art_dir = _load(run, artifact, data_root)
+    model, data_cfg, split, run_dir, art_dir = _load(
+        run, artifact, data_root, trust, allow_unfinished
+    )
     history = split.test_input if split.test_input is not None else split.train.concat(split.val)
     event_clock = bool(data_cfg.get("rows_in_time_order"))
     rfm, rfm_names, raw = rfm_features(history, event_clock=event_clock)

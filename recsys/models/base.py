@@ -49,7 +49,6 @@ metrics and logging, and never branches on which model it holds.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -58,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from recsys.errors import ConfigError
+from recsys.trust import Trust, resolve
 
 TRAIN_BATCHES = ("pairs", "users", "sequences", None)
 # each declared ability and the method that provides it
@@ -158,16 +158,14 @@ def require(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"model.{key} must be {expected}, got {value!r}")
 
 
-def import_target(path: str) -> Any:
-    module, _, name = str(path).rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        raise ConfigError(f"model._target_: cannot import {path!r}") from None
-
-
-def build_model(cfg: Mapping[str, Any], num_users: int, num_items: int) -> Recommender:
+def build_model(
+    cfg: Mapping[str, Any], num_users: int, num_items: int, trust: Trust | None = None
+) -> Recommender:
     """Construct the model named by ``cfg["_target_"]`` with the dataset sizes injected.
+
+    ``trust``: ``cfg`` was read from a file being loaded (a checkpoint, an artifact), whose
+    ``_target_`` may name only recsys' own models or packages the user trusts
+    (:mod:`recsys.trust`); None for the user's own config.
 
     Keys are checked against the constructor's parameters (and, for a ``**settings``
     constructor, the fields of its ``settings_class``) first, so a misspelt hyper-parameter is
@@ -177,7 +175,7 @@ def build_model(cfg: Mapping[str, Any], num_users: int, num_items: int) -> Recom
     if "_target_" not in cfg:
         raise ConfigError("model._target_ is missing: the model config must name its class")
     target = cfg["_target_"]
-    cls = import_target(target)
+    cls = resolve(target, "model", "model._target_", trust)
     if not (isinstance(cls, type) and issubclass(cls, Recommender)):
         raise ConfigError(f"model._target_: {target} is not a recsys.models.base.Recommender")
     kwargs = {k: v for k, v in cfg.items() if k != "_target_"}

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from recsys.errors import CheckpointError, RecsysError
+from recsys.trust import Trust
 
 FORMAT = "recsys-artifact"
 VERSION = 1
@@ -245,10 +246,19 @@ class LoadedRecommender(_SimilarItems):
     (TorchScript when the artifact has it, else eager).
     """
 
-    def __init__(self, directory: str | Path, backend: str = "auto", verify: bool = True):
+    def __init__(
+        self,
+        directory: str | Path,
+        backend: str = "auto",
+        verify: bool = True,
+        trust: Iterable[str] | str | None = None,
+    ):
         import torch
 
         self.dir = Path(directory)
+        # what artifact.json may name for construction (recsys.trust): recsys' own models and
+        # the packages the caller names (plus $RECSYS_TRUSTED_PACKAGES), never its own choice
+        self.trust = Trust.for_file(self.dir / MANIFEST, trust)
         self.meta = read_manifest(self.dir, verify=verify)
         ids = _npz(self.dir / "ids.npz")
         self.user_ids, self.item_ids = ids["user_ids"], ids["item_ids"]
@@ -304,7 +314,7 @@ class LoadedRecommender(_SimilarItems):
         from recsys.models.base import build_model
 
         torch = self._torch
-        model = build_model(self.meta["model"], self.num_users, self.num_items)
+        model = build_model(self.meta["model"], self.num_users, self.num_items, self.trust)
         path = self.dir / "weights.pt"
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -467,10 +477,12 @@ def _check_fallback(fallback: str | None) -> None:
         raise RecsysError(f"fallback must be None or 'popular', got {fallback!r}")
 
 
-def load(directory: str | Path, backend: str = "auto") -> LoadedRecommender:
+def load(
+    directory: str | Path, backend: str = "auto", trust: Iterable[str] | str | None = None
+) -> LoadedRecommender:
     """Load an artifact written by ``recsys-export`` (checksums verified).
 
     >>> rec = recsys.load("artifacts/mf")                       # doctest: +SKIP
     >>> rec.recommend(users=[42], k=10)[0]["items"]              # doctest: +SKIP
     """
-    return LoadedRecommender(directory, backend=backend)
+    return LoadedRecommender(directory, backend=backend, trust=trust)

@@ -202,12 +202,15 @@ def export(
     onnx: bool = True,
     pseudonymize_users: bool = False,
     pseudonym_key_env: str = "RECSYS_PSEUDONYM_KEY",
+    trust: list[str] | None = None,
+    allow_unfinished: bool = False,
 ) -> Path:
     """Write the artifact of ``ckpt_path`` (a checkpoint, or a run directory: its best
-    checkpoint) to ``out`` and return ``out``."""
+    checkpoint) to ``out`` and return ``out``. ``trust`` and ``allow_unfinished``: as
+    :func:`~recsys.training.runs.open_run`."""
     from recsys.training.runs import open_run
 
-    run = open_run(ckpt_path, data_root=data_root)
+    run = open_run(ckpt_path, data_root=data_root, trust=trust, allow_unfinished=allow_unfinished)
     model = run.module.model.eval().cpu()
     return export_model(
         model,

@@ -24,13 +24,22 @@ def evaluate_checkpoint(
     accelerator: str = "auto",
     batch_size: int | None = None,
     groups: dict[str, Any] | None = None,
+    trust: list[str] | None = None,
+    allow_unfinished: bool = False,
 ) -> dict[str, Any]:
     """Validation and test metrics of a checkpoint (or of a run directory's best checkpoint);
     written to ``out_dir/metrics.json``.
 
     ``groups`` overrides the run's ``eval.groups`` key by key (null values keep the run's); the
-    per-group test metrics go to ``test_by_group``."""
-    run = open_run(ckpt_path, data_root=data_root, eval_batch_size=batch_size)
+    per-group test metrics go to ``test_by_group``. ``trust`` and ``allow_unfinished``: as
+    :func:`~recsys.training.runs.open_run`."""
+    run = open_run(
+        ckpt_path,
+        data_root=data_root,
+        eval_batch_size=batch_size,
+        trust=trust,
+        allow_unfinished=allow_unfinished,
+    )
     module, dm = run.module, run.datamodule
     val, _ = evaluate(module, dm, "val", accelerator)
     t0 = time.perf_counter()

@@ -9,6 +9,8 @@ code when it is a git checkout, package versions, device, seed, and start and en
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import platform
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from recsys.errors import CheckpointError
 from recsys.files import write_json
 
 PACKAGES = (
@@ -104,6 +107,7 @@ def start_manifest(
         "versions": package_versions(),
         "device": device,
         "host": platform.node(),
+        "pid": os.getpid(),
         "argv": sys.argv,
         "start_time": _now(),
         "end_time": None,
@@ -117,3 +121,47 @@ def end_manifest(run_dir: Path, manifest: dict[str, Any], **extra: Any) -> None:
     """Record the end time (and e.g. the TensorBoard directory) of a finished run."""
     manifest.update(extra, end_time=_now(), status="finished")
     write_json(Path(run_dir) / "manifest.json", manifest)
+
+
+def _process_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def run_state(run_dir: Path) -> tuple[str, str] | None:
+    """``(status, why)`` of the run in ``run_dir`` from its ``manifest.json``, or None when it
+    has none (a checkpoint from elsewhere). A ``running`` run whose process on this host is gone
+    was killed: its status is reported as ``killed``."""
+    path = Path(run_dir) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        status = str(manifest["status"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{path}: not a readable manifest.json") from None
+    why = str(manifest.get("reason") or "")
+    if status == "running" and manifest.get("host") == platform.node():
+        if not _process_alive(manifest.get("pid")):
+            return "killed", f"its process {manifest.get('pid')} ended without recording an end"
+    return status, why
+
+
+def require_finished(run_dir: Path, key: str, allow_unfinished: bool = False) -> None:
+    """Refuse (one line naming ``key``) a run whose manifest does not say ``finished``: its
+    checkpoint is whatever the last epoch before the end left. ``allow_unfinished`` takes it
+    anyway, with a notice on stderr. A run directory without a manifest is not checked."""
+    state = run_state(run_dir)
+    if state is None or state[0] == "finished":
+        return
+    status, why = state
+    what = f"run {run_dir} is {status}" + (f" ({why})" if why else "")
+    if not allow_unfinished:
+        raise CheckpointError(
+            f"{key}: {what}; its checkpoint is not a finished run's "
+            "(set allow_unfinished=true to use it anyway)"
+        )
+    print(f"warning: {what}; using its checkpoint (allow_unfinished=true)", file=sys.stderr)

@@ -11,7 +11,6 @@ Its hyper-parameters are plain values (dicts, lists, numbers, strings), so check
 
 from __future__ import annotations
 
-import importlib
 import logging
 import warnings
 from collections import defaultdict
@@ -24,12 +23,13 @@ from pytorch_lightning.plugins.precision import Precision
 from torch import Tensor
 
 from recsys.data.batches import EvalBatch
-from recsys.errors import ConfigError
+from recsys.errors import CheckpointError, ConfigError
 from recsys.metrics.beyond import average_popularity, list_metrics
 from recsys.metrics.ranking import METRICS, ranked_hits, ranking_metrics, topk_hits
 from recsys.metrics.rating import RATING_METRICS, error_sums, per_row, pooled
 from recsys.models.base import build_model
 from recsys.training.callbacks import EpochSummary
+from recsys.trust import Trust, resolve
 
 log = logging.getLogger("recsys")
 # RecModule moves its own batch dataclasses (transfer_batch_to_device below); Lightning warns
@@ -109,6 +109,7 @@ class RecModule(pl.LightningModule):
         evaluation: dict[str, Any] | None = None,
         seed: int = 0,
         config: dict[str, Any] | None = None,
+        trust: Trust | None = None,
     ):
         """
         Args:
@@ -118,10 +119,14 @@ class RecModule(pl.LightningModule):
             evaluation: ``topk``, ``metrics``, ``mask_seen``.
             seed: seeds the model's per-epoch randomness (dropout, in-model sampling).
             config: the whole resolved run config, stored so a checkpoint describes its run.
+            trust: the model and optimizer configs come from a file being loaded (a
+                checkpoint): they may name only recsys' own classes or packages the user trusts
+                (:mod:`recsys.trust`); None for the user's own config. Not stored.
         """
         super().__init__()
-        self.save_hyperparameters()
-        self.model = build_model(model, num_users, num_items)
+        self.save_hyperparameters(ignore=["trust"])
+        self.trust = trust
+        self.model = build_model(model, num_users, num_items, trust)
         self.optim_cfg = {**OPTIM_DEFAULTS, **(optim or {})}
         # optim.steps_per_call = K > 1: each Lightning training step receives K consecutive
         # batches and runs their K optimizer steps itself (manual optimization). The updates are
@@ -252,11 +257,13 @@ class RecModule(pl.LightningModule):
             return None
         cfg = dict(self.optim_cfg)
         target = cfg.pop("_target_")
-        module, _, name = target.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError, ValueError):
-            raise ConfigError(f"optim._target_: cannot import {target!r}") from None
+        cls = resolve(target, "optim", "optim._target_", self.trust)
+        if self.trust is not None and not (
+            isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)
+        ):
+            raise CheckpointError(
+                f"{self.trust.origin}: optim._target_={target!r} is not an optimizer class"
+            )
         if float(cfg.get("lr", 1.0)) <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {cfg.get('lr')}")
         return cls(params, **cfg)

@@ -1,10 +1,11 @@
-"""What the commands share: config checks, reopening a run (:func:`open_run`), evaluation."""
+"""What the commands share: loading checkpoints, reopening a run (:func:`open_run`), evaluation."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import warnings
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,38 +16,14 @@ import torch
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from recsys.data.datamodule import RecDataModule
-from recsys.errors import CheckpointError, ConfigError
-from recsys.training.module import RecModule, validate_eval
+from recsys.errors import CheckpointError
+from recsys.training.manifest import require_finished
+from recsys.training.module import RecModule
+from recsys.trust import Trust, check
 
 log = logging.getLogger("recsys")
 # evaluation settings RecModule receives (the rest of eval: selection, batching, baseline, groups)
 EVAL_KEYS = ("topk", "metrics", "mask_seen", "task", "rating_clip", "popularity_bias", "sampled")
-
-
-def validate_config(config: dict[str, Any]) -> None:
-    """Refuse invalid values that can be checked before any data is loaded."""
-    if not isinstance(config.get("seed"), int):
-        raise ConfigError(f"seed must be an integer, got {config.get('seed')!r}")
-    eval_bs = config["eval"].get("batch_size")  # null: the model's own chunk
-    for key, value in (
-        ("data.batch_size", config["data"].get("batch_size", 1)),
-        ("eval.batch_size", 1 if eval_bs is None else eval_bs),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-    max_epochs = config.get("trainer", {}).get("max_epochs", 1)
-    if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs < 1):
-        raise ConfigError(f"trainer.max_epochs must be a positive integer, got {max_epochs!r}")
-    validate_eval(config["eval"])
-    k = (config.get("optim") or {}).get("steps_per_call", 1)
-    trainer = config.get("trainer") or {}
-    if k != 1:  # RecModule runs the optimizer steps itself: Lightning's automatic parts are off
-        for key, off in (("gradient_clip_val", None), ("accumulate_grad_batches", 1)):
-            if trainer.get(key, off) not in (off, 0):
-                raise ConfigError(
-                    f"optim.steps_per_call={k!r} cannot be combined with trainer.{key}="
-                    f"{trainer[key]!r} (set optim.steps_per_call=1)"
-                )
 
 
 def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
@@ -62,12 +39,52 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hp, dict) or "state_dict" not in ckpt or "model" not in hp:
         raise CheckpointError(f"{key}: {p} is not a recsys checkpoint (no model hyper-parameters)")
+    _check_hyper_parameters(hp, f"{key}: {p}")
     return ckpt
 
 
-def module_from_checkpoint(ckpt: dict[str, Any], key: str = "ckpt_path") -> RecModule:
+# a checkpoint from elsewhere: recsys' own classes and $RECSYS_TRUSTED_PACKAGES
+CHECKPOINT = Trust("checkpoint")
+# RecModule's stored arguments and the type each must have in a checkpoint
+_HP_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (dict,),
+    "num_users": (int,),
+    "num_items": (int,),
+    "optim": (dict, type(None)),
+    "evaluation": (dict, type(None)),
+    "seed": (int,),
+    "config": (dict, type(None)),
+}
+
+
+def _check_hyper_parameters(hp: dict[str, Any], where: str) -> None:
+    """Refuse, by name, hyper-parameters RecModule does not take or of the wrong type."""
+    unknown = sorted(str(k) for k in hp if k not in _HP_TYPES)
+    if unknown:
+        raise CheckpointError(f"{where}: unknown hyper-parameter(s) {', '.join(unknown)}")
+    for name, types in _HP_TYPES.items():
+        value = hp.get(name)
+        if name in ("model", "num_users", "num_items") and value is None:
+            raise CheckpointError(f"{where}: hyper-parameter {name} is missing")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            raise CheckpointError(
+                f"{where}: hyper-parameter {name} must be {types[0].__name__}, "
+                f"got {type(value).__name__}"
+            )
+    if hp["num_users"] < 1 or hp["num_items"] < 1:
+        raise CheckpointError(f"{where}: num_users and num_items must be positive")
+
+
+def module_from_checkpoint(
+    ckpt: dict[str, Any], key: str = "ckpt_path", trust: Trust | None = CHECKPOINT
+) -> RecModule:
+    """The :class:`RecModule` of a checkpoint from :func:`load_checkpoint`, weights loaded.
+
+    ``trust``: what its model and optimizer configs may name (:mod:`recsys.trust`): by default
+    recsys' own classes and the packages in ``$RECSYS_TRUSTED_PACKAGES``; None (anything
+    importable) only for a checkpoint this process wrote from the user's own config."""
     hp = dict(ckpt["hyper_parameters"])
-    module = RecModule(**hp)
+    module = RecModule(**hp, trust=trust)
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
@@ -119,6 +136,8 @@ def open_run(
     data_root: str | None = None,
     eval_batch_size: int | None = None,
     key: str = "ckpt_path",
+    allow_unfinished: bool = False,
+    trust: Iterable[str] | str | None = None,
 ) -> OpenedRun:
     """Reopen a run: its checkpoint (``path`` itself, or ``<path>/checkpoints/best.ckpt`` for a
     run directory), the module with its weights, and the data rebuilt from the stored config
@@ -134,11 +153,15 @@ def open_run(
             raise CheckpointError(
                 f"{key}={path}: no checkpoints/best.ckpt (is it a recsys-train run directory?)"
             )
+    if p.resolve().parent.name == "checkpoints":
+        require_finished(p.resolve().parent.parent, key, allow_unfinished)
     ckpt = load_checkpoint(p, key)
-    module = module_from_checkpoint(ckpt, key)
+    allowed = Trust.for_file(p, trust)
     config = copy.deepcopy(ckpt["hyper_parameters"].get("config"))
-    if not isinstance(config, dict) or not config.get("data"):
+    if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
         raise CheckpointError(f"{key}: {p} does not record the data config of its run")
+    check(config["data"].get("source"), "source", "data.source", allowed)
+    module = module_from_checkpoint(ckpt, key, allowed)
     if data_root:
         config["data"]["root"] = data_root
     config.setdefault("eval", {})

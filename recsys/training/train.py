@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys.errors import CheckpointError
 from recsys.files import write_json
+from recsys.training.checks import validate_config
 from recsys.training.manifest import end_manifest, split_fingerprint, start_manifest
 from recsys.training.results import (
     baseline,
@@ -39,7 +40,6 @@ from recsys.training.runs import (
     module_for,
     module_from_checkpoint,
     tidy_console,
-    validate_config,
 )
 from recsys.training.sweep import log_hparams, run_name, sweep_dir, task_overrides
 
@@ -136,7 +136,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return {}
 
     best = ckpt_dir / "best.ckpt"
-    best_module = module_from_checkpoint(load_checkpoint(best, "best checkpoint"))
+    best_module = module_from_checkpoint(load_checkpoint(best, "best checkpoint"), trust=None)
     accelerator = config["trainer"].get("accelerator", "auto")
     val, _ = evaluate(best_module, dm, "val", accelerator)
     t1 = time.perf_counter()
