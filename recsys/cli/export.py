@@ -1,6 +1,8 @@
 """``recsys-export``: turn a trained run into a self-contained artifact.
 
 recsys-export run=outputs/<date>/<time>            # or ckpt_path=<checkpoint>
+
+With ``$RECSYS_ARTIFACT_KEY`` set, the artifact is signed (HMAC-SHA256); the last line says so.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recsys.errors import ConfigError
-from recsys.serving.artifact import read_manifest
+from recsys.serving.artifact import KEY_ENV, VERIFIED, read_artifact
 from recsys.serving.export import export
 
 
@@ -37,7 +39,7 @@ def _main(cfg) -> None:
         trust=c.get("trust") or [],
         allow_unfinished=bool(c.get("allow_unfinished")),
     )
-    meta = read_manifest(path, verify=False)
+    meta, signature = read_artifact(path, verify=False)
     s = meta["scorer"]
     print(f"artifact: {path}")
     print(
@@ -48,6 +50,10 @@ def _main(cfg) -> None:
     print(
         f"  embeddings: {', '.join(meta['embeddings']) or 'none'}  history input: {meta['supports_history']}"
     )
+    if signature == VERIFIED:
+        print(f"  signature: signed (HMAC-SHA256, key from {KEY_ENV})")
+    else:
+        print(f"  signature: none, unsigned (set {KEY_ENV} to sign; checksums and digest only)")
 
 
 def main() -> None:

@@ -6,19 +6,33 @@
     recsys-recommend artifacts/mf --user 999999 --fallback popular
     recsys-recommend artifacts/mf --similar 50 -k 10      # "goes well with", with titles
 
-``--input`` is a CSV with a ``user`` column (or one id per line without a header); ``--output``
-gets one row per recommendation: ``user,rank,item,score``. Unknown ids are an error (exit 2)
-unless ``--fallback popular`` answers them with the most popular items. Imports neither Hydra nor
-Lightning.
+``--input`` is a UTF-8 CSV with a ``user`` column (or one id per line without a header);
+``--output`` gets one row per recommendation: ``user,rank,item,score``, written atomically.
+Unknown ids are an error unless ``--fallback popular`` answers them with the most popular items.
+Every bad input is one line on stderr and exit status 2. A line on stderr says whether the
+artifact's signature was verified (``$RECSYS_ARTIFACT_KEY``). The default backend runs no code
+from the artifact; ``--backend torchscript`` runs its TorchScript scorer (code stored in the
+file): only for artifacts you trust. Imports neither Hydra nor Lightning.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
+from recsys.cli import EXIT_USER_ERROR
 from recsys.errors import RecsysError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: <what>`` and exit status 2, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
 
 
 def _print(rec: dict, label: str) -> None:
@@ -38,7 +52,7 @@ def _print_similar(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="recsys-recommend", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="recsys-recommend", description=__doc__.split("\n\n")[0])
     parser.add_argument("artifact", help="artifact directory written by recsys-export")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--user", action="append", help="external user id (repeatable)")
@@ -63,8 +77,15 @@ def main(argv: list[str] | None = None) -> None:
         "--fallback", choices=["popular"], help="answer unknown ids with the most popular items"
     )
     parser.add_argument(
-        "--backend", default="auto", choices=["auto", "torchscript", "onnx", "eager"]
-    )
+        "--backend", default="auto", choices=["auto", "eager", "onnx", "torchscript"],
+        help="auto (= eager): rebuild the model, run no code from the artifact; onnx; "
+        "torchscript: runs code stored in the artifact, only for artifacts you trust",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trust", action="append", default=[], metavar="PKG",
+        help="a package (besides recsys) whose model classes the artifact may name (repeatable "
+        "or comma-separated; also $RECSYS_TRUSTED_PACKAGES)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=1024, help="users per batch with --input")
     parser.add_argument(
         "--method", default="auto", choices=["auto", "embedding", "cooccurrence"],
@@ -74,44 +95,65 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     try:
-        from recsys.serving import batch
-        from recsys.serving.artifact import load
-
-        if args.k < 1:
-            raise RecsysError(f"-k must be a positive integer, got {args.k}")
-        rec = load(args.artifact, backend=args.backend)
-        if args.similar is not None:
-            items = batch.parse_ids(args.similar, "--similar")
-            similar = batch.similar_with_titles(rec, items, args.k, args.method, args.data_root)
-            if args.output:
-                batch.write_similar(similar, args.output)
-                print(f"wrote similar items of {len(similar)} item(s) to {args.output}")
-            else:
-                _print_similar(similar)
-            return
-        exclude = not args.include_seen
-        if args.items is not None:
-            history = batch.parse_ids(args.items, "--items")
-            out = [
-                {
-                    "user": "",
-                    **rec.recommend_history(
-                        history, k=args.k, exclude_seen=exclude, fallback=args.fallback
-                    ),
-                }
-            ]
-        else:
-            users = args.user if args.user else batch.read_users(args.input)
-            out = batch.recommend_users(rec, users, args.k, exclude, args.fallback, args.batch_size)
-        if args.output:
-            n = batch.write_recommendations(out, args.output)
-            print(f"wrote {n} recommendations for {len(out)} row(s) to {args.output}")
-        else:
-            for r in out:
-                _print(r, f"user {r['user']}" if args.items is None else f"history {args.items}")
+        _run(args)
     except RecsysError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(e))
+    except OSError as e:  # a file that vanished or cannot be read mid-way
+        if isinstance(e, BrokenPipeError):  # `recsys-recommend ... | head`: the reader left
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        where = f"{e.filename}: " if e.filename else ""
+        _fail(f"{where}{e.strerror or e}")
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from recsys.serving import batch
+    from recsys.serving.artifact import load, signature_note
+
+    if args.k < 1:
+        raise RecsysError(f"-k must be a positive integer, got {args.k}")
+    if args.batch_size < 1:
+        raise RecsysError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.output is not None:
+        batch.check_output(args.output)
+    users = batch.read_users(args.input) if args.input is not None else args.user
+    trust = [p for t in args.trust for p in t.split(",")]
+    rec = load(args.artifact, backend=args.backend, trust=trust)
+    print(f"artifact {args.artifact}: {signature_note(rec.signature)}", file=sys.stderr)
+    if args.similar is not None:
+        items = batch.parse_ids(args.similar, "--similar")
+        similar = batch.similar_with_titles(rec, items, args.k, args.method, args.data_root)
+        if args.output:
+            batch.write_similar(similar, args.output)
+            print(f"wrote similar items of {len(similar)} item(s) to {args.output}")
+        else:
+            _print_similar(similar)
+        return
+    exclude = not args.include_seen
+    if args.items is not None:
+        history = batch.parse_ids(args.items, "--items")
+        out = [
+            {
+                "user": "",
+                **rec.recommend_history(
+                    history, k=args.k, exclude_seen=exclude, fallback=args.fallback
+                ),
+            }
+        ]
+    else:
+        out = batch.recommend_users(rec, users, args.k, exclude, args.fallback, args.batch_size)
+    if args.output:
+        n = batch.write_recommendations(out, args.output)
+        print(f"wrote {n} recommendations for {len(out)} row(s) to {args.output}")
+    else:
+        for r in out:
+            _print(r, f"user {r['user']}" if args.items is None else f"history {args.items}")
+        sys.stdout.flush()  # a closed pipe shows here, inside the error handling
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
-"""Exported artifacts: the file layout, and :func:`load`, the serving-side loader.
+"""Exported artifacts: the file layout, its digest and signature, and :func:`load`.
 
-An artifact directory (written by ``recsys-export``) holds:
+An artifact directory (written by ``recsys-export``, format version 2) holds:
 
-- ``artifact.json`` — format version, model config and sizes, scorer shapes, and the SHA-256 and
-  size of every other file (a truncated or altered file is refused with its name);
+- ``artifact.json`` — the manifest: format version, model config and sizes, scorer shapes, and
+  the SHA-256 and size of every other file (:data:`FILES`; ``artifact.sig`` excepted);
+- ``artifact.sig`` — the digest of the whole artifact: ``{"format": "recsys-artifact-digest",
+  "manifest_sha256": <SHA-256 of artifact.json's bytes>, "hmac_sha256": <signature or null>}``.
+  The manifest lists every other file's SHA-256, so this one value covers every byte of the
+  artifact. ``hmac_sha256`` is HMAC-SHA256 over ``b"recsys-artifact-signature\0"`` + the
+  manifest's bytes, keyed with the secret in ``$RECSYS_ARTIFACT_KEY`` (:data:`KEY_ENV`) when
+  ``recsys-export`` ran with it set;
 - ``weights.pt`` — the model's ``state_dict`` (tensors only; ``torch.load(weights_only=True)``);
 - ``config.yaml`` — the run's resolved config; ``metrics.json``, ``manifest.json`` of the run;
 - ``ids.npz`` — ``user_ids`` and ``item_ids``: the external id of each internal id;
@@ -11,12 +17,27 @@ An artifact directory (written by ``recsys-export``) holds:
   validation + test), used as the model input and for ``exclude_seen``; ``item_counts`` for the
   popularity fallback;
 - ``embeddings.npz`` — user/item embedding tables, for models that have them (ANN indexes);
-- ``scorer.ts`` (TorchScript) and ``scorer.onnx`` — code-free scorers, where the model traces
+- ``scorer.ts`` (TorchScript) and ``scorer.onnx`` — traced scorers, where the model traces
   cleanly. Both take fixed shapes: ``users`` (R,) int64, ``items`` (N,) int64 and ``offsets``
   (R + 1,) int64 (row r's history is ``items[offsets[r]:offsets[r+1]]``; user id -1 for a
   history of no known user) and return (R, num_items) float32 scores. Callers pack up to R - 1
   real rows and give the last row the unused history slots (its scores are discarded); this
   loader does that.
+
+What loading trusts. Checksums and the digest catch accidents (a truncated copy, a flipped
+bit), not tampering: anyone can recompute them. A signature catches tampering: with the key set,
+an unsigned or wrongly signed artifact is refused. Whatever the signature, the default backend
+(``auto`` = ``eager``) runs no code chosen by the file: the model is rebuilt from
+``weights_only`` tensors by :func:`recsys.models.base.build_model`, whose ``_target_`` may name
+only recsys' own models or packages the caller trusts (:mod:`recsys.trust`). ``torchscript``
+executes code stored in ``scorer.ts`` (TorchScript can read and write files), so it runs only
+when asked for by name: use it for artifacts you trust. ``onnx`` runs a graph of operators in
+onnxruntime; it too is used only when asked for.
+
+Version 1 artifacts (no ``artifact.sig``) still load, as unsigned: their per-file checksums are
+checked, and the default backend never runs code from them, so the digest would add protection
+against accidents only. With a key set they are refused like any unsigned artifact, so removing
+the signature file and claiming version 1 is no way around a signature.
 
 This module imports neither Hydra nor Lightning: a service needs torch and numpy only (and
 onnxruntime for the ONNX backend).
@@ -25,19 +46,44 @@ onnxruntime for the ONNX backend).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recsys.errors import CheckpointError, RecsysError
+from recsys.errors import CheckpointError, ConfigError, RecsysError
 from recsys.trust import Trust
 
 FORMAT = "recsys-artifact"
-VERSION = 1
+VERSION = 2
 MANIFEST = "artifact.json"
+SIGNATURE = "artifact.sig"
+SIGNATURE_FORMAT = "recsys-artifact-digest"
+KEY_ENV = "RECSYS_ARTIFACT_KEY"  # secret key: recsys-export signs, loading requires a signature
+_SIGNED = b"recsys-artifact-signature\0"  # domain label: the key may serve other HMACs too
+# every file an artifact may hold besides artifact.json and artifact.sig; the first four always
+FILES = (
+    "weights.pt",
+    "config.yaml",
+    "ids.npz",
+    "history.npz",
+    "embeddings.npz",
+    "metrics.json",
+    "manifest.json",
+    "scorer.ts",
+    "scorer.onnx",
+)
+REQUIRED_FILES = FILES[:4]
+BACKENDS = ("auto", "eager", "torchscript", "onnx")
+# LoadedRecommender.signature
+VERIFIED = "verified"  # signed, and the signature matches the key in $RECSYS_ARTIFACT_KEY
+UNSIGNED = "unsigned"  # no signature (no key set: the digest and checksums were checked)
+NOT_CHECKED = "not checked (no key)"  # signed, but no key is set to check it with
 
 
 class UnknownIdError(RecsysError, KeyError):
@@ -55,47 +101,247 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_manifest(directory: str | Path, verify: bool = True) -> dict[str, Any]:
-    """``artifact.json`` of ``directory``, with every listed file checked against its checksum."""
+def _is_hex64(value: Any) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
+
+
+def artifact_key() -> bytes | None:
+    """The signing key in :data:`KEY_ENV` (its UTF-8 bytes), or None when unset or empty."""
+    key = os.environ.get(KEY_ENV, "")
+    return key.encode() if key else None
+
+
+def _hmac(manifest: bytes, key: bytes) -> str:
+    return hmac.new(key, _SIGNED + manifest, hashlib.sha256).hexdigest()
+
+
+def _record(manifest_sha256: str, hmac_sha256: str | None) -> bytes:
+    record = {
+        "format": SIGNATURE_FORMAT,
+        "manifest_sha256": manifest_sha256,
+        "hmac_sha256": hmac_sha256,
+    }
+    return (json.dumps(record, indent=2) + "\n").encode()
+
+
+def signature_record(manifest: bytes, key: bytes | None) -> bytes:
+    """The bytes of ``artifact.sig`` for the manifest bytes ``manifest``, signed with ``key``
+    when given. There is one spelling of each record: a reader refuses any other."""
+    return _record(hashlib.sha256(manifest).hexdigest(), _hmac(manifest, key) if key else None)
+
+
+def signature_note(state: str) -> str:
+    """One line for a person: what :func:`read_artifact` found about the signature."""
+    return {
+        VERIFIED: f"signature verified (HMAC-SHA256, key from {KEY_ENV})",
+        UNSIGNED: f"unsigned (checksums verified; set {KEY_ENV} to require a signature)",
+        NOT_CHECKED: f"signed, signature not checked ({KEY_ENV} is not set)",
+    }[state]
+
+
+def _check_signature(d: Path, manifest: bytes, key: bytes | None) -> str:
+    """The signature state of ``manifest`` (the bytes of ``artifact.json``) against
+    ``artifact.sig``: refused if the record is malformed or the digest differs, or, with a key,
+    if the signature is missing or differs."""
+    path = d / SIGNATURE
+    try:
+        raw = path.read_bytes()
+        record = json.loads(raw)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e}); re-export the artifact") from None
+    keys = ["format", "manifest_sha256", "hmac_sha256"]
+    if not isinstance(record, dict) or sorted(record) != sorted(keys):
+        raise CheckpointError(f"{path}: not a recsys artifact digest (keys {', '.join(keys)})")
+    digest, signed = record["manifest_sha256"], record["hmac_sha256"]
+    for name, value in (("manifest_sha256", digest), ("hmac_sha256", signed)):
+        if not _is_hex64(value) and (value is not None or name == "manifest_sha256"):
+            raise CheckpointError(f"{path}: {name} must be 64 lowercase hex digits")
+    if record["format"] != SIGNATURE_FORMAT or raw != _record(digest, signed):
+        raise CheckpointError(f"{path}: not a recsys artifact digest as recsys-export writes it")
+    if not hmac.compare_digest(digest, hashlib.sha256(manifest).hexdigest()):
+        raise CheckpointError(
+            f"{path}: manifest_sha256 does not match {MANIFEST} (altered or corrupted); "
+            "re-export the artifact"
+        )
+    if key is None:
+        return UNSIGNED if signed is None else NOT_CHECKED
+    if signed is None:
+        raise CheckpointError(
+            f"{path}: the artifact is unsigned and {KEY_ENV} is set: refusing it (export it "
+            f"again with {KEY_ENV} set, or unset {KEY_ENV} to load unsigned artifacts)"
+        )
+    if not hmac.compare_digest(signed, _hmac(manifest, key)):
+        raise CheckpointError(
+            f"{path}: hmac_sha256 does not match the key in {KEY_ENV} (altered, or signed with "
+            "another key): refusing the artifact"
+        )
+    return VERIFIED
+
+
+def _is_int(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _validate(meta: Any, path: Path) -> dict[str, Any]:
+    """``meta`` (the parsed ``artifact.json``) if its structure is a manifest's, else one
+    :class:`CheckpointError` line naming ``path`` and the key."""
+
+    def bad(key: str, what: str, value: Any = ...) -> CheckpointError:
+        got = "" if value is ... else f", got {value!r}"[:120]
+        return CheckpointError(f"{path}: {key} must be {what}{got}")
+
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a recsys artifact manifest (no format: {FORMAT})")
+    version = meta.get("version")
+    if not _is_int(version, 1):
+        raise bad("version", "a positive integer", version)
+    if version > VERSION:
+        raise CheckpointError(
+            f"{path}: artifact version {version} is newer than this recsys reads ({VERSION}); "
+            "upgrade recsys"
+        )
+    types: dict[str, tuple[tuple[type, ...], str]] = {
+        "format": ((str,), "a string"),
+        "version": ((int,), "an integer"),
+        "model": ((dict,), "a mapping with _target_"),
+        "num_users": ((int,), "a positive integer"),
+        "num_items": ((int,), "a positive integer"),
+        "supports_history": ((bool,), "true or false"),
+        "scorer": ((dict,), "a mapping"),
+        "embeddings": ((list,), "a list"),
+        "embeddings_source": ((str, type(None)), "a string or null"),
+        "data": ((dict, type(None)), "a mapping or null"),
+        "source_checkpoint": ((str, type(None)), "a string or null"),
+        "pseudonymized_users": ((dict, type(None)), "a mapping or null"),
+        "files": ((dict,), "a mapping of file name to checksum"),
+    }
+    for key in meta:
+        if key not in types:
+            raise CheckpointError(f"{path}: unknown key {key!r} (expected {', '.join(types)})")
+    for key in ("model", "num_users", "num_items", "scorer", "files"):
+        if key not in meta:
+            raise CheckpointError(f"{path}: {key} is missing")
+    for key, value in meta.items():
+        allowed, what = types[key]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise bad(key, what, value)
+    for key in ("num_users", "num_items"):
+        if not _is_int(meta[key], 1):
+            raise bad(key, "a positive integer", meta[key])
+    target = meta["model"].get("_target_")
+    if not isinstance(target, str):
+        raise bad("model._target_", "a dotted class path", target)
+    for i, e in enumerate(meta.get("embeddings", [])):
+        if e not in ("user", "item"):
+            raise bad(f"embeddings[{i}]", "'user' or 'item'", e)
+
+    files = meta["files"]
+    for name, info in files.items():
+        if name not in FILES:
+            raise CheckpointError(
+                f"{path}: files: {name!r} is not a file of an artifact (one of {', '.join(FILES)})"
+            )
+        if not isinstance(info, dict) or set(info) != {"sha256", "bytes"}:
+            raise bad(f"files.{name}", "a mapping with sha256 and bytes", info)
+        if not _is_hex64(info["sha256"]):
+            raise bad(f"files.{name}.sha256", "64 lowercase hex digits", info["sha256"])
+        if not _is_int(info["bytes"], 0):
+            raise bad(f"files.{name}.bytes", "a non-negative integer", info["bytes"])
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise CheckpointError(f"{path}: files: {name} is missing")
+    if meta.get("embeddings") and "embeddings.npz" not in files:
+        raise CheckpointError(f"{path}: files: embeddings.npz is missing (embeddings are listed)")
+
+    scorer = meta["scorer"]
+    known = {"rows", "length", "torchscript", "onnx", "torchscript_error", "onnx_error"}
+    for key in scorer:
+        if key not in known:
+            raise CheckpointError(f"{path}: scorer: unknown key {key!r}")
+    if not _is_int(scorer.get("rows"), 2):
+        raise bad("scorer.rows", "an integer >= 2", scorer.get("rows"))
+    if not _is_int(scorer.get("length"), 1):
+        raise bad("scorer.length", "a positive integer", scorer.get("length"))
+    for kind, fname in (("torchscript", "scorer.ts"), ("onnx", "scorer.onnx")):
+        name = scorer.get(kind)
+        if name not in (None, fname):
+            raise bad(f"scorer.{kind}", f"{fname!r} or null", name)
+        if name is not None and name not in files:
+            raise CheckpointError(f"{path}: files: {name} is missing (scorer.{kind} names it)")
+        if not isinstance(scorer.get(f"{kind}_error", ""), str):
+            raise bad(f"scorer.{kind}_error", "a string", scorer[f"{kind}_error"])
+    return meta
+
+
+def read_artifact(directory: str | Path, verify: bool = True) -> tuple[dict[str, Any], str]:
+    """``artifact.json`` of ``directory`` and the signature state (:data:`VERIFIED`,
+    :data:`UNSIGNED` or :data:`NOT_CHECKED`).
+
+    The manifest's bytes are checked against ``artifact.sig`` (and its signature, when
+    ``$RECSYS_ARTIFACT_KEY`` is set) before they are parsed, then its structure; ``verify``
+    also checks every listed file against its size and SHA-256. Anything wrong: one
+    :class:`CheckpointError` line naming the file (and the key)."""
     d = Path(directory)
     path = d / MANIFEST
     if not d.is_dir():
-        raise CheckpointError(f"{d}: no such artifact directory")
+        what = "not a directory" if d.exists() else "no such artifact directory"
+        raise CheckpointError(f"{d}: {what}")
     if not path.is_file():
         raise CheckpointError(
             f"{d}: not an artifact directory (no {MANIFEST}; create one with recsys-export)"
         )
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: unreadable ({e.strerror})") from None
+    key = artifact_key()
+    has_signature = (d / SIGNATURE).is_file()
+    state = _check_signature(d, raw, key) if has_signature else UNSIGNED
+    try:
+        meta = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: corrupted or truncated ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a recsys artifact manifest")
-    if int(meta.get("version", 0)) > VERSION:
-        raise CheckpointError(
-            f"{path}: artifact version {meta.get('version')} is newer than this recsys ({VERSION})"
-        )
+    meta = _validate(meta, path)
+    if not has_signature:
+        if meta["version"] >= 2:
+            raise CheckpointError(f"{d / SIGNATURE}: missing (a version 2 artifact has one)")
+        if key is not None:
+            raise CheckpointError(
+                f"{d}: a version 1 artifact is unsigned and {KEY_ENV} is set: refusing it "
+                f"(export it again with {KEY_ENV} set)"
+            )
     if verify:
-        for name, info in meta.get("files", {}).items():
+        for name, info in meta["files"].items():
             f = d / name
             if not f.is_file():
                 raise CheckpointError(f"{f}: missing from the artifact")
             size = f.stat().st_size
             if size != info["bytes"]:
                 raise CheckpointError(
-                    f"{f}: corrupted or truncated ({size} bytes, expected {info['bytes']}); re-export the artifact"
+                    f"{f}: corrupted or truncated ({size} bytes, expected {info['bytes']}); "
+                    "re-export the artifact"
                 )
             if sha256(f) != info["sha256"]:
                 raise CheckpointError(f"{f}: corrupted (checksum mismatch); re-export the artifact")
-    return meta
+    return meta, state
 
 
-def _npz(path: Path) -> dict[str, np.ndarray]:
+def read_manifest(directory: str | Path, verify: bool = True) -> dict[str, Any]:
+    """``artifact.json`` of ``directory``, checked as :func:`read_artifact` does."""
+    return read_artifact(directory, verify)[0]
+
+
+def _npz(path: Path, keys: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file (no pickles), which must hold ``keys``."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
     except Exception as e:  # noqa: BLE001 - truncated zip, wrong format
         raise CheckpointError(f"{path}: not readable ({e})") from None
+    for k in keys:
+        if k not in arrays:
+            raise CheckpointError(f"{path}: no array {k!r}")
+    return arrays
 
 
 def _id_key(value: Any, dtype: np.dtype) -> Any:
@@ -190,7 +436,11 @@ class _SimilarItems:
 
     def _item_cosine(self, i: int) -> np.ndarray:
         if getattr(self, "_item_unit", None) is None:
-            table = _npz(self.dir / "embeddings.npz")["item"].astype(np.float64)
+            table = _npz(self.dir / "embeddings.npz", ["item"])["item"].astype(np.float64)
+            if table.ndim != 2 or len(table) != self.num_items:
+                raise CheckpointError(
+                    f"{self.dir / 'embeddings.npz'}: item does not have {self.num_items} rows"
+                )
             norm = np.linalg.norm(table, axis=1, keepdims=True)
             self._item_unit = table / np.where(norm > 0, norm, 1.0)
         return self._item_unit @ self._item_unit[i]
@@ -232,8 +482,6 @@ class _SimilarItems:
 def pseudonym(user: Any, key: str | bytes) -> str:
     """The keyed hash (HMAC-SHA256, hex) that pseudonymized exports use for external user id
     ``user``; ``key`` is the secret (``export.pseudonymize_key_env`` names its variable)."""
-    import hmac
-
     k = key.encode() if isinstance(key, str) else key
     return hmac.new(k, str(user).encode(), hashlib.sha256).hexdigest()
 
@@ -241,87 +489,138 @@ def pseudonym(user: Any, key: str | bytes) -> str:
 class LoadedRecommender(_SimilarItems):
     """Top-k recommendations from an exported artifact, with external ids in and out.
 
-    Backends: ``"torchscript"`` (the traced scorer; no model code needed), ``"onnx"``
-    (onnxruntime), ``"eager"`` (the model class rebuilt from ``weights.pt``), ``"auto"``
-    (TorchScript when the artifact has it, else eager).
+    Backends: ``"auto"`` = ``"eager"`` (the model rebuilt by recsys' own code from the
+    ``weights_only`` tensors of ``weights.pt``: nothing the file chooses runs); ``"onnx"``
+    (the traced graph in onnxruntime); ``"torchscript"`` (the traced scorer: this *executes code
+    stored in the artifact*, which can read and write files; use it only for artifacts you
+    trust, e.g. signed ones). ``trust``: packages besides recsys whose models ``artifact.json``
+    may name (as :mod:`recsys.trust`; also ``$RECSYS_TRUSTED_PACKAGES``).
+
+    ``signature``: :data:`VERIFIED`, :data:`UNSIGNED` or :data:`NOT_CHECKED` (see
+    :func:`read_artifact`; with ``$RECSYS_ARTIFACT_KEY`` set, anything but a valid signature is
+    refused).
     """
 
     def __init__(
         self,
         directory: str | Path,
         backend: str = "auto",
-        verify: bool = True,
         trust: Iterable[str] | str | None = None,
     ):
         import torch
 
+        if backend not in BACKENDS:
+            raise RecsysError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.dir = Path(directory)
         # what artifact.json may name for construction (recsys.trust): recsys' own models and
         # the packages the caller names (plus $RECSYS_TRUSTED_PACKAGES), never its own choice
         self.trust = Trust.for_file(self.dir / MANIFEST, trust)
-        self.meta = read_manifest(self.dir, verify=verify)
-        ids = _npz(self.dir / "ids.npz")
+        self.meta, self.signature = read_artifact(self.dir)
+        self.num_users, self.num_items = int(self.meta["num_users"]), int(self.meta["num_items"])
+        ids = _npz(self.dir / "ids.npz", ("user_ids", "item_ids"))
         self.user_ids, self.item_ids = ids["user_ids"], ids["item_ids"]
+        hist = _npz(self.dir / "history.npz", ("indptr", "indices", "item_counts"))
+        self.indptr, self.indices = hist["indptr"], hist["indices"]
+        self.item_counts = hist["item_counts"]
+        self._check_tables()
         self._user_index = {
             _id_key(u, self.user_ids.dtype): i for i, u in enumerate(self.user_ids.tolist())
         }
         self._item_index = {
             _id_key(v, self.item_ids.dtype): i for i, v in enumerate(self.item_ids.tolist())
         }
-        hist = _npz(self.dir / "history.npz")
-        self.indptr, self.indices = hist["indptr"], hist["indices"]
-        self.item_counts = hist["item_counts"]
-        self.num_users, self.num_items = int(self.meta["num_users"]), int(self.meta["num_items"])
         self.rows, self.length = (
             int(self.meta["scorer"]["rows"]),
             int(self.meta["scorer"]["length"]),
         )
         self.supports_history = bool(self.meta.get("supports_history"))
-        if backend == "auto":
-            backend = "torchscript" if self.meta["scorer"].get("torchscript") else "eager"
-        self.backend = backend
+        self.backend = "eager" if backend == "auto" else backend
         self._torch = torch
-        if backend == "torchscript":
-            name = self.meta["scorer"].get("torchscript")
-            if not name:
-                raise CheckpointError(
-                    f"{self.dir}: no TorchScript scorer ({self.meta['scorer'].get('torchscript_error')})"
-                )
-            try:
+        if self.backend == "torchscript":
+            name = self._scorer_file("torchscript")
+            try:  # runs code stored in the file: only on request (see the class docstring)
                 self._ts = torch.jit.load(str(self.dir / name), map_location="cpu")
             except Exception as e:  # noqa: BLE001
                 raise CheckpointError(
                     f"{self.dir / name}: not a loadable TorchScript file ({e})"
                 ) from None
-        elif backend == "onnx":
-            name = self.meta["scorer"].get("onnx")
-            if not name:
-                raise CheckpointError(
-                    f"{self.dir}: no ONNX scorer ({self.meta['scorer'].get('onnx_error')})"
+        elif self.backend == "onnx":
+            name = self._scorer_file("onnx")
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                raise RecsysError(
+                    "backend onnx needs onnxruntime (pip install -e '.[export]')"
+                ) from None
+            try:
+                self._ort = ort.InferenceSession(
+                    str(self.dir / name), providers=["CPUExecutionProvider"]
                 )
-            import onnxruntime as ort
-
-            self._ort = ort.InferenceSession(
-                str(self.dir / name), providers=["CPUExecutionProvider"]
-            )
+            except Exception as e:  # noqa: BLE001
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                raise CheckpointError(
+                    f"{self.dir / name}: not a loadable ONNX graph ({first})"
+                ) from None
             self._ort_inputs = {i.name for i in self._ort.get_inputs()}
-        elif backend == "eager":
-            self.model = self._eager_model()
         else:
-            raise RecsysError(f"backend must be auto, torchscript, onnx or eager, got {backend!r}")
+            self.model = self._eager_model()
+
+    def _scorer_file(self, kind: str) -> str:
+        name = self.meta["scorer"].get(kind)
+        if not name:
+            why = self.meta["scorer"].get(f"{kind}_error")
+            raise CheckpointError(f"{self.dir}: no {kind} scorer ({why}); use backend='eager'")
+        return name
+
+    def _check_tables(self) -> None:
+        """The id maps and histories have the manifest's sizes and stay in range (a malformed
+        file is refused here, not met as an IndexError while recommending)."""
+        n_u, n_i = self.num_users, self.num_items
+        checks = (
+            ("ids.npz", "user_ids", self.user_ids.ndim == 1 and len(self.user_ids) == n_u),
+            ("ids.npz", "item_ids", self.item_ids.ndim == 1 and len(self.item_ids) == n_i),
+            ("history.npz", "item_counts", self.item_counts.shape == (n_i,)),
+            (
+                "history.npz",
+                "indptr",
+                self.indptr.shape == (n_u + 1,)
+                and self.indptr.dtype.kind in "iu"
+                and self.indptr[0] == 0
+                and self.indptr[-1] == len(self.indices)
+                and bool((np.diff(self.indptr) >= 0).all()),
+            ),
+            (
+                "history.npz",
+                "indices",
+                self.indices.ndim == 1
+                and self.indices.dtype.kind in "iu"
+                and (len(self.indices) == 0 or 0 <= self.indices.min() <= self.indices.max() < n_i),
+            ),
+        )
+        for name, key, ok in checks:
+            if not ok:
+                raise CheckpointError(
+                    f"{self.dir / name}: {key} does not fit the manifest "
+                    f"({n_u} users, {n_i} items); re-export the artifact"
+                )
 
     def _eager_model(self):
         from recsys.models.base import build_model
 
         torch = self._torch
-        model = build_model(self.meta["model"], self.num_users, self.num_items, self.trust)
+        where = self.dir / MANIFEST
+        try:
+            model = build_model(self.meta["model"], self.num_users, self.num_items, self.trust)
+        except ConfigError as e:  # a hyper-parameter the model refuses: name the file
+            raise CheckpointError(f"{where}: {e}") from None
         path = self.dir / "weights.pt"
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except Exception as e:  # noqa: BLE001
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise CheckpointError(
-                f"{path}: weights not loadable into {self.meta['model']['_target_']} ({e})"
+                f"{path}: weights not loadable into {self.meta['model']['_target_']} ({first})"
             ) from None
         return model.eval()
 
@@ -480,7 +779,9 @@ def _check_fallback(fallback: str | None) -> None:
 def load(
     directory: str | Path, backend: str = "auto", trust: Iterable[str] | str | None = None
 ) -> LoadedRecommender:
-    """Load an artifact written by ``recsys-export`` (checksums verified).
+    """Load an artifact written by ``recsys-export``: digest, signature (with
+    ``$RECSYS_ARTIFACT_KEY`` set) and checksums verified; see :class:`LoadedRecommender` for
+    ``backend`` (``auto``: nothing from the file runs as code) and ``trust``.
 
     >>> rec = recsys.load("artifacts/mf")                       # doctest: +SKIP
     >>> rec.recommend(users=[42], k=10)[0]["items"]              # doctest: +SKIP

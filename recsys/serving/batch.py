@@ -2,35 +2,68 @@
 
 What ``recsys-recommend`` does beyond parsing its arguments and printing: read a users file,
 recommend for many users in batches, look up item titles for "similar items", and write the
-results as CSV. Imports neither Hydra nor Lightning.
+results as CSV (atomically: a reader never sees half a file, a failed run leaves none). Imports
+neither Hydra nor Lightning.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from recsys.errors import RecsysError
+from recsys.files import atomic_write
 from recsys.serving.artifact import LoadedRecommender
 
 
-def read_users(path: Path) -> list[str]:
-    """External user ids from a CSV with a ``user`` column, or one id per line without header."""
+def read_users(path: Path, option: str = "--input") -> list[str]:
+    """External user ids from a UTF-8 CSV with a ``user`` column, or one id per line without a
+    header; a file that is not such text is refused with one line naming it (and the line)."""
     if not path.is_file():
-        raise RecsysError(f"--input: no such file: {path}")
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+        what = "is a folder, not a file" if path.is_dir() else "no such file"
+        raise RecsysError(f"{option}: {path}: {what}")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise RecsysError(f"{option}: {path}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise RecsysError(
+            f"{option}: {path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
+            "give a CSV of user ids"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = [r for r in reader if r and any(c.strip() for c in r)]
+    except csv.Error as e:  # a NUL byte, an unterminated quote
+        raise RecsysError(f"{option}: {path}, line {reader.line_num}: {e}") from None
     if not rows:
-        raise RecsysError(f"--input: {path} is empty")
+        raise RecsysError(f"{option}: {path} is empty")
     header = [c.strip().lower() for c in rows[0]]
     if "user" in header:
         col = header.index("user")
-        return [r[col].strip() for r in rows[1:] if len(r) > col]
-    if len(header) > 1:
-        raise RecsysError(f"--input: {path} has several columns and none is named 'user'")
-    return [r[0].strip() for r in rows]
+        users = [r[col].strip() for r in rows[1:] if len(r) > col and r[col].strip()]
+    elif len(header) > 1:
+        raise RecsysError(f"{option}: {path} has several columns and none is named 'user'")
+    else:
+        users = [r[0].strip() for r in rows]
+    if not users:
+        raise RecsysError(f"{option}: {path} holds a header but no user ids")
+    return users
+
+
+def check_output(path: Path, option: str = "--output") -> None:
+    """Refuse, before any work, an output path that cannot become a file."""
+    if path.is_dir():
+        raise RecsysError(f"{option}: {path} is a folder; give a file name (e.g. {path}/recs.csv)")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise RecsysError(f"{option}: {parent} is a file, so {path} cannot be written")
 
 
 def parse_ids(text: str, option: str, what: str = "item id") -> list[str]:
@@ -50,8 +83,10 @@ def recommend_users(
     batch_size: int = 1024,
 ) -> list[dict[str, Any]]:
     """``rec.recommend`` over ``users`` in batches of ``batch_size``: one dict per user."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise RecsysError(f"--batch-size must be a positive integer, got {batch_size!r}")
     out: list[dict[str, Any]] = []
-    step = max(1, batch_size)
+    step = batch_size
     for s in range(0, len(users), step):
         out += rec.recommend(
             list(users[s : s + step]), k=k, exclude_seen=exclude_seen, fallback=fallback
@@ -59,18 +94,40 @@ def recommend_users(
     return out
 
 
-def write_recommendations(rows: list[dict[str, Any]], path: Path) -> int:
+def _write_csv(path: Path, header: list[str], rows: Callable[[Any], int], option: str) -> int:
+    """Write a CSV atomically (a temporary file beside ``path``, then a rename): ``rows(writer)``
+    writes the rows and returns how many. An unwritable path: one line naming it."""
+    check_output(path, option)
+    count = 0
+
+    def write(f) -> None:
+        nonlocal count
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        w = csv.writer(text)
+        w.writerow(header)
+        count = rows(w)
+        text.flush()
+        text.detach()
+
+    try:
+        atomic_write(path, write)
+    except OSError as e:
+        raise RecsysError(f"{option}: cannot write {path} ({e.strerror})") from None
+    return count
+
+
+def write_recommendations(rows: list[dict[str, Any]], path: Path, option: str = "--output") -> int:
     """One CSV row per recommendation (``user,rank,item,score``); returns how many."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["user", "rank", "item", "score"])
+
+    def write(w) -> int:
+        n = 0
         for r in rows:
             for rank, (item, score) in enumerate(zip(r["items"], r["scores"], strict=False), 1):
                 w.writerow([r["user"], rank, item, f"{score:.7g}"])
                 n += 1
-    return n
+        return n
+
+    return _write_csv(path, ["user", "rank", "item", "score"], write, option)
 
 
 def similar_with_titles(
@@ -94,13 +151,16 @@ def similar_with_titles(
     ]
 
 
-def write_similar(rows: list[dict[str, Any]], path: Path) -> None:
-    """One CSV row per similar item: ``item,rank,similar_item,score,title``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["item", "rank", "similar_item", "score", "title"])
+def write_similar(rows: list[dict[str, Any]], path: Path, option: str = "--output") -> int:
+    """One CSV row per similar item: ``item,rank,similar_item,score,title``; returns how many."""
+
+    def write(w) -> int:
+        n = 0
         for r in rows:
             cells = zip(r["items"], r["scores"], r["titles"], strict=False)
             for rank, (item, score, title) in enumerate(cells, 1):
                 w.writerow([r["item"], rank, item, f"{score:.7g}", title])
+                n += 1
+        return n
+
+    return _write_csv(path, ["item", "rank", "similar_item", "score", "title"], write, option)

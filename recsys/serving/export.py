@@ -8,14 +8,23 @@ does) to recover the external id maps and each user's history. The layout of the
 described in :mod:`recsys.serving.artifact`; ``recsys.load(<dir>)`` serves it. Scorers (TorchScript and
 ONNX) are traced at fixed shapes and verified against the model in memory on real users before
 they are written; a model that does not trace cleanly gets none, and the reason is recorded in
-``artifact.json`` (``recsys.load`` then rebuilds the model from ``weights.pt``).
+``artifact.json``. With ``$RECSYS_ARTIFACT_KEY`` set, the artifact is signed.
+
+Never half-finished: the artifact is written to a fresh folder beside ``out``
+(``.<name>.export-<pid>``), read back and verified, then swapped in with one rename (an atomic
+exchange where the OS offers it; otherwise the previous artifact is moved aside first). A reader
+of ``out`` sees the previous artifact, or the new one, complete; files left there by an earlier
+export never enter the new manifest. A killed export leaves only its temporary folder, which the
+next export into the same place removes once its process is gone.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -28,7 +37,18 @@ from torch import Tensor, nn
 from recsys.data.batches import UserBatch
 from recsys.errors import ConfigError
 from recsys.models.base import Recommender
-from recsys.serving.artifact import FORMAT, MANIFEST, VERSION, chunks, pack, read_manifest, sha256
+from recsys.serving.artifact import (
+    FORMAT,
+    MANIFEST,
+    SIGNATURE,
+    VERSION,
+    artifact_key,
+    chunks,
+    pack,
+    read_artifact,
+    sha256,
+    signature_record,
+)
 
 log = logging.getLogger("recsys")
 
@@ -249,8 +269,6 @@ def export_model(
     instead of the ids; ``recommend`` then takes those hashes."""
     user_ids = _ids(split.train.user_ids)
     if pseudonymize_users:
-        import os
-
         from recsys.serving.artifact import pseudonym
 
         key = os.environ.get(pseudonym_key_env, "")
@@ -261,16 +279,54 @@ def export_model(
         user_ids = np.array([pseudonym(u, key) for u in user_ids.tolist()])
     if rows < 2:
         raise ConfigError(f"rows must be >= 2 (one real row and the filler), got {rows}")
-    import yaml
-
     model = model.eval().cpu()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise ConfigError(
-            f"out: {out} exists and is not an artifact directory; choose an empty folder"
+    _check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_exports(out)
+    tmp = out.parent / f".{out.name}{_TMP}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)  # this process's own, from an export that failed
+    tmp.mkdir()
+    try:
+        _write(
+            model,
+            config,
+            split,
+            fingerprint,
+            tmp,
+            run_dir=run_dir,
+            rows=rows,
+            torchscript=torchscript,
+            onnx=onnx,
+            source=source,
+            user_ids=user_ids,
+            pseudonymized=pseudonym_key_env if pseudonymize_users else None,
         )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # an interrupted export leaves no valid manifest
+        read_artifact(tmp)  # what was written reads back, checksums and signature included
+        _fsync_tree(tmp)
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after a swap; a failed export's files
+    return out
+
+
+def _write(
+    model: Recommender,
+    config: dict[str, Any],
+    split,
+    fingerprint: str,
+    out: Path,
+    run_dir: str | Path | None,
+    rows: int,
+    torchscript: bool,
+    onnx: bool,
+    source: str | None,
+    user_ids: np.ndarray,
+    pseudonymized: str | None,
+) -> None:
+    """Every file of the artifact into the empty folder ``out``, the manifest and its digest
+    (signed with ``$RECSYS_ARTIFACT_KEY`` when set) last."""
+    import yaml
 
     indptr, indices, counts = _history_csr(split)
     lengths = np.diff(indptr)
@@ -319,7 +375,7 @@ def export_model(
             scorer_meta[f"{kind}_error"] = reason
             log.warning("no %s scorer for %s: %s", kind, config["model"]["_target_"], reason)
 
-    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != MANIFEST)
+    files = sorted(p.name for p in out.iterdir())  # a fresh folder: only what was written here
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -338,12 +394,109 @@ def export_model(
         "source_checkpoint": source,
         # user ids in ids.npz are keyed hashes (the key's variable name, never the key)
         "pseudonymized_users": (
-            {"method": "hmac-sha256", "key_env": pseudonym_key_env} if pseudonymize_users else None
+            {"method": "hmac-sha256", "key_env": pseudonymized} if pseudonymized else None
         ),
         "files": {f: {"sha256": sha256(out / f), "bytes": (out / f).stat().st_size} for f in files},
     }
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(out / MANIFEST)
-    read_manifest(out)  # what was written reads back
-    return out
+    manifest = (json.dumps(meta, indent=2) + "\n").encode()
+    (out / MANIFEST).write_bytes(manifest)
+    (out / SIGNATURE).write_bytes(signature_record(manifest, artifact_key()))
+
+
+_TMP, _OLD = ".export-", ".replaced-"  # temporary sibling folders: .<name><marker><pid>
+
+
+def _check_out(out: Path) -> None:
+    """``out`` may be absent, an empty folder, or an artifact (which the export replaces)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {out} is a file, not a folder; choose an empty folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ConfigError(
+            f"out: {out} exists and is not an artifact directory; choose an empty folder"
+        )
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process runs one export at a time: an older one of its own failed
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def remove_stale_exports(out: str | Path) -> list[Path]:
+    """Remove the temporary folders that exports into ``out`` left behind when their process
+    died (``.<name>.export-<pid>``, ``.<name>.replaced-<pid>``); those of live processes stay.
+    Returns the folders removed. (A process id reused by an unrelated live process keeps its
+    folder until that process ends.)"""
+    out = Path(out)
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for marker in (_TMP, _OLD):
+        prefix = f".{out.name}{marker}"
+        for p in out.parent.glob(f"{prefix}*"):
+            pid = p.name[len(prefix) :]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush the folder's files and the folder itself to disk before it is renamed into place
+    (a crash of the machine, not only of the process, then leaves no empty files behind)."""
+    for p in folder.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # a platform without directory handles
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the folders ``a`` and ``b`` in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``); False where the OS or the file system does not offer it."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except Exception:  # noqa: BLE001 - no C library to look in (Windows), no renameat2 (macOS)
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Put the finished folder ``tmp`` at ``out``. A reader of ``out`` sees the previous
+    artifact or the new one; where no atomic exchange exists, ``out`` is briefly absent (never
+    partial) while the previous artifact is moved aside."""
+    _check_out(out)  # it may have changed while the export ran
+    if out.is_dir() and any(out.iterdir()):
+        if not _exchange(tmp, out):
+            old = out.parent / f".{out.name}{_OLD}{os.getpid()}"
+            os.rename(out, old)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(old, out)  # the previous artifact stays
+                raise
+            tmp = old
+        shutil.rmtree(tmp)  # the previous artifact, now beside out
+    else:
+        os.replace(tmp, out)  # onto nothing, or onto an empty folder
+    _fsync_dir(out.parent)
