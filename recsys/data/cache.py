@@ -7,15 +7,22 @@ id maps, the audit and the key itself; it is written to a temporary name and ren
 never leaves a half-written file under the final name. A file that fails to load (truncated,
 corrupted: the zip members carry CRCs) or whose stored key differs is rebuilt, never crashed on.
 
+The key hashes the raw files' full content on every use, with no memo: a memo keyed by path,
+size and modification time reused the old split after a same-size edit whose mtime was restored,
+and hashing costs about 0.4 s per 478 MB (benchmarks/data.md, "Hashing the raw files"). Memo
+files of earlier versions (``file-hashes.json``) are ignored.
+
 The cache directory is ``data.cache_dir`` if set, else ``<data root>/cache``; when that is not
 writable (a read-only shared data root), ``data/cache`` under the working directory is used.
+Choosing it removes the temporary files of cache builds that were killed
+(:func:`recsys.files.remove_stale_temps`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,12 +30,13 @@ from typing import Any
 import numpy as np
 
 from recsys.data.interactions import Interactions, Split
-from recsys.files import atomic_write
+from recsys.files import atomic_write, new_temp, remove_stale_temps
 
-CACHE_VERSION = 2  # bump when the stored layout or audit changes
+# bump when the stored layout, the audit or the reading of raw files changes (3: ids are read as
+# written or checked exactly, never through floats)
+CACHE_VERSION = 3
 PARTS = ("train", "val", "test")
 OPTIONAL_PARTS = ("val_input", "test_input")  # set by splits with held-out users
-_HASHES = "file-hashes.json"
 
 
 def writable(d: Path) -> bool:
@@ -45,62 +53,50 @@ def writable(d: Path) -> bool:
         return False
     try:
         d.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=d, prefix=".probe-"):
-            pass
+        fd, probe = new_temp(d, "probe")  # named like atomic_write's: a kill here is cleaned too
+        os.close(fd)
+        os.unlink(probe)
         return True
     except OSError:
         return False
 
 
 def cache_dir(cfg: Mapping[str, Any], root: Path) -> Path | None:
-    """The first writable of ``data.cache_dir`` / ``<root>/cache``, then ``./data/cache``."""
+    """The first writable of ``data.cache_dir`` / ``<root>/cache``, then ``./data/cache``, with
+    the temporary files of killed cache builds removed from it."""
     first = Path(str(cfg["cache_dir"])).expanduser() if cfg.get("cache_dir") else root / "cache"
     for d in (first, Path("data") / "cache"):
         if writable(d):
+            remove_stale_temps(d)
             return d
     return None
 
 
-def file_digest(path: Path, memo_dir: Path | None = None) -> str:
-    """SHA-256 of a file's content, memoized by (path, size, mtime) in ``memo_dir``."""
-    st = path.stat()
-    stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    memo: dict[str, str] = {}
-    memo_path = memo_dir / _HASHES if memo_dir is not None else None
-    if memo_path is not None and memo_path.is_file():
-        try:
-            memo = json.loads(memo_path.read_text())
-        except (OSError, ValueError):
-            memo = {}
-        if stamp in memo:
-            return memo[stamp]
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's full content (read in 4 MiB chunks; never memoized)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
             h.update(chunk)
-    digest = h.hexdigest()
-    if memo_path is not None:
-        memo[stamp] = digest
-        try:
-            atomic_write(memo_path, lambda f: f.write(json.dumps(memo, indent=0).encode()))
-        except OSError:
-            pass
-    return digest
+    return h.hexdigest()
 
 
-def cache_key(values: Mapping[str, Any], files: Sequence[Path], memo_dir: Path | None) -> str:
+def cache_key(values: Mapping[str, Any], files: Sequence[Path]) -> str:
     """SHA-256 over the raw files' content digests and the data-shaping ``values``."""
     payload = {
         "version": CACHE_VERSION,
-        "files": [[p.name, file_digest(p, memo_dir)] for p in files],
+        "files": [[p.name, file_digest(p)] for p in files],
         "values": {k: values[k] for k in sorted(values)},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _ids(a: np.ndarray) -> np.ndarray:
-    """External ids in a pickle-free dtype (numbers stay numbers, anything else becomes str)."""
-    return a if a.dtype.kind in "iufU" else a.astype(str)
+    """External ids in a pickle-free dtype: integers stay integers, strings (an object array of
+    ``str``, as :meth:`Interactions.from_frame` keeps them) become a numpy str array, value for
+    value (the sources refuse the NUL character, which a numpy str array would drop at the
+    end of an id)."""
+    return a if a.dtype.kind in "iuU" else a.astype(str)
 
 
 def save(path: Path, split: Split, key: str, meta: Mapping[str, Any]) -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from recsys.errors import DataError
+
 
 @dataclass(frozen=True)
 class CSR:
@@ -60,8 +62,28 @@ def encode_ids(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Non-negative integer ids whose largest value is at most a few times the number of events
     (the usual case: MovieLens, synthetic and scale logs) are encoded with a presence table and
     a lookup instead of a sort: the same result, without the sort's copies of the column.
+    String ids (an object array of ``str``) are factorized by hashing and only the distinct ids
+    are sorted: the same result as ``np.unique``, without its comparison sort over every event.
+
+    Raises:
+        DataError: float ids (their text, ``12.0`` or ``1e+20``, is not an id anyone wrote, and
+            two large ones can be equal as floats), or ids mixing strings with other values.
     """
     x = np.asarray(x).ravel()
+    if x.dtype.kind == "f":
+        raise DataError(
+            "ids are floating-point numbers; a source must give integer or string ids (a float "
+            "id is rewritten when printed, and two large ones can collide)"
+        )
+    if x.dtype.kind == "O" and len(x):
+        codes, uniques = pd.factorize(x)
+        if not all(isinstance(v, str) for v in uniques):
+            kinds = sorted({type(v).__name__ for v in uniques})
+            raise DataError(f"ids must be all integers or all strings, got {', '.join(kinds)}")
+        order = np.argsort(uniques.astype(object), kind="stable")
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order), dtype=np.int64)
+        return np.asarray(uniques, dtype=object)[order], rank[codes]
     if x.dtype.kind in "iu" and len(x):
         lo, hi = int(x.min()), int(x.max())
         if lo >= 0 and hi < 4 * len(x) + 1_000_000:

@@ -5,7 +5,13 @@ ignored). Removal happens on the source's frame, before k-core filtering, id enc
 split, so an excluded user is in no part of the split, in no id map, and so in no file derived
 from it (metrics, per-user values, segments, exports). The cache key and the data fingerprint
 carry the file's SHA-256 (:func:`cache_values`), not its path or ids; the run records how many
-users were removed and the hash (:func:`summary`), never the ids themselves.
+users were removed, how many listed ids are not in the log, and the hash (:func:`summary`), never
+the ids themselves.
+
+Ids match exactly as written: a listed line (stripped of surrounding whitespace) equals the log's
+id text (``data.id_type=str``, the default) or the decimal text of an integer id. ``007`` and
+``7`` are different ids, so a list written for the other form removes nobody; a notice on stderr
+(and ``not_found`` in the audit) says how many listed ids matched no user.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recsys.errors import ConfigError
+from recsys.data.sources.files import notice
+from recsys.errors import ConfigError, DataError
 
 KEY = "exclude_users"
 
@@ -40,7 +47,7 @@ def file_sha256(path: Path) -> str:
 def read_ids(path: Path) -> list[str]:
     """The listed external ids, as stripped strings (order kept, duplicates dropped)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"data.{KEY}: cannot read {path} ({e})") from None
     seen: dict[str, None] = {}
@@ -63,15 +70,31 @@ def cache_values(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _as_strings(col: pd.Series) -> np.ndarray:
-    values = col.to_numpy()
-    if (
-        values.dtype.kind == "f"
-        and np.all(np.isfinite(values))
-        and np.all(values == np.round(values))
-    ):
-        values = values.astype(np.int64)  # 12.0 in a float column is user "12"
+def _as_strings(values: Any) -> np.ndarray:
+    """External ids as the texts an opt-out list holds: a string id as is, an integer id as its
+    decimal text. Float ids are refused: their text (``12.0``, ``1e+20``) is not an id anyone
+    wrote, and the sources never produce them."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        raise DataError(
+            "data.exclude_users: the log's user ids are floating-point numbers, which cannot be "
+            "matched exactly; the source must give integer or string ids"
+        )
+    if values.dtype.kind == "O":
+        return np.array([v if isinstance(v, str) else str(v) for v in values], dtype=object)
     return values.astype(str)
+
+
+def _report(listed: np.ndarray, users: np.ndarray) -> int:
+    """How many listed ids match no user of the log; a notice says so (never which ids)."""
+    not_found = int((~np.isin(listed, users)).sum()) if len(listed) else 0
+    if not_found:
+        notice(
+            f"data.exclude_users: {not_found} of {len(listed)} listed ids match no user in the "
+            "log (ids match exactly as written: 007 is not 7)",
+            True,
+        )
+    return not_found
 
 
 def exclude(df: pd.DataFrame, cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, dict[str, Any] | None]:
@@ -79,11 +102,15 @@ def exclude(df: pd.DataFrame, cfg: Mapping[str, Any]) -> tuple[pd.DataFrame, dic
     p = _path(cfg)
     if p is None:
         return df, None
-    ids = read_ids(p)
-    users = _as_strings(df["user"])
-    drop = np.isin(users, np.asarray(ids, dtype=str))
-    removed = int(len(np.unique(users[drop]))) if drop.any() else 0
-    info = summary(p, listed=len(ids), removed=removed, events=int(drop.sum()))
+    ids = np.asarray(read_ids(p), dtype=object)
+    codes, uniques = pd.factorize(df["user"].to_numpy())
+    users = _as_strings(uniques)
+    hit = np.isin(users, ids)  # per distinct user
+    drop = hit[codes]
+    not_found = _report(ids, users)
+    info = summary(
+        p, listed=len(ids), removed=int(hit.sum()), events=int(drop.sum()), not_found=not_found
+    )
     return df.loc[~drop].reset_index(drop=True), info
 
 
@@ -98,9 +125,9 @@ def exclude_split(split: Any, cfg: Mapping[str, Any]) -> tuple[Any, dict[str, An
     p = _path(cfg)
     if p is None:
         return split, None
-    ids = np.asarray(read_ids(p), dtype=str)
+    ids = np.asarray(read_ids(p), dtype=object)
     old_ids = split.train.user_ids
-    keep_user = ~np.isin(np.asarray(old_ids).astype(str), ids)
+    keep_user = ~np.isin(_as_strings(old_ids), ids)
     new_index = np.cumsum(keep_user) - 1  # old internal id -> new internal id
     parts = {}
     events = 0
@@ -122,14 +149,20 @@ def exclude_split(split: Any, cfg: Mapping[str, Any]) -> tuple[Any, dict[str, An
             item_ids=sel.item_ids,
         )
     removed = int((present & ~keep_user).sum())
-    return replace(split, **parts), summary(p, listed=len(ids), removed=removed, events=events)
+    not_found = _report(ids, _as_strings(old_ids[present]))
+    info = summary(p, listed=len(ids), removed=removed, events=events, not_found=not_found)
+    return replace(split, **parts), info
 
 
-def summary(path: Path, listed: int, removed: int, events: int) -> dict[str, Any]:
-    """What a run records about its opt-out list: counts and the file hash, never the ids."""
+def summary(
+    path: Path, listed: int, removed: int, events: int, not_found: int = 0
+) -> dict[str, Any]:
+    """What a run records about its opt-out list: counts and the file hash, never the ids.
+    ``not_found``: listed ids that match no user of the log."""
     return {
         "file_sha256": file_sha256(path),
         "users_listed": int(listed),
         "users_removed": int(removed),
         "events_removed": int(events),
+        "not_found": int(not_found),
     }

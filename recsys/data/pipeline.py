@@ -61,6 +61,52 @@ def resolve_source(path: str) -> Callable[[Mapping[str, Any]], pd.DataFrame]:
     return fn
 
 
+def _unset(cfg: Mapping[str, Any], prefix: str = "data") -> str | None:
+    """The first key left at OmegaConf's mandatory marker ``???``, dotted (``data.path``)."""
+    for k, v in cfg.items():
+        if isinstance(v, str) and v == "???":
+            return f"{prefix}.{k}"
+        if isinstance(v, Mapping):
+            found = _unset(v, f"{prefix}.{k}")
+            if found:
+                return found
+    return None
+
+
+def check_config(cfg: Mapping[str, Any]) -> None:
+    """Refuse a data config that cannot work, decided by the config alone, before any file is
+    read: a mandatory key left unset (``data=csv`` without ``data.path``, ``data=atomic``
+    without ``data.name``) and the source's own checks (:func:`recsys.data.sources.check_config`).
+    One :class:`ConfigError` line naming the key."""
+    key = _unset(cfg)
+    if key is not None:
+        raise ConfigError(f"{key} must be set for this dataset (add {key}=...)")
+    if not cfg.get("source"):
+        raise ConfigError("data.source must name a loader (a dotted path)")
+    sources.check_config(cfg)
+
+
+def resolve_data_config(data: Any) -> dict[str, Any]:
+    """The ``data`` node of a composed config resolved to a plain dict and checked
+    (:func:`check_config`); a mandatory value left unset, also one reached through an
+    interpolation (``files: ["${data.name}.inter"]`` of ``data=atomic``), is one
+    :class:`ConfigError` line naming the key instead of OmegaConf's traceback."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+
+    if isinstance(data, DictConfig):
+        try:
+            data = OmegaConf.to_container(data, resolve=True, throw_on_missing=True)
+        except (MissingMandatoryValue, InterpolationToMissingValueError) as e:
+            missing = re.search(r"Missing mandatory value: ([\w.]+)", str(e))
+            key = missing.group(1) if missing else str(e.full_key)
+            key = key if key.startswith("data.") else f"data.{key}"
+            raise ConfigError(f"{key} must be set for this dataset (add {key}=...)") from None
+    data = dict(data)
+    check_config(data)
+    return data
+
+
 def fingerprint(cfg: Mapping[str, Any]) -> str:
     """A short hash of every value that determines the prepared data and split."""
     payload = _data_values(cfg)
@@ -88,6 +134,7 @@ def _effective_seed(cfg: Mapping[str, Any], seed: int) -> int | None:
 
 def build(cfg: Mapping[str, Any], seed: int) -> Split:
     """Load, preprocess and split the dataset described by ``cfg``, without the cache."""
+    check_config(cfg)
     name = cfg.get("name", "dataset")
     sources.NOTICES.clear()
     df = resolve_source(cfg["source"])(cfg)
@@ -139,6 +186,7 @@ def cache_path(cfg: Mapping[str, Any], seed: int) -> tuple[Path, str] | None:
     """Where the prepared split of ``cfg`` is cached and its key, or None when it is not cached
     (``data.cache=false``, a source without raw files such as ``synthetic``, or no writable
     cache directory). Downloads missing raw files first."""
+    check_config(cfg)
     if not cfg.get("cache", True):
         return None
     files = raw_files(cfg)
@@ -149,7 +197,7 @@ def cache_path(cfg: Mapping[str, Any], seed: int) -> tuple[Path, str] | None:
         return None
     values = _data_values(cfg)
     values["_split_seed"] = _effective_seed(cfg, seed)
-    key = cache_key(values, files, cdir)
+    key = cache_key(values, files)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(cfg.get("name", "dataset")))
     return cdir / f"{name}-{key[:20]}.npz", key
 

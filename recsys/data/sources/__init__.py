@@ -20,7 +20,8 @@ module                loader                          reads
 :mod:`.files` holds what they share: where files live (:func:`data_root`, :func:`dataset_dir`,
 :func:`raw_files`, downloads through :mod:`recsys.data.download`), the checked readers
 (:func:`read_delimited`, :func:`read_parquet`: a bad line is a one-line
-:class:`~recsys.errors.DataError` naming file, line and column), and :func:`notice`.
+:class:`~recsys.errors.DataError` naming file, line and column; ids are kept as written or
+checked as exact integers, never passed through a float), and :func:`notice`.
 
 Configs written before the loaders moved into these modules name them
 ``recsys.data.sources.<loader>``: those names still import, and :func:`hashed_name` makes both
@@ -33,16 +34,19 @@ A new format is one module here with a ``load_<format>(cfg)`` function and a
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from typing import Any
 
 # Re-exported: checkpoints from before the split store data.source as recsys.data.sources.<loader>
+from recsys.data.sources import atomic, tabular
 from recsys.data.sources.atomic import load_atomic
 from recsys.data.sources.files import (
     NOTICES,
     ROLES,
     data_root,
     dataset_dir,
+    is_int_id,
     notice,
-    pc_min,
     raw_files,
     read_delimited,
     read_parquet,
@@ -66,6 +70,23 @@ _LOADERS = {
     )
 }
 
+# config-only checks of the loaders that have some
+_CHECKS = {"load_csv": tabular.check_config, "load_atomic": atomic.check_config}
+
+
+def check_config(cfg: Mapping[str, Any]) -> None:
+    """Refuse a data config that cannot work, decided by the config alone (before any file is
+    read): a format's own checks (``data=csv`` without ``data.path``, ``data=atomic`` without
+    ``data.name``, an unknown ``data.id_type``, ...). One :class:`~recsys.errors.ConfigError`
+    line naming the key."""
+    source = cfg.get("source")
+    if not isinstance(source, str):
+        return
+    name = hashed_name(source)
+    check = _CHECKS.get(name.rpartition(".")[2]) if name.startswith(__name__ + ".") else None
+    if check is not None:
+        check(cfg)
+
 
 def hashed_name(source: str) -> str:
     """The name under which the data fingerprint and the cache key hash ``data.source``.
@@ -86,6 +107,7 @@ def hashed_name(source: str) -> str:
 
 
 __all__ = [
+    "check_config",
     "NOTICES",
     "ROLES",
     "data_root",
@@ -98,9 +120,9 @@ __all__ = [
     "load_ml100k",
     "load_movielens_csv",
     "load_user_sequences",
+    "is_int_id",
     "notice",
     "parse_user_sequences",
-    "pc_min",
     "raw_files",
     "read_delimited",
     "read_parquet",

@@ -4,14 +4,20 @@ Files are found under ``<data.root>/<data.folder>/`` (``data.root`` defaults to
 ``$RECSYS_DATA_DIR``, else ``data/``) and downloaded from ``data.remote`` when missing (see
 :mod:`recsys.data.download`).
 
-Parsing is vectorized: delimited files go through pyarrow's multi-threaded CSV reader; only when
-that fails or a column has the wrong type is the file re-read (by pandas, as text) to find the
-first bad line and report it as a one-line :class:`~recsys.errors.DataError` naming the file, the
-line and the column. Nothing here loops over rows in Python.
+Parsing is vectorized: delimited files go through pyarrow's multi-threaded CSV reader and the
+values are checked with pyarrow compute functions; only when that fails is the file re-read line
+by line (Python's csv module, the slow path) to find the first bad line and report it as a
+one-line :class:`~recsys.errors.DataError` naming the file, the line and the column. A file that
+is not UTF-8, holds NUL characters or is binary fails the same way, never with a traceback.
+
+Ids are never passed through a float: ``id_type="str"`` keeps each id's text exactly as written
+(``007`` stays ``007``, 20-digit ids stay distinct), ``id_type="int"`` accepts only plain
+non-negative decimal integers below 2**63 (:func:`is_int_id`) and reads them as int64.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import re
@@ -105,6 +111,81 @@ def raw_files(cfg: Mapping[str, Any]) -> list[Path]:
     return [folder / f for f in files]
 
 
+# -- ids: as written, or integers checked exactly ----------------------------------------------
+ID_TYPES = ("str", "int")
+_INT64_MAX = "9223372036854775807"
+_INT_ID = re.compile(r"0|[1-9][0-9]{0,18}")  # ASCII digits, no sign, space or leading zero
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_NOT_FINITE = {"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity", "nan", "+nan", "-nan"}
+
+
+def is_int_id(text: str) -> bool:
+    """Whether ``text`` is a non-negative integer id written exactly: decimal ASCII digits, no
+    sign, space or leading zero, at most 2**63 - 1. Such a text and its int64 convert both ways
+    without loss; anything else (``3.5``, ``1e3``, ``-1``, `` 12``, ``007``, 20 digits) is not
+    an int id."""
+    return _INT_ID.fullmatch(text) is not None and (len(text) < 19 or text <= _INT64_MAX)
+
+
+def _value_problem(role: str, col: str, text: str, id_type: str, hint: str) -> str | None:
+    """What is wrong with one field (``None``: nothing), phrased for a one-line DataError."""
+    where = f"column {col!r} ({role})"
+    if role in ("user", "item"):
+        if text == "":
+            return f"missing value in {where}"
+        if "\x00" in text:
+            return f"{where} holds a NUL character (is it a binary file?)"
+        if any("\udc80" <= ch <= "\udcff" for ch in text):
+            return f"{where} is not valid UTF-8 text (save the file as UTF-8)"
+        if id_type == "int" and not is_int_id(text):
+            return (
+                f"{where} must be a non-negative integer id (plain digits without sign, spaces "
+                f"or leading zeros, below 2**63){hint}, got {text[:60]!r}"
+            )
+        return None
+    t = text.strip(" \t")
+    if t == "":
+        return f"missing value in {where}"
+    if t.lower() in _NOT_FINITE:
+        return f"{where} must be a finite number, got {text[:60]!r}"
+    if _NUMBER.fullmatch(t) is None:
+        return f"{where} must be a number, got {text[:60]!r}"
+    if not np.isfinite(float(t)):
+        return f"{where} must be a finite number, got {text[:60]!r}"
+    return None
+
+
+def _check_ids(arr: Any, id_type: str) -> np.ndarray | None:
+    """A string column of ids as numpy (``str``: an object array of the texts; ``int``: int64),
+    or None when a value breaks the rules of :func:`_value_problem` (vectorized check)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if arr.null_count:
+        return None
+    if len(arr) and (
+        pc.min(pc.binary_length(arr)).as_py() == 0
+        or pc.any(pc.match_substring(arr, "\x00")).as_py()
+    ):
+        return None
+    if id_type == "str":
+        return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=object)
+    if len(arr):
+        canonical = pc.match_substring_regex(arr, r"^(0|[1-9][0-9]{0,18})$")
+        too_big = pc.and_(pc.equal(pc.binary_length(arr), 19), pc.greater(arr, _INT64_MAX))
+        if not pc.all(pc.and_(canonical, pc.invert(too_big))).as_py():
+            return None
+    return pc.cast(arr, pa.int64()).to_numpy()
+
+
+def _check_numbers(arr: Any) -> np.ndarray | None:
+    """A float64 column as numpy, or None when a value is missing or not finite."""
+    if arr.null_count:
+        return None
+    values = arr.to_numpy()
+    return values if np.isfinite(values).all() else None
+
+
 # -- the delimited-file reader every tabular source shares ----------------------------------------
 def read_delimited(
     path: Path,
@@ -113,24 +194,30 @@ def read_delimited(
     columns: Mapping[str, str | None],
     header: bool = True,
     names: list[str] | None = None,
-    int_ids: bool = True,
-    id_as_string: bool = False,
+    id_type: str = "int",
+    hint: str = "",
 ) -> pd.DataFrame:
     """Read the mapped columns of a delimited text file into a frame with the roles as columns.
 
     Args:
-        path: the file.
+        path: the file (UTF-8; a BOM at the start is skipped; quoting as in RFC 4180).
         sep: field separator (one or more characters).
         columns: role (``user, item, time, rating``) → column name in the header (or in
             ``names``); a role mapped to None is not read.
         header: whether the first line names the columns.
-        names: column names when there is no header.
-        int_ids: user and item ids must be non-negative integers.
-        id_as_string: read user and item ids as strings (tokens).
+        names: column names when there is no header (default: ``0, 1, ...`` over the fields
+            of the first line).
+        id_type: ``str``: user and item ids are the texts exactly as written (an object array
+            of ``str``); ``int``: non-negative integers checked exactly (:func:`is_int_id`),
+            read as int64. Ids never pass through a float.
+        hint: appended to the message about a bad integer id (how to declare them otherwise).
+
+    Time and rating must be finite numbers. Lines that are entirely empty are skipped.
 
     Raises:
-        DataError: missing file or column, a line with the wrong number of fields, a missing or
-            non-numeric value, a negative or non-integer id. The message names file and line.
+        DataError: missing file or column, text that is not UTF-8 or holds NUL characters in a
+            column read, a line with the wrong number of fields, a missing, non-numeric or
+            infinite value, an id breaking ``id_type``. One line naming file, line and column.
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -138,93 +225,122 @@ def read_delimited(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    wanted = {role: c for role, c in columns.items() if c is not None}
+    if id_type not in ID_TYPES:
+        raise ValueError(f"id_type must be one of {ID_TYPES}, got {id_type!r}")
     data: Any = path
+    psep = sep
     if len(sep) > 1:
-        data = io.BytesIO(path.read_bytes().replace(sep.encode(), _SEP_PLACEHOLDER.encode()))
-        sep = _SEP_PLACEHOLDER
+        raw = path.read_bytes()
+        if _SEP_PLACEHOLDER.encode() in raw:
+            raise DataError(f"{path}: holds the control character \\x1f (is it a binary file?)")
+        data = io.BytesIO(raw.replace(sep.encode(), _SEP_PLACEHOLDER.encode()))
+        del raw
+        psep = _SEP_PLACEHOLDER
+    first = _first_record(path, data, psep, header)
+    if isinstance(data, io.BytesIO):
+        data.seek(0)
     if header:
-        names = _header(path, sep if len(sep) == 1 else _SEP_PLACEHOLDER, data)
-    assert names is not None
-    for role, col in wanted.items():
-        if col not in names:
+        names = [c.strip() for c in first]
+    elif names is None:
+        names = [str(i) for i in range(len(first))]
+    index: dict[str, int] = {}
+    for role, col in columns.items():
+        if col is None:
+            continue
+        found = [i for i, n in enumerate(names) if n == col]
+        if not found:
+            what = "the file has" if header else "line 1 has the fields"
             raise DataError(
-                f"{path}: missing column {col!r} ({role}); the file has: {', '.join(names)}"
+                f"{path}: missing column {col!r} ({role}); {what}: {', '.join(names)}"[:400]
             )
-    types = {wanted[r]: pa.string() for r in ("user", "item") if id_as_string and r in wanted}
+        if len(found) > 1:
+            raise DataError(f"{path}: line 1: column {col!r} ({role}) is named {len(found)} times")
+        index[role] = found[0]
+    cols = {role: str(i) for role, i in index.items()}
+    types = {c: pa.string() if r in ("user", "item") else pa.float64() for r, c in cols.items()}
     try:
         table = pacsv.read_csv(
             data,
             read_options=pacsv.ReadOptions(
-                column_names=None if header else names, block_size=1 << 24
+                column_names=[str(i) for i in range(len(names))],
+                skip_rows=1 if header else 0,
+                block_size=1 << 24,
             ),
-            parse_options=pacsv.ParseOptions(delimiter=sep),
+            parse_options=pacsv.ParseOptions(delimiter=psep, newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
-                include_columns=list(dict.fromkeys(wanted.values())), column_types=types
+                include_columns=list(dict.fromkeys(cols.values())),
+                column_types=types,
+                null_values=[""],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
             ),
         )
-        frame = _typed_frame(table, wanted, int_ids, id_as_string)
+        out = {}
+        for role, c in cols.items():
+            arr = table.column(c)
+            values = _check_ids(arr, id_type) if role in ("user", "item") else _check_numbers(arr)
+            if values is None:
+                raise _NeedsDiagnosis(f"a bad value in column {names[int(c)]!r} ({role})")
+            out[role] = values
+        del table
     except (pa.ArrowInvalid, _NeedsDiagnosis) as e:
-        if isinstance(data, io.BytesIO):
-            data.seek(0)
-        _diagnose(path, data, sep, header, names, wanted, int_ids, id_as_string)
-        raise DataError(f"{path}: could not be parsed ({str(e).splitlines()[0][:200]})") from None
-    return frame
+        _diagnose(path, data, psep, header, names, index, id_type, hint)
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise DataError(f"{path}: could not be parsed ({reason})") from None
+    return pd.DataFrame(out, copy=False)
 
 
 class _NeedsDiagnosis(Exception):
-    """The fast reader produced a column of the wrong type: find the offending line."""
+    """The fast reader found a value breaking the rules: find the offending line."""
 
 
-def _header(path: Path, sep: str, data: Any) -> list[str]:
+def _binary_lines(path: Path, data: Any):
+    """The file's lines as bytes, split at ``\\n``, ``\\r\\n`` and a lone ``\\r`` (as the CSV
+    readers do), line endings kept; streamed."""
     if isinstance(data, io.BytesIO):
-        first = data.getvalue().split(b"\n", 1)[0].decode("utf-8", "replace")
+        data.seek(0)
+        f = data
     else:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            first = f.readline()
-    first = first.rstrip("\r\n").lstrip("\ufeff")
-    if not first.strip():
-        raise DataError(f"{path}: line 1: empty header (expected column names)")
-    return [c.strip().strip('"') for c in first.split(sep)]
+        f = open(path, "rb")  # noqa: SIM115 - closed below, the generator may stop early
+    try:
+        for chunk in f:
+            yield from chunk.splitlines(keepends=True)
+    finally:
+        if f is not data:
+            f.close()
 
 
-def _typed_frame(table: Any, wanted: Mapping[str, str], int_ids: bool, id_as_string: bool):
-    """Check the parsed columns' types and return them as a frame named by role (no copy into
-    a consolidated block: ``split_blocks``)."""
-    import pyarrow as pa
-    import pyarrow.types as pat
-
-    arrays, names = [], []
-    for role, col in wanted.items():
-        arr = table.column(col)
-        if arr.null_count:
-            raise _NeedsDiagnosis(f"empty values in {col}")
-        t = arr.type
-        if role in ("user", "item"):
-            if int_ids and not pat.is_integer(t):
-                raise _NeedsDiagnosis(f"{col} is {t}")
-            if int_ids and pc_min(arr) < 0:
-                raise _NeedsDiagnosis(f"negative id in {col}")
-            if pat.is_integer(t) and not id_as_string:
-                arr = arr.cast(pa.int64())
-        else:
-            if not (pat.is_integer(t) or pat.is_floating(t)):
-                raise _NeedsDiagnosis(f"{col} is {t}")
-            arr = arr.cast(pa.float64())
-        arrays.append(arr)
-        names.append(role)
-    frame = pa.table(arrays, names=names).to_pandas(split_blocks=True, self_destruct=True)
-    for role in ("user", "item"):
-        if role in frame and frame[role].dtype.kind not in "iu":
-            frame[role] = frame[role].astype(str).to_numpy(dtype=object)
-    return frame
+def _text_lines(path: Path, data: Any):
+    """The lines decoded as UTF-8 (a leading BOM dropped); bytes that are not UTF-8 become
+    lone surrogates (``surrogateescape``), reported only where a column read holds them."""
+    for i, line in enumerate(_binary_lines(path, data)):
+        if i == 0 and line.startswith(b"\xef\xbb\xbf"):
+            line = line[3:]
+        yield line.decode("utf-8", "surrogateescape")
 
 
-def pc_min(arr: Any) -> int:
-    import pyarrow.compute as pc
+def _csv_reader(lines: Any, sep: str) -> Any:
+    return csv.reader(lines, delimiter=sep, quotechar='"', doublequote=True, strict=False)
 
-    m = pc.min(arr).as_py()
-    return 0 if m is None else int(m)
+
+def _first_record(path: Path, data: Any, sep: str, header: bool) -> list[str]:
+    """The fields of the first line (the header, or the first row of a file without one)."""
+    lines = _text_lines(path, data)
+    line = next(lines, "")
+    if line.strip("\r\n") == "":
+        what = "the header (column names)" if header else "the first row"
+        raise DataError(f"{path}: line 1 is empty (expected {what})")
+    if header and any("\udc80" <= ch <= "\udcff" for ch in line):
+        raise DataError(f"{path}: line 1 (the header) is not valid UTF-8 text (save it as UTF-8)")
+    if header and "\x00" in line:
+        raise DataError(f"{path}: line 1 holds a NUL character (is it a binary file?)")
+    try:
+        fields = next(csv.reader([line], delimiter=sep, strict=True))
+    except (csv.Error, StopIteration):
+        raise DataError(
+            f"{path}: line 1: an unclosed quote (a header or first row must fit on one line)"
+        ) from None
+    return fields
 
 
 def _diagnose(
@@ -233,66 +349,62 @@ def _diagnose(
     sep: str,
     header: bool,
     names: list[str],
-    wanted: Mapping[str, str],
-    int_ids: bool,
-    id_as_string: bool,
+    index: Mapping[str, int],
+    id_type: str,
+    hint: str,
 ) -> None:
-    """Re-read the file as text (slow path, only after a failure) and raise a DataError naming
-    the first bad line; returns without raising if it finds nothing."""
-    try:
-        raw = pd.read_csv(
-            data,
-            sep=sep,
-            header=0 if header else None,
-            names=None if header else names,
-            dtype=str,
-            keep_default_na=False,
-            skip_blank_lines=False,
-            engine="c" if len(sep) == 1 else "python",
-        )
-    except pd.errors.ParserError as e:
-        m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
-        if m:
-            raise DataError(
-                f"{path}: line {m.group(2)}: expected {m.group(1)} fields, found {m.group(3)}"
-            ) from None
-        raise DataError(f"{path}: unparseable ({str(e).splitlines()[-1][:200]})") from None
+    """Re-read the file line by line (slow path, only after the fast reader failed) and raise a
+    DataError naming the first bad line; returns without raising if it finds nothing."""
+    lines = _text_lines(path, data)
+    offset = 0
     if header:
-        raw.columns = [str(c).strip() for c in raw.columns]
-    offset = 2 if header else 1  # row 0 is on line 1, or line 2 below a header
-    values = raw.to_numpy(dtype=object) if len(raw.columns) else np.empty((0, 0), dtype=object)
-    blank = (values == "").all(axis=1) if values.size else np.zeros(len(raw), bool)
-    for role, col in wanted.items():
-        s = raw[col].to_numpy(dtype=object)
-        empty = (s == "") & ~blank
-        if empty.any():
-            i = int(np.argmax(empty))
-            raise DataError(f"{path}: line {i + offset}: missing value in column {col!r} ({role})")
-        if role in ("user", "item") and (id_as_string or not int_ids):
+        next(lines, None)
+        offset = 1
+    reader = _csv_reader(lines, sep)
+    last = 0
+    while True:
+        start = offset + last + 1  # a record starts on the line after the previous one ended
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"{path}: line {start}: {e}") from None
+        last = reader.line_num
+        if not fields:
             continue
-        num = pd.to_numeric(pd.Series(s), errors="coerce").to_numpy(np.float64)
-        bad = np.isnan(num) & ~blank
-        what = "a number"
-        if role in ("user", "item"):
-            bad |= ~blank & ((num < 0) | (np.floor(num) != num))
-            what = "a non-negative integer id"
-        if bad.any():
-            i = int(np.argmax(bad))
+        if len(fields) != len(names):
             raise DataError(
-                f"{path}: line {i + offset}: column {col!r} ({role}) must be {what}, got {s[i]!r}"
+                f"{path}: line {start}: expected {len(names)} fields, found {len(fields)}"
             )
+        for role, i in index.items():
+            problem = _value_problem(role, names[i], fields[i], id_type, hint)
+            if problem:
+                raise DataError(f"{path}: line {start}: {problem}")
 
 
 # -- Parquet, checked the same way -----------------------------------------------------------------
 def read_parquet(
-    path: Path, columns: Mapping[str, str | None], int_ids: bool = False
+    path: Path, columns: Mapping[str, str | None], id_type: str = "int", hint: str = ""
 ) -> pd.DataFrame:
     """The mapped columns of a Parquet file, checked like :func:`read_delimited` (rows are
-    reported 1-based)."""
+    reported 1-based).
+
+    Ids: an integer column gives ``int`` ids, or with ``id_type="str"`` the exact decimal text of
+    each integer; a string column gives the texts as written, or with ``id_type="int"`` integers
+    checked exactly. A floating-point (or any other) column is refused as ids: a float id column
+    is almost always an accident (integers that met a missing value in pandas), and its text
+    (``12.0``, ``1e+20``) is not the id anyone wrote. Time and rating: numbers (or timestamps,
+    read as seconds since the epoch), finite.
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    if id_type not in ID_TYPES:
+        raise ValueError(f"id_type must be one of {ID_TYPES}, got {id_type!r}")
     try:
         schema = pq.read_schema(path)
     except Exception as e:  # not a parquet file, truncated footer
@@ -305,41 +417,111 @@ def read_parquet(
             raise DataError(
                 f"{path}: missing column {col!r} ({role}); the file has: {', '.join(schema.names)}"
             )
-    table = pq.read_table(path, columns=list(dict.fromkeys(wanted.values())))
+        if schema.names.count(col) > 1:
+            raise DataError(f"{path}: column {col!r} ({role}) is named twice")
+    try:
+        table = pq.read_table(path, columns=list(dict.fromkeys(wanted.values())))
+    except (pa.ArrowException, OSError) as e:  # damaged pages, bad compression
+        raise DataError(
+            f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})"
+        ) from None
     out = {}
-    import pyarrow as pa
-
     for role, col in wanted.items():
         arr = table.column(col)
-        if arr.null_count == 0 and (int_ids or role in ("time", "rating")):
-            try:  # fast path: a vectorized cast; on failure, locate the bad row below
-                target = pa.int64() if role in ("user", "item") else pa.float64()
-                cast = arr.cast(target).to_numpy()
-                if role not in ("user", "item") or len(cast) == 0 or cast.min() >= 0:
-                    out[role] = cast
-                    continue
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                pass
-        s = arr.to_pandas()
-        if s.isna().any():
-            i = int(np.argmax(s.isna().to_numpy()))
-            raise DataError(f"{path}: row {i + 1}: missing value in column {col!r} ({role})")
-        if role in ("user", "item") and not int_ids:
-            out[role] = s.to_numpy() if s.dtype.kind in "iu" else s.astype(str).to_numpy()
-            continue
-        num = pd.to_numeric(s, errors="coerce").to_numpy(np.float64)
-        bad = np.isnan(num)
-        what = "a number"
-        if role in ("user", "item"):
-            bad |= (num < 0) | (np.floor(num) != num)
-            what = "a non-negative integer id"
-        if bad.any():
-            i = int(np.argmax(bad))
+        if arr.null_count:
             raise DataError(
-                f"{path}: row {i + 1}: column {col!r} ({role}) must be {what}, got {s.iloc[i]!r}"
+                f"{path}: row {_first_true(arr.is_null()) + 1}: missing value in column "
+                f"{col!r} ({role})"
             )
-        out[role] = num.astype(np.int64) if role in ("user", "item") else num
-    return pd.DataFrame(out)
+        if role in ("user", "item"):
+            out[role] = _parquet_ids(path, arr, col, role, id_type, hint)
+        else:
+            out[role] = _parquet_numbers(path, arr, col, role)
+    return pd.DataFrame(out, copy=False)
+
+
+def _first_true(mask: Any) -> int:
+    import pyarrow.compute as pc
+
+    return int(pc.index(mask, True).as_py())
+
+
+def _parquet_ids(path: Path, arr: Any, col: str, role: str, id_type: str, hint: str) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.types as pat
+
+    if pat.is_dictionary(arr.type):
+        arr = arr.cast(arr.type.value_type)
+    t = arr.type
+    if pat.is_integer(t):
+        if id_type == "str":
+            return np.asarray(
+                pc.cast(arr, pa.string()).to_numpy(zero_copy_only=False), dtype=object
+            )
+        bad = pc.less(arr, 0) if pat.is_signed_integer(t) else None
+        if pat.is_uint64(t):
+            bad = pc.greater(arr, pa.scalar(int(_INT64_MAX), pa.uint64()))
+        if bad is not None and pc.any(bad).as_py():
+            i = _first_true(bad)
+            raise DataError(
+                f"{path}: row {i + 1}: "
+                f"{_value_problem(role, col, str(arr[i].as_py()), 'int', hint)}"
+            )
+        return pc.cast(arr, pa.int64()).to_numpy()
+    if pat.is_string(t) or pat.is_large_string(t):
+        try:
+            arr.validate(full=True)
+        except pa.ArrowInvalid:
+            raise DataError(
+                f"{path}: column {col!r} ({role}) holds text that is not valid UTF-8"
+            ) from None
+        values = _check_ids(arr, id_type)
+        if values is not None:
+            return values
+        for i, text in enumerate(arr.to_pylist()):  # slow path: only after a failure
+            problem = _value_problem(role, col, text, id_type, hint)
+            if problem:
+                raise DataError(f"{path}: row {i + 1}: {problem}")
+        raise DataError(f"{path}: column {col!r} ({role}) could not be read as ids")
+    raise DataError(
+        f"{path}: column {col!r} ({role}) holds {t} values; ids must be integers or strings (a "
+        f"{t} id column is almost always an accident, such as integers that met a missing value "
+        "in pandas, and 12.0 or 1e+20 is not the id anyone wrote): write it as int64 or string"
+    )
+
+
+def _parquet_numbers(path: Path, arr: Any, col: str, role: str) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.types as pat
+
+    t = arr.type
+    if pat.is_dictionary(t):
+        arr = arr.cast(t.value_type)
+        t = arr.type
+    if pat.is_timestamp(t):
+        per_second = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[t.unit]
+        values = pc.cast(arr, pa.int64()).to_numpy() / per_second
+    elif pat.is_integer(t) or pat.is_floating(t) or pat.is_decimal(t):
+        values = pc.cast(arr, pa.float64()).to_numpy()
+    elif pat.is_string(t) or pat.is_large_string(t):
+        texts = arr.to_pylist()
+        for i, text in enumerate(texts):
+            problem = _value_problem(role, col, text, "str", "")
+            if problem:
+                raise DataError(f"{path}: row {i + 1}: {problem}")
+        values = np.array([float(x.strip(" \t")) for x in texts], dtype=np.float64)
+    else:
+        raise DataError(f"{path}: column {col!r} ({role}) holds {t} values; it must be numeric")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            f"{path}: row {i + 1}: column {col!r} ({role}) must be a finite number, got "
+            f"{arr[i].as_py()!r}"
+        )
+    return values
 
 
 # -- what every loader does with the frame it read -------------------------------------------------

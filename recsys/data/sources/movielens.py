@@ -46,7 +46,7 @@ def load_ml1m(cfg: Mapping[str, Any]) -> pd.DataFrame:
             f"data.rating_threshold=null, or put the official ratings.dat in {folder}/"
         )
     notice(f"ml-1m: using {path}: implicit (user, movie) pairs, no ratings or timestamps", True)
-    frame = read_parquet(path, {"user": "userID", "item": "movieID"}, int_ids=True)
+    frame = read_parquet(path, {"user": "userID", "item": "movieID"}, id_type="int")
     return finish_log(frame, path)
 
 
