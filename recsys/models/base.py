@@ -33,6 +33,10 @@ A model is a ``torch.nn.Module`` subclassing :class:`Recommender`, with:
     (BiasedMF: a rating; NCF: an interaction probability), what ``eval.task=rating`` compares
     with held-out ratings;
 
+  - ``needs_train_matrix``: ``set_train_matrix(train)`` receives the whole (U, I) sparse
+    training matrix before the first training step (RecModule calls it when fitting starts): a
+    graph model's adjacency (LightGCN);
+
   and two values the data side reads: ``num_negatives`` (negatives per training pair the pair
   loader draws) and ``max_len`` (the window of a sequence model; its positional table, saved
   with the model). ``eval_users_per_chunk()`` sizes evaluation chunks.
@@ -65,6 +69,7 @@ ABILITIES = {
     "represents_users": "user_representation",
     "exposes_embeddings": "embeddings",
     "predicts_pairs": "predict",
+    "needs_train_matrix": "set_train_matrix",
 }
 
 
@@ -76,6 +81,7 @@ class Recommender(nn.Module):
     represents_users: ClassVar[bool] = False
     exposes_embeddings: ClassVar[bool] = False
     predicts_pairs: ClassVar[bool] = False
+    needs_train_matrix: ClassVar[bool] = False
     # the frozen dataclass of hyper-parameters a ``**settings`` constructor takes (build_model
     # checks config keys against its fields), or None for explicit keyword parameters
     settings_class: ClassVar[type | None] = None
@@ -139,6 +145,12 @@ class Recommender(nn.Module):
         """(n,) the model's value for each of the ``n`` (user, item) pairs (``predicts_pairs``)."""
         raise NotImplementedError(
             f"{type(self).__name__} predicts no (user, item) values (predicts_pairs = False)"
+        )
+
+    def set_train_matrix(self, train: Tensor) -> None:
+        """Receive the (U, I) sparse training matrix before training (``needs_train_matrix``)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} takes no training matrix (needs_train_matrix = False)"
         )
 
     def eval_users_per_chunk(self) -> int:

@@ -200,6 +200,13 @@ class RecModule(pl.LightningModule):
             and all(getattr(type(self), h) is getattr(pl.LightningModule, h) for h in hooks)
         )
 
+    def on_fit_start(self) -> None:
+        # the whole training matrix, before the first step, for a model that declares it needs it
+        # (a graph model's adjacency); the datamodule is the one being fitted
+        if self.model.needs_train_matrix:
+            train = self.trainer.datamodule.train_matrix()
+            self.model.set_train_matrix(train.to(self.device))
+
     def on_train_start(self) -> None:
         self._direct = not self.automatic_optimization and self._direct_steps(self.optimizers())
 

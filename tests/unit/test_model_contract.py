@@ -49,6 +49,8 @@ def setup_model(name: str, seed: int = 0):
     dm.setup()
     torch.manual_seed(seed)
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), dm.n_users, dm.n_items)
+    if model.needs_train_matrix:  # what RecModule hands it when fitting starts
+        model.set_train_matrix(dm.train_matrix())
     dm.configure_for(model)
     return model, dm
 
