@@ -1,4 +1,5 @@
-"""Sweep plumbing for ``recsys-train -m``: run names, TensorBoard hyper-parameters, failures.
+"""Sweep plumbing for ``recsys-train -m``: run names, TensorBoard hyper-parameters, failures,
+and the trial side of Optuna searches.
 
 - In a multirun every run logs TensorBoard events under one root, ``<sweep_dir>/tensorboard/``,
   in a folder named from the model and the run's overrides (:func:`run_name`), so
@@ -9,6 +10,12 @@
   traceback) is written to ``<sweep_dir>/failures/<job>.json`` and the run returns NaN (Optuna
   marks such a trial failed). :class:`FailureReport`, a Hydra callback, lists the failures once
   the sweep ends and exits with status 1 if there were any.
+- Optuna searches (``hparams_search=...``, the sweeper in ``hydra_plugins/recsys_optuna_sweeper``)
+  keep their study in a storage that both the sweeper and every trial open
+  (:func:`open_storage`); :class:`OptunaPruning`, a Lightning callback the sweeper adds to each
+  trial, reports the monitored validation metric after every epoch and stops a trial its pruner
+  finds unpromising. The trial may run in another process or on another machine (joblib, SLURM),
+  so it reaches the study through the storage, never through an in-memory object.
 """
 
 from __future__ import annotations
@@ -197,6 +204,119 @@ def failures(sweep: str | Path) -> list[dict[str, Any]]:
         if folder.is_dir()
         else []
     )
+
+
+def storage_url(storage: str | None, sweep: Path) -> str:
+    """The study's storage: ``storage`` as given, or a SQLite file in the sweep folder.
+
+    A relative SQLite path is made absolute, so trials started elsewhere (another working
+    directory, a SLURM node sharing the filesystem) open the same file.
+    """
+    if not storage:
+        return f"sqlite:///{(sweep / 'optuna.db').resolve()}"
+    if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
+        return f"sqlite:///{Path(storage.removeprefix('sqlite:///')).resolve()}"
+    if storage.startswith("journal:"):
+        return f"journal:{Path(storage.removeprefix('journal:')).resolve()}"
+    return storage
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna storage for ``url``: an RDB URL (``sqlite:///...``, ``postgresql://...``) or
+    ``journal:<file>`` (Optuna's journal file, for filesystems where SQLite locking is unsafe)."""
+    import optuna
+
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:"):
+        # parallel trials write intermediate values to one file: wait for its lock, don't fail
+        kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}}
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(url, **kwargs)
+
+
+try:  # Lightning is a core dependency; the import is deferred only to keep this module light
+    from pytorch_lightning import Callback as _PLCallback
+except ImportError:  # pragma: no cover
+    _PLCallback = object  # type: ignore[assignment,misc]
+
+
+class OptunaPruning(_PLCallback):  # type: ignore[misc,valid-type]
+    """Report ``monitor`` to Optuna trial ``trial`` of ``study_name`` after every validation and
+    stop training when ``pruner`` says the trial is unpromising.
+
+    The step is the epoch index (0-based, as Optuna's pruners expect). A pruned trial is not
+    failed: training stops as early stopping would, the run still evaluates its best checkpoint
+    and writes ``metrics.json``, and the trial records ``pruned_after_epoch``; the sweeper then
+    marks it PRUNED. If the storage cannot be reached, pruning is switched off with a warning and
+    the run goes on.
+    """
+
+    def __init__(
+        self,
+        storage: str,
+        study_name: str,
+        trial: int,
+        monitor: str,
+        pruner: Any = None,
+    ) -> None:
+        self.storage = storage
+        self.study_name = study_name
+        self.trial = int(trial)
+        self.monitor = monitor
+        self.pruner = pruner
+        self.pruned_after_epoch: int | None = None
+        self._trial: Any = None
+        self._disabled = False
+
+    def _optuna_trial(self) -> Any:
+        if self._trial is None:
+            import optuna
+
+            study = optuna.load_study(
+                study_name=self.study_name, storage=open_storage(self.storage), pruner=self.pruner
+            )
+            # Optuna has no public "trial by number" for an existing running trial
+            trial_id = study._storage.get_trial_id_from_study_id_trial_number(
+                study._study_id, self.trial
+            )
+            self._trial = optuna.trial.Trial(study, trial_id)
+        return self._trial
+
+    def _decide(self, trainer: Any) -> bool:
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None or self._disabled:
+            return False
+        epoch = int(trainer.current_epoch)
+        try:
+            trial = self._optuna_trial()
+            trial.report(float(value), step=epoch)
+            if not trial.should_prune():
+                return False
+            trial.set_user_attr("pruned_after_epoch", epoch + 1)
+        except Exception as e:  # noqa: BLE001 - the study being unreachable must not lose the run
+            log.warning("pruning switched off: trial %d of %s: %s", self.trial, self.study_name, e)
+            self._disabled = True
+            return False
+        self.pruned_after_epoch = epoch + 1
+        log.info(
+            "trial %d pruned after epoch %d (%s = %.4f)", self.trial, epoch + 1, self.monitor, value
+        )
+        return True
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        prune = self._decide(trainer) if trainer.is_global_zero else False
+        if trainer.world_size > 1:  # every rank stops together
+            prune = bool(trainer.strategy.broadcast(prune, src=0))
+        if prune:
+            trainer.should_stop = True
 
 
 try:  # the callback base class exists whenever Hydra is installed (a core dependency)

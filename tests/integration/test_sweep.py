@@ -176,11 +176,16 @@ SEARCHES = sorted(p.stem for p in Path(CONFIG_DIR, "hparams_search").glob("*_opt
 
 @pytest.mark.parametrize("name", SEARCHES)
 def test_optuna_search_spaces_name_real_keys(name):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna", reason="needs the sweep extra: pip install -e '.[sweep]'")
+    from hydra.utils import get_class
+
+    from hydra_plugins.recsys_optuna_sweeper.space import search_space
+
     cfg = _compose_hydra([f"hparams_search={name}"])
-    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
-    assert cfg.hydra.sweeper.direction == "maximize" and cfg.eval.mode == "max"
+    assert get_class(cfg.hydra.sweeper._target_).__name__ == "OptunaSweeper"
+    assert cfg.hydra.sweeper.direction == cfg.eval.mode == "max"  # direction: ${eval.mode}
     assert OmegaConf.to_container(cfg, resolve=False)["optimized_metric"] == "${eval.monitor}"
+    assert cfg.hydra.sweeper.sampler.seed is not None and cfg.hydra.sweeper.pruner is not None
     params = cfg.hydra.sweeper.params
     assert params
     for key in params:
@@ -188,3 +193,5 @@ def test_optuna_search_spaces_name_real_keys(name):
         for part in key.split("."):
             assert part in node, f"{name}: {key} is not a key of the composed config"
             node = node[part]
+    space, fixed = search_space(OmegaConf.to_container(params), [])
+    assert [d.name for d in space] == list(params) and not fixed  # each one an Optuna distribution

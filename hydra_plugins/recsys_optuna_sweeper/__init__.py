@@ -1,0 +1,1 @@
+"""recsys' Optuna sweeper for Hydra (``hydra/sweeper=optuna``): see :mod:`.sweeper`."""
