@@ -45,7 +45,7 @@ _NOT_EXPERIMENT = ("hparams_search", "experiment", "paths", "logger", "callbacks
 
 
 def _container(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 class OptunaSweeper(Sweeper):

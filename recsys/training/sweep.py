@@ -159,7 +159,20 @@ def log_hparams(
     metrics = {
         f"final/{stage}/{k}": float(v) for stage, vals in results.items() for k, v in vals.items()
     }
-    logger.log_hyperparams(hparams(config, overrides), metrics=metrics)
+    send_hparams(logger, hparams(config, overrides), metrics)
+
+
+def send_hparams(logger: Any, params: dict[str, Any], metrics: dict[str, float] | None) -> None:
+    """``logger.log_hyperparams`` with ``metrics`` where it takes them (TensorBoard's HPARAMS,
+    recsys' MLflow logger); elsewhere (W&B, CSV) the metrics are logged as metrics."""
+    import inspect
+
+    if "metrics" in inspect.signature(logger.log_hyperparams).parameters:
+        logger.log_hyperparams(params, metrics=metrics)
+        return
+    logger.log_hyperparams(params)
+    if metrics:
+        logger.log_metrics(metrics)
 
 
 def record_failures(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -304,6 +317,8 @@ class OptunaPruning(_PLCallback):  # type: ignore[misc,valid-type]
             self._disabled = True
             return False
         self.pruned_after_epoch = epoch + 1
+        for logger in trainer.loggers:  # the trackers show which runs were cut short
+            logger.log_metrics({"optuna/pruned_after_epoch": epoch + 1}, step=trainer.global_step)
         log.info(
             "trial %d pruned after epoch %d (%s = %.4f)", self.trial, epoch + 1, self.monitor, value
         )
@@ -333,6 +348,15 @@ class FailureReport(_Callback):  # type: ignore[misc,valid-type]
         failed = failures(sweep)
         if not failed:
             return
+        if (sweep / "mlflow.json").is_file():
+            # Hydra ends callbacks in reverse order and this one exits: close the sweep's
+            # MLflow parent run first (recsys.training.loggers.MLflowRuns would not get to it)
+            try:
+                from recsys.training.loggers import end_sweep_run
+
+                end_sweep_run(config)
+            except Exception as e:  # noqa: BLE001 - the report below matters more
+                log.warning("MLflow: the sweep's parent run was not closed: %s", e)
         lines = [f"{len(failed)} run(s) of the sweep failed (details: {sweep / 'failures'}):"]
         for f in failed:
             lines.append(f"  job {f['job']}: {' '.join(f['overrides'])}\n    {f['error']}")

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from recsys.errors import CheckpointError
 from recsys.files import write_json
 from recsys.training.checks import validate_config
+from recsys.training.loggers import build_loggers
 from recsys.training.manifest import end_manifest, split_fingerprint, start_manifest
 from recsys.training.results import (
     baseline,
@@ -41,7 +42,7 @@ from recsys.training.runs import (
     module_from_checkpoint,
     tidy_console,
 )
-from recsys.training.sweep import log_hparams, run_name, sweep_dir, task_overrides
+from recsys.training.sweep import log_hparams, task_overrides
 
 __all__ = ["EVAL_KEYS", "build_trainer", "train"]
 log = logging.getLogger("recsys")
@@ -71,17 +72,7 @@ def build_trainer(config: dict[str, Any], run_dir: Path) -> pl.Trainer:
         is_ckpt = str(cb_cfg.get("_target_", "")).endswith("ModelCheckpoint")
         extra = {"dirpath": str(run_dir / "checkpoints")} if is_ckpt else {}
         callbacks.append(hydra.utils.instantiate(cb_cfg, **extra))
-    logger_args: dict[str, Any] = {"save_dir": str(run_dir)}
-    sweep = sweep_dir()
-    if sweep is not None and config.get("logger"):
-        # one TensorBoard root per sweep; each run in a folder named from its model and overrides
-        from hydra.core.hydra_config import HydraConfig
-
-        name = run_name(config, task_overrides(), int(HydraConfig.get().job.num))
-        logger_args = {"save_dir": str(sweep), "version": name}
-    logger = (
-        hydra.utils.instantiate(config["logger"], **logger_args) if config.get("logger") else False
-    )
+    logger = build_loggers(config, run_dir)  # TensorBoard, MLflow, ...: recsys/training/loggers.py
     trainer_cfg = dict(config["trainer"])
     tidy_console()
     if not sys.stderr.isatty():  # a progress bar in a log file is noise; EpochSummary logs epochs
