@@ -23,3 +23,23 @@ class DataError(RecsysError, ValueError):
 
 class CheckpointError(RecsysError):
     """A missing, truncated or incompatible checkpoint or artifact file (names the file)."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM stopped a run. A :class:`BaseException`, as ``KeyboardInterrupt`` is, so
+    no ``except Exception`` swallows it; the command line prints one line and exits with
+    128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int, detail: str = ""):
+        super().__init__(signum, detail)
+        self.signum = int(signum)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        import signal
+
+        try:
+            name = signal.Signals(self.signum).name
+        except ValueError:
+            name = f"signal {self.signum}"
+        return f"interrupted by {name}" + (f"; {self.detail}" if self.detail else "")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from recsys.errors import RecsysError
+from recsys.errors import Interrupted, RecsysError
 
 EXIT_USER_ERROR = 2
 
@@ -27,12 +27,16 @@ def user_error(exc: BaseException) -> RecsysError | None:
 
 def report_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorator for Hydra task functions: a user error prints ``error: <message>`` on stderr
-    and exits with status 2, without a traceback; anything else propagates (a bug)."""
+    and exits with status 2, without a traceback; SIGINT/SIGTERM (:class:`Interrupted`) print one
+    line and exit with 128 + the signal number; anything else propagates (a bug)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except Interrupted as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(128 + e.signum)
         except Exception as e:
             err = user_error(e)
             if err is None:

@@ -39,10 +39,16 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="folder for compare.md/.csv/.png (default: the single sweep directory given, else .)",
     )
+    parser.add_argument(
+        "--allow-unfinished",
+        action="store_true",
+        help="compare runs whose manifest.json does not say finished (interrupted, killed); "
+        "by default they are refused",
+    )
     args = parser.parse_args(argv)
     try:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-        result = compare(args.paths, metrics, args.metric, args.baseline)
+        result = compare(args.paths, metrics, args.metric, args.baseline, args.allow_unfinished)
         out = Path(args.out) if args.out else default_out(args.paths)
         md, written = write_report(result, out)
     except RecsysError as e:

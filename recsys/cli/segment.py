@@ -5,7 +5,6 @@ recsys-segment run=outputs/<date>/<time> features=both
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -41,8 +40,7 @@ def main(cfg: DictConfig) -> None:
         print(
             f"  segment {s['segment']}: {s['size']} users, median activity {s['activity'].get('q50', 0):.0f}{extra}"
         )
-    where = Path(c["out"]) if c.get("out") else Path(result["source"]) / "segments"
-    print(f"wrote {where}/segments.csv, segments.json, segments.png", flush=True)
+    print(f"wrote {', '.join(result['written'])}", flush=True)
 
 
 if __name__ == "__main__":

@@ -541,7 +541,12 @@ def run(cfg) -> dict[str, Any]:
 
     from recsys.data.pipeline import fingerprint, prepare
     from recsys.files import write_json
-    from recsys.training.manifest import end_manifest, start_manifest
+    from recsys.training.manifest import (
+        end_manifest,
+        interruptible,
+        recording_end,
+        start_manifest,
+    )
     from recsys.training.results import format_table
 
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
@@ -550,60 +555,67 @@ def run(cfg) -> dict[str, Any]:
     mode, horizon = horizon_of(task)  # a conflicting config fails before the data is read
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = start_manifest(out_dir, config, fingerprint(data_cfg), "cpu")
-    t0 = _time.perf_counter()
-    split = prepare(data_cfg, int(config["seed"]))
-    inter = full_log(split)
-    rows_in_time_order = bool(data_cfg.get("rows_in_time_order"))
-    check_clock(inter, str(data_cfg.get("name")), mode, rows_in_time_order)
-    extra = (
-        frozen_representation(
-            task["representation_run"],
-            inter,
-            task.get("trust") or [],
-            bool(task.get("allow_unfinished")),
+    # the end is recorded: finished, failed (the one-line reason) or interrupted (SIGINT/SIGTERM)
+    unfinished = ("metrics.json", "engagement_scores.csv")
+    with interruptible(), recording_end(out_dir, manifest, unfinished):
+        t0 = _time.perf_counter()
+        split = prepare(data_cfg, int(config["seed"]))
+        inter = full_log(split)
+        rows_in_time_order = bool(data_cfg.get("rows_in_time_order"))
+        check_clock(inter, str(data_cfg.get("name")), mode, rows_in_time_order)
+        extra = (
+            frozen_representation(
+                task["representation_run"],
+                inter,
+                task.get("trust") or [],
+                bool(task.get("allow_unfinished")),
+            )
+            if task.get("representation_run")
+            else None
         )
-        if task.get("representation_run")
-        else None
-    )
-    result = fit_evaluate(inter, task, int(config["seed"]), extra)
-    clf, _w = result.pop("_clf"), result.pop("_windows")
+        result = fit_evaluate(inter, task, int(config["seed"]), extra)
+        clf, _w = result.pop("_clf"), result.pop("_windows")
 
-    if mode == "events" and rows_in_time_order:
-        result["audit"]["event_order"] = "row order of the source (data.rows_in_time_order=true)"
-    # scores for the future: cutoff after the last event, every user with a past
-    if mode == "events":
-        now = float(len(inter))
-        users = observed_users_events(inter, _w["clock"], len(inter))
-        x_now, _ = event_features(inter, _w["clock"], users, len(inter), int(horizon))
-    else:
-        now = float(inter.time.max())
-        users = observed_users(inter, now)
-        x_now, _ = features(inter, users, now)
-    if extra is not None:
-        x_now = np.concatenate([x_now, extra[0][users]], 1)
-    p_now = clf.predict_proba(x_now)[:, 1]
-    with open(out_dir / "engagement_scores.csv", "w", newline="") as f:
-        wr = csv.writer(f)
-        wr.writerow(["user", "p_active_next_horizon"])
-        for u, pr in zip(split.train.user_ids[users].tolist(), p_now.tolist(), strict=False):
-            wr.writerow([u, f"{pr:.6f}"])
-    metrics = {
-        "task": "engagement",
-        "classifier": task.get("classifier", "gbdt"),
-        "test": result["model"],
-        "baseline": {"name": "recency", "test": result["baseline"]},
-        **{k: v for k, v in result.items() if k not in ("model", "baseline")},
-        "scores_cutoff": now,  # a timestamp, or (event clock) the number of events: all seen
-        "horizon": {"days": horizon / DAY} if mode == "days" else {"interactions": int(horizon)},
-        "data": {
-            "name": data_cfg.get("name"),
-            "fingerprint": fingerprint(data_cfg),
-            "opt_out": (split.audit or {}).get("opt_out"),
-        },
-        "timing": {"fit_eval_s": round(_time.perf_counter() - t0, 3)},
-    }
-    write_json(out_dir / "metrics.json", metrics)
-    end_manifest(out_dir, manifest)
+        if mode == "events" and rows_in_time_order:
+            result["audit"]["event_order"] = (
+                "row order of the source (data.rows_in_time_order=true)"
+            )
+        # scores for the future: cutoff after the last event, every user with a past
+        if mode == "events":
+            now = float(len(inter))
+            users = observed_users_events(inter, _w["clock"], len(inter))
+            x_now, _ = event_features(inter, _w["clock"], users, len(inter), int(horizon))
+        else:
+            now = float(inter.time.max())
+            users = observed_users(inter, now)
+            x_now, _ = features(inter, users, now)
+        if extra is not None:
+            x_now = np.concatenate([x_now, extra[0][users]], 1)
+        p_now = clf.predict_proba(x_now)[:, 1]
+        with open(out_dir / "engagement_scores.csv", "w", newline="") as f:
+            wr = csv.writer(f)
+            wr.writerow(["user", "p_active_next_horizon"])
+            for u, pr in zip(split.train.user_ids[users].tolist(), p_now.tolist(), strict=False):
+                wr.writerow([u, f"{pr:.6f}"])
+        metrics = {
+            "task": "engagement",
+            "classifier": task.get("classifier", "gbdt"),
+            "test": result["model"],
+            "baseline": {"name": "recency", "test": result["baseline"]},
+            **{k: v for k, v in result.items() if k not in ("model", "baseline")},
+            "scores_cutoff": now,  # a timestamp, or (event clock) the number of events: all seen
+            "horizon": {"days": horizon / DAY}
+            if mode == "days"
+            else {"interactions": int(horizon)},
+            "data": {
+                "name": data_cfg.get("name"),
+                "fingerprint": fingerprint(data_cfg),
+                "opt_out": (split.audit or {}).get("opt_out"),
+            },
+            "timing": {"fit_eval_s": round(_time.perf_counter() - t0, 3)},
+        }
+        write_json(out_dir / "metrics.json", metrics)
+        end_manifest(out_dir, manifest)
     rows = {
         k: {m: v for m, v in r.items() if m != "n_users"}
         for k, r in (("model", result["model"]), ("recency baseline", result["baseline"]))

@@ -27,13 +27,16 @@ Writes to ``out`` (default ``<run>/segments``): ``segments.csv`` (``user`` = ext
 ``segment``), ``segments.json`` (per segment: size, activity and recency quantiles, mean
 rating, top items by lift over global popularity, and mean per-user test metrics from the run's
 ``per_user_test.npz``), and ``segments.png`` (2-D PCA projection coloured by segment; size and
-NDCG@10 per segment). Users removed by ``data.exclude_users`` are in no output: they are not in
+NDCG@10 per segment; not with ``plot=false`` or without matplotlib, and then an earlier
+segmentation's picture is removed). Each file is written atomically; the result's ``written``
+lists exactly the files this call wrote. Users removed by ``data.exclude_users`` are in no output: they are not in
 the run's data.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,7 @@ import torch
 
 from recsys.data.interactions import Interactions, event_index, has_clock
 from recsys.errors import CheckpointError, ConfigError
-from recsys.files import write_json
+from recsys.files import atomic_write, write_json
 from recsys.models.base import Recommender
 from recsys.trust import Trust, check
 
@@ -314,11 +317,13 @@ def segment(
     out_dir = Path(out) if out else (run_dir or art_dir) / "segments"
     out_dir.mkdir(parents=True, exist_ok=True)
     ext = history.user_ids
-    with open(out_dir / "segments.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["user", "segment"])
-        for uid, s in zip(ext.tolist(), labels.tolist(), strict=False):
-            w.writerow([uid, s])
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(["user", "segment"])
+    for uid, s in zip(ext.tolist(), labels.tolist(), strict=False):
+        w.writerow([uid, s])
+    atomic_write(out_dir / "segments.csv", lambda f: f.write(text.getvalue().encode()))
+    written = [out_dir / "segments.csv"]
 
     per_user = _per_user(run_dir)
     segs = []
@@ -358,8 +363,14 @@ def segment(
         "segments": segs,
     }
     write_json(out_dir / "segments.json", result)
-    if plot:
-        _plot(x, labels, segs, out_dir / "segments.png", seed)
+    written.append(out_dir / "segments.json")
+    png = out_dir / "segments.png"
+    if plot and _plot(x, labels, segs, png, seed):
+        written.append(png)
+    elif png.is_file():  # an earlier segmentation's picture would pass for this one's
+        png.unlink()
+        log.info("removed %s: it showed an earlier segmentation", png)
+    result["written"] = [str(p) for p in written]  # what this call wrote (not in segments.json)
     return result
 
 
@@ -387,12 +398,33 @@ def _add_titles(segs: list[dict[str, Any]], data_cfg: dict[str, Any]) -> None:
 
 def _plot(
     x: np.ndarray, labels: np.ndarray, segs: list[dict[str, Any]], path: Path, seed: int
-) -> None:
-    import matplotlib
+) -> bool:
+    """Write the picture to ``path`` (atomically); False, with a warning, when it could not be
+    drawn (no matplotlib, a drawing error): the segments stand without it."""
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        log.warning("segments.png not written: matplotlib is not available (%s)", e)
+        return False
+    try:
+        fig = _figure(plt, x, labels, segs, seed)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+    except Exception as e:  # noqa: BLE001 - a picture must not fail the segmentation
+        log.warning("segments.png not written: %s: %s", type(e).__name__, e)
+        plt.close("all")
+        return False
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return True
 
+
+def _figure(plt: Any, x: np.ndarray, labels: np.ndarray, segs: list[dict[str, Any]], seed: int):
+    """Left: a 2-D PCA projection of (at most 5,000 sampled) users coloured by segment; right:
+    segment sizes and, when the run has per-user test values, NDCG@10 per segment."""
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(x))[:5000]
     xc = x - x.mean(0)
@@ -412,5 +444,4 @@ def _plot(
         b2.set_ylabel("test NDCG@10", color="tab:red")
     b.set_title("size and NDCG@10 per segment")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig

@@ -4,23 +4,36 @@ Holds the resolved config, the data fingerprint (hash of the data config values 
 the prepared data and split, see :func:`recsys.data.pipeline.fingerprint`), the git commit of the
 code when it is a git checkout, package versions, device, seed, and start and end times.
 ``recsys-compare`` refuses to compare runs whose fingerprints differ.
+
+``status`` says how the run ended: ``running`` while it works, then ``finished``, ``failed``
+(with ``reason``, the one-line error) or ``interrupted`` (SIGINT/SIGTERM, :func:`interruptible`
+and :func:`recording_end`). A run killed outright (SIGKILL, power loss) stays ``running``;
+:func:`run_state` reports it as ``killed`` once its process is gone. Commands that consume a run
+refuse one that is not ``finished`` (:func:`require_finished`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from recsys.errors import CheckpointError
+from recsys.errors import CheckpointError, Interrupted, RecsysError
 from recsys.files import write_json
+
+log = logging.getLogger("recsys")
 
 PACKAGES = (
     "recsys",
@@ -117,10 +130,106 @@ def start_manifest(
     return manifest
 
 
-def end_manifest(run_dir: Path, manifest: dict[str, Any], **extra: Any) -> None:
-    """Record the end time (and e.g. the TensorBoard directory) of a finished run."""
-    manifest.update(extra, end_time=_now(), status="finished")
+def end_manifest(
+    run_dir: Path,
+    manifest: dict[str, Any],
+    status: str = "finished",
+    reason: str | None = None,
+    **extra: Any,
+) -> None:
+    """Record how a run ended (``finished``, ``failed`` or ``interrupted``, with the one-line
+    ``reason`` of an unfinished one), its end time and e.g. the TensorBoard directory."""
+    manifest.update(extra, end_time=_now(), status=status)
+    manifest.pop("reason", None)
+    if reason:
+        manifest["reason"] = reason
     write_json(Path(run_dir) / "manifest.json", manifest)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        yield e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+
+
+def interruption(exc: BaseException) -> Interrupted | None:
+    """The :class:`~recsys.errors.Interrupted` behind ``exc``: a signal that arrived inside
+    code that turns any exception into its own (``torch.save`` raises a RuntimeError when its
+    writer is interrupted) is still an interruption."""
+    return next((e for e in _chain(exc) if isinstance(e, Interrupted)), None)
+
+
+def one_line(exc: BaseException) -> str:
+    """The one-line reason of a failure: a user error's message, else ``Type: first line``."""
+    for e in _chain(exc):  # Hydra wraps errors raised while instantiating
+        if isinstance(e, RecsysError | Interrupted):
+            return " ".join(str(e).split())
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM raise :class:`~recsys.errors.Interrupted` (once:
+    a second signal while the first unwinds is ignored, so the end gets recorded). Lightning
+    would turn a ``KeyboardInterrupt`` inside ``fit`` into ``sys.exit(1)`` and a SIGTERM into a
+    ``SystemExit`` with status 0 at the next batch; an exception of our own passes through
+    ``fit`` unchanged (its ``on_exception`` hooks run) and says which signal it was. Outside the
+    main thread signals cannot be handled and the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if fired:
+            return
+        fired.append(signum)
+        raise Interrupted(signum)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+@contextmanager
+def recording_end(
+    run_dir: Path, manifest: dict[str, Any], unfinished: Iterable[str] = ()
+) -> Iterator[None]:
+    """Around the work of a started run: an exception leaving the block records the run as
+    ``interrupted`` (SIGINT/SIGTERM, also when another error wraps it, and Lightning's
+    ``SystemExit`` after one) or ``failed`` with the one-line reason, removes the files in
+    ``unfinished`` (what only a finished run has, e.g. ``metrics.json``: nothing
+    finished-looking is left behind), and propagates (an interruption as itself)."""
+    try:
+        yield
+    except BaseException as e:
+        for name in unfinished:
+            (Path(run_dir) / name).unlink(missing_ok=True)
+        signalled = interruption(e)
+        status, reason = "interrupted", one_line(signalled or e)
+        if isinstance(e, KeyboardInterrupt):
+            reason = "interrupted by SIGINT"
+        elif isinstance(e, SystemExit):
+            reason = f"stopped by SystemExit({e.code!r})"
+        elif signalled is None:
+            status = "failed"
+        try:
+            end_manifest(run_dir, manifest, status, reason)
+        except Exception as w:  # noqa: BLE001 - the run's own error is the one to report
+            log.warning("could not record the end of the run in %s: %s", run_dir, w)
+        if signalled is not None and signalled is not e:
+            raise signalled from None
+        raise
 
 
 def _process_alive(pid: Any) -> bool:

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from recsys.cli.compare import main
-from recsys.errors import DataError
+from recsys.errors import CheckpointError, DataError
 from recsys.training.compare import compare, holm
 
 
@@ -23,6 +23,7 @@ def make_run(
     per_user: np.ndarray,
     fingerprint: str = "fp1",
     split: str | None = None,
+    status: str = "finished",
     **model_kw,
 ) -> Path:
     d = root / name
@@ -48,7 +49,7 @@ def make_run(
         )
     )
     (d / "manifest.json").write_text(
-        json.dumps({"config": config, "data": {"split_fingerprint": split}})
+        json.dumps({"config": config, "data": {"split_fingerprint": split}, "status": status})
     )
     np.savez_compressed(d / "per_user_test.npz", user=users, **{"ndcg@10": per_user})
     return d
@@ -161,3 +162,37 @@ def test_refuses_same_config_on_different_prepared_data(tmp_path):
     with pytest.raises(DataError, match="split fingerprints differ"):
         compare([str(tmp_path)], ["test/ndcg@10"])
     assert len(compare([str(tmp_path / "a"), str(tmp_path / "c")], ["test/ndcg@10"])["rows"]) == 2
+
+
+def test_refuses_unfinished_runs_unless_allowed(tmp_path, capsys):
+    """A run whose manifest does not say finished is refused by name (a sweep's killed or
+    interrupted run too); --allow-unfinished compares those that have a metrics.json and skips
+    the others, each with a note. A sweep's failed run is skipped with a note."""
+    for seed in (1, 2):
+        make_run(tmp_path, f"pop{seed}", "popularity.Popularity", seed, np.full(10, 0.2))
+        make_run(tmp_path, f"mf{seed}", "mf.MF", seed, np.full(10, 0.3))
+    make_run(tmp_path, "mf3", "mf.MF", 3, np.full(10, 0.3), status="interrupted")
+    with pytest.raises(CheckpointError, match=r"mf3: run is interrupted") as e:
+        compare([str(tmp_path)], ["test/ndcg@10"])
+    assert "--allow-unfinished" in str(e.value)
+    with pytest.raises(CheckpointError, match=r"mf3: run is interrupted"):
+        compare([str(tmp_path / "mf1"), str(tmp_path / "mf3")], ["test/ndcg@10"])
+    with pytest.raises(SystemExit) as code:
+        main([str(tmp_path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code.value.code == 2 and len(err) == 1 and err[0].startswith("error: ")
+    assert not (tmp_path / "o" / "compare.md").exists()
+
+    allowed = compare([str(tmp_path)], ["test/ndcg@10"], allow_unfinished=True)
+    rows = {r["label"]: r["n_seeds"] for r in allowed["rows"]}
+    assert rows == {"mf": 3, "popularity": 2}
+    assert any("interrupted run included" in n and "mf3" in n for n in allowed["notes"])
+
+    # killed before its metrics.json: allowed, it is skipped with a note; a failed run is skipped
+    (tmp_path / "mf3" / "metrics.json").unlink()
+    failed = make_run(tmp_path, "mf4", "mf.MF", 4, np.full(10, 0.3), status="failed")
+    (failed / "metrics.json").unlink()
+    allowed = compare([str(tmp_path)], ["test/ndcg@10"], allow_unfinished=True)
+    assert {r["label"]: r["n_seeds"] for r in allowed["rows"]} == {"mf": 2, "popularity": 2}
+    assert any("skipped" in n and "mf3" in n for n in allowed["notes"])
+    assert any(n.startswith("failed run skipped") and "mf4" in n for n in allowed["notes"])

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from recsys.errors import DataError
+from recsys.errors import CheckpointError, DataError
+from recsys.training.manifest import run_state
 
 # Config keys that never make two runs different experiments.
 IGNORED_PREFIXES = (
@@ -125,24 +126,76 @@ def load_run(path: Path) -> Run:
     return Run(path, metrics, config, split)
 
 
-def find_runs(paths: list[str]) -> tuple[list[Run], list[str]]:
-    """Runs under ``paths`` (run directories, or sweep directories holding them)."""
+def _run_dirs(sweep: Path) -> list[Path]:
+    """Run directories under ``sweep``: folders holding a ``metrics.json`` or a ``manifest.json``
+    (an unfinished run has only the latter), not an exported artifact (it holds copies)."""
+    found = {m.parent for name in ("metrics.json", "manifest.json") for m in sweep.rglob(name)}
+    return sorted((d for d in found if not (d / "artifact.json").is_file()), key=str)
+
+
+def find_runs(paths: list[str], allow_unfinished: bool = False) -> tuple[list[Run], list[str]]:
+    """Runs under ``paths`` (run directories, or sweep directories holding them).
+
+    A run whose ``manifest.json`` does not say ``finished`` (interrupted, killed, still running)
+    is refused by name unless ``allow_unfinished``: then those with a ``metrics.json`` are
+    compared and the others skipped, each with a note. A failed run of a sweep is skipped with a
+    note (the sweep recorded it and went on)."""
     runs, notes = [], []
     for p in map(Path, paths):
         if not p.exists():
             raise DataError(f"{p}: no such run or sweep directory")
-        if (p / "metrics.json").is_file():
+        if (p / "metrics.json").is_file() or (p / "manifest.json").is_file():
+            status, why = run_state(p) or ("finished", "")
+            if status != "finished":
+                if not allow_unfinished:
+                    raise CheckpointError(
+                        f"{p}: run is {status}" + (f" ({why})" if why else "") + "; compare "
+                        "finished runs only (--allow-unfinished to compare it anyway)"
+                    )
+                notes.append(f"{status} run included (--allow-unfinished): {p}")
+            if not (p / "metrics.json").is_file():
+                raise DataError(f"{p}: no metrics.json (the run is {status})")
             runs.append(load_run(p))
             continue
-        found = sorted({m.parent for m in p.rglob("metrics.json")}, key=lambda x: str(x))
+        found = _run_dirs(p)
         if not found:
             raise DataError(f"{p}: holds no run (no metrics.json below it)")
-        runs.extend(load_run(f) for f in found)
-        for fail in sorted((p / "failures").glob("*.json")) if (p / "failures").is_dir() else []:
+        failures = sorted((p / "failures").glob("*.json")) if (p / "failures").is_dir() else []
+        recorded = set()
+        for fail in failures:
             info = json.loads(fail.read_text())
+            if info.get("output_dir"):
+                recorded.add(Path(info["output_dir"]).resolve())
             notes.append(
                 f"failed run skipped: job {info.get('job')} ({' '.join(info.get('overrides', []))})"
             )
+        unfinished = []
+        for d in found:
+            status, why = run_state(d) or ("finished", "")
+            if status == "finished":
+                if (d / "metrics.json").is_file():
+                    runs.append(load_run(d))
+                else:
+                    notes.append(f"run skipped: {d} says finished but has no metrics.json")
+            elif status == "failed":
+                if d.resolve() not in recorded:
+                    notes.append(f"failed run skipped: {d}" + (f" ({why})" if why else ""))
+            else:
+                unfinished.append((d, status, why))
+        if unfinished and not allow_unfinished:
+            d, status, why = unfinished[0]
+            more = f" and {len(unfinished) - 1} more" if len(unfinished) > 1 else ""
+            raise CheckpointError(
+                f"{d}: run is {status}" + (f" ({why})" if why else "") + f"{more} under {p}; "
+                "compare finished runs only (--allow-unfinished compares the others that "
+                "have a metrics.json and skips the rest)"
+            )
+        for d, status, _ in unfinished:
+            if (d / "metrics.json").is_file():
+                runs.append(load_run(d))
+                notes.append(f"{status} run included (--allow-unfinished): {d}")
+            else:
+                notes.append(f"{status} run skipped: {d} (no metrics.json)")
     return runs, notes
 
 

@@ -17,9 +17,11 @@ def compare(
     metrics: list[str],
     primary: str | None = None,
     baseline: str | None = None,
+    allow_unfinished: bool = False,
 ) -> dict[str, Any]:
-    """The comparison as a dict: ``rows`` (one per group), ``primary``, ``baseline``, ``notes``."""
-    runs, notes = find_runs(paths)
+    """The comparison as a dict: ``rows`` (one per group), ``primary``, ``baseline``, ``notes``.
+    ``allow_unfinished``: compare runs whose manifest does not say finished (:func:`find_runs`)."""
+    runs, notes = find_runs(paths, allow_unfinished)
     if not runs:
         raise DataError("no runs to compare")
     check_fingerprints(runs)
