@@ -134,7 +134,11 @@ def test_segment_cli(ease_artifact, tmp_path, monkeypatch, capsys):
     argv = ["recsys-segment", f"run={run}", "features=rfm", "k=2", "plot=false", f"out={tmp_path}"]
     monkeypatch.setattr(sys, "argv", argv)
     main()
-    assert "2 segments of 300 users" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 segments of 300 users" in out
+    # plot=false: exactly the files written are reported, no picture
+    assert f"wrote {tmp_path}/segments.csv, {tmp_path}/segments.json\n" in out
+    assert "segments.png" not in out and not (tmp_path / "segments.png").exists()
     assert (tmp_path / "segments.csv").read_text().startswith("user,segment\n")
     monkeypatch.setattr(sys, "argv", argv[:2] + ["features=embedding", f"out={tmp_path}"])
     with pytest.raises(SystemExit) as e:

@@ -88,6 +88,30 @@ def test_segments_are_repeatable_and_k_is_chosen_by_silhouette(dae_run, tmp_path
     assert str(a["k"]) == max(a["silhouette"], key=a["silhouette"].get)
 
 
+def test_reports_exactly_the_files_it_wrote(dae_run, tmp_path, monkeypatch):
+    """A picture is reported only when written: plot=false, or a drawing that fails, leaves none
+    (and removes an earlier segmentation's, which would pass for this one's); no temporary
+    file is left."""
+    import recsys.customer.segments as seg
+
+    kw = dict(run=str(dae_run), features="rfm", k=3, n_init=2, out=str(tmp_path))
+    drawn = segment(**kw)
+    names = ["segments.csv", "segments.json", "segments.png"]
+    assert drawn["written"] == [str(tmp_path / n) for n in names]
+    assert "written" not in json.loads((tmp_path / "segments.json").read_text())
+    plain = segment(**kw, plot=False)
+    assert plain["written"] == [str(tmp_path / n) for n in names[:2]]
+    assert not (tmp_path / "segments.png").exists()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(seg, "_figure", broken)
+    failed = segment(**kw)
+    assert failed["written"] == [str(tmp_path / n) for n in names[:2]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names[:2]
+
+
 def test_rfm_features_hand_worked():
     # user 0: 2 events, last at day 9, ratings 4, 2; user 1: 1 event at day 10 (the log's last)
     inter = _inter([0, 0, 1], [0, 1, 1], time=[DAY, 9 * DAY, 10 * DAY], rating=[4, 2, 5])
