@@ -7,8 +7,9 @@ PIP    := $(VENV)/bin/pip
 ARGS   ?=
 COMPARE ?=
 RECBOLE_VENV ?= .venv-recbole
+IMPLICIT_VENV ?= .venv-implicit
 
-.PHONY: help install train test test-fast lint tensorboard clean bench bench-quick recbole-venv
+.PHONY: help install train test test-fast lint tensorboard clean bench bench-quick recbole-venv implicit-venv
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,6 +50,15 @@ $(RECBOLE_VENV)/.installed:
 	$(RECBOLE_VENV)/bin/pip install -q --no-deps "recbole==1.2.1"
 	$(RECBOLE_VENV)/bin/pip install -q "numpy<2" "pandas<3" "scipy<1.14" scikit-learn tqdm pyyaml \
 		"colorlog==4.7.2" "colorama==0.4.4" tensorboard thop tabulate texttable psutil plotly
+	touch $@
+
+# implicit 0.7.3 (its ALS) in its own venv, for benchmarks/scripts/ials_implicit.py; the venv
+# ignores itself in git (.gitignore inside it)
+implicit-venv: $(IMPLICIT_VENV)/.installed  ## venv with implicit 0.7.3 for the iALS comparison
+$(IMPLICIT_VENV)/.installed:
+	test -x $(IMPLICIT_VENV)/bin/python || $(PYTHON) -m venv $(IMPLICIT_VENV)
+	echo '*' > $(IMPLICIT_VENV)/.gitignore
+	$(IMPLICIT_VENV)/bin/pip install -q "implicit==0.7.3"
 	touch $@
 
 tensorboard: install  ## TensorBoard over outputs/ and multirun/ (one sweep: LOGDIR=multirun/<date>/<time>)

@@ -102,6 +102,15 @@ def recbole_config(config: dict[str, Any], rb_model: str, cap: dict[str, Any]) -
             anneal_cap=m["anneal_cap"],
             total_anneal_steps=m["total_anneal_steps"],
         )
+    elif rb_model == "LightGCN":
+        # require_pow: RecBole's EmbLoss then is sum ||e||^2 / B / 2 over the batch's ego
+        # embeddings, our (and the paper's) regulariser
+        out.update(
+            embedding_size=m["embedding_size"],
+            n_layers=m["num_layers"],
+            reg_weight=m["reg"],
+            require_pow=True,
+        )
     elif rb_model == "SASRec":
         out.update(
             n_layers=m["n_layers"],
