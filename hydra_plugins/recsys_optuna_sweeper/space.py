@@ -3,7 +3,8 @@ overrides.
 
     choice(32, 64, 128)            -> CategoricalDistribution  (lists and dicts kept as their text)
     range(1, 5)                    -> IntDistribution(1, 4)    (Python's range: stop excluded)
-    interval(0.1, 0.5)             -> FloatDistribution(0.1, 0.5)   (ints: IntDistribution)
+    interval(0.1, 0.5)             -> FloatDistribution(0.1, 0.5)
+    tag(int, interval(10, 50))     -> IntDistribution(10, 50)
     tag(log, interval(1e-4, 1e-2)) -> FloatDistribution(1e-4, 1e-2, log=True)
 
 Keys come from ``hydra.sweeper.params`` and from sweep overrides on the command line
@@ -93,8 +94,8 @@ def distribution(override: Override) -> Any:
     if override.is_interval_sweep():
         assert isinstance(value, IntervalSweep)
         log = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log)
+        if "int" in value.tags:  # Hydra's interval bounds are floats: ints are asked for
+            return IntDistribution(int(value.start), int(value.end), log=log)
         return FloatDistribution(float(value.start), float(value.end), log=log)
     raise ValueError(f"{override.input_line}: not a search space (choice, range or interval)")
 

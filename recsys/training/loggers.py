@@ -408,9 +408,18 @@ def start_sweep_run(config: Any) -> dict[str, Any] | None:
     if info and info.get("tracking_uri") == uri:
         try:
             client.update_run(info["parent_run_id"], status="RUNNING")
-            return info
         except Exception:  # noqa: BLE001 - deleted meanwhile: start a new parent
             pass
+        else:  # a resumed sweep: the runs the kill interrupted will not finish
+            for run in client.search_runs(
+                [info["experiment_id"]],
+                f"tags.mlflow.parentRunId = '{info['parent_run_id']}' "
+                "and attributes.status = 'RUNNING'",
+            ):
+                client.set_terminated(run.info.run_id, "KILLED")
+            info = {k: v for k, v in info.items() if k != "closed"}
+            (sweep / SWEEP_FILE).write_text(json.dumps(info, indent=2) + "\n")
+            return info
     study, run_label = _sweep_name(config, sweep)
     name = spec.get("experiment_name") or study or DEFAULT_EXPERIMENT
     experiment = client.get_experiment_by_name(name)
