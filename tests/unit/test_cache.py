@@ -3,6 +3,8 @@ written atomically, and placed in a writable directory when the data root is rea
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -109,6 +111,42 @@ def test_raw_file_change_rebuilds(tmp_path, capsys):
     split = prepare(c, 0)
     assert "reusing" not in capsys.readouterr().err
     assert len(split.train) + len(split.val) + len(split.test) == len(rows)
+
+
+def test_same_size_edit_with_restored_mtime_rebuilds(tmp_path, capsys):
+    """An edit that keeps the file's size, with its modification time put back (os.utime, as
+    rsync -t or a restore from backup does), still changes the key: the key hashes the bytes."""
+    write_ml100k(tmp_path)
+    c = cfg(tmp_path)
+    first = prepare(c, 0)
+    raw = tmp_path / "ml-100k" / "u.data"
+    st = raw.stat()
+    text = raw.read_text()
+    edited = "9" + text[1:]  # the first event's user 1 becomes user 9: same size
+    assert edited != text and len(edited) == len(text)
+    raw.write_text(edited)
+    os.utime(raw, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert raw.stat().st_size == st.st_size and raw.stat().st_mtime_ns == st.st_mtime_ns
+    capsys.readouterr()
+    second = prepare(c, 0)
+    err = capsys.readouterr().err
+    assert "reusing" not in err
+    assert not same_split(first, second)
+    assert same_split(second, build(c, 0))
+    assert len(list((tmp_path / "cache").glob("ml-100k-*.npz"))) == 2
+    assert not (tmp_path / "cache" / "file-hashes.json").exists()  # no memo is written
+
+
+def test_old_hash_memo_is_ignored(tmp_path, capsys):
+    """A file-hashes.json of an earlier version (which could be wrong) changes nothing."""
+    write_ml100k(tmp_path)
+    c = cfg(tmp_path)
+    (tmp_path / "cache").mkdir()
+    memo = tmp_path / "cache" / "file-hashes.json"
+    memo.write_text('{"anything": "0000"}')
+    key = cache_path(c, 0)[1]
+    memo.write_text("not json")
+    assert cache_path(c, 0)[1] == key and memo.read_text() == "not json"
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])

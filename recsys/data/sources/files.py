@@ -551,8 +551,9 @@ def finish_log(df: pd.DataFrame, path: Path | str) -> pd.DataFrame:
     for role in ("user", "item"):
         col = df[role].to_numpy()
         if not (col != col[0]).any():
+            shown = repr(col[0]) if isinstance(col[0], str) else str(col[0])
             raise DataError(
-                f"{path}: the {role} column holds a single value ({col[0]}); "
+                f"{path}: the {role} column holds a single value ({shown[:60]}); "
                 f"a recommendation log needs at least two distinct {role}s"
             )
     return df.reset_index(drop=True)
