@@ -43,6 +43,20 @@ def assert_nothing_finished(run_dir: Path) -> None:
         ("data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
         ("eval.batch_size=0", "eval.batch_size must be a positive integer, got 0"),
         ("eval.topk=[10,5000]", "eval.topk contains 5000, larger than the catalogue"),
+        ("seed=-1", "seed must be in [0, 2**32), got -1"),
+        ("seed=4294967296", "seed must be in [0, 2**32), got 4294967296"),
+        ("eval.monitor='val/ndcg@5'", "eval.monitor='val/ndcg@5' is not a metric this run"),
+        ("eval.metrics=[recall]", "eval.monitor='val/ndcg@10' is not a metric this run"),
+        ("callbacks.early_stopping.monitor=val/loss", "callbacks.early_stopping.monitor="),
+        ("eval.mode=maximum", "eval.mode must be max or min, got 'maximum'"),
+        ("optim.lr=0", "optim.lr must be a positive number, got 0"),
+        ("+optim.momentum=0.9", "optim.momentum is not an argument of torch.optim.Adam"),
+        ("optim.weight_decay=-1", "optim (torch.optim.Adam): Invalid weight_decay value: -1"),
+        ("optim._target_=torch.optim.Nope", "optim._target_: cannot import 'torch.optim.Nope'"),
+        ("trainer.check_val_every_n_epoch=0", "trainer.check_val_every_n_epoch must be null"),
+        ("trainer.precision=bogus", "trainer: Precision 'bogus' is invalid"),
+        ("+trainer.bogus=1", "trainer: Trainer.__init__() got an unexpected keyword"),
+        ("eval=rating", "eval.task=rating needs a dataset with ratings"),
     ],
 )
 def test_invalid_values_are_refused_before_training(tmp_path, override, message):
@@ -50,6 +64,50 @@ def test_invalid_values_are_refused_before_training(tmp_path, override, message)
         train(compose_config("train", TINY + [override], tmp_path))
     assert str(err.value).startswith(message)
     assert_nothing_finished(tmp_path)
+    assert not (tmp_path / "checkpoints").exists()  # no epoch was trained
+
+
+# data that cannot be read: a config-alone error must be reported before the data is touched
+MISSING_DATA = ["data=csv", "data.path=no/such/log.csv", "data.download=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["seed=4294967296"], "error: seed must be in [0, 2**32), got 4294967296"),
+        (
+            ["eval.monitor='val/ndcg@5'"],
+            "error: eval.monitor='val/ndcg@5' is not a metric this run reports",
+        ),
+        (["optim.lr=0"], "error: optim.lr must be a positive number, got 0"),
+    ],
+    ids=["seed", "monitor", "lr"],
+)
+def test_config_errors_come_first_in_one_line(tmp_path, overrides, message):
+    """As a user runs it: one line, exit 2, no traceback, before the (missing) data is read and
+    before any epoch (no checkpoint, no manifest)."""
+    proc = run("recsys.cli.train", MISSING_DATA + overrides, tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(message)
+    assert "Traceback" not in proc.stderr and "no/such/log.csv" not in proc.stderr
+    assert_nothing_finished(tmp_path)
+    assert not (tmp_path / "manifest.json").exists() and not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_unwritable_run_directory_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = run("recsys.cli.train", MISSING_DATA, blocker / "run")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: hydra.run.dir={blocker / 'run'}: cannot write the run directory (Not a directory)"
+    )
+    assert "Traceback" not in proc.stderr
+    # the Python API says the same of paths.output_dir
+    with pytest.raises(ConfigError, match=r"^paths.output_dir=.*cannot write the run directory"):
+        train(compose_config("train", TINY, blocker / "run"))
 
 
 @pytest.mark.slow
