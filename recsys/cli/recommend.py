@@ -112,6 +112,8 @@ def _fail(message: str) -> NoReturn:
 
 
 def _run(args: argparse.Namespace) -> None:
+    """Check every input that needs no artifact, load it, answer; the signature line last (on
+    stderr: an error stays the only line there)."""
     from recsys.serving import batch
     from recsys.serving.artifact import load, signature_note
 
@@ -122,38 +124,38 @@ def _run(args: argparse.Namespace) -> None:
     if args.output is not None:
         batch.check_output(args.output)
     users = batch.read_users(args.input) if args.input is not None else args.user
+    history = batch.parse_ids(args.items, "--items") if args.items is not None else None
+    similar_to = batch.parse_ids(args.similar, "--similar") if args.similar is not None else None
     trust = [p for t in args.trust for p in t.split(",")]
     rec = load(args.artifact, backend=args.backend, trust=trust)
-    print(f"artifact {args.artifact}: {signature_note(rec.signature)}", file=sys.stderr)
-    if args.similar is not None:
-        items = batch.parse_ids(args.similar, "--similar")
-        similar = batch.similar_with_titles(rec, items, args.k, args.method, args.data_root)
+    exclude = not args.include_seen
+    if similar_to is not None:
+        similar = batch.similar_with_titles(rec, similar_to, args.k, args.method, args.data_root)
         if args.output:
             batch.write_similar(similar, args.output)
             print(f"wrote similar items of {len(similar)} item(s) to {args.output}")
         else:
             _print_similar(similar)
-        return
-    exclude = not args.include_seen
-    if args.items is not None:
-        history = batch.parse_ids(args.items, "--items")
-        out = [
-            {
-                "user": "",
-                **rec.recommend_history(
-                    history, k=args.k, exclude_seen=exclude, fallback=args.fallback
-                ),
-            }
-        ]
     else:
-        out = batch.recommend_users(rec, users, args.k, exclude, args.fallback, args.batch_size)
-    if args.output:
-        n = batch.write_recommendations(out, args.output)
-        print(f"wrote {n} recommendations for {len(out)} row(s) to {args.output}")
-    else:
-        for r in out:
-            _print(r, f"user {r['user']}" if args.items is None else f"history {args.items}")
-        sys.stdout.flush()  # a closed pipe shows here, inside the error handling
+        if history is not None:
+            out = [
+                {
+                    "user": "",
+                    **rec.recommend_history(
+                        history, k=args.k, exclude_seen=exclude, fallback=args.fallback
+                    ),
+                }
+            ]
+        else:
+            out = batch.recommend_users(rec, users, args.k, exclude, args.fallback, args.batch_size)
+        if args.output:
+            n = batch.write_recommendations(out, args.output)
+            print(f"wrote {n} recommendations for {len(out)} row(s) to {args.output}")
+        else:
+            for r in out:
+                _print(r, f"user {r['user']}" if history is None else f"history {args.items}")
+    sys.stdout.flush()  # a closed pipe shows here, inside the error handling
+    print(f"artifact {args.artifact}: {signature_note(rec.signature)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ def read_users(path: Path, option: str = "--input") -> list[str]:
             f"{option}: {path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
             "give a CSV of user ids"
         ) from None
+    if "\x00" in text:  # csv reads NUL as a character; in a list of ids it means binary
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise RecsysError(f"{option}: {path}, line {line}: a NUL byte; give a CSV of user ids")
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         rows = [r for r in reader if r and any(c.strip() for c in r)]
