@@ -3,7 +3,7 @@ one thread, and validation / test metrics of both factorisations through our eva
 
     make implicit-venv                       # implicit==0.7.3 in .venv-implicit
     OMP_NUM_THREADS=1 RECSYS_DATA_DIR=<datasets> python -m benchmarks.scripts.ials_implicit \\
-        ials_ml100k [--implicit-reg 0.01 --implicit-alpha 10] [hydra overrides ...]
+        ials_ml100k [hydra overrides ...] [--implicit-reg 0.01] [--implicit-alpha 10]
 
 The experiment (``configs/experiment/<name>.yaml``) gives the split and our settings; the same
 training matrix (binarised) is handed to implicit (``use_cg=True``, ``cg_steps`` and factor count
@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--implicit-reg", type=float, default=0.01)
     ap.add_argument("--implicit-alpha", type=float, default=None, help="default: 1 / α₀")
     ap.add_argument("--skip-ours", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # options before or after the overrides
     torch.set_num_threads(1)
     out = Path(tempfile.mkdtemp(prefix="ials_implicit_"))
     config = OmegaConf.to_container(
