@@ -69,6 +69,10 @@ class OptunaSweeper(Sweeper):
             raise ValueError("hydra.sweeper.n_trials and n_jobs must be at least 1")
         self.sampler_cfg = _container(sampler)
         self.pruner_cfg = _container(pruner)
+        if self.pruner_cfg is not None and "_target_" not in self.pruner_cfg:
+            # settings left behind by a search file after ~hydra/sweeper/pruner: no pruning
+            log.warning("hydra.sweeper.pruner has no _target_ (%s): no pruning", self.pruner_cfg)
+            self.pruner_cfg = None
         self.direction = DIRECTIONS[str(direction)]
         self.study_name = study_name
         self.storage = storage
@@ -383,7 +387,7 @@ class OptunaSweeper(Sweeper):
                 f"best: trial {best.number}, {self.metric} = {best.value:.4f} ({best.user_attrs.get('run_dir')})"
             )
             lines.append(f"run it again: recsys-train -cd {_rel(root)} experiment={best_file.stem}")
-        lines.append(f"watch the study: optuna-dashboard {url}")
+        lines.append(f"watch the study: optuna-dashboard {url.removeprefix('journal:')}")
         return "\n".join(lines)
 
     def _write_best(self, study: Any, best: Any) -> Path:
