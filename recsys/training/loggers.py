@@ -128,8 +128,8 @@ def _build(
     except InstantiationException as e:
         cause = e.__cause__ or e.__context__
         raise ConfigError(f"logger.{key}: {' '.join(str(cause or e).split())}") from None
-    if isinstance(logger, MLflowLogger):
-        logger.log_hyperparams(config_params(config))
+    if not isinstance(logger, TensorBoardLogger):  # TensorBoard's HPARAMS entry comes at the end
+        logger.log_hyperparams(config_params(config))  # the resolved config, as params
     return logger
 
 
