@@ -86,6 +86,8 @@ def produced_metrics(evaluation: dict[str, Any]) -> list[str]:
 def _check_monitor(key: str, monitor: Any, produced: list[str], stages: tuple[str, ...]) -> None:
     if not isinstance(monitor, str):
         raise ConfigError(f"{key} must be a metric name such as val/{produced[0]}, got {monitor!r}")
+    if monitor in ("epoch", "step"):  # Lightning's own counters (e.g. keep the last epoch)
+        return
     stage, _, name = monitor.partition("/")
     if stage == "train" and name:  # the model's loss terms: train/loss and whatever it returns
         return
@@ -94,7 +96,7 @@ def _check_monitor(key: str, monitor: Any, produced: list[str], stages: tuple[st
     examples = ", ".join(f"{stages[0]}/{n}" for n in produced[:4])
     raise ConfigError(
         f"{key}={monitor!r} is not a metric this run reports (eval.metrics x eval.topk give "
-        f"{examples}{', ...' if len(produced) > 4 else ''}; or train/loss)"
+        f"{examples}{', ...' if len(produced) > 4 else ''}; or train/loss, epoch)"
     )
 
 

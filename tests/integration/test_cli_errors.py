@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from recsys.cli import CONFIG_DIR
 from recsys.errors import ConfigError
 from recsys.training.train import train
 from tests.conftest import compose_config
@@ -187,3 +188,25 @@ def test_help_lists_only_what_the_command_reads(command):
     )
     assert out.returncode == 0 and f"recsys-{command}:" in out.stdout
     assert "experiment:" not in out.stdout and "hparams_search:" not in out.stdout
+
+
+@pytest.mark.slow
+def test_shipped_configs_pass_the_config_checks():
+    """The checks made before any data refuse no shipped setup (a monitor on ``epoch``, rating
+    metrics, each optimizer's own arguments): every experiment, optimizer, evaluation and search
+    space (a model config sets none of what they check)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from recsys.training.checks import validate_config
+
+    groups = ("experiment", "optim", "eval", "hparams_search")
+    shipped = [f"{g}={p.stem}" for g in groups for p in (Path(CONFIG_DIR) / g).glob("*.yaml")]
+    assert len(shipped) > 20
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for override in sorted(shipped):
+            cfg = compose("train", [override, "paths.output_dir=unused"])
+            try:
+                validate_config(OmegaConf.to_container(cfg, resolve=True))
+            except ConfigError as e:
+                raise AssertionError(f"{override}: {e}") from None
