@@ -44,6 +44,17 @@ def test_run_directory_is_complete(run):
         assert 0.0 <= saved["test"][key] <= 1.0
     assert saved["baseline"]["name"] == "popularity"
     assert saved["data"]["n_train"] + saved["data"]["n_val"] + saved["data"]["n_test"] > 0
+    # the manifest records the end; each checkpoint, what a resume must match
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["end_time"] and "reason" not in manifest
+    for name in ("best.ckpt", "last.ckpt"):
+        ckpt = torch.load(out / "checkpoints" / name, weights_only=True)
+        assert ckpt["recsys_run"] == {
+            "seed": 5,
+            "data_fingerprint": manifest["data"]["fingerprint"],
+            "split_fingerprint": manifest["data"]["split_fingerprint"],
+        }
+    assert not list(out.rglob("*.tmp"))
 
 
 def test_every_metric_reaches_tensorboard_at_each_validation(run):
