@@ -160,7 +160,7 @@ def validate_optim(optim: dict[str, Any] | None) -> None:
 
 def check_writable(folder: Path, key: str) -> None:
     """Create ``folder`` if needed and write (then remove) a probe file in it; refuse with one
-    line naming ``key`` when that fails, before any data is loaded."""
+    line naming ``key`` (the setting that chose it) when that fails, before any data is loaded."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -169,7 +169,7 @@ def check_writable(folder: Path, key: str) -> None:
         os.unlink(probe)
     except OSError as e:
         why = e.strerror or str(e)
-        raise ConfigError(f"{key}={folder}: cannot write the run directory ({why})") from None
+        raise ConfigError(f"{key}: cannot write the run directory {folder} ({why})") from None
 
 
 class WritableRunDir(Callback):

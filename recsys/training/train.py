@@ -225,7 +225,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resume = config.get("ckpt_path")
     if resume:
         run_dir = _resume_dir(Path(resume), run_dir)
-    check_writable(run_dir, "ckpt_path (its run directory)" if resume else "paths.output_dir")
+    check_writable(run_dir, "ckpt_path" if resume else "paths.output_dir")
     ckpt = None
     if resume:
         ckpt = load_checkpoint(resume)
