@@ -10,6 +10,7 @@ RECBOLE_VENV ?= .venv-recbole
 IMPLICIT_VENV ?= .venv-implicit
 
 .PHONY: help install train test test-fast lint tensorboard clean bench bench-quick recbole-venv implicit-venv
+.PHONY: gpu-check gpu-prep gpu-wheels gpu-data
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -60,6 +61,30 @@ $(IMPLICIT_VENV)/.installed:
 	echo '*' > $(IMPLICIT_VENV)/.gitignore
 	$(IMPLICIT_VENV)/bin/pip install -q "implicit==0.7.3"
 	touch $@
+
+# The GPU check (benchmarks/scripts/gpu_check.py, benchmarks/gpu.md). A GPU machine without network
+# needs the wheels of what its image lacks (Hydra, OmegaConf, antlr4) and the data: `make gpu-prep`
+# here puts them in .gpu-wheels/ and .gpu-data/ (git-ignored: carry both to the GPU machine).
+GPU_WHEELS ?= .gpu-wheels
+GPU_DATA   ?= .gpu-data
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+RECSYS_DATA_DIR ?= data
+
+gpu-check:  ## on a CUDA machine: gpu tests + short GPU benchmark -> outputs/gpu-check/ (no GPU: exit 3)
+	@$(GPU_PYTHON) benchmarks/scripts/gpu_check.py --wheels $(GPU_WHEELS) --data $(GPU_DATA) $(ARGS)
+
+gpu-prep: gpu-wheels gpu-data  ## with network and datasets: what gpu-check needs offline
+
+gpu-wheels:  ## wheels of Hydra, OmegaConf and antlr4 (pure Python) into .gpu-wheels/
+	$(PYTHON) -m pip wheel -q --no-deps -w $(GPU_WHEELS) \
+		hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
+
+gpu-data:  ## copy Amazon Beauty and MovieLens-1M from RECSYS_DATA_DIR into .gpu-data/
+	@test -d "$(RECSYS_DATA_DIR)/beauty" -a -d "$(RECSYS_DATA_DIR)/ml-1m" || \
+		{ echo "gpu-data: no beauty/ and ml-1m/ under RECSYS_DATA_DIR=$(RECSYS_DATA_DIR)"; exit 2; }
+	rm -rf $(GPU_DATA) && mkdir -p $(GPU_DATA)
+	cp -r "$(RECSYS_DATA_DIR)/beauty" "$(RECSYS_DATA_DIR)/ml-1m" $(GPU_DATA)/
+	chmod -R u+w $(GPU_DATA)
 
 tensorboard: install  ## TensorBoard over outputs/ and multirun/ (one sweep: LOGDIR=multirun/<date>/<time>)
 	$(VENV)/bin/tensorboard $(if $(LOGDIR),--logdir $(LOGDIR),--logdir_spec outputs:outputs,multirun:multirun)

@@ -95,35 +95,89 @@ class _EpochSeed:
         return g
 
 
+class PairSet:
+    """Membership of (user, item) pairs, as the keys ``user * num_items + item``.
+
+    A bit per possible pair (one ``index_select`` and two bit operations per lookup) when that
+    table is small (at most 256 MiB) or at most 4x the sorted int64 keys (density >= 1/256:
+    MovieLens, Netflix, Amazon Beauty); otherwise the sorted keys, where a lookup is a binary
+    search over every training pair (20+ dependent cache misses at 20M pairs: benchmarks/scale.md).
+    Both answer the same.
+    """
+
+    BITSET_MIN_BYTES = 256 << 20
+    BITSET_MAX_RATIO = 4  # bitset bytes / sorted int64 key bytes
+
+    def __init__(self, user: Tensor, item: Tensor, num_items: int, bitset: bool | None = None):
+        n_keys = (int(user.max()) + 1) * num_items if len(user) else 0
+        if bitset is None:
+            size = n_keys / 8
+            bitset = size <= max(self.BITSET_MIN_BYTES, self.BITSET_MAX_RATIO * 8 * len(user))
+        self.bits: Tensor | None = None
+        self.keys: Tensor | None = None
+        self.num_items = num_items
+        keys = user.long() * num_items + item.long()
+        if bitset:
+            keys = torch.unique(keys)  # distinct: a bit's power of two is added once
+            self.bits = torch.zeros((n_keys + 63) // 64, dtype=torch.long, device=user.device)
+            for s in range(0, len(keys), 1 << 22):  # bounded temporaries at 100M pairs
+                k = keys[s : s + (1 << 22)]
+                # distinct powers of two add without carries: the sum is the bitwise or
+                self.bits.index_add_(0, k >> 6, torch.ones_like(k) << (k & 63))
+        else:
+            # int32 keys when they fit: the membership search costs ~40% less
+            if n_keys < 2**31:
+                keys = keys.int()
+            self.keys = torch.sort(keys).values
+
+    def contains(self, keys: Tensor) -> Tensor:
+        """(n,) bool: whether each key (int64 ``user * num_items + item``) is a pair of the set."""
+        if self.bits is not None and len(self.bits):
+            words = self.bits.index_select(0, keys >> 6)
+            return (words >> (keys & 63)) & 1 == 1
+        if self.keys is None:  # no pairs at all
+            return torch.zeros(keys.shape, dtype=torch.bool, device=keys.device)
+        return _in_sorted(self.keys, keys)
+
+
+def _in_sorted(sorted_keys: Tensor, keys: Tensor) -> Tensor:
+    if len(sorted_keys) == 0:
+        return torch.zeros(keys.shape, dtype=torch.bool, device=keys.device)
+    keys = keys.to(sorted_keys.dtype)
+    pos = torch.searchsorted(sorted_keys, keys).clamp_(max=len(sorted_keys) - 1)
+    return sorted_keys.index_select(0, pos) == keys
+
+
 def sample_negatives(
     user: Tensor,
     num_items: int,
     num: int,
-    positive_keys: Tensor | None,
+    positives: PairSet | Tensor | None,
     generator: torch.Generator,
     max_rounds: int = 20,
 ) -> Tensor:
     """(B, num) items drawn uniformly, redrawn where they hit a training positive of the user.
 
-    ``positive_keys`` is the sorted tensor of ``user * num_items + item`` over training events;
-    membership is a ``searchsorted``, and only the hits are redrawn (a few rounds at usual
-    densities; after ``max_rounds`` the remaining draws are kept).
+    ``positives`` is a :class:`PairSet` of the training pairs, or the sorted tensor of
+    ``user * num_items + item`` over them (a binary search per draw); only the hits are redrawn
+    (a few rounds at usual densities; after ``max_rounds`` the remaining draws are kept).
     """
     neg = torch.randint(num_items, (len(user), num), generator=generator, device=user.device)
-    if positive_keys is None or len(positive_keys) == 0:
+    if positives is None or (isinstance(positives, Tensor) and len(positives) == 0):
         return neg
+    if isinstance(positives, PairSet):
+        contains = positives.contains
+    else:
+        contains = lambda keys: _in_sorted(positives, keys)  # noqa: E731
     # only redrawn entries can hit again: each round checks the previous round's hits alone
     # (the same draws, in the same order, as checking the whole batch every round)
     flat = neg.view(-1)
     owner = user.repeat_interleave(num) if num > 1 else user
     idx = None  # None: every entry
-    last = len(positive_keys) - 1
     for _ in range(max_rounds):
         cand = flat if idx is None else flat[idx]
         keys = (owner if idx is None else owner[idx]) * num_items + cand
-        keys = keys.to(positive_keys.dtype)
-        pos = torch.searchsorted(positive_keys, keys).clamp_(max=last)
-        hit = positive_keys.index_select(0, pos) == keys
+        hit = contains(keys)
         idx = torch.nonzero(hit).flatten() if idx is None else idx[hit]
         n_hit = len(idx)
         if n_hit == 0:
@@ -148,13 +202,7 @@ class PairLoader:
         self.user, self.item, self.rating = user, item, rating
         self.num_items, self.num_negatives, self.batch_size = num_items, num_negatives, batch_size
         self.sampler = _EpochSeed(seed)
-        self.positive_keys = None
-        if num_negatives:
-            keys = user * num_items + item
-            # int32 keys when they fit: the membership search costs ~40% less
-            if len(keys) and int(user.max()) * num_items + num_items < 2**31:
-                keys = keys.int()
-            self.positive_keys = torch.sort(keys).values
+        self.positives = PairSet(user, item, num_items) if num_negatives else None
 
     def __len__(self) -> int:
         return -(-len(self.user) // self.batch_size)
@@ -175,7 +223,7 @@ class PairLoader:
             negs = None
             if self.num_negatives:
                 negs = sample_negatives(
-                    users, self.num_items, self.num_negatives, self.positive_keys, g
+                    users, self.num_items, self.num_negatives, self.positives, g
                 )
             for s in range(0, len(idx), bs):
                 yield PairBatch(

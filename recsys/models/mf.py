@@ -16,6 +16,11 @@ Collaborative Filtering vs. Matrix Factorization Revisited") showed NCF does not
 
 ``init: xavier`` (RecBole's BPR initialisation: normal with std sqrt(2 / (rows + dim)) per table)
 or ``init: normal`` (std ``init_std``).
+
+``sparse: true`` gives the factor tables row-sparse gradients (``nn.Embedding(sparse=True)``): a
+step's gradient holds the rows of its batch only, so an optimizer that takes sparse gradients
+(``optim=sgd_rows``, ``adagrad_rows``, ``sparse_adam``) touches only those rows, and a step costs
+the batch, not the tables (benchmarks/scale.md). Adam's dense update needs ``sparse: false``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.data.batches import PairBatch, UserBatch
-from recsys.models.base import Recommender, gathers_on_cpu, lookup, require
+from recsys.models.base import Recommender, lookup, require
 
 LOSSES = ("bpr", "softmax", "sampled_softmax")
 
@@ -62,6 +67,48 @@ class _BPR(torch.autograd.Function):
         return gu, gi, None, None, None
 
 
+def _sparse_rows(rows: Tensor, values: Tensor, shape: torch.Size) -> Tensor:
+    """The gradient of a (rows, d) table as a sparse COO tensor holding ``values`` (n, d) at
+    ``rows`` (n,), repeated rows not summed (optimizers that take sparse gradients sum them)."""
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, shape, check_invariants=False)
+
+
+class _SparseBPR(torch.autograd.Function):
+    """:class:`_BPR` with row-sparse gradients (``sparse: true`` on the CPU): each gradient is a
+    sparse tensor of the batch's rows, so nothing in a step is as large as a table, and the
+    differences ``q_i - q_j`` come from one ``embedding_bag`` (gather and subtract fused: half
+    the passes of gathering both rows). Tested against autograd."""
+
+    @staticmethod
+    def forward(ctx, users_w: Tensor, items_w: Tensor, user: Tensor, item: Tensor, neg: Tensor):
+        n, b = neg.shape[1], len(user)
+        pairs = torch.stack([item.expand(n, b), neg.t()], -1).view(n * b, 2)  # (N B, 2): i, j
+        sign = users_w.new_tensor([1.0, -1.0]).expand(n * b, 2)
+        diff = F.embedding_bag(pairs, items_w, mode="sum", per_sample_weights=sign)  # (N B, d)
+        diff = diff.view(n, b, -1)  # (N, B, d): q_i - q_j
+        u = users_w.index_select(0, user)  # (B, d)
+        x = (diff * u).sum(-1)  # (N, B)
+        ctx.save_for_backward(u, diff, x, user, item, neg)
+        ctx.shapes = (users_w.shape, items_w.shape)
+        return F.softplus(-x).mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        u, diff, x, user, item, neg = ctx.saved_tensors
+        c = torch.sigmoid(-x).mul_(-grad / x.numel()).unsqueeze(-1)  # (N, B, 1): d loss / d x
+        g_users = diff[0] * c[0] if len(c) == 1 else (diff * c).sum(0)  # (B, d)
+        cs = torch.cat([c.sum(0, keepdim=True), c.neg_()])  # (1 + N, B, 1): d loss / d score
+        g_items = (cs * u).view(-1, u.shape[1])  # ((1 + N) B, d): positives, then negative k
+        rows = torch.cat([item, neg.t().reshape(-1)])
+        return (
+            _sparse_rows(user, g_users, ctx.shapes[0]),
+            _sparse_rows(rows, g_items, ctx.shapes[1]),
+            None,
+            None,
+            None,
+        )
+
+
 class MF(Recommender):
     train_batch = "pairs"
     represents_users = True
@@ -78,6 +125,7 @@ class MF(Recommender):
         init: str = "normal",
         init_std: float = 0.1,
         temperature: float = 1.0,
+        sparse: bool = False,
     ):
         super().__init__(num_users, num_items)
         require(embedding_size >= 1, "embedding_size", embedding_size, "an integer >= 1")
@@ -87,22 +135,24 @@ class MF(Recommender):
         require(init in ("normal", "xavier"), "init", init, "one of: normal, xavier")
         require(init_std > 0, "init_std", init_std, "> 0")
         require(temperature > 0, "temperature", temperature, "> 0")
+        require(isinstance(sparse, bool), "sparse", sparse, "true or false")
         self.loss_name = loss
         # the full softmax uses every item as a negative: the loader need not sample any
         self.num_negatives = 0 if loss == "softmax" else int(num_negatives)
         self.reg = float(reg)
         self.temperature = float(temperature)
-        self.user_emb = nn.Embedding(num_users, embedding_size)
-        self.item_emb = nn.Embedding(num_items, embedding_size)
+        self.user_emb = nn.Embedding(num_users, embedding_size, sparse=sparse)
+        self.item_emb = nn.Embedding(num_items, embedding_size, sparse=sparse)
         for table in (self.user_emb, self.item_emb):
             n = table.weight.shape[0]
             std = math.sqrt(2.0 / (n + embedding_size)) if init == "xavier" else init_std
             nn.init.normal_(table.weight, std=std)
 
     def loss(self, batch: PairBatch) -> dict[str, Tensor]:
-        if self.loss_name == "bpr" and not self.reg and gathers_on_cpu(self.user_emb):
+        if self.loss_name == "bpr" and not self.reg and self.user_emb.weight.device.type == "cpu":
             assert batch.neg is not None, "MF needs sampled negatives (num_negatives >= 1)"
-            main = _BPR.apply(
+            fused = _SparseBPR if self.user_emb.sparse else _BPR
+            main = fused.apply(
                 self.user_emb.weight, self.item_emb.weight, batch.user, batch.item, batch.neg
             )
             return {"loss": main, "bpr": main}

@@ -1,0 +1,145 @@
+"""MF with row-sparse gradients (``model.sparse=true``), the row-wise optimizers, and the
+training-pair membership table behind negative sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recsys.data.batches import PairBatch
+from recsys.data.loaders import PairSet, sample_negatives
+from recsys.models.mf import MF
+from recsys.training.optimizers import RowAdagrad, RowSGD
+from recsys.training.train import train
+from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config
+
+
+def _batch(n_neg: int) -> PairBatch:
+    return PairBatch(  # repeated users and items: their gradient rows repeat
+        user=torch.tensor([0, 3, 3, 8, 0]),
+        item=torch.tensor([1, 1, 10, 4, 2]),
+        neg=torch.randint(11, (5, n_neg), generator=torch.Generator().manual_seed(n_neg)),
+    )
+
+
+@pytest.mark.parametrize("n_neg", [1, 3])
+def test_sparse_bpr_equals_autograd_with_row_sparse_gradients(n_neg):
+    torch.manual_seed(0)
+    m = MF(9, 11, 5, loss="bpr", num_negatives=n_neg, sparse=True)
+    batch = _batch(n_neg)
+    loss = m.loss(batch)["loss"]
+    grads = torch.autograd.grad(loss, [m.user_emb.weight, m.item_emb.weight])
+    assert all(g.is_sparse for g in grads)
+    # only the batch's rows: one per lookup (users B, items (1 + N) B)
+    assert grads[0]._nnz() == 5 and grads[1]._nnz() == 5 * (1 + n_neg)
+    u, p, q = m.user_emb(batch.user), m.item_emb(batch.item), m.item_emb(batch.neg)
+    ref = -torch.nn.functional.logsigmoid(
+        (u * p).sum(-1, keepdim=True) - (u[:, None] * q).sum(-1)
+    ).mean()
+    refs = torch.autograd.grad(ref, [m.user_emb.weight, m.item_emb.weight])
+    torch.testing.assert_close(loss, ref)
+    for g, r in zip(grads, refs, strict=True):
+        torch.testing.assert_close(g.to_dense(), r.to_dense())
+
+
+def test_sparse_and_dense_mf_score_alike_and_the_config_refuses_a_non_bool():
+    torch.manual_seed(1)
+    dense = MF(6, 7, 4)
+    torch.manual_seed(1)
+    sparse = MF(6, 7, 4, sparse=True)
+    assert torch.equal(dense.user_emb.weight, sparse.user_emb.weight)
+    from recsys.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.sparse"):
+        MF(6, 7, 4, sparse="yes")
+
+
+def _sparse(rows, values, shape):
+    return torch.sparse_coo_tensor(torch.tensor([rows]), values, shape)
+
+
+def test_row_sgd_applies_sparse_rows_like_the_dense_gradient():
+    torch.manual_seed(0)
+    w = torch.randn(6, 3)
+    rows, values = [4, 1, 4], torch.randn(3, 3)  # row 4 twice: both add
+    a, b = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
+    a.grad = _sparse(rows, values, w.shape)
+    b.grad = a.grad.to_dense()
+    RowSGD([a], lr=0.5).step()
+    RowSGD([b], lr=0.5).step()
+    torch.testing.assert_close(a.data, b.data)
+    torch.testing.assert_close(a.data, w - 0.5 * b.grad)
+    assert torch.equal(a.data[[0, 2, 3, 5]], w[[0, 2, 3, 5]])  # untouched rows
+
+
+def test_row_adagrad_counts_each_occurrence_and_leaves_other_rows_alone():
+    torch.manual_seed(0)
+    w = torch.randn(5, 4)
+    g1, g2 = torch.randn(4), torch.randn(4)
+    p = torch.nn.Parameter(w.clone())
+    opt = RowAdagrad([p], lr=0.1, eps=1e-8)
+    p.grad = _sparse([2, 2], torch.stack([g1, g2]), w.shape)
+    opt.step()
+    acc = (g1.square().mean() + g2.square().mean()).reshape(1)
+    expected = w[2] - 0.1 * (g1 + g2) / (acc.sqrt() + 1e-8)
+    torch.testing.assert_close(p.data[2], expected)
+    torch.testing.assert_close(opt.state[p]["sum"][2:3], acc)
+    assert torch.equal(p.data[[0, 1, 3, 4]], w[[0, 1, 3, 4]])
+    assert torch.equal(opt.state[p]["sum"][[0, 1, 3, 4]], torch.zeros(4))
+    # distinct rows: the sparse step is the dense one (a dense gradient counts each row once)
+    q, r = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
+    grad = torch.randn(2, 4)
+    q.grad = _sparse([0, 3], grad, w.shape)
+    r.grad = q.grad.to_dense()
+    RowAdagrad([q], lr=0.1).step()
+    RowAdagrad([r], lr=0.1).step()
+    torch.testing.assert_close(q.data, r.data)
+    with pytest.raises(ValueError, match="lr"):
+        RowAdagrad([q], lr=0.0)
+
+
+@pytest.mark.parametrize("bitset", [True, False])
+def test_pair_set_answers_as_the_sorted_keys(bitset):
+    g = torch.Generator().manual_seed(0)
+    n_users, n_items = 37, 70  # keys cross many 64-bit words, bit 63 included
+    user = torch.randint(n_users, (900,), generator=g)
+    item = torch.randint(n_items, (900,), generator=g)  # with repeated pairs
+    pairs = PairSet(user, item, n_items, bitset=bitset)
+    assert (pairs.bits is not None) == bitset
+    keys = torch.arange(n_users * n_items)
+    truth = torch.isin(keys, user * n_items + item)
+    assert torch.equal(pairs.contains(keys), truth)
+    # the sampler draws the same negatives with either table, and with the bare sorted keys
+    sorted_keys = torch.sort(torch.unique(user * n_items + item)).values
+    a = sample_negatives(user, n_items, 3, pairs, torch.Generator().manual_seed(4))
+    b = sample_negatives(user, n_items, 3, sorted_keys, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+
+
+def test_pair_set_picks_the_bitset_for_dense_logs_and_the_keys_for_huge_catalogues():
+    user, item = torch.tensor([0, 5]), torch.tensor([3, 1])
+    assert PairSet(user, item, 100).bits is not None
+    huge = PairSet(torch.tensor([0, 3_000_000]), item, 10_000_000)  # 3e13 bits
+    assert huge.bits is None and huge.keys is not None
+    assert huge.contains(torch.tensor([3, 4])).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("optim", ["row_adagrad", "row_sgd"])
+def test_sparse_mf_learns_planted_taste_groups_beyond_popularity(optim, tmp_path):
+    lr = {"row_adagrad": "0.05", "row_sgd": "50"}[optim]
+    overrides = (
+        TINY_DATA
+        + FAST_TRAINER
+        + [
+            "model=mf",
+            "model.sparse=true",
+            f"optim={optim}",
+            f"optim.lr={lr}",
+            "optim.steps_per_call=4",
+            "seed=3",
+            "trainer.max_epochs=5",
+        ]
+    )
+    m = train(compose_config("train", overrides, tmp_path))
+    ours, pop = m["test"]["ndcg@10"], m["baseline"]["test"]["ndcg@10"]
+    assert ours > 1.2 * pop, f"{optim}: ndcg@10 {ours:.4f} vs popularity {pop:.4f}"
