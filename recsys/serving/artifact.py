@@ -294,13 +294,18 @@ def read_artifact(directory: str | Path, verify: bool = True) -> tuple[dict[str,
         raw = path.read_bytes()
     except OSError as e:
         raise CheckpointError(f"{path}: unreadable ({e.strerror})") from None
-    key = artifact_key()
-    has_signature = (d / SIGNATURE).is_file()
-    state = _check_signature(d, raw, key) if has_signature else UNSIGNED
     try:
         meta = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupted or truncated ({e})") from None
+        meta, error = None, e
+    peek = meta if isinstance(meta, dict) else {}
+    if peek.get("format") == FORMAT and _is_int(peek.get("version"), VERSION + 1):
+        _validate(meta, path)  # says: newer than this recsys (its digest may be another's)
+    key = artifact_key()
+    has_signature = (d / SIGNATURE).is_file()
+    state = _check_signature(d, raw, key) if has_signature else UNSIGNED
+    if meta is None:
+        raise CheckpointError(f"{path}: corrupted or truncated ({error})")
     meta = _validate(meta, path)
     if not has_signature:
         if meta["version"] >= 2:

@@ -38,6 +38,7 @@ from recsys.data.batches import UserBatch
 from recsys.errors import ConfigError
 from recsys.models.base import Recommender
 from recsys.serving.artifact import (
+    FILES,
     FORMAT,
     MANIFEST,
     SIGNATURE,
@@ -407,12 +408,23 @@ _TMP, _OLD = ".export-", ".replaced-"  # temporary sibling folders: .<name><mark
 
 
 def _check_out(out: Path) -> None:
-    """``out`` may be absent, an empty folder, or an artifact (which the export replaces)."""
+    """``out`` may be absent, an empty folder, or an artifact holding nothing else (the export
+    replaces the folder whole, so it must hold nothing of the user's, e.g. segments/)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out: {out} is a file, not a folder; choose an empty folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / MANIFEST).is_file():
         raise ConfigError(
             f"out: {out} exists and is not an artifact directory; choose an empty folder"
+        )
+    own = {MANIFEST, SIGNATURE, *FILES}
+    other = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if p.name not in own)
+    if other:
+        raise ConfigError(
+            f"out: {out} holds {', '.join(other[:3])}{' ...' if len(other) > 3 else ''} besides "
+            "an artifact, which the export would delete with the previous artifact; move it "
+            "away or choose another folder"
         )
 
 

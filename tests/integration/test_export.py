@@ -231,6 +231,7 @@ def test_export_cli_from_a_trained_run_and_recommend_cli(tmp_path, capsys):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "torchscript: scorer.ts" in proc.stdout
+    assert "signature: none, unsigned (set RECSYS_ARTIFACT_KEY to sign" in proc.stdout
     for name in ("metrics.json", "manifest.json", "config.yaml", "weights.pt", "scorer.ts"):
         assert (art / name).is_file(), name
     assert json.loads((art / "metrics.json").read_text())["test"] == metrics["test"]

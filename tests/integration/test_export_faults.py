@@ -201,17 +201,24 @@ def test_killed_at_a_named_point(setup, tmp_path, point):
 
 
 def test_leftovers_never_enter_the_new_manifest(setup, tmp_path):
+    """A file an earlier export left (scorer.onnx of an export with onnx=true) goes with the
+    previous artifact; the user's own files in the folder stop the export instead of going."""
     root, config, dm, refs = setup
     out = tmp_path / "art"
     shutil.copytree(refs["old"], out)
     (out / "scorer.onnx").write_bytes(b"from an earlier export with onnx=true")
-    (out / "notes.txt").write_text("the user's notes")
+    (out / "segments").mkdir()
+    (out / "segments" / "segments.csv").write_text("user,segment\n")
     torch.manual_seed(1)
     model = build_model(config["model"], dm.n_users, dm.n_items)
-    export_model(model, config, dm.data, dm.fingerprint, out, rows=9, onnx=False)
+    args = (model, config, dm.data, dm.fingerprint, out)
+    with pytest.raises(ConfigError, match=r"holds segments/ besides an artifact"):
+        export_model(*args, rows=9, onnx=False)
+    assert (out / "segments" / "segments.csv").is_file() and siblings(out) == []
+    shutil.rmtree(out / "segments")
+    export_model(*args, rows=9, onnx=False)
     meta = read_artifact(out)[0]
     assert "scorer.onnx" not in meta["files"] and not (out / "scorer.onnx").exists()
-    assert not (out / "notes.txt").exists()  # the previous artifact is replaced whole
     assert_same_artifact(out, refs["new"])
 
 

@@ -263,3 +263,13 @@ def test_output_is_written_whole(artifact, tmp_path):
     rows = out.read_text().splitlines()
     assert rows[0] == "user,rank,item,score" and len(rows) == 1 + 2 * 3
     assert [p.name for p in out.parent.iterdir()] == ["recs.csv"]
+
+
+def test_a_newer_format_says_so(artifact, tmp_path):
+    """An artifact from a newer recsys (whose digest file this one may not read) is refused as
+    newer, not as corrupted."""
+    meta = json.loads((artifact / MANIFEST).read_text())
+    art = rehashed(artifact, tmp_path / "art", _edit(lambda m: m.update(version=3))(meta))
+    (art / SIGNATURE).write_text('{"format": "recsys-artifact-digest-3"}\n')
+    with pytest.raises(CheckpointError, match="artifact version 3 is newer than this recsys"):
+        read_artifact(art)
