@@ -174,8 +174,9 @@ def one_line(exc: BaseException) -> str:
 
 @contextmanager
 def interruptible() -> Iterator[None]:
-    """While the block runs, SIGINT and SIGTERM raise :class:`~recsys.errors.Interrupted` (once:
-    a second signal while the first unwinds is ignored, so the end gets recorded). Lightning
+    """While the block runs, SIGINT and SIGTERM raise :class:`~recsys.errors.Interrupted`; a
+    second signal while the first unwinds is ignored, so the end gets recorded, and a third
+    raises again (code that swallowed the first cannot hold the process). Lightning
     would turn a ``KeyboardInterrupt`` inside ``fit`` into ``sys.exit(1)`` and a SIGTERM into a
     ``SystemExit`` with status 0 at the next batch; an exception of our own passes through
     ``fit`` unchanged (its ``on_exception`` hooks run) and says which signal it was. Outside the
@@ -186,10 +187,9 @@ def interruptible() -> Iterator[None]:
     fired: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
-        if fired:
-            return
         fired.append(signum)
-        raise Interrupted(signum)
+        if len(fired) != 2:
+            raise Interrupted(signum)
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in previous:

@@ -193,6 +193,39 @@ def test_cli_failure_after_the_start_exits_2_and_records_failed(tmp_path):
     assert not (run_dir / "metrics.json").exists()
 
 
+def test_signals_raise_once_per_interruption_and_an_end_is_recorded_through_wrappers(tmp_path):
+    """SIGTERM raises Interrupted; a second one while it unwinds is ignored, a third raises
+    again; the handlers are restored after. An interruption that arrived inside code wrapping
+    it in its own error (torch.save's RuntimeError) is recorded, and propagates, as itself."""
+    from recsys.errors import Interrupted
+    from recsys.training.manifest import interruptible, recording_end, start_manifest
+
+    seen = []
+    before = signal.getsignal(signal.SIGTERM)
+    with interruptible():
+        for _ in range(3):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                seen.append("ignored")
+            except Interrupted as e:
+                seen.append(str(e))
+    assert seen == ["interrupted by SIGTERM", "ignored", "interrupted by SIGTERM"]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+    m = start_manifest(tmp_path, {"seed": 0}, "fp", "cpu")
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(Interrupted):
+        with recording_end(tmp_path, m, ["metrics.json"]):
+            try:
+                raise Interrupted(signal.SIGINT)
+            except Interrupted:
+                raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+    assert manifest(tmp_path)["status"] == "interrupted"
+    assert manifest(tmp_path)["reason"] == "interrupted by SIGINT"
+    assert not (tmp_path / "metrics.json").exists()
+
+
 def test_checkpoints_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     """A save that dies half-way (the process killed, a full disk) leaves the previous
     checkpoint intact and no temporary file."""
