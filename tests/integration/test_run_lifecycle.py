@@ -193,6 +193,24 @@ def test_cli_failure_after_the_start_exits_2_and_records_failed(tmp_path):
     assert not (run_dir / "metrics.json").exists()
 
 
+def test_a_fit_that_swallows_an_interrupt_is_not_evaluated(tmp_path, monkeypatch):
+    """Lightning versions that catch a KeyboardInterrupt inside fit return normally with the
+    trainer marked interrupted: the run is recorded as interrupted, nothing is evaluated."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.trainer.states import TrainerStatus
+
+    from recsys.errors import Interrupted
+
+    def swallowed(self, *args, **kwargs):
+        self.state.status = TrainerStatus.INTERRUPTED
+
+    monkeypatch.setattr(pl.Trainer, "fit", swallowed)
+    with pytest.raises(Interrupted, match="interrupted by SIGINT"):
+        train(compose_config("train", BASE + ["trainer.max_epochs=2"], tmp_path))
+    assert manifest(tmp_path)["status"] == "interrupted"
+    assert not (tmp_path / "metrics.json").exists()
+
+
 def test_signals_raise_once_per_interruption_and_an_end_is_recorded_through_wrappers(tmp_path):
     """SIGTERM raises Interrupted; a second one while it unwinds is ignored, a third raises
     again; the handlers are restored after. An interruption that arrived inside code wrapping
