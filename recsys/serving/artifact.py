@@ -147,7 +147,7 @@ def _check_signature(d: Path, manifest: bytes, key: bytes | None) -> str:
     try:
         raw = path.read_bytes()
         record = json.loads(raw)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: unreadable ({e}); re-export the artifact") from None
     keys = ["format", "manifest_sha256", "hmac_sha256"]
     if not isinstance(record, dict) or sorted(record) != sorted(keys):
@@ -278,7 +278,8 @@ def read_artifact(directory: str | Path, verify: bool = True) -> tuple[dict[str,
     :data:`UNSIGNED` or :data:`NOT_CHECKED`).
 
     The manifest's bytes are checked against ``artifact.sig`` (and its signature, when
-    ``$RECSYS_ARTIFACT_KEY`` is set) before they are parsed, then its structure; ``verify``
+    ``$RECSYS_ARTIFACT_KEY`` is set) before anything in them is used, then its structure;
+    ``verify``
     also checks every listed file against its size and SHA-256. Anything wrong: one
     :class:`CheckpointError` line naming the file (and the key)."""
     d = Path(directory)
@@ -296,7 +297,7 @@ def read_artifact(directory: str | Path, verify: bool = True) -> tuple[dict[str,
         raise CheckpointError(f"{path}: unreadable ({e.strerror})") from None
     try:
         meta = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, a 5000-digit number, ...
         meta, error = None, e
     peek = meta if isinstance(meta, dict) else {}
     if peek.get("format") == FORMAT and _is_int(peek.get("version"), VERSION + 1):
@@ -613,19 +614,30 @@ class LoadedRecommender(_SimilarItems):
         from recsys.models.base import build_model
 
         torch = self._torch
-        where = self.dir / MANIFEST
+        where, path = self.dir / MANIFEST, self.dir / "weights.pt"
+        cfg, sizes = self.meta["model"], (self.num_users, self.num_items)
         try:
-            model = build_model(self.meta["model"], self.num_users, self.num_items, self.trust)
+            with torch.device("meta"):  # shapes only, no memory: the size the manifest asks for
+                shape = build_model(cfg, *sizes, self.trust)
+            need = sum(t.numel() * t.element_size() for t in shape.state_dict().values())
+            if need > 2 * path.stat().st_size + (1 << 20):
+                raise CheckpointError(
+                    f"{where}: model describes {need / 2**20:.1f} MiB of weights, weights.pt "
+                    f"holds {path.stat().st_size / 2**20:.1f} MiB; re-export the artifact"
+                )
+            model = build_model(cfg, *sizes, self.trust)
         except ConfigError as e:  # a hyper-parameter the model refuses: name the file
             raise CheckpointError(f"{where}: {e}") from None
-        path = self.dir / "weights.pt"
+        except RuntimeError as e:  # e.g. an allocation the values ask for fails
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise CheckpointError(f"{where}: model cannot be built ({first})") from None
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except Exception as e:  # noqa: BLE001
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            why = " ".join(str(e).split())[:300] or type(e).__name__  # one line
             raise CheckpointError(
-                f"{path}: weights not loadable into {self.meta['model']['_target_']} ({first})"
+                f"{path}: weights not loadable into {self.meta['model']['_target_']} ({why})"
             ) from None
         return model.eval()
 

@@ -18,7 +18,14 @@ from omegaconf import OmegaConf
 from recsys.data.datamodule import RecDataModule
 from recsys.errors import CheckpointError
 from recsys.models.base import build_model
-from recsys.serving.artifact import KEY_ENV, MANIFEST, SIGNATURE, read_artifact, signature_record
+from recsys.serving.artifact import (
+    KEY_ENV,
+    MANIFEST,
+    SIGNATURE,
+    load,
+    read_artifact,
+    signature_record,
+)
 from recsys.serving.export import export_model
 from tests.conftest import compose_config
 
@@ -273,3 +280,23 @@ def test_a_newer_format_says_so(artifact, tmp_path):
     (art / SIGNATURE).write_text('{"format": "recsys-artifact-digest-3"}\n')
     with pytest.raises(CheckpointError, match="artifact version 3 is newer than this recsys"):
         read_artifact(art)
+
+
+@pytest.mark.parametrize(
+    "size, message",
+    [
+        (10**12, "artifact.json: model describes 686645507.8 MiB of weights, weights.pt holds"),
+        (9, "weights.pt: weights not loadable into recsys.models.mf.MF (Error(s) in loading"),
+        ("eight", "artifact.json: model (recsys.models.mf.MF): "),
+    ],
+    ids=["huge", "another size", "a string"],
+)
+def test_model_that_does_not_fit_its_weights(artifact, tmp_path, size, message):
+    """Hyper-parameters that do not describe the shipped weights: one line, and no attempt to
+    allocate what they ask for."""
+    meta = json.loads((artifact / MANIFEST).read_text())
+    meta["model"]["embedding_size"] = size
+    art = rehashed(artifact, tmp_path / "art", _edit(lambda m: None)(meta))
+    with pytest.raises(CheckpointError) as e:
+        load(art)
+    assert message in str(e.value) and "\n" not in str(e.value)
