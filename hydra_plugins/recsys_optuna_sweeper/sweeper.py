@@ -226,9 +226,20 @@ class OptunaSweeper(Sweeper):
         if not space:
             raise ValueError("Optuna sweep: nothing to search (hydra.sweeper.params is empty)")
         distributions = {d.name: d.distribution for d in space}
-        unknown = {k for params in self.enqueue for k in params} - set(distributions)
-        if unknown:
-            raise ValueError(f"hydra.sweeper.enqueue: not searched keys {sorted(unknown)}")
+        for params in self.enqueue:
+            for key, value in params.items():
+                if key not in distributions:
+                    raise ValueError(f"hydra.sweeper.enqueue: {key} is not a searched key")
+                try:
+                    inside = distributions[key]._contains(
+                        distributions[key].to_internal_repr(value)
+                    )
+                except (ValueError, TypeError):
+                    inside = False
+                if not inside:
+                    raise ValueError(
+                        f"hydra.sweeper.enqueue: {key}={value} is outside {distributions[key]}"
+                    )
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints its own lines
         self.sweep_dir.mkdir(parents=True, exist_ok=True)

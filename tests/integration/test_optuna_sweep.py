@@ -2,7 +2,8 @@
 tiny synthetic data, tracked in MLflow next to TensorBoard:
 
 - a planted bad configuration (learning rate 1e-6, enqueued after a good one) is pruned from
-  its validation curve before the last epoch;
+  its validation curve before the last epoch; a planted invalid one (a negative embedding
+  size) fails, is recorded, and the study goes on;
 - the sweep is killed once two trials have finished and run again with the same command: the
   finished trials are not rerun, the interrupted one is, and the study ends with n_trials;
 - the best trial's experiment file reproduces its validation metric;
@@ -29,6 +30,7 @@ N_TRIALS = 4
 MAX_EPOCHS = 4
 GOOD = {"optim.lr": 0.05, "model.embedding_size": 16}
 PLANTED = {"optim.lr": 1e-6, "model.embedding_size": 16}  # learns nothing in a few epochs
+INVALID = {"optim.lr": 0.05, "model.embedding_size": -1}  # fails before training
 SEARCH = f"""# @package _global_
 defaults:
   - override /model: mf
@@ -46,10 +48,11 @@ hydra:
       n_warmup_steps: 0
     params:
       optim.lr: tag(log, interval(1e-6, 0.1))
-      model.embedding_size: choice(8, 16)
+      model.embedding_size: choice(8, 16, -1)
     enqueue:
       - {json.dumps(GOOD)}
       - {json.dumps(PLANTED)}
+      - {json.dumps(INVALID)}
 """
 TINY = [
     "data.n_users=120",
@@ -69,12 +72,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _finished(db: Path) -> list[int]:
+def _finished(db: Path, states: str = "'COMPLETE','PRUNED'") -> list[int]:
     if not db.is_file():
         return []
     try:
         with sqlite3.connect(db, timeout=5) as c:
-            rows = c.execute("SELECT number FROM trials WHERE state IN ('COMPLETE','PRUNED')")
+            rows = c.execute(f"SELECT number FROM trials WHERE state IN ({states})")
             return sorted(r[0] for r in rows)
     except sqlite3.Error:  # tables not created yet
         return []
@@ -115,14 +118,15 @@ def study_run(tmp_path_factory):
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    before = _finished(sweep / "optuna.db")
+    before = _finished(sweep / "optuna.db", "'COMPLETE','PRUNED','FAIL'")
     snapshot = {
         n: (sweep / str(n) / "metrics.json").read_bytes()
         for n in before
         if (sweep / str(n) / "metrics.json").is_file()
     }
     second = subprocess.run(cmd, cwd=out, env=_env(), capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.returncode == 1, second.stderr[-3000:]  # the invalid trial's failure, reported
+    assert "run(s) of the sweep failed" in second.stderr
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{sweep / 'optuna.db'}")
     return out, sweep, before, snapshot, second, study
 
@@ -152,21 +156,38 @@ def test_planted_bad_configuration_is_pruned(study_run):
 
 
 @pytest.mark.slow
+def test_failed_trial_is_recorded_and_skipped(study_run):
+    _, sweep, _, _, _, study = study_run
+    failed = _trial(study, INVALID)
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert not failed.user_attrs.get("interrupted")
+    assert "embedding_size must be an integer >= 1" in failed.user_attrs["error"]
+    record = json.loads((sweep / "failures" / f"{failed.number:03d}.json").read_text())
+    assert record["error"] == failed.user_attrs["error"]
+    assert f"trial: {failed.number}" in (sweep / "optimization_results.yaml").read_text()
+
+
+@pytest.mark.slow
 def test_killed_study_resumes_without_rerunning_finished_trials(study_run):
     _, sweep, before, snapshot, second, study = study_run
     assert "resuming study tiny" in second.stdout
     assert f"{len(before)} of {N_TRIALS} trials finished" in second.stdout
     states = optuna.trial.TrialState
-    finished = [t for t in study.trials if t.state in (states.COMPLETE, states.PRUNED)]
-    assert len(finished) == N_TRIALS
+    finished = [
+        t
+        for t in study.trials
+        if t.state in (states.COMPLETE, states.PRUNED)
+        or (t.state == states.FAIL and not t.user_attrs.get("interrupted"))
+    ]
+    assert len(finished) == N_TRIALS  # complete, pruned or failed, not counting interrupted
     assert {t.number for t in finished} >= set(before)  # the first session's trials are kept
     for n, content in snapshot.items():  # ... and not run again
         assert (sweep / str(n) / "metrics.json").read_bytes() == content
     new = [t for t in finished if t.number not in before]
     assert new and all(t.number > max(before) for t in new)
     for t in study.trials:  # a trial the kill interrupted is failed and its parameters rerun
-        if t.state == states.FAIL:
-            assert t.user_attrs.get("interrupted")
+        if t.user_attrs.get("interrupted"):
+            assert t.state == states.FAIL
             assert any(u.user_attrs.get("rerun_of") == t.number for u in study.trials)
     assert not [t for t in study.trials if t.state == states.RUNNING]
 
@@ -219,8 +240,8 @@ def test_sweep_is_one_mlflow_experiment_with_nested_runs(study_run):
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     assert {"sweep/optimization_results.yaml", "sweep/trials.csv", "sweep/best"} <= logged
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    started = [t for t in study.trials if t.user_attrs.get("run_dir")]
-    assert len(children) >= len(started) and len(children) == len(runs) - 1
+    trained = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(children) >= len(trained) and len(children) == len(runs) - 1
     assert not [r for r in children if r.info.status == "RUNNING"]  # the killed one: KILLED
     best_dir = str(Path(study.best_trial.user_attrs["run_dir"]).resolve())
     (best,) = [r for r in children if r.data.tags.get("recsys.run_dir") == best_dir]
