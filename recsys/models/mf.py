@@ -73,6 +73,9 @@ def _sparse_rows(rows: Tensor, values: Tensor, shape: torch.Size) -> Tensor:
     return torch.sparse_coo_tensor(rows.unsqueeze(0), values, shape, check_invariants=False)
 
 
+_SIGN = torch.tensor([1.0, -1.0])  # weights of (q_i, q_j) in the embedding_bag: q_i - q_j
+
+
 class _SparseBPR(torch.autograd.Function):
     """:class:`_BPR` with row-sparse gradients (``sparse: true`` on the CPU): each gradient is a
     sparse tensor of the batch's rows, so nothing in a step is as large as a table, and the
@@ -83,7 +86,7 @@ class _SparseBPR(torch.autograd.Function):
     def forward(ctx, users_w: Tensor, items_w: Tensor, user: Tensor, item: Tensor, neg: Tensor):
         n, b = neg.shape[1], len(user)
         pairs = torch.stack([item.expand(n, b), neg.t()], -1).view(n * b, 2)  # (N B, 2): i, j
-        sign = users_w.new_tensor([1.0, -1.0]).expand(n * b, 2)
+        sign = _SIGN.to(users_w.dtype).expand(n * b, 2)
         diff = F.embedding_bag(pairs, items_w, mode="sum", per_sample_weights=sign)  # (N B, d)
         diff = diff.view(n, b, -1)  # (N, B, d): q_i - q_j
         u = users_w.index_select(0, user)  # (B, d)

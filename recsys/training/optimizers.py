@@ -8,6 +8,9 @@ optimizers read the sparse gradient's rows and values as they are and write each
 one scatter-add, so a step costs its batch, whatever the table size. Dense gradients (other
 devices or models, ``sparse: false``) take the same update on every row.
 
+A sparse gradient is consumed by the step: its values are scaled in place (one pass less over
+the batch's rows than a scaled copy), as ``zero_grad`` then drops it.
+
 Both keep their state as plain tensors in ``state_dict()`` (checkpoints load with
 ``weights_only=True``; resume is exact). The choice between them and the learning rates of the
 shipped configs are measured in benchmarks/scale.md.
@@ -68,7 +71,7 @@ class RowSGD(_RowOptimizer):
     def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:
         if grad.is_sparse:
             rows, values = _rows(grad)
-            _add_rows(p, rows, values * -group["lr"])
+            _add_rows(p, rows, values.mul_(-group["lr"]))  # consumed: scaled in place
         else:
             p.add_(grad, alpha=-group["lr"])
 
@@ -112,10 +115,11 @@ class RowAdagrad(_RowOptimizer):
         if grad.is_sparse:
             rows, values = _rows(grad)
             flat = values.reshape(len(rows), -1)
-            acc.index_add_(0, rows, flat.square().mean(1))
+            # mean of squares: a norm reads the rows once and writes none
+            sq = flat.norm(dim=1).square_().div_(flat.shape[1])
+            acc.index_add_(0, rows, sq)
             scale = acc.index_select(0, rows).sqrt_().add_(group["eps"]).reciprocal_()
-            scale.mul_(-group["lr"])
-            _add_rows(p, rows, flat * scale[:, None])
+            _add_rows(p, rows, flat.mul_(scale.mul_(-group["lr"])[:, None]))  # consumed
         else:
             flat = grad.reshape(len(p), -1)
             acc.add_(flat.square().mean(1))
