@@ -60,6 +60,8 @@ BF16_TOL = 0.03
 K = 10
 MODELS = {
     "mf": ["model=mf"],
+    # row-sparse gradients and RowAdagrad: on CUDA through nn.Embedding(sparse=True)
+    "mf-sparse": ["model=mf", "model.sparse=true", "optim=row_adagrad", "optim.lr=0.05"],
     "multvae": ["model=multvae", "model.hidden_dims=[64,16]", "optim.lr=0.005"],
     "sasrec": [
         "model=sasrec",
