@@ -188,6 +188,7 @@ ID_TEXT = st.one_of(
         ["007", "0", "00", " 12", "12 ", "1e3", "+5", "3.5", "12.0", "", "NA", "nan", "٣", "é"]
     ),
     st.sampled_from(["a,b", 'q"t', "x\ny", "x\r", "\t7", "a::b", "\x00", "\ufeff1", "1\x1f"]),
+    st.sampled_from(["0x1f", "0X1", "-0", "-0x1", "0b1", "0o7", "1_000", "١", "+0", "0.0"]),
     st.text(max_size=6),
 )
 SMALL_IDS = st.sampled_from(["1", "2", "3", "10", "42"])

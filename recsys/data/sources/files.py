@@ -163,19 +163,43 @@ def _check_ids(arr: Any, id_type: str) -> np.ndarray | None:
 
     if arr.null_count:
         return None
+    if id_type == "int":
+        # pyarrow's cast refuses empty text, spaces, signs other than '-', fractions, exponents
+        # and values beyond int64, but takes '-1', '-0', '007' and '0x1f': those start with '-'
+        # or with a '0' that is not the whole text (benchmarks/data.md: about 0.6 CPU s per
+        # 20M ids, a third of a regular expression's cost)
+        try:
+            values = pc.cast(arr, pa.int64())
+        except pa.ArrowInvalid:
+            return None
+        if len(arr):
+            odd = pc.or_(
+                pc.starts_with(arr, "-"),
+                pc.and_(pc.starts_with(arr, "0"), pc.greater(pc.binary_length(arr), 1)),
+            )
+            if pc.any(odd).as_py():
+                return None
+        return values.to_numpy()
     if len(arr) and (
         pc.min(pc.binary_length(arr)).as_py() == 0
         or pc.any(pc.match_substring(arr, "\x00")).as_py()
     ):
         return None
-    if id_type == "str":
-        return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=object)
-    if len(arr):
-        canonical = pc.match_substring_regex(arr, r"^(0|[1-9][0-9]{0,18})$")
-        too_big = pc.and_(pc.equal(pc.binary_length(arr), 19), pc.greater(arr, _INT64_MAX))
-        if not pc.all(pc.and_(canonical, pc.invert(too_big))).as_py():
-            return None
-    return pc.cast(arr, pa.int64()).to_numpy()
+    return _strings(arr)
+
+
+def _strings(arr: Any) -> np.ndarray:
+    """A string column as an object array of ``str`` holding one object per distinct id
+    (dictionary-encoded first): 8 bytes per event instead of a string object each, and hashing
+    downstream (de-duplication, k-core, id encoding) reuses each object's cached hash
+    (benchmarks/data.md, "String ids")."""
+    import pyarrow.compute as pc
+
+    if hasattr(arr, "combine_chunks"):
+        arr = arr.combine_chunks()
+    encoded = pc.dictionary_encode(arr)
+    distinct = np.asarray(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object)
+    return distinct[encoded.indices.to_numpy()]
 
 
 def _check_numbers(arr: Any) -> np.ndarray | None:
@@ -287,7 +311,18 @@ def read_delimited(
         _diagnose(path, data, psep, header, names, index, id_type, hint)
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise DataError(f"{path}: could not be parsed ({reason})") from None
-    return pd.DataFrame(out, copy=False)
+    return _frame(out)
+
+
+def _frame(columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """The roles as a frame, without a copy. String ids stay an object array of ``str``: pandas 3
+    would otherwise convert them to its pyarrow-backed ``str`` dtype, and every ``to_numpy()``
+    downstream would convert them back (about 10 s per column of 20M ids and 1.6 GB more at the
+    peak; benchmarks/data.md, "String ids")."""
+    return pd.DataFrame(
+        {role: pd.Series(v, dtype=v.dtype, copy=False) for role, v in columns.items()},
+        copy=False,
+    )
 
 
 class _NeedsDiagnosis(Exception):
@@ -437,7 +472,7 @@ def read_parquet(
             out[role] = _parquet_ids(path, arr, col, role, id_type, hint)
         else:
             out[role] = _parquet_numbers(path, arr, col, role)
-    return pd.DataFrame(out, copy=False)
+    return _frame(out)
 
 
 def _first_true(mask: Any) -> int:
@@ -456,9 +491,7 @@ def _parquet_ids(path: Path, arr: Any, col: str, role: str, id_type: str, hint: 
     t = arr.type
     if pat.is_integer(t):
         if id_type == "str":
-            return np.asarray(
-                pc.cast(arr, pa.string()).to_numpy(zero_copy_only=False), dtype=object
-            )
+            return _strings(pc.cast(arr, pa.string()))
         bad = pc.less(arr, 0) if pat.is_signed_integer(t) else None
         if pat.is_uint64(t):
             bad = pc.greater(arr, pa.scalar(int(_INT64_MAX), pa.uint64()))
