@@ -84,6 +84,13 @@ def module_from_checkpoint(
     recsys' own classes and the packages in ``$RECSYS_TRUSTED_PACKAGES``; None (anything
     importable) only for a checkpoint this process wrote from the user's own config."""
     hp = dict(ckpt["hyper_parameters"])
+    # refused on opening, not only where the optimizer would be built (training)
+    check(
+        (hp.get("optim") or {}).get("_target_", "torch.optim.Adam"),
+        "optim",
+        "optim._target_",
+        trust,
+    )
     module = RecModule(**hp, trust=trust)
     try:
         module.load_state_dict(ckpt["state_dict"])
