@@ -232,3 +232,21 @@ def test_config_checks_come_before_any_file_is_read(tmp_path):
     with pytest.raises(ConfigError, match=r"^data.sep must be a field separator"):
         check_config(csv_cfg(tmp_path / "absent.csv", "data.sep='\"'"))
     assert files.ID_TYPES == ("str", "int")
+
+
+def test_the_line_named_counts_blank_lines_quoted_newlines_and_lone_cr(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text('uid,sku,ts\n1,a,5\n\n2,"b\nc",6\n\n3,d,x\n', newline="")
+    assert load_error(log, "data.columns.time=ts").endswith(
+        "log.csv: line 7: column 'ts' (time) must be a number, got 'x'"
+    )
+    log.write_text("uid,sku,ts\r1,a,5\r\r2,b,inf\r", newline="")
+    assert load_error(log, "data.columns.time=ts").endswith(
+        "log.csv: line 4: column 'ts' (time) must be a finite number, got 'inf'"
+    )
+    log.write_text("uid,sku\r\n1,a\r\n\r\n2,b,c\r\n", newline="")
+    assert load_error(log).endswith("log.csv: line 4: expected 2 fields, found 3")
+    log.write_bytes("uid,sku\n1,a\n2,b\n\nbjörn,c\n".encode("latin-1"))
+    assert load_error(log).endswith(
+        "log.csv: line 5: column 'uid' (user) is not valid UTF-8 text (save the file as UTF-8)"
+    )

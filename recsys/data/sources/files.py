@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import re
 import sys
@@ -116,6 +117,7 @@ ID_TYPES = ("str", "int")
 _INT64_MAX = "9223372036854775807"
 _INT_ID = re.compile(r"0|[1-9][0-9]{0,18}")  # ASCII digits, no sign, space or leading zero
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_SURROGATE = re.compile("[\udc80-\udcff]")  # a byte that was not UTF-8 (surrogateescape)
 _NOT_FINITE = {"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity", "nan", "+nan", "-nan"}
 
 
@@ -135,7 +137,7 @@ def _value_problem(role: str, col: str, text: str, id_type: str, hint: str) -> s
             return f"missing value in {where}"
         if "\x00" in text:
             return f"{where} holds a NUL character (is it a binary file?)"
-        if any("\udc80" <= ch <= "\udcff" for ch in text):
+        if _SURROGATE.search(text):
             return f"{where} is not valid UTF-8 text (save the file as UTF-8)"
         if id_type == "int" and not is_int_id(text):
             return (
@@ -150,7 +152,7 @@ def _value_problem(role: str, col: str, text: str, id_type: str, hint: str) -> s
         return f"{where} must be a finite number, got {text[:60]!r}"
     if _NUMBER.fullmatch(t) is None:
         return f"{where} must be a number, got {text[:60]!r}"
-    if not np.isfinite(float(t)):
+    if not math.isfinite(float(t)):
         return f"{where} must be a finite number, got {text[:60]!r}"
     return None
 
@@ -329,43 +331,33 @@ class _NeedsDiagnosis(Exception):
     """The fast reader found a value breaking the rules: find the offending line."""
 
 
-def _binary_lines(path: Path, data: Any):
-    """The file's lines as bytes, split at ``\\n``, ``\\r\\n`` and a lone ``\\r`` (as the CSV
-    readers do), line endings kept; streamed."""
+def _open_text(path: Path, data: Any) -> Any:
+    """The file as text for Python's csv module: UTF-8 with a leading BOM dropped, lines ending at
+    ``\n``, ``\r\n`` or a lone ``\r`` (as pyarrow splits them), bytes that are not UTF-8 kept as
+    lone surrogates (``surrogateescape``: a reader reports them where a column read holds them)."""
+    raw = data if isinstance(data, io.BytesIO) else open(path, "rb")  # noqa: SIM115
+    raw.seek(0)
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def _close_text(text: Any, data: Any) -> None:
     if isinstance(data, io.BytesIO):
-        data.seek(0)
-        f = data
+        text.detach()  # the caller's buffer stays open
     else:
-        f = open(path, "rb")  # noqa: SIM115 - closed below, the generator may stop early
-    try:
-        for chunk in f:
-            yield from chunk.splitlines(keepends=True)
-    finally:
-        if f is not data:
-            f.close()
-
-
-def _text_lines(path: Path, data: Any):
-    """The lines decoded as UTF-8 (a leading BOM dropped); bytes that are not UTF-8 become
-    lone surrogates (``surrogateescape``), reported only where a column read holds them."""
-    for i, line in enumerate(_binary_lines(path, data)):
-        if i == 0 and line.startswith(b"\xef\xbb\xbf"):
-            line = line[3:]
-        yield line.decode("utf-8", "surrogateescape")
-
-
-def _csv_reader(lines: Any, sep: str) -> Any:
-    return csv.reader(lines, delimiter=sep, quotechar='"', doublequote=True, strict=False)
+        text.close()
 
 
 def _first_record(path: Path, data: Any, sep: str, header: bool) -> list[str]:
     """The fields of the first line (the header, or the first row of a file without one)."""
-    lines = _text_lines(path, data)
-    line = next(lines, "")
+    text = _open_text(path, data)
+    try:
+        line = text.readline()
+    finally:
+        _close_text(text, data)
     if line.strip("\r\n") == "":
         what = "the header (column names)" if header else "the first row"
         raise DataError(f"{path}: line 1 is empty (expected {what})")
-    if header and any("\udc80" <= ch <= "\udcff" for ch in line):
+    if header and _SURROGATE.search(line):
         raise DataError(f"{path}: line 1 (the header) is not valid UTF-8 text (save it as UTF-8)")
     if header and "\x00" in line:
         raise DataError(f"{path}: line 1 holds a NUL character (is it a binary file?)")
@@ -378,6 +370,98 @@ def _first_record(path: Path, data: Any, sep: str, header: bool) -> list[str]:
     return fields
 
 
+def _records(path: Path, data: Any, sep: str, header: bool):
+    """``(first line, fields)`` of each record after the header, empty lines skipped: the file
+    as pyarrow reads it, walked by Python's csv module (the slow path). A csv error is a
+    DataError naming the line."""
+    text = _open_text(path, data)
+    try:
+        if header:
+            text.readline()
+        reader = csv.reader(text, delimiter=sep, quotechar='"', doublequote=True, strict=False)
+        offset, last = (1 if header else 0), 0
+        while True:
+            start = offset + last + 1  # a record starts on the line after the previous one ended
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise DataError(f"{path}: line {start}: {e}") from None
+            last = reader.line_num
+            if fields:
+                yield start, fields
+    finally:
+        _close_text(text, data)
+
+
+def _line_of_record(path: Path, data: Any, sep: str, header: bool, k: int) -> int:
+    """The line on which record ``k`` (0-based, after the header, empty lines skipped) starts.
+    Without quote characters a record is a line and the file is scanned as bytes (about 2 s
+    per 20M lines); otherwise Python's csv module walks it."""
+    raw = data if isinstance(data, io.BytesIO) else open(path, "rb")  # noqa: SIM115
+    raw.seek(0)
+    try:
+        seen = -1
+        for number, line in enumerate(raw, 1):
+            if b'"' in line or line.find(b"\r", 0, len(line) - 2) >= 0:
+                break  # quoting, or a lone CR ending a line: the csv walk below
+            if (header and number == 1) or line in (b"\n", b"\r\n"):
+                continue
+            seen += 1
+            if seen == k:
+                return number
+        else:
+            return -1
+    finally:
+        if raw is not data:
+            raw.close()
+    for i, (start, _) in enumerate(_records(path, data, sep, header)):
+        if i == k:
+            return start
+    return -1
+
+
+def _first_bad(arr: Any, role: str, id_type: str) -> int | None:
+    """Index of the first value of a raw (binary) column that breaks the rules of
+    :func:`_value_problem`, vectorized; None when all hold."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    candidates = []
+    limit = len(arr)
+    try:
+        text = arr.cast(pa.string())
+    except pa.ArrowInvalid:  # bytes that are not UTF-8: the first such row, by bisection
+        lo, hi = 0, len(arr)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            try:
+                arr.slice(lo, mid - lo).cast(pa.string())
+                lo = mid
+            except pa.ArrowInvalid:
+                hi = mid
+        candidates.append(lo)
+        limit = lo
+        text = arr.slice(0, limit).cast(pa.string())
+    if role in ("user", "item"):
+        bad = pc.or_(pc.equal(pc.binary_length(text), 0), pc.match_substring(text, "\x00"))
+        if id_type == "int":
+            canonical = pc.match_substring_regex(text, r"^(0|[1-9][0-9]{0,18})$")
+            too_big = pc.and_(pc.equal(pc.binary_length(text), 19), pc.greater(text, _INT64_MAX))
+            bad = pc.or_(bad, pc.or_(pc.invert(canonical), too_big))
+    else:
+        trimmed = pc.utf8_trim(text, " \t")
+        number = pc.match_substring_regex(trimmed, "^" + _NUMBER.pattern + "$")
+        values = pc.cast(pc.if_else(number, trimmed, "0"), pa.float64())
+        bad = pc.or_(pc.invert(number), pc.invert(pc.is_finite(values)))
+    if limit:
+        i = pc.index(bad, True).as_py()
+        if i >= 0:
+            candidates.append(i)
+    return min(candidates) if candidates else None
+
+
 def _diagnose(
     path: Path,
     data: Any,
@@ -388,34 +472,55 @@ def _diagnose(
     id_type: str,
     hint: str,
 ) -> None:
-    """Re-read the file line by line (slow path, only after the fast reader failed) and raise a
-    DataError naming the first bad line; returns without raising if it finds nothing."""
-    lines = _text_lines(path, data)
-    offset = 0
-    if header:
-        next(lines, None)
-        offset = 1
-    reader = _csv_reader(lines, sep)
-    last = 0
-    while True:
-        start = offset + last + 1  # a record starts on the line after the previous one ended
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            raise DataError(f"{path}: line {start}: {e}") from None
-        last = reader.line_num
-        if not fields:
-            continue
-        if len(fields) != len(names):
-            raise DataError(
-                f"{path}: line {start}: expected {len(names)} fields, found {len(fields)}"
-            )
-        for role, i in index.items():
-            problem = _value_problem(role, names[i], fields[i], id_type, hint)
-            if problem:
-                raise DataError(f"{path}: line {start}: {problem}")
+    """Find the first bad value or line after the fast reader failed and raise a DataError
+    naming it; returns without raising if it finds nothing.
+
+    The file is read again with the mapped columns as raw bytes (nothing to convert, so only
+    the structure can fail) and the values are checked vectorized; the line of the first bad
+    row is then counted. When even that read fails (a line with the wrong number of fields, a
+    quote left open), Python's csv module walks the file to the first such line."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    cols = {role: str(i) for role, i in index.items()}
+    if isinstance(data, io.BytesIO):
+        data.seek(0)
+    try:
+        table = pacsv.read_csv(
+            data,
+            read_options=pacsv.ReadOptions(
+                column_names=[str(i) for i in range(len(names))],
+                skip_rows=1 if header else 0,
+                block_size=1 << 24,
+            ),
+            parse_options=pacsv.ParseOptions(delimiter=sep, newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(dict.fromkeys(cols.values())),
+                column_types={c: pa.binary() for c in cols.values()},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowInvalid:
+        for start, fields in _records(path, data, sep, header):
+            if len(fields) != len(names):
+                raise DataError(
+                    f"{path}: line {start}: expected {len(names)} fields, found {len(fields)}"
+                ) from None
+        return
+    found = []
+    for role, c in cols.items():
+        arr = table.column(c).combine_chunks()
+        k = _first_bad(arr, role, id_type)
+        if k is not None:
+            found.append((k, role, arr[k].as_py().decode("utf-8", "surrogateescape")))
+    if not found:
+        return
+    k, role, value = min(found, key=lambda x: x[0])
+    problem = _value_problem(role, names[index[role]], value, id_type, hint)
+    line = _line_of_record(path, data, sep, header, k)
+    where = f"line {line}" if line > 0 else f"row {k + 1}"
+    raise DataError(f"{path}: {where}: {problem or f'an unexpected value {value[:60]!r}'}")
 
 
 # -- Parquet, checked the same way -----------------------------------------------------------------
