@@ -16,7 +16,9 @@ RecBole's breakages on current stacks are handled here, never by editing its fil
 ``ray`` (a hard import of ``recbole.quick_start``; we never import it and the venv installs
 recbole with ``--no-deps``), ``torch.load`` defaulting to ``weights_only=True`` (its checkpoints
 pickle a Config: we pass ``weights_only=False`` for its own files), numpy 2's removed aliases
-(``np.float_`` etc., re-created when missing), and ``Config`` parsing ``sys.argv`` (cleared).
+(``np.float_`` etc., re-created when missing), scipy >= 1.12's ``dok_matrix`` without the
+private ``_update`` LightGCN calls (added back over its ``_dict``), and ``Config`` parsing
+``sys.argv`` (cleared).
 pandas 3's copy-on-write turns RecBole's ``fillna(inplace=True)`` into a no-op; our atomic
 files have no missing values, and the venv pins pandas < 3 anyway.
 """
@@ -295,6 +297,12 @@ def _shims() -> None:
     for alias, target in (("float_", "float64"), ("complex_", "complex128"), ("unicode_", "str_")):
         if not hasattr(np, alias):
             setattr(np, alias, getattr(np, target))
+    # scipy >= 1.12's dok_matrix keeps its entries in ``_dict`` and dropped the private
+    # ``_update`` that RecBole's graph models (LightGCN's get_norm_adj_mat) call
+    from scipy.sparse import dok_matrix
+
+    if not hasattr(dok_matrix, "_update") and hasattr(dok_matrix((1, 1)), "_dict"):
+        dok_matrix._update = lambda self, data: self._dict.update(data)  # type: ignore[attr-defined]
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value overrides from argv
 
 
