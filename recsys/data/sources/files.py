@@ -168,8 +168,8 @@ def _check_ids(arr: Any, id_type: str) -> np.ndarray | None:
     if id_type == "int":
         # pyarrow's cast refuses empty text, spaces, signs other than '-', fractions, exponents
         # and values beyond int64, but takes '-1', '-0', '007' and '0x1f': those start with '-'
-        # or with a '0' that is not the whole text (benchmarks/data.md: about 0.6 CPU s per
-        # 20M ids, a third of a regular expression's cost)
+        # or with a '0' that is not the whole text (benchmarks/data.md, "String ids and exact
+        # integer ids": about 0.6 CPU s per 20M ids, a third of a regular expression's cost)
         try:
             values = pc.cast(arr, pa.int64())
         except pa.ArrowInvalid:
@@ -192,9 +192,7 @@ def _check_ids(arr: Any, id_type: str) -> np.ndarray | None:
 
 def _strings(arr: Any) -> np.ndarray:
     """A string column as an object array of ``str`` holding one object per distinct id
-    (dictionary-encoded first): 8 bytes per event instead of a string object each, and hashing
-    downstream (de-duplication, k-core, id encoding) reuses each object's cached hash
-    (benchmarks/data.md, "String ids")."""
+    (dictionary-encoded first): 8 bytes per event instead of a string object each."""
     import pyarrow.compute as pc
 
     if hasattr(arr, "combine_chunks"):
@@ -319,8 +317,8 @@ def read_delimited(
 def _frame(columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
     """The roles as a frame, without a copy. String ids stay an object array of ``str``: pandas 3
     would otherwise convert them to its pyarrow-backed ``str`` dtype, and every ``to_numpy()``
-    downstream would convert them back (about 10 s per column of 20M ids and 1.6 GB more at the
-    peak; benchmarks/data.md, "String ids")."""
+    downstream would convert them back (benchmarks/data.md, "String ids and exact integer ids":
+    40 instead of 28 CPU s, 3.8 instead of 2.1 GB at the peak on 20M events)."""
     return pd.DataFrame(
         {role: pd.Series(v, dtype=v.dtype, copy=False) for role, v in columns.items()},
         copy=False,
