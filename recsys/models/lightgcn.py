@@ -16,9 +16,9 @@ when fitting starts; ``needs_train_matrix``) and keeps its edges as buffers, so 
 an artifact scores without the data. Before that the graph has no edges (every layer above 0 is
 zero): a freshly built model scores ``E⁰ / (K + 1)``.
 
-Full-ranking evaluation propagates once per pass: in eval mode the final embeddings are cached,
-keyed by the version counters of the two tables (an optimizer step or a loaded state bumps
-them) and of the graph; training mode always propagates.
+Full-ranking evaluation propagates once per pass: switching to eval mode propagates and caches
+the final embeddings (buffers, not saved), keyed by the version counters of the two tables (an
+optimizer step or a loaded state bumps them) and of the graph; training mode always propagates.
 """
 
 from __future__ import annotations
@@ -104,8 +104,12 @@ class LightGCN(Recommender):
         # the training edges (user, item), distinct: saved with the weights
         self.register_buffer("edge_user", torch.zeros(0, dtype=torch.long))
         self.register_buffer("edge_item", torch.zeros(0, dtype=torch.long))
+        # eval mode: the final embeddings of the current weights (not saved; a traced scorer
+        # reads them as buffers) and the key they were computed for
+        self.register_buffer("final_user", torch.zeros(num_users, embedding_size), persistent=False)
+        self.register_buffer("final_item", torch.zeros(num_items, embedding_size), persistent=False)
         self._graph: tuple[Any, tuple[Tensor, Tensor]] | None = None
-        self._cache: tuple[Any, tuple[Tensor, Tensor]] | None = None
+        self._cache_key: tuple[Any, ...] | None = None
 
     # -- the graph --------------------------------------------------------------------------
     def set_train_matrix(self, train: Tensor) -> None:
@@ -146,22 +150,30 @@ class LightGCN(Recommender):
         if not self.training:
             key = (users._version, items._version, users.data_ptr(), items.data_ptr())
             key += (self.edge_user._version, self.edge_user.data_ptr(), len(self.edge_user))
-            if self._cache is not None and self._cache[0] == key:
-                return self._cache[1]
+            if self._cache_key == key:
+                return self.final_user, self.final_item
         r, rt = self._normalised()
         sum_u, sum_i = users, items
         eu, ei = users, items
         for _ in range(self.num_layers):
             eu, ei = _Propagate.apply(r, rt, eu, ei)
             sum_u, sum_i = sum_u + eu, sum_i + ei
-        out = (sum_u / (self.num_layers + 1), sum_i / (self.num_layers + 1))
-        if not self.training:
-            self._cache = (key, tuple(t.detach() for t in out))  # type: ignore[assignment]
-        return out
+        out_u, out_i = sum_u / (self.num_layers + 1), sum_i / (self.num_layers + 1)
+        if self.training:
+            return out_u, out_i
+        self.final_user, self.final_item = out_u.detach(), out_i.detach()
+        self._cache_key = key
+        return self.final_user, self.final_item
 
     def train(self, mode: bool = True) -> LightGCN:
-        self._cache = None
-        return super().train(mode)
+        """Switching to eval mode propagates once, so every scoring call of an evaluation pass
+        (and a traced scorer) reads the cached final embeddings."""
+        super().train(mode)
+        self._cache_key = None
+        if not mode:
+            with torch.no_grad():
+                self.propagate()
+        return self
 
     # -- the contract ------------------------------------------------------------------------
     def loss(self, batch: PairBatch) -> dict[str, Tensor]:
