@@ -66,6 +66,8 @@ ONNX_EXPORTS: dict[str, list[str]] = {
     ],
     "pop": [],
     "sasrec": SEQ,
+    # eval mode reads the propagated embeddings from buffers: a lookup and a matmul
+    "lightgcn": ["model.embedding_size=8", "model.num_layers=1"],
 }
 # models without an ONNX scorer today: the operator torch.onnx (opset 17) cannot export
 NO_ONNX: dict[str, tuple[list[str], str]] = {
@@ -75,13 +77,7 @@ NO_ONNX: dict[str, tuple[list[str], str]] = {
     "itemknn": (["model.k=10"], "aten::sparse_coo_tensor"),
 }
 # models that trace to neither scorer today (the default eager backend serves them)
-NO_TRACE: dict[str, tuple[list[str], str]] = {
-    # score(): propagation over edge buffers set from the training matrix
-    "lightgcn": (
-        ["model.embedding_size=8", "model.num_layers=1"],
-        "Unsupported value kind: Tensor",
-    ),
-}
+NO_TRACE: dict[str, tuple[list[str], str]] = {}
 # models whose scores depend on the history alone (recommend_history works)
 SCORES_HISTORY = {"bert4rec", "ease", "gru4rec", "itemknn", "multdae", "multvae", "pop", "sasrec"}
 ROWS = 5  # scorer batch: the known users below span several calls
