@@ -34,8 +34,8 @@ test-fast: install  ## the suite without the slow, gpu and data tests (~2 min on
 	$(PY) -m pytest -q -m "not slow and not gpu and not data" $(ARGS)
 
 lint: install  ## ruff lint and format check
-	$(VENV)/bin/ruff check recsys tests benchmarks/runner benchmarks/scripts
-	$(VENV)/bin/ruff format --check recsys tests benchmarks/runner benchmarks/scripts
+	$(VENV)/bin/ruff check recsys hydra_plugins tests benchmarks/runner benchmarks/scripts
+	$(VENV)/bin/ruff format --check recsys hydra_plugins tests benchmarks/runner benchmarks/scripts
 
 bench: install $(if $(filter recbole,$(COMPARE)),recbole-venv)  ## benchmarks/matrices/full.yaml -> benchmarks/matrix.md, .json (COMPARE=recbole: side by side)
 	$(PY) -m benchmarks.runner $(if $(COMPARE),--compare $(COMPARE) --recbole-python $(RECBOLE_VENV)/bin/python) $(ARGS)

@@ -21,6 +21,7 @@ IGNORED_PREFIXES = (
     "ckpt_path",
     "logger.",
     "callbacks.epoch_summary",
+    "callbacks.optuna_pruning",  # the trial a sweep run reports to, not a setting
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
