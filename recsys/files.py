@@ -2,11 +2,14 @@
 
 A reader (or a crashed writer) never sees a half-written cache, metrics file or artifact. A writer
 killed before its rename (SIGKILL, power loss) cannot remove its temporary file, so the name
-says whose it is: ``.<target name>.<pid>-<start>.<random>.tmp``, with the writer's process id
+says whose it is: ``.<target name>.<scope>.<pid>-<start>.<random>.tmp``, with the writer's
+machine and process namespace (``<scope>``: host name and pid-namespace inode), its process id
 and that process's start time (``/proc``; 0 where unknown), so a recycled pid does not pass for
-the dead writer. :func:`remove_stale_temps` deletes the files of exactly that pattern whose
-writer is no longer running; every write into a folder does it first, so a temporary file never
-outlives the next start of a command that writes there.
+the dead writer. :func:`remove_stale_temps` deletes the files of exactly that pattern, written
+in this scope, whose writer is no longer running; every write into a folder does it first, so a
+temporary file never outlives the next start of a command that writes there. A file written
+from another machine or container sharing the folder (NFS, a mounted volume) is left alone: its
+pid means nothing here, and deleting a live writer's file would break its write.
 """
 
 from __future__ import annotations
@@ -14,15 +17,28 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-# .<name>.<pid>-<start>.<random>.tmp; the random part is mkstemp's (8 of [a-z0-9_])
+# .<name>.<scope>.<pid>-<start>.<random>.tmp; the random part is mkstemp's (8 of [a-z0-9_])
 TEMP_PATTERN = re.compile(
-    r"^\.(?P<name>.+)\.(?P<pid>[1-9][0-9]*)-(?P<start>[0-9]+)\.[a-z0-9_]{8}\.tmp$"
+    r"^\.(?P<name>.+)\.(?P<scope>[A-Za-z0-9-]+)\.(?P<pid>[1-9][0-9]*)-(?P<start>[0-9]+)"
+    r"\.[a-z0-9_]{8}\.tmp$"
 )
+
+
+def _scope() -> str:
+    """Where pids mean something: the host name (letters, digits and '-') and the inode of this
+    process's pid namespace (0 without ``/proc``)."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{host}-{namespace}"
 
 
 def _start_time(pid: int) -> int | None:
@@ -39,9 +55,10 @@ def _start_time(pid: int) -> int | None:
 
 
 def _writer_tag() -> str:
-    """``<pid>-<start>`` of this process (computed per call: a forked child has its own)."""
+    """``<scope>.<pid>-<start>`` of this process (computed per call: a forked child has its
+    own)."""
     pid = os.getpid()
-    return f"{pid}-{_start_time(pid) or 0}"
+    return f"{_scope()}.{pid}-{_start_time(pid) or 0}"
 
 
 def _running(pid: int, start: int) -> bool:
@@ -65,16 +82,18 @@ def _running(pid: int, start: int) -> bool:
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
     """Delete the temporary files :func:`atomic_write` left in ``folder`` whose writer process is
-    no longer running; only names of that exact pattern are touched, nothing else (a live
-    writer's file stays). Returns the removed paths; a missing folder removes nothing."""
+    no longer running; only names of that exact pattern written in this scope (this machine and
+    pid namespace) are touched, nothing else (a live writer's file stays). Returns the removed
+    paths; a missing folder removes nothing."""
     removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
+    scope = _scope()
     for entry in entries:
         m = TEMP_PATTERN.match(entry.name)
-        if m is None:
+        if m is None or m["scope"] != scope:
             continue
         try:
             if not entry.is_file(follow_symlinks=False):

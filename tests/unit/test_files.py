@@ -1,5 +1,6 @@
 """recsys.files: temporary files named by their writer, and removed once that writer is gone
-(only files of exactly that pattern; a live writer's file stays)."""
+(only files of exactly that pattern written on this machine; a live writer's file stays, and so
+does a file another machine wrote into a shared folder)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ def own_tag() -> str:
     return files._writer_tag()
 
 
+SCOPE = files._scope()
+
+
 def test_temporary_file_is_named_by_its_writer(tmp_path):
     seen = []
 
@@ -35,7 +39,8 @@ def test_temporary_file_is_named_by_its_writer(tmp_path):
     atomic_write(tmp_path / "out.json", write)
     assert len(seen) == 1
     m = TEMP_PATTERN.match(seen[0])
-    assert m and m["name"] == "out.json" and f"{m['pid']}-{m['start']}" == own_tag()
+    assert m and m["name"] == "out.json"
+    assert f"{m['scope']}.{m['pid']}-{m['start']}" == own_tag()
     assert int(m["pid"]) == os.getpid()
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
@@ -52,26 +57,29 @@ def test_failed_write_leaves_nothing(tmp_path):
 
 def test_stale_temporaries_of_dead_writers_are_removed_and_nothing_else(tmp_path):
     pid = dead_pid()
-    own_pid, own_start = own_tag().split("-")
+    own_pid, own_start = own_tag().rsplit(".", 1)[1].split("-")
     stale = [
-        f".split.npz.{pid}-123.abcdefgh.tmp",  # its writer exited
-        f".metrics.json.{pid}-0.a1b2c3d_.tmp",  # start time unknown, writer gone
+        f".split.npz.{SCOPE}.{pid}-123.abcdefgh.tmp",  # its writer exited
+        f".metrics.json.{SCOPE}.{pid}-0.a1b2c3d_.tmp",  # start time unknown, writer gone
         # this process's pid with another start time: a recycled pid (a restarted container)
-        f".x.{own_pid}-{int(own_start) + 1}.zzzzzzzz.tmp",
+        f".x.{SCOPE}.{own_pid}-{int(own_start) + 1}.zzzzzzzz.tmp",
     ]
     kept = [
-        f".split.npz.{own_pid}-{own_start}.abcdefgh.tmp",  # a live writer (this process)
-        f".split.npz.{pid}.abcdefgh.tmp",  # an older name without the start time
-        f".split.npz.{pid}-1.ABCDEFGH.tmp",  # not mkstemp's random part
-        f"split.npz.{pid}-1.abcdefgh.tmp",  # no leading dot
-        f".split.npz.{pid}-1.abcdefgh.tmp.bak",
+        f".split.npz.{SCOPE}.{own_pid}-{own_start}.abcdefgh.tmp",  # a live writer (this process)
+        f".split.npz.other-host-1.{pid}-123.abcdefgh.tmp",  # another machine's: pid unknown here
+        f".split.npz.{pid}-123.abcdefgh.tmp",  # no scope
+        f".split.npz.{pid}.abcdefgh.tmp",  # the older mkstemp name
+        f".split.npz.{SCOPE}.{pid}-1.ABCDEFGH.tmp",  # not mkstemp's random part
+        f"split.npz.{SCOPE}.{pid}-1.abcdefgh.tmp",  # no leading dot
+        f".split.npz.{SCOPE}.{pid}-1.abcdefgh.tmp.bak",
         ".probe-x1y2z3.tmp",
         "notes.txt",
     ]
     for name in stale + kept:
         (tmp_path / name).write_text("x")
-    (tmp_path / f".dir.{pid}-1.abcdefgh.tmp").mkdir()  # a folder of that name: not a file of ours
-    kept.append(f".dir.{pid}-1.abcdefgh.tmp")
+    folder = f".dir.{SCOPE}.{pid}-1.abcdefgh.tmp"  # a folder of that name: not a file of ours
+    (tmp_path / folder).mkdir()
+    kept.append(folder)
     removed = remove_stale_temps(tmp_path)
     assert sorted(p.name for p in removed) == sorted(stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
@@ -79,14 +87,14 @@ def test_stale_temporaries_of_dead_writers_are_removed_and_nothing_else(tmp_path
 
 
 def test_every_atomic_write_cleans_its_folder_first(tmp_path):
-    stale = tmp_path / f".metrics.json.{dead_pid()}-5.abcdefgh.tmp"
+    stale = tmp_path / f".metrics.json.{SCOPE}.{dead_pid()}-5.abcdefgh.tmp"
     stale.write_text("half")
     write_json(tmp_path / "metrics.json", {"a": 1})
     assert not stale.exists() and (tmp_path / "metrics.json").is_file()
 
 
 def test_cache_dir_is_cleaned_when_chosen(tmp_path):
-    stale = tmp_path / "cache" / f".ml-100k-0123.npz.{dead_pid()}-7.abcdefgh.tmp"
+    stale = tmp_path / "cache" / f".ml-100k-0123.npz.{SCOPE}.{dead_pid()}-7.abcdefgh.tmp"
     stale.parent.mkdir()
     stale.write_bytes(b"PK\x03\x04 half a zip")
     other = tmp_path / "cache" / "ml-100k-0123.npz"
