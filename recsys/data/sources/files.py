@@ -191,15 +191,17 @@ def _check_ids(arr: Any, id_type: str) -> np.ndarray | None:
 
 
 def _strings(arr: Any) -> np.ndarray:
-    """A string column as an object array of ``str`` holding one object per distinct id
-    (dictionary-encoded first): 8 bytes per event instead of a string object each."""
+    """A string column as an object array of ``str`` holding one object per distinct id in each
+    chunk (dictionary-encoded chunk by chunk, never concatenated as Arrow strings, whose 32-bit
+    offsets stop at 2 GB): 8 bytes per event instead of a string object each."""
     import pyarrow.compute as pc
 
-    if hasattr(arr, "combine_chunks"):
-        arr = arr.combine_chunks()
-    encoded = pc.dictionary_encode(arr)
-    distinct = np.asarray(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object)
-    return distinct[encoded.indices.to_numpy()]
+    parts = []
+    for chunk in getattr(arr, "chunks", [arr]):
+        encoded = pc.dictionary_encode(chunk)
+        distinct = np.asarray(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object)
+        parts.append(distinct[encoded.indices.to_numpy()])
+    return np.concatenate(parts) if parts else np.empty(0, dtype=object)
 
 
 def _check_numbers(arr: Any) -> np.ndarray | None:
