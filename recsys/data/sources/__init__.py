@@ -28,7 +28,9 @@ Configs written before the loaders moved into these modules name them
 names of a loader give the same data fingerprint and cache key.
 
 A new format is one module here with a ``load_<format>(cfg)`` function and a
-``configs/data/<name>.yaml`` whose ``source`` names it.
+``configs/data/<name>.yaml`` whose ``source`` names it; what its config alone decides (a key it
+needs, a value it refuses) goes in the module's ``check_config(cfg)``, listed in ``_CHECKS``, so
+:func:`check_config` refuses it before any file is read.
 """
 
 from __future__ import annotations
