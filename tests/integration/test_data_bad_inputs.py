@@ -5,6 +5,8 @@ traceback; an opt-out list with ids the log does not hold says how many, not whi
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -137,3 +139,34 @@ def test_optout_ids_not_found_are_counted_not_named(tmp_path):
     assert stats["users"] == 3
     assert stats["audit"]["opt_out"]["not_found"] == 2
     assert stats["audit"]["opt_out"]["users_removed"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data=atomic"], "error: data.name must be set for this dataset (add data.name=...)"),
+        (["data=csv"], "error: data.path must be set for this dataset (add data.path=...)"),
+    ],
+)
+def test_recsys_train_names_the_missing_data_key(tmp_path, args, message):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recsys.cli.train",
+            *args,
+            f"data.root={tmp_path / 'absent'}",
+            "trainer.accelerator=cpu",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    errors = [x for x in r.stderr.splitlines() if x.startswith("error: ")]
+    assert errors == [message]
+    assert not (tmp_path / "absent").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()
