@@ -22,7 +22,7 @@ import pandas as pd
 
 from recsys.data.interactions import Interactions, Split
 from recsys.data.preprocess import preprocess_config
-from recsys.data.sources import dataset_dir
+from recsys.data.sources import dataset_dir, read_delimited
 from recsys.data.splits import random_split
 from recsys.errors import ConfigError
 
@@ -30,7 +30,11 @@ FOLDS = (1, 2, 3, 4, 5)
 
 
 def _read(path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", header=None, names=["user", "item", "rating", "time"])
+    """``user item rating time``, tab-separated, as ``u.data``: integer ids checked exactly, a
+    damaged line refused by number (:func:`~recsys.data.sources.read_delimited`)."""
+    names = ["user", "item", "rating", "time"]
+    cols = {n: n for n in names}
+    return read_delimited(path, sep="\t", header=False, names=names, columns=cols)
 
 
 def load_ml100k_fold(cfg: Mapping[str, Any]) -> Split:
