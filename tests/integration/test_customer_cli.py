@@ -34,7 +34,8 @@ def _run(tmp, path, model, extra=()):
     from recsys.training.train import train
 
     overrides = [
-        "data=csv", f"data.path={path}", "data.columns.time=time", "data.split=leave_one_out",
+        "data=csv", f"data.path={path}", "data.id_type=int", "data.columns.time=time",
+        "data.split=leave_one_out",
         f"data.cache_dir={tmp / 'cache'}", f"model={model}", "eval.baseline=null", "~logger",
         *FAST_TRAINER[:-1], *extra,
     ]  # fmt: skip
