@@ -26,7 +26,7 @@ from recsys.data.cache import save as cache_save
 from recsys.data.interactions import Interactions, Split
 from recsys.data.preprocess import preprocess_config
 from recsys.data.sources import data_root, notice, raw_files
-from recsys.data.splits import make_split
+from recsys.data.splits import SPLITS, check_ratios, make_split
 from recsys.errors import ConfigError
 
 # Keys of a data config that change where files live or how batches are cut, not what the data is.
@@ -84,6 +84,44 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     if not cfg.get("source"):
         raise ConfigError("data.source must name a loader (a dotted path)")
     sources.check_config(cfg)
+    _check_values(cfg)
+
+
+def _check_values(cfg: Mapping[str, Any]) -> None:
+    """The preprocessing and split values, checked before any file is read (the split itself
+    checks them again, for callers of :mod:`recsys.data.splits`)."""
+
+    def number(key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"data.{key} must be a number, got {value!r}")
+        return float(value)
+
+    def count(key: str, value: Any, low: int = 0) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"data.{key} must be an integer >= {low}, got {value!r}")
+
+    split = str(cfg.get("split", "leave_one_out"))
+    if split not in SPLITS:
+        raise ConfigError(f"data.split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split in ("random", "temporal"):
+        check_ratios(
+            number("val_ratio", cfg.get("val_ratio", 0.1)),
+            number("test_ratio", cfg.get("test_ratio", 0.1)),
+        )
+    if split == "holdout_users":
+        count("n_heldout_users", cfg.get("n_heldout_users"), 1)
+        if not 0 < number("fold_in_ratio", cfg.get("fold_in_ratio", 0.8)) < 1:
+            raise ConfigError(
+                f"data.fold_in_ratio must be in (0, 1), got {cfg.get('fold_in_ratio')}"
+            )
+    for key in ("min_user_interactions", "min_item_interactions", "min_history"):
+        count(key, cfg.get(key) or 0)
+    if cfg.get("max_history") is not None:
+        count("max_history", cfg["max_history"], 1)
+    if cfg.get("rating_threshold") is not None:
+        number("rating_threshold", cfg["rating_threshold"])
+    if cfg.get("split_seed") is not None:
+        count("split_seed", cfg["split_seed"])
 
 
 def resolve_data_config(data: Any) -> dict[str, Any]:

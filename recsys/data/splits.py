@@ -65,7 +65,7 @@ def random_split(inter: Interactions, val_ratio: float, test_ratio: float, seed:
     Counts follow RecBole's ``RS`` split: ``floor(ratio * n)`` per held-out part, raised to one
     event when ``0 < ratio * n < 1`` while the user keeps at least one training event.
     """
-    _check_ratios(val_ratio, test_ratio)
+    check_ratios(val_ratio, test_ratio)
     n = np.bincount(inter.user, minlength=inter.n_users)
     n_val = np.floor(val_ratio * n).astype(np.int64)
     n_test = np.floor(test_ratio * n).astype(np.int64)
@@ -89,7 +89,7 @@ def temporal_split(inter: Interactions, val_ratio: float, test_ratio: float) -> 
     ``val_ratio`` before them validation. Every training event precedes every validation event,
     which precedes every test event; ties at a cutoff go to the later part."""
     _require_time(inter, "temporal")
-    _check_ratios(val_ratio, test_ratio)
+    check_ratios(val_ratio, test_ratio)
     assert inter.time is not None
     t = np.sort(inter.time)
     n = len(t)
@@ -167,7 +167,7 @@ def holdout_users(
     )
 
 
-def _check_ratios(val_ratio: float, test_ratio: float) -> None:
+def check_ratios(val_ratio: float, test_ratio: float) -> None:
     for key, value in (("data.val_ratio", val_ratio), ("data.test_ratio", test_ratio)):
         if not 0 <= value < 1:
             raise ConfigError(f"{key} must be in [0, 1), got {value}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -91,3 +93,27 @@ def test_time_splits_need_an_order():
         leave_one_out(inter)
     with pytest.raises(ConfigError, match="data.val_ratio"):
         random_split(inter, 1.5, 0.1, 0)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"split": "random", "val_ratio": 2.0}, "data.val_ratio must be in [0, 1), got 2.0"),
+        ({"split": "temporal", "val_ratio": 0.6, "test_ratio": 0.5}, "must be < 1"),
+        ({"split": "random", "test_ratio": "a lot"}, "data.test_ratio must be a number"),
+        ({"split": "bogus"}, "data.split must be one of"),
+        ({"split": "holdout_users"}, "data.n_heldout_users must be an integer >= 1"),
+        ({"split": "holdout_users", "n_heldout_users": 5, "fold_in_ratio": 1}, "fold_in_ratio"),
+        ({"min_user_interactions": -1}, "data.min_user_interactions must be an integer >= 0"),
+        ({"max_history": 0}, "data.max_history must be an integer >= 1"),
+        ({"split_seed": 1.5}, "data.split_seed must be an integer >= 0"),
+    ],
+)
+def test_split_values_are_refused_before_any_file_is_read(override, message):
+    """Split and preprocessing values that cannot work: one line naming the key, from the config
+    alone (the source would read files; a path that does not exist shows it was never tried)."""
+    from recsys.data.pipeline import check_config
+
+    cfg = {"source": "recsys.data.synthetic.load", "path": "/nonexistent/log.csv", **override}
+    with pytest.raises(ConfigError, match=re.escape(message) if "[" in message else message):
+        check_config(cfg)
