@@ -28,7 +28,7 @@ def user_error(exc: BaseException) -> RecsysError | None:
 def report_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorator for Hydra task functions: a user error prints ``error: <message>`` on stderr
     and exits with status 2, without a traceback; SIGINT/SIGTERM (:class:`Interrupted`) print one
-    line and exit with 128 + the signal number; anything else propagates (a bug)."""
+    line and exit with 128 + the signal number (Ctrl-C elsewhere: one line, 130); anything else propagates (a bug)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -37,6 +37,9 @@ def report_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Interrupted as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             sys.exit(128 + e.signum)
+        except KeyboardInterrupt:  # Ctrl-C in a command without its own signal handling
+            print("error: interrupted (SIGINT); nothing was completed", file=sys.stderr, flush=True)
+            sys.exit(130)
         except Exception as e:
             err = user_error(e)
             if err is None:
