@@ -8,8 +8,10 @@ optimizers read the sparse gradient's rows and values as they are and write each
 one scatter-add, so a step costs its batch, whatever the table size. Dense gradients (other
 devices or models, ``sparse: false``) take the same update on every row.
 
-A sparse gradient is consumed by the step: its values are scaled in place (one pass less over
-the batch's rows than a scaled copy), as ``zero_grad`` then drops it.
+On the CPU, ``compile=True`` (the default) runs the update of a sparse gradient's rows as one
+compiled loop (:mod:`recsys.compiling`; eager where compiling fails); eager, a sparse
+gradient is consumed by the step: its values are scaled in place (one pass less over the
+batch's rows than a scaled copy), as ``zero_grad`` then drops it.
 
 Both keep their state as plain tensors in ``state_dict()`` (checkpoints load with
 ``weights_only=True``; resume is exact). The choice between them and the learning rates of the
@@ -22,6 +24,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
+
+from recsys.compiling import Compiled
 
 
 def _rows(grad: Tensor) -> tuple[Tensor, Tensor]:
@@ -39,11 +43,31 @@ def _add_rows(param: Tensor, rows: Tensor, values: Tensor) -> None:
         param.view(len(param), -1).scatter_add_(0, rows[:, None].expand_as(flat), flat)
 
 
+def _sgd_rows(p: Tensor, rows: Tensor, values: Tensor, lr: float) -> None:
+    p.index_add_(0, rows, values * -lr)
+
+
+def _adagrad_rows(
+    p: Tensor, acc: Tensor, rows: Tensor, values: Tensor, lr: float, eps: float
+) -> None:
+    acc.index_add_(0, rows, values.square().mean(1))
+    p.index_add_(0, rows, values * (-lr / (acc[rows].sqrt() + eps))[:, None])
+
+
+_COMPILED_SGD, _COMPILED_ADAGRAD = Compiled(_sgd_rows), Compiled(_adagrad_rows)
+
+
 class _RowOptimizer(torch.optim.Optimizer):
-    def __init__(self, params: Iterable, defaults: dict):
+    def __init__(self, params: Iterable, defaults: dict, compile: bool):
         if not 0.0 < float(defaults["lr"]):
             raise ValueError(f"lr must be > 0, got {defaults['lr']}")
         super().__init__(params, defaults)
+        self.compile = bool(compile)
+
+    def _compiled(self, p: Tensor, grad: Tensor) -> bool:
+        """Whether this update goes through the compiled loop: a sparse gradient of a table on
+        the CPU, with ``compile`` on."""
+        return self.compile and grad.is_sparse and p.dim() == 2 and p.device.type == "cpu"
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -65,11 +89,13 @@ class RowSGD(_RowOptimizer):
     """Plain SGD, ``p -= lr * g``, row-sparse gradients applied to their rows alone (each
     occurrence of a row adds its own value: the same update as the summed gradient)."""
 
-    def __init__(self, params: Iterable, lr: float = 0.01):
-        super().__init__(params, {"lr": lr})
+    def __init__(self, params: Iterable, lr: float = 0.01, compile: bool = True):
+        super().__init__(params, {"lr": lr}, compile)
 
     def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:
-        if grad.is_sparse:
+        if self._compiled(p, grad):
+            _COMPILED_SGD(p, *_rows(grad), group["lr"])
+        elif grad.is_sparse:
             rows, values = _rows(grad)
             _add_rows(p, rows, values.mul_(-group["lr"]))  # consumed: scaled in place
         else:
@@ -98,13 +124,16 @@ class RowAdagrad(_RowOptimizer):
         lr: float = 0.05,
         eps: float = 1e-8,
         initial_accumulator_value: float = 0.0,
+        compile: bool = True,
     ):
         if initial_accumulator_value < 0:
             raise ValueError(
                 f"initial_accumulator_value must be >= 0, got {initial_accumulator_value}"
             )
         super().__init__(
-            params, {"lr": lr, "eps": eps, "initial_accumulator_value": initial_accumulator_value}
+            params,
+            {"lr": lr, "eps": eps, "initial_accumulator_value": initial_accumulator_value},
+            compile,
         )
 
     def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:
@@ -112,7 +141,9 @@ class RowAdagrad(_RowOptimizer):
         if not state:
             state["sum"] = p.new_full((len(p),), float(group["initial_accumulator_value"]))
         acc = state["sum"]  # (rows,)
-        if grad.is_sparse:
+        if self._compiled(p, grad):
+            _COMPILED_ADAGRAD(p, acc, *_rows(grad), group["lr"], group["eps"])
+        elif grad.is_sparse:
             rows, values = _rows(grad)
             flat = values.reshape(len(rows), -1)
             # mean of squares: a norm reads the rows once and writes none

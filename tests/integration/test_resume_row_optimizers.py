@@ -12,21 +12,29 @@ from tests.conftest import compose_config
 from tests.integration.test_resume_exact import BASE, EPOCHS, STOP, _assert_same_tensors, _ckpt
 
 OPTIMIZERS = {
-    "row_adagrad": ["optim=row_adagrad", "optim.lr=0.05"],
-    "row_sgd": ["optim=row_sgd", "optim.lr=20"],
+    "row_adagrad": ["optim=row_adagrad", "optim.lr=0.05", "optim.compile=false"],
+    "row_sgd": ["optim=row_sgd", "optim.lr=20", "optim.compile=false"],
+    # the shipped path: the model's step and the update compiled (recsys.compiling)
+    "row_adagrad-compiled": ["optim=row_adagrad", "optim.lr=0.05", "optim.compile=true"],
 }
+PARAMS = [
+    pytest.param(k, marks=[pytest.mark.slow] if k.endswith("compiled") else [])
+    for k in sorted(OPTIMIZERS)
+]
 
 
-@pytest.mark.parametrize("optim", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("optim", PARAMS)
 def test_sparse_mf_resumes_exactly(optim, tmp_path):
-    base = BASE + ["model=mf", "model.sparse=true", "optim.steps_per_call=3", *OPTIMIZERS[optim]]
+    compiled = "model.compile=" + ("true" if optim.endswith("compiled") else "false")
+    base = BASE + ["model=mf", "model.sparse=true", compiled, "optim.steps_per_call=3"]
+    base += OPTIMIZERS[optim]
     full = train(
         compose_config("train", base + [f"trainer.max_epochs={EPOCHS}"], tmp_path / "full")
     )
     train(compose_config("train", base + [f"trainer.max_epochs={STOP}"], tmp_path / "part"))
     last = tmp_path / "part" / "checkpoints" / "last.ckpt"
     stopped = _ckpt(last)
-    if optim == "row_adagrad":  # the accumulators are saved, and mid-way
+    if optim.startswith("row_adagrad"):  # the accumulators are saved, and mid-way
         state = stopped["optimizer_states"][0]["state"]
         assert len(state) == 2 and all(float(s["sum"].sum()) > 0 for s in state.values())
     resumed = train(

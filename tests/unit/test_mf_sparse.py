@@ -22,10 +22,14 @@ def _batch(n_neg: int) -> PairBatch:
     )
 
 
+COMPILE = [False, pytest.param(True, marks=pytest.mark.slow, id="compiled")]
+
+
+@pytest.mark.parametrize("compiled", COMPILE)
 @pytest.mark.parametrize("n_neg", [1, 3])
-def test_sparse_bpr_equals_autograd_with_row_sparse_gradients(n_neg):
+def test_sparse_bpr_equals_autograd_with_row_sparse_gradients(n_neg, compiled):
     torch.manual_seed(0)
-    m = MF(9, 11, 5, loss="bpr", num_negatives=n_neg, sparse=True)
+    m = MF(9, 11, 5, loss="bpr", num_negatives=n_neg, sparse=True, compile=compiled)
     batch = _batch(n_neg)
     loss = m.loss(batch)["loss"]
     grads = torch.autograd.grad(loss, [m.user_emb.weight, m.item_emb.weight])
@@ -52,32 +56,36 @@ def test_sparse_and_dense_mf_score_alike_and_the_config_refuses_a_non_bool():
 
     with pytest.raises(ConfigError, match="model.sparse"):
         MF(6, 7, 4, sparse="yes")
+    with pytest.raises(ConfigError, match="model.compile"):
+        MF(6, 7, 4, compile=1)
 
 
 def _sparse(rows, values, shape):
     return torch.sparse_coo_tensor(torch.tensor([rows]), values, shape)
 
 
-def test_row_sgd_applies_sparse_rows_like_the_dense_gradient():
+@pytest.mark.parametrize("compiled", COMPILE)
+def test_row_sgd_applies_sparse_rows_like_the_dense_gradient(compiled):
     torch.manual_seed(0)
     w = torch.randn(6, 3)
     rows, values = [4, 1, 4], torch.randn(3, 3)  # row 4 twice: both add
     a, b = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
     a.grad = _sparse(rows, values, w.shape)
     b.grad = a.grad.to_dense()
-    RowSGD([a], lr=0.5).step()
+    RowSGD([a], lr=0.5, compile=compiled).step()
     RowSGD([b], lr=0.5).step()
     torch.testing.assert_close(a.data, b.data)
     torch.testing.assert_close(a.data, w - 0.5 * b.grad)
     assert torch.equal(a.data[[0, 2, 3, 5]], w[[0, 2, 3, 5]])  # untouched rows
 
 
-def test_row_adagrad_counts_each_occurrence_and_leaves_other_rows_alone():
+@pytest.mark.parametrize("compiled", COMPILE)
+def test_row_adagrad_counts_each_occurrence_and_leaves_other_rows_alone(compiled):
     torch.manual_seed(0)
     w = torch.randn(5, 4)
     g1, g2 = torch.randn(4), torch.randn(4)
     p = torch.nn.Parameter(w.clone())
-    opt = RowAdagrad([p], lr=0.1, eps=1e-8)
+    opt = RowAdagrad([p], lr=0.1, eps=1e-8, compile=compiled)
     p.grad = _sparse([2, 2], torch.stack([g1, g2]), w.shape)
     opt.step()
     acc = (g1.square().mean() + g2.square().mean()).reshape(1)
@@ -91,7 +99,7 @@ def test_row_adagrad_counts_each_occurrence_and_leaves_other_rows_alone():
     grad = torch.randn(2, 4)
     q.grad = _sparse([0, 3], grad, w.shape)
     r.grad = q.grad.to_dense()
-    RowAdagrad([q], lr=0.1).step()
+    RowAdagrad([q], lr=0.1, compile=compiled).step()
     RowAdagrad([r], lr=0.1).step()
     torch.testing.assert_close(q.data, r.data)
     with pytest.raises(ValueError, match="lr"):
@@ -126,6 +134,7 @@ def test_pair_set_picks_the_bitset_for_dense_logs_and_the_keys_for_huge_catalogu
 
 @pytest.mark.parametrize("optim", ["row_adagrad", "row_sgd"])
 def test_sparse_mf_learns_planted_taste_groups_beyond_popularity(optim, tmp_path):
+    """Eager here (compiling is tested above and in the resume test)."""
     lr = {"row_adagrad": "0.05", "row_sgd": "50"}[optim]
     overrides = (
         TINY_DATA
