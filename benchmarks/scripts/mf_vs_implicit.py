@@ -7,12 +7,14 @@ The first argument is ``ml-100k`` (RecBole's random 8:1:1 split, seed 2020: 80,8
 pairs), ``ml-1m`` (``bpr_ml1m``'s split: 804,141) or a synthetic size of the scale benchmark
 (``1M``, ``20M``, ``100M``: benchmarks/runner/scale.py); anything after the options is a Hydra
 override of our side. Both sides train 64 factors with one uniform negative per pair on one
-thread. Ours is ``recsys-train``'s training loop (RecModule through Lightning, batch 2,048,
-``optim.steps_per_call=64``; no validation, no checkpoints), with the settings of
-``configs/experiment/bpr_ml100k.yaml`` unless overridden; implicit's is its ``fit`` with
+thread. Ours is ``recsys-train``'s training loop (RecModule through Lightning; no validation, no
+checkpoints) with ``bpr_tuned_ml100k``'s training settings (row-sparse gradients, row-wise
+Adagrad lr 0.02, batch 8,192, ``optim.steps_per_call=64``, the step compiled) unless
+overridden (the dense Adam path before them: ``model.sparse=false optim=adam optim.lr=0.001
+data.batch_size=2048``); implicit's is its ``fit`` with
 ``num_threads=1`` in its own interpreter (``benchmarks/scripts/implicit_bpr.py``; default
-``.venv-implicit/bin/python``: ``python3 -m venv .venv-implicit && .venv-implicit/bin/pip install
-implicit==0.7.3 numpy scipy``). After each of our epochs implicit trains one (ours waits,
+``.venv-implicit/bin/python``: ``make implicit-venv``, or ``python3 -m venv .venv-implicit &&
+.venv-implicit/bin/pip install implicit==0.7.3 numpy scipy``). After each of our epochs implicit trains one (ours waits,
 implicit's waits for ours), so the two share the machine's state epoch by epoch; each side's
 process CPU seconds per epoch are its own (the waiting side uses none). The first pair is a
 warm-up and is dropped. Prints one line per pair and the medians; ``--json`` writes them.
@@ -42,11 +44,14 @@ DATASETS = {
     ],
     "ml-1m": ["experiment=bpr_ml1m", "model.embedding_size=64", "model.num_negatives=1", "seed=0"],
 }
-OURS = [  # our side of every size: 64 factors, one negative, batch 2,048
+OURS = [  # our side of every size: bpr_tuned_ml100k's training at 64 factors and one negative
     "model.embedding_size=64",
     "model.num_negatives=1",
-    "data.batch_size=2048",
+    "model.sparse=true",
+    "optim=row_adagrad",
+    "optim.lr=0.02",
     "optim.steps_per_call=64",
+    "data.batch_size=8192",
     "trainer.accelerator=cpu",
 ]
 
