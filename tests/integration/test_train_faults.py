@@ -34,9 +34,11 @@ pytestmark = pytest.mark.slow
 
 EPOCHS = 5
 BASE = [
-    "data.n_users=600",
-    "data.n_items=150",
-    "data.mean_length=25",
+    # ~0.5 s per epoch on one thread: a kill up to 0.3 s after epoch N's line (N <= EPOCHS - 3)
+    # always lands before the run ends, however fast the machine
+    "data.n_users=3000",
+    "data.n_items=300",
+    "data.mean_length=40",
     "data.n_groups=4",
     "data.batch_size=256",
     "trainer.accelerator=cpu",
@@ -143,7 +145,7 @@ def test_killed_at_random_points_then_rerun_ends_as_uninterrupted(uninterrupted,
     else:  # during training: after a random number of epochs, at a random moment within one
         epochs = rng.randrange(0, EPOCHS - 2)
         _wait_for(proc, lambda: f"epoch {epochs} " in out.read_text())
-        time.sleep(rng.uniform(0.0, 0.5))
+        time.sleep(rng.uniform(0.0, 0.3))
     _kill(proc)
     _check_killed_state(run_dir)
     assert (run_dir / "checkpoints" / "last.ckpt").exists() == (trial > 0)
