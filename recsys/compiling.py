@@ -2,8 +2,8 @@
 
 On the CPU a step made of many small tensor operations is bound by the passes each one makes over
 memory; Inductor fuses them into a few loops (MF's sparse BPR step and the row-wise optimizers:
-~3x fewer CPU seconds per step, benchmarks/scale.md). It needs a C++ compiler at run time and
-compiles once per input shape (~10-30 s, cached on disk across processes); where that fails, one
+1.3-3x fewer CPU seconds per step, benchmarks/scale.md). It needs a C++ compiler at run time and
+compiles once per input shape (~5-20 s, cached on disk across processes); where that fails, one
 warning and the eager function from then on.
 """
 

@@ -19,11 +19,11 @@ or ``init: normal`` (std ``init_std``).
 
 ``sparse: true`` gives the factor tables row-sparse gradients (``nn.Embedding(sparse=True)``): a
 step's gradient holds the rows of its batch only, so an optimizer that takes sparse gradients
-(``optim=sgd_rows``, ``adagrad_rows``, ``sparse_adam``) touches only those rows, and a step costs
-the batch, not the tables (benchmarks/scale.md). Adam's dense update needs ``sparse: false``.
-With ``compile: true`` (the default) that step's arithmetic runs as two compiled loops
-(:mod:`recsys.compiling`: a C++ compiler, ~20 s once; eager where compiling fails), ~3x fewer
-CPU seconds per step than the eager operations.
+(``optim=row_adagrad``, ``row_sgd``) touches only those rows, and a step costs the batch, not
+the tables (benchmarks/scale.md). Adam's dense update needs ``sparse: false``. With
+``compile: true`` (the default) that step's arithmetic on the CPU runs as two compiled loops
+(:mod:`recsys.compiling`: a C++ compiler, a few seconds once; eager where compiling fails),
+1.3-3x fewer CPU seconds per step than the eager operations (more on larger tables).
 """
 
 from __future__ import annotations
