@@ -19,7 +19,7 @@ or ``init: normal`` (std ``init_std``).
 
 ``sparse: true`` gives the factor tables row-sparse gradients (``nn.Embedding(sparse=True)``): a
 step's gradient holds the rows of its batch only, so an optimizer that takes sparse gradients
-(``optim=row_adagrad``, ``row_sgd``) touches only those rows, and a step costs the batch, not
+(``optim=row_adagrad``) touches only those rows, and a step costs the batch, not
 the tables (benchmarks/scale.md). Adam's dense update needs ``sparse: false``. With
 ``compile: true`` (the default) that step's arithmetic on the CPU runs as two compiled loops
 (:mod:`recsys.compiling`: a C++ compiler, a few seconds once; eager where compiling fails),

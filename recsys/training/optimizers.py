@@ -1,21 +1,21 @@
-"""Optimizers that apply row-sparse gradients to the rows they hold and nothing else.
+"""Row-wise Adagrad: an optimizer that applies row-sparse gradients to the rows they hold alone.
 
 With ``nn.Embedding(sparse=True)`` (MF's ``sparse: true``) a step's gradient is a sparse COO
 tensor holding one row per lookup of the batch, repeated rows not summed. ``torch.optim.Adam``
 refuses it, and a dense update costs the whole table every step: on a 100M-event log MF's dense
-Adam step was 3 µs per training pair for 0.5 µs of batch work (benchmarks/scale.md). These
-optimizers read the sparse gradient's rows and values as they are and write each touched row with
-one scatter-add, so a step costs its batch, whatever the table size. Dense gradients (other
-devices or models, ``sparse: false``) take the same update on every row.
+Adam step was 3 µs per training pair for 0.5 µs of batch work (benchmarks/scale.md).
+:class:`RowAdagrad` reads the sparse gradient's rows and values as they are and writes each
+touched row with one scatter-add, so a step costs its batch, whatever the table size. Dense
+gradients (other devices or models, ``sparse: false``) take the same update on every row.
 
 On the CPU, ``compile=True`` (the default) runs the update of a sparse gradient's rows as one
 compiled loop (:mod:`recsys.compiling`; eager where compiling fails); eager, a sparse
 gradient is consumed by the step: its values are scaled in place (one pass less over the
 batch's rows than a scaled copy), as ``zero_grad`` then drops it.
 
-Both keep their state as plain tensors in ``state_dict()`` (checkpoints load with
-``weights_only=True``; resume is exact). The choice between them and the learning rates of the
-shipped configs are measured in benchmarks/scale.md.
+Its state is plain tensors in ``state_dict()`` (checkpoints load with ``weights_only=True``;
+resume is exact). It won on validation against plain SGD on the rows and Adam (benchmarks/scale.md;
+``torch.optim.SGD`` takes sparse gradients too, ``optim._target_=torch.optim.SGD``).
 """
 
 from __future__ import annotations
@@ -43,10 +43,6 @@ def _add_rows(param: Tensor, rows: Tensor, values: Tensor) -> None:
         param.view(len(param), -1).scatter_add_(0, rows[:, None].expand_as(flat), flat)
 
 
-def _sgd_rows(p: Tensor, rows: Tensor, values: Tensor, lr: float) -> None:
-    p.index_add_(0, rows, values * -lr)
-
-
 def _adagrad_rows(
     p: Tensor, acc: Tensor, rows: Tensor, values: Tensor, lr: float, eps: float
 ) -> None:
@@ -54,55 +50,10 @@ def _adagrad_rows(
     p.index_add_(0, rows, values * (-lr / (acc[rows].sqrt() + eps))[:, None])
 
 
-_COMPILED_SGD, _COMPILED_ADAGRAD = Compiled(_sgd_rows), Compiled(_adagrad_rows)
+_COMPILED_ADAGRAD = Compiled(_adagrad_rows)
 
 
-class _RowOptimizer(torch.optim.Optimizer):
-    def __init__(self, params: Iterable, defaults: dict, compile: bool):
-        if not 0.0 < float(defaults["lr"]):
-            raise ValueError(f"lr must be > 0, got {defaults['lr']}")
-        super().__init__(params, defaults)
-        self.compile = bool(compile)
-
-    def _compiled(self, p: Tensor, grad: Tensor) -> bool:
-        """Whether this update goes through the compiled loop: a sparse gradient of a table on
-        the CPU, with ``compile`` on."""
-        return self.compile and grad.is_sparse and p.dim() == 2 and p.device.type == "cpu"
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, p.grad, group)
-        return loss
-
-    def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:
-        raise NotImplementedError
-
-
-class RowSGD(_RowOptimizer):
-    """Plain SGD, ``p -= lr * g``, row-sparse gradients applied to their rows alone (each
-    occurrence of a row adds its own value: the same update as the summed gradient)."""
-
-    def __init__(self, params: Iterable, lr: float = 0.01, compile: bool = True):
-        super().__init__(params, {"lr": lr}, compile)
-
-    def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:
-        if self._compiled(p, grad):
-            _COMPILED_SGD(p, *_rows(grad), group["lr"])
-        elif grad.is_sparse:
-            rows, values = _rows(grad)
-            _add_rows(p, rows, values.mul_(-group["lr"]))  # consumed: scaled in place
-        else:
-            p.add_(grad, alpha=-group["lr"])
-
-
-class RowAdagrad(_RowOptimizer):
+class RowAdagrad(torch.optim.Optimizer):
     """Row-wise Adagrad: one accumulator per row (FBGEMM's rowwise Adagrad for embedding tables),
     each occurrence of a row in the gradient counted as its own gradient.
 
@@ -126,22 +77,36 @@ class RowAdagrad(_RowOptimizer):
         initial_accumulator_value: float = 0.0,
         compile: bool = True,
     ):
+        if not 0.0 < float(lr):
+            raise ValueError(f"lr must be > 0, got {lr}")
         if initial_accumulator_value < 0:
             raise ValueError(
                 f"initial_accumulator_value must be >= 0, got {initial_accumulator_value}"
             )
         super().__init__(
-            params,
-            {"lr": lr, "eps": eps, "initial_accumulator_value": initial_accumulator_value},
-            compile,
+            params, {"lr": lr, "eps": eps, "initial_accumulator_value": initial_accumulator_value}
         )
+        self.compile = bool(compile)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, p.grad, group)
+        return loss
 
     def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:
         state = self.state[p]
         if not state:
             state["sum"] = p.new_full((len(p),), float(group["initial_accumulator_value"]))
         acc = state["sum"]  # (rows,)
-        if self._compiled(p, grad):
+        # the compiled loop: a sparse gradient of a table on the CPU
+        if self.compile and grad.is_sparse and p.dim() == 2 and p.device.type == "cpu":
             _COMPILED_ADAGRAD(p, acc, *_rows(grad), group["lr"], group["eps"])
         elif grad.is_sparse:
             rows, values = _rows(grad)

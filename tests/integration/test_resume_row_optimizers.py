@@ -1,5 +1,5 @@
-"""Resume is exact for MF with row-sparse gradients and the row-wise optimizers: their state (a
-row accumulator for RowAdagrad) is in the checkpoint, and an interrupted run resumed from
+"""Resume is exact for MF with row-sparse gradients and row-wise Adagrad: its state (an
+accumulator per row) is in the checkpoint, and an interrupted run resumed from
 ``last.ckpt`` ends bit for bit where an uninterrupted one does (as tests/integration/
 test_resume_exact.py checks for the models with in-training randomness)."""
 
@@ -13,7 +13,6 @@ from tests.integration.test_resume_exact import BASE, EPOCHS, STOP, _assert_same
 
 OPTIMIZERS = {
     "row_adagrad": ["optim=row_adagrad", "optim.lr=0.05", "optim.compile=false"],
-    "row_sgd": ["optim=row_sgd", "optim.lr=20", "optim.compile=false"],
     # the shipped path: the model's step and the update compiled (recsys.compiling)
     "row_adagrad-compiled": ["optim=row_adagrad", "optim.lr=0.05", "optim.compile=true"],
 }

@@ -9,7 +9,7 @@ import torch
 from recsys.data.batches import PairBatch
 from recsys.data.loaders import PairSet, sample_negatives
 from recsys.models.mf import MF
-from recsys.training.optimizers import RowAdagrad, RowSGD
+from recsys.training.optimizers import RowAdagrad
 from recsys.training.train import train
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config
 
@@ -65,21 +65,6 @@ def _sparse(rows, values, shape):
 
 
 @pytest.mark.parametrize("compiled", COMPILE)
-def test_row_sgd_applies_sparse_rows_like_the_dense_gradient(compiled):
-    torch.manual_seed(0)
-    w = torch.randn(6, 3)
-    rows, values = [4, 1, 4], torch.randn(3, 3)  # row 4 twice: both add
-    a, b = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
-    a.grad = _sparse(rows, values, w.shape)
-    b.grad = a.grad.to_dense()
-    RowSGD([a], lr=0.5, compile=compiled).step()
-    RowSGD([b], lr=0.5).step()
-    torch.testing.assert_close(a.data, b.data)
-    torch.testing.assert_close(a.data, w - 0.5 * b.grad)
-    assert torch.equal(a.data[[0, 2, 3, 5]], w[[0, 2, 3, 5]])  # untouched rows
-
-
-@pytest.mark.parametrize("compiled", COMPILE)
 def test_row_adagrad_counts_each_occurrence_and_leaves_other_rows_alone(compiled):
     torch.manual_seed(0)
     w = torch.randn(5, 4)
@@ -132,18 +117,23 @@ def test_pair_set_picks_the_bitset_for_dense_logs_and_the_keys_for_huge_catalogu
     assert huge.contains(torch.tensor([3, 4])).tolist() == [True, False]
 
 
-@pytest.mark.parametrize("optim", ["row_adagrad", "row_sgd"])
+@pytest.mark.parametrize("optim", ["row_adagrad", "torch_sgd"])
 def test_sparse_mf_learns_planted_taste_groups_beyond_popularity(optim, tmp_path):
-    """Eager here (compiling is tested above and in the resume test)."""
-    lr = {"row_adagrad": "0.05", "row_sgd": "50"}[optim]
+    """Eager here (compiling is tested above and in the resume test); torch's SGD takes the
+    sparse gradients too."""
+    chosen = {
+        "row_adagrad": ["optim=row_adagrad", "optim.lr=0.05", "optim.compile=false"],
+        "torch_sgd": ["optim=row_adagrad", "~optim.eps", "~optim.initial_accumulator_value"]
+        + ["~optim.compile", "optim._target_=torch.optim.SGD", "optim.lr=50"],
+    }[optim]
     overrides = (
         TINY_DATA
         + FAST_TRAINER
         + [
             "model=mf",
             "model.sparse=true",
-            f"optim={optim}",
-            f"optim.lr={lr}",
+            "model.compile=false",
+            *chosen,
             "optim.steps_per_call=4",
             "seed=3",
             "trainer.max_epochs=5",
