@@ -1,6 +1,6 @@
 """The GPU check: the ``gpu``-marked tests, then a short GPU benchmark, in one command.
 
-    make gpu-check        # = python3 benchmarks/scripts/gpu_check.py (the .venv's python if present)
+    make gpu-check     # = python3 benchmarks/scripts/gpu_check.py (.venv's python if present)
 
 On a machine without a CUDA device it stops at once with one line and exit status 3. On one GPU
 it takes about 3-5 minutes (it stops itself after ``--budget`` seconds, 450 by default) and writes
@@ -9,14 +9,15 @@ it takes about 3-5 minutes (it stops itself after ``--budget`` seconds, 450 by d
 
 1. **Setup, offline.** GPU machines here have a CUDA build of PyTorch, Lightning, pandas, pyarrow,
    scipy, scikit-learn, onnx and TensorBoard, but no Hydra, OmegaConf or antlr4 and no network.
-   What is missing is installed from the wheels in ``--wheels`` (``pip install --no-index
-   --no-deps --target <temporary folder>``, put on the path), and recsys runs from this checkout
-   (the repository root on the path, as ``pip install --no-deps -e .`` would give without its
-   build step): nothing replaces or changes the machine's torch. Both folders are prepared on a machine with network and the datasets:
-   ``make gpu-prep`` (= ``make gpu-wheels gpu-data``) builds the wheels into ``.gpu-wheels/`` and
-   copies Amazon Beauty and MovieLens-1M (~3 MB) from ``RECSYS_DATA_DIR`` into ``.gpu-data/``.
-   Both folders are git-ignored: a tool that copies the working tree to a GPU machine must be
-   told to take them (the device tool here: ``carry=[".gpu-wheels", ".gpu-data"]``).
+   Those three come from the wheels in ``--wheels`` (``pip install --no-index --no-deps --target
+   <temporary folder>``, put first on the path: an antlr4 already there that OmegaConf cannot
+   use is shadowed), and recsys runs from this checkout (the repository root on the path, what
+   ``pip install --no-deps -e .`` gives without its build step): nothing replaces or changes the
+   machine's torch. On a machine with network and the datasets, ``make gpu-prep`` (= ``make
+   gpu-wheels gpu-data``) builds the wheels into ``.gpu-wheels/`` and copies Amazon Beauty and
+   MovieLens-1M (~3 MB) from ``RECSYS_DATA_DIR`` into ``.gpu-data/``. Both folders are
+   git-ignored: a tool that copies the working tree to a GPU machine must be told to take them
+   (the device tool here: ``carry=[".gpu-wheels", ".gpu-data"]``).
 2. **Tests.** ``pytest -m gpu`` (tests/integration/test_gpu.py and the other ``gpu`` tests: CPU and
    GPU scores and metrics on the same weights for MF, Mult-VAE and SASRec, bf16 against fp32,
    an artifact exported from a CUDA run scored on the CPU), each test's outcome recorded.

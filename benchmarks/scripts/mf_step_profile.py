@@ -1,4 +1,4 @@
-"""CPU time and torch.profiler's table of BPR-MF training steps at the 20M shape (benchmarks/scale.md).
+"""CPU time and torch.profiler's table of BPR-MF training steps at the 20M shape (scale.md).
 
     OMP_NUM_THREADS=1 python benchmarks/scripts/mf_step_profile.py dense      # as it was: Adam
     OMP_NUM_THREADS=1 python benchmarks/scripts/mf_step_profile.py sparse     # row-sparse, eager

@@ -1,7 +1,7 @@
 """Our BPR-MF epoch and implicit's (0.7.3) on the same training pairs, epoch by epoch in turn.
 
     OMP_NUM_THREADS=1 RECSYS_DATA_DIR=/path/to/datasets \
-      python -m benchmarks.scripts.mf_vs_implicit ml-100k --epochs 12 [--implicit-python P] [overrides]
+      python -m benchmarks.scripts.mf_vs_implicit ml-100k --epochs 16 [--implicit-python P] [...]
 
 The first argument is ``ml-100k`` (RecBole's random 8:1:1 split, seed 2020: 80,808 training
 pairs), ``ml-1m`` (``bpr_ml1m``'s split: 804,141) or a synthetic size of the scale benchmark
@@ -14,8 +14,8 @@ overridden (the dense Adam path before them: ``model.sparse=false optim=adam opt
 data.batch_size=2048``); implicit's is its ``fit`` with
 ``num_threads=1`` in its own interpreter (``benchmarks/scripts/implicit_bpr.py``; default
 ``.venv-implicit/bin/python``: ``make implicit-venv``, or ``python3 -m venv .venv-implicit &&
-.venv-implicit/bin/pip install implicit==0.7.3 numpy scipy``). After each of our epochs implicit trains one (ours waits,
-implicit's waits for ours), so the two share the machine's state epoch by epoch; each side's
+.venv-implicit/bin/pip install implicit==0.7.3 numpy scipy``). After each of our epochs implicit
+trains one (ours waits, implicit's waits for ours), so the two share the machine's state epoch by epoch; each side's
 process CPU seconds per epoch are its own (the waiting side uses none). The first pair is a
 warm-up and is dropped. Prints one line per pair and the medians; ``--json`` writes them.
 """
@@ -165,8 +165,8 @@ def main() -> None:
     }
     print(
         f"median: ours {summary['ours_median']:.4f} CPU s ({summary['ours_us_per_pair']:.3f} us "
-        f"per pair), implicit {summary['implicit_median']:.4f} ({summary['implicit_us_per_pair']:.3f}"
-        f" us); ours / implicit: median {np.median(ratio):.2f} (min {ratio.min():.2f}, max "
+        f"per pair), implicit {summary['implicit_median']:.4f} "
+        f"({summary['implicit_us_per_pair']:.3f} us); ours / implicit: median {np.median(ratio):.2f} (min {ratio.min():.2f}, max "
         f"{ratio.max():.2f})"
     )
     if args.json:
