@@ -15,9 +15,10 @@ data.batch_size=2048``); implicit's is its ``fit`` with
 ``num_threads=1`` in its own interpreter (``benchmarks/scripts/implicit_bpr.py``; default
 ``.venv-implicit/bin/python``: ``make implicit-venv``, or ``python3 -m venv .venv-implicit &&
 .venv-implicit/bin/pip install implicit==0.7.3 numpy scipy``). After each of our epochs implicit
-trains one (ours waits, implicit's waits for ours), so the two share the machine's state epoch by epoch; each side's
-process CPU seconds per epoch are its own (the waiting side uses none). The first pair is a
-warm-up and is dropped. Prints one line per pair and the medians; ``--json`` writes them.
+trains one (ours waits, implicit's waits for ours), so the two share the machine's state epoch by
+epoch; each side's process CPU seconds per epoch are its own (the waiting side uses none). The
+first pair is a warm-up and is dropped. Prints one line per pair and the medians; ``--json``
+writes them.
 """
 
 from __future__ import annotations
