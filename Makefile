@@ -27,11 +27,11 @@ install: $(VENV)/.installed  ## create .venv and install recsys (override the pi
 train: install  ## train the default model (MF-BPR) on the built-in synthetic data
 	$(VENV)/bin/recsys-train $(ARGS)
 
-test: install  ## run the test suite
-	$(PY) -m pytest -q $(ARGS)
+test: install  ## run the test suite (two workers: pytest-xdist)
+	$(PY) -m pytest -q -n 2 $(ARGS)
 
-test-fast: install  ## the suite without the slow, gpu and data tests (~2 min on 2 cores)
-	$(PY) -m pytest -q -m "not slow and not gpu and not data" $(ARGS)
+test-fast: install  ## the suite without the slow, gpu and data tests (~4 min on 2 cores)
+	$(PY) -m pytest -q -n 2 -m "not slow and not gpu and not data" $(ARGS)
 
 lint: install  ## ruff lint and format check
 	$(VENV)/bin/ruff check recsys hydra_plugins tests benchmarks/runner benchmarks/scripts
