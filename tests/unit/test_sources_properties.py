@@ -441,6 +441,20 @@ def oracle_sequences(raw: bytes):
     return _usable(out)
 
 
+def check_sequences(raw: bytes) -> None:
+    """``raw`` as Beauty.txt, loaded by the sequences reader and checked against the oracle."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "beauty" / "Beauty.txt"
+        path.parent.mkdir()
+        path.write_bytes(raw)
+        check(
+            sequences.load_user_sequences,
+            data_cfg("amazon-beauty", Path(d)),
+            path,
+            oracle_sequences(raw),
+        )
+
+
 @SETTINGS
 @given(
     lines=st.one_of(
@@ -461,31 +475,13 @@ def oracle_sequences(raw: bytes):
 def test_user_sequences(lines, spacer, terminator, how):
     text = "".join(spacer.join(tokens) + terminator for tokens in lines)
     raw = damage(text.encode("utf-8", "surrogatepass"), how, text)
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "beauty" / "Beauty.txt"
-        path.parent.mkdir()
-        path.write_bytes(raw)
-        check(
-            sequences.load_user_sequences,
-            data_cfg("amazon-beauty", Path(d)),
-            path,
-            oracle_sequences(raw),
-        )
+    check_sequences(raw)
 
 
 @SETTINGS
 @given(raw=st.binary(max_size=64))
 def test_user_sequences_arbitrary_bytes(raw):
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "beauty" / "Beauty.txt"
-        path.parent.mkdir()
-        path.write_bytes(raw)
-        check(
-            sequences.load_user_sequences,
-            data_cfg("amazon-beauty", Path(d)),
-            path,
-            oracle_sequences(raw),
-        )
+    check_sequences(raw)
 
 
 # -- Parquet: typed columns ------------------------------------------------------------------------
