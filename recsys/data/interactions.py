@@ -9,11 +9,15 @@ inputs and batching. Everything here is numpy; tensors are made where batches ar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from recsys.errors import DataError
+
+if TYPE_CHECKING:
+    from recsys.data.features import FeatureTable
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,10 @@ class Split:
     test_input: Interactions | None = None
     # leakage audit of the split (recsys.data.audit.audit_split), set by the data pipeline
     audit: dict | None = field(default=None, compare=False, repr=False)
+    # attributes of every item / user of the id space (recsys.data.features), vocabularies and
+    # normalisation from ``train`` only; None when the dataset has no feature file
+    item_features: FeatureTable | None = field(default=None, compare=False, repr=False)
+    user_features: FeatureTable | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_users(self) -> int:
