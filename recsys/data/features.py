@@ -309,3 +309,40 @@ def encode(raw: RawFeatures, entity_ids: np.ndarray, in_train: np.ndarray) -> Fe
         values[name] = np.nan_to_num((col - mean) / std).astype(np.float32)
         fields.append(Field(name, "numeric", (), 1, mean, std))
     return FeatureTable(raw.entity, tuple(fields), codes, values, present)
+
+
+@dataclass(frozen=True)
+class SplitFeatures:
+    """What a feature-aware model receives before training (``Recommender.set_features``): the
+    split's attribute tables and which entities the training part knows by id.
+
+    Attributes:
+        item, user: the split's tables, or None when the dataset has none.
+        item_seen, user_seen: (n_items,) / (n_users,) bool, the entity has an event in training;
+            an entity without one (a cold item, a held-out user) is represented from its
+            attributes alone, never from an id embedding that training did not shape.
+    """
+
+    item: FeatureTable | None
+    user: FeatureTable | None
+    item_seen: np.ndarray
+    user_seen: np.ndarray
+
+    @staticmethod
+    def of(split: Any) -> SplitFeatures:
+        """From a :class:`~recsys.data.interactions.Split`."""
+        train = split.train
+        return SplitFeatures(
+            item=split.item_features,
+            user=split.user_features,
+            item_seen=np.bincount(train.item, minlength=train.n_items) > 0,
+            user_seen=np.bincount(train.user, minlength=train.n_users) > 0,
+        )
+
+    def schema(self) -> dict[str, Any]:
+        """``{"item": [field dicts] | None, "user": [...] | None}``: plain values a model is
+        built from (sizes, widths) and a checkpoint stores."""
+        return {
+            "item": None if self.item is None else self.item.schema(),
+            "user": None if self.user is None else self.user.schema(),
+        }
