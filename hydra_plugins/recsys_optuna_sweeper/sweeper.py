@@ -152,7 +152,10 @@ class OptunaSweeper(Sweeper):
             trial = optuna.trial.Trial(study, t._trial_id)
             trial.set_user_attr("interrupted", True)
             study.tell(trial, state=TrialState.FAIL)
-            study.enqueue_trial(dict(t.params), user_attrs={"rerun_of": t.number})
+            # a kill between ask() and the suggestions leaves an enqueued trial without its
+            # params: they are still in the fixed params it was enqueued with
+            params = {**(t.system_attrs.get("fixed_params") or {}), **t.params}
+            study.enqueue_trial(params, user_attrs={"rerun_of": t.number})
             numbers.append(t.number)
         return numbers
 

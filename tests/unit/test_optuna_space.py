@@ -92,3 +92,18 @@ def test_a_space_without_sweeps_is_refused():
         from hydra_plugins.recsys_optuna_sweeper.space import distribution
 
         distribution(PARSER.parse_overrides(["a=1"])[0])
+
+
+def test_recovery_reruns_an_enqueued_trial_killed_before_its_suggestions():
+    """A kill between ``ask()`` and the suggestions leaves a running trial with no params: the
+    rerun gets the params it was enqueued with, not a fresh sample."""
+    from hydra_plugins.recsys_optuna_sweeper.sweeper import OptunaSweeper
+
+    study = optuna.create_study()
+    study.enqueue_trial({"optim.lr": 0.05, "model.embedding_size": -1})
+    killed = study.ask()  # running, params not yet suggested
+    assert killed.params == {}
+    assert OptunaSweeper._recover(study) == [killed.number]
+    (rerun,) = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert rerun.system_attrs["fixed_params"] == {"optim.lr": 0.05, "model.embedding_size": -1}
+    assert rerun.user_attrs["rerun_of"] == killed.number
