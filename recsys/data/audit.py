@@ -3,7 +3,8 @@
 The audit answers, for every split: do the parts share (user, item) pairs; does training see
 interactions later than the first test interaction (must be 0 for a global time cutoff; for
 leave-one-out it is reported, being the known cross-user leakage of that protocol); which test
-users and items never occur in training; and where the item vocabulary and popularity statistics
+users and items never occur in training; for ``data.split=cold_items``, how many items are
+validation-cold and test-cold and that none of them has a training event; and where the item vocabulary and popularity statistics
 come from. All values are plain ints, floats, strings or None, so the audit goes to JSON as is.
 """
 
@@ -85,6 +86,25 @@ def _absent(target: np.ndarray, known: np.ndarray, n: int) -> int:
     )
 
 
+def _cold_audit(split: Split, known: Interactions) -> dict[str, int]:
+    """``data.split=cold_items``: cold items per part, and the leaks that must be 0: cold items
+    with an event in the model's history (training, fold-in input), validation-cold items
+    among the test targets, test-cold items among the validation targets."""
+    label = np.asarray(split.cold_items)
+    n = len(label)
+
+    def has(inter: Interactions) -> np.ndarray:
+        return np.bincount(inter.item, minlength=n) > 0
+
+    return {
+        "validation_cold": int((label == 1).sum()),
+        "test_cold": int((label == 2).sum()),
+        "in_train": int((has(known) & (label > 0)).sum()),
+        "validation_cold_in_test": int((has(split.test) & (label == 1)).sum()),
+        "test_cold_in_val": int((has(split.val) & (label == 2)).sum()),
+    }
+
+
 def audit_split(split: Split, repeats: bool = False) -> dict[str, Any]:
     """The leakage audit of ``split`` (see the module docstring).
 
@@ -144,6 +164,9 @@ def audit_split(split: Split, repeats: bool = False) -> dict[str, Any]:
         leaks = sum(overlap.values())
     if temporal.get("must_be_zero"):
         leaks += temporal["train_after_first_test"] + temporal["val_after_first_test"]
+    if split.cold_items is not None:
+        result["cold_items"] = cold = _cold_audit(split, known)
+        leaks += cold["in_train"] + cold["validation_cold_in_test"] + cold["test_cold_in_val"]
     result["ok"] = leaks == 0
     return result
 

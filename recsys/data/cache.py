@@ -116,6 +116,8 @@ def save(path: Path, split: Split, key: str, meta: Mapping[str, Any]) -> None:
             arrays[f"{part}.time"] = inter.time
         if inter.rating is not None:
             arrays[f"{part}.rating"] = inter.rating
+    if split.cold_items is not None:  # data.split=cold_items: each item's part
+        arrays["cold_items"] = split.cold_items
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -130,6 +132,7 @@ def load(path: Path, key: str) -> tuple[Split, dict[str, Any]] | None:
             if meta.get("key") != key:
                 return None
             user_ids, item_ids = z["user_ids"], z["item_ids"]
+            cold_items = z["cold_items"] if "cold_items" in z.files else None
             parts = {}
             for part in PARTS + OPTIONAL_PARTS:
                 if f"{part}.user" not in z.files and part in OPTIONAL_PARTS:
@@ -144,5 +147,7 @@ def load(path: Path, key: str) -> tuple[Split, dict[str, Any]] | None:
                 )
     except Exception:  # truncated, bad CRC, not a zip, missing member: rebuild
         return None
-    split = Split(**parts, name=str(meta.get("name", "")), audit=meta.get("audit"))
+    split = Split(
+        **parts, name=str(meta.get("name", "")), audit=meta.get("audit"), cold_items=cold_items
+    )
     return split, meta

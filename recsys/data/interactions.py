@@ -218,6 +218,9 @@ class Split:
     # normalisation from ``train`` only; None when the dataset has no feature file
     item_features: FeatureTable | None = field(default=None, compare=False, repr=False)
     user_features: FeatureTable | None = field(default=None, compare=False, repr=False)
+    # cold-start items (data.split=cold_items): (n_items,) int8, 0 warm, 1 validation-cold,
+    # 2 test-cold; every event of a cold item is in val (1) or test (2), none in train
+    cold_items: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_users(self) -> int:

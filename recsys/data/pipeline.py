@@ -26,7 +26,7 @@ from recsys.data.cache import save as cache_save
 from recsys.data.interactions import Interactions, Split
 from recsys.data.preprocess import preprocess_config
 from recsys.data.sources import data_root, notice, raw_files
-from recsys.data.splits import SPLITS, check_ratios, make_split
+from recsys.data.splits import SPLITS, check_cold_item_ratio, check_ratios, make_split
 from recsys.errors import ConfigError
 
 # Keys of a data config that change where files live or how batches are cut, not what the data is.
@@ -48,7 +48,7 @@ LOADER_KEYS = frozenset(
     }
 )
 # Splits that draw random numbers: their seed is part of the cache key.
-SEEDED_SPLITS = frozenset({"random", "holdout_users"})
+SEEDED_SPLITS = frozenset({"random", "holdout_users", "cold_items"})
 
 
 def resolve_source(path: str) -> Callable[[Mapping[str, Any]], pd.DataFrame]:
@@ -108,6 +108,8 @@ def _check_values(cfg: Mapping[str, Any]) -> None:
             number("val_ratio", cfg.get("val_ratio", 0.1)),
             number("test_ratio", cfg.get("test_ratio", 0.1)),
         )
+    if split == "cold_items":
+        check_cold_item_ratio(cfg.get("cold_item_ratio", 0.2))
     if split == "holdout_users":
         count("n_heldout_users", cfg.get("n_heldout_users"), 1)
         if not 0 < number("fold_in_ratio", cfg.get("fold_in_ratio", 0.8)) < 1:
@@ -192,6 +194,7 @@ def build(cfg: Mapping[str, Any], seed: int) -> Split:
         seed=int(seed if split_seed is None else split_seed),
         n_heldout_users=int(cfg.get("n_heldout_users") or 0),
         fold_in_ratio=float(cfg.get("fold_in_ratio", 0.8)),
+        cold_item_ratio=float(cfg.get("cold_item_ratio", 0.2)),
     )
     del inter  # the split's parts are copies
     audit = audit_split(split, repeats=not bool(cfg.get("dedup", True)))

@@ -6,12 +6,14 @@ in two parts, none is lost) and share the input's id maps.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from recsys.data.interactions import Interactions, Split
 from recsys.errors import ConfigError, DataError
 
-SPLITS = ("leave_one_out", "random", "temporal", "holdout_users")
+SPLITS = ("leave_one_out", "random", "temporal", "holdout_users", "cold_items")
 
 
 def _parts(inter: Interactions, part: np.ndarray, name: str) -> Split:
@@ -51,12 +53,59 @@ def leave_one_out(inter: Interactions) -> Split:
     time keep the log order (stable), so the split is deterministic.
     """
     _require_time(inter, "leave_one_out")
+    return _parts(inter, _leave_one_out_parts(inter), "leave_one_out")
+
+
+def _leave_one_out_parts(inter: Interactions) -> np.ndarray:
+    """(n,) int8 per-event label of :func:`leave_one_out`: 0 train, 1 validation, 2 test."""
     from_end = _rank_in_user_from_end(inter, inter.order())
     counts = np.bincount(inter.user, minlength=inter.n_users)[inter.user]
     part = np.zeros(len(inter), dtype=np.int8)
     part[(from_end == 0) & (counts >= 2)] = 2
     part[(from_end == 1) & (counts >= 3)] = 1
-    return _parts(inter, part, "leave_one_out")
+    return part
+
+
+def check_cold_item_ratio(ratio: float) -> None:
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio < 1:
+        raise ConfigError(f"data.cold_item_ratio must be in (0, 1), got {ratio!r}")
+
+
+def cold_items(inter: Interactions, cold_item_ratio: float, seed: int) -> Split:
+    """Cold-start items: items never seen in training are ranked against the warm catalogue.
+
+    A seeded random permutation of the catalogue picks ``round(cold_item_ratio * n_items)``
+    cold items (at least two: one per half); the first half of them (``n_cold // 2``) are
+    validation-cold, the rest test-cold, so hyper-parameters chosen on validation never see a
+    test cold item. Every event on a cold item leaves training: events on validation-cold items
+    go to ``val``, events on test-cold items to ``test``. The events on the other (warm) items
+    are split by :func:`leave_one_out` (each user's last warm event is test, the second-to-last
+    validation, the rest train). So ``val`` = warm validation + validation-cold events and
+    ``test`` = warm test + test-cold events.
+
+    ``Split.cold_items`` labels every item: 0 warm, 1 validation-cold, 2 test-cold. A warm item
+    whose only events are held-out leave-one-out targets has no training event either; it stays
+    warm (its label is 0), as in :func:`leave_one_out`.
+    """
+    _require_time(inter, "cold_items")
+    check_cold_item_ratio(cold_item_ratio)
+    n_items = inter.n_items
+    n_cold = max(int(round(cold_item_ratio * n_items)), 2)
+    if n_cold >= n_items:
+        raise ConfigError(
+            f"data.cold_item_ratio={cold_item_ratio} leaves no warm item among the {n_items} "
+            "items; lower it"
+        )
+    rng = np.random.default_rng(seed)
+    cold = rng.permutation(n_items)[:n_cold]
+    label = np.zeros(n_items, dtype=np.int8)  # 0 warm, 1 validation-cold, 2 test-cold
+    label[cold[: n_cold // 2]] = 1
+    label[cold[n_cold // 2 :]] = 2
+    event_label = label[inter.item]
+    warm = event_label == 0
+    part = event_label.copy()  # cold events: their item's part
+    part[warm] = _leave_one_out_parts(inter.select(warm))
+    return replace(_parts(inter, part, "cold_items"), cold_items=label)
 
 
 def random_split(inter: Interactions, val_ratio: float, test_ratio: float, seed: int) -> Split:
@@ -185,8 +234,11 @@ def make_split(
     seed: int,
     n_heldout_users: int = 0,
     fold_in_ratio: float = 0.8,
+    cold_item_ratio: float = 0.2,
 ) -> Split:
     """Dispatch on ``data.split``."""
+    if method == "cold_items":
+        return cold_items(inter, cold_item_ratio, seed)
     if method == "holdout_users":
         return holdout_users(inter, n_heldout_users, fold_in_ratio, seed)
     if method == "leave_one_out":
