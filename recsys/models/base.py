@@ -36,6 +36,11 @@ A model is a ``torch.nn.Module`` subclassing :class:`Recommender`, with:
   - ``needs_train_matrix``: ``set_train_matrix(train)`` receives the whole (U, I) sparse
     training matrix before the first training step (RecModule calls it when fitting starts): a
     graph model's adjacency (LightGCN);
+  - ``uses_features``: ``set_features(features)`` receives the split's item and user attribute
+    tables (:class:`~recsys.data.features.SplitFeatures`) before training; the constructor takes
+    ``feature_schema`` (their fields as plain values, injected by :func:`build_model`) to size
+    its tables, and the model config's ``features`` says which fields it uses. A model that does
+    not declare it refuses a non-null ``model.features`` with its ``no_features`` reason;
 
   and two values the data side reads: ``num_negatives`` (negatives per training pair the pair
   loader draws) and ``max_len`` (the window of a sequence model; its positional table, saved
@@ -61,6 +66,7 @@ import torch
 from torch import Tensor, nn
 
 from recsys.errors import ConfigError
+from recsys.models.features import FeatureSettings
 from recsys.trust import Trust, resolve
 
 TRAIN_BATCHES = ("pairs", "users", "sequences", None)
@@ -70,6 +76,7 @@ ABILITIES = {
     "exposes_embeddings": "embeddings",
     "predicts_pairs": "predict",
     "needs_train_matrix": "set_train_matrix",
+    "uses_features": "set_features",
 }
 
 
@@ -82,6 +89,10 @@ class Recommender(nn.Module):
     exposes_embeddings: ClassVar[bool] = False
     predicts_pairs: ClassVar[bool] = False
     needs_train_matrix: ClassVar[bool] = False
+    uses_features: ClassVar[bool] = False
+    # why a model that does not declare ``uses_features`` cannot use them (its ``model.features``
+    # is refused with this reason instead of being ignored)
+    no_features: ClassVar[str] = "it has no feature inputs"
     # the frozen dataclass of hyper-parameters a ``**settings`` constructor takes (build_model
     # checks config keys against its fields), or None for explicit keyword parameters
     settings_class: ClassVar[type | None] = None
@@ -90,6 +101,8 @@ class Recommender(nn.Module):
     retired_keys: ClassVar[Mapping[str, Any]] = {}
     num_negatives: int = 0
     max_len: int | None = None
+    # what a feature-aware model uses (its ``model.features``, resolved); none by default
+    feats: FeatureSettings = FeatureSettings()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -153,6 +166,17 @@ class Recommender(nn.Module):
             f"{type(self).__name__} takes no training matrix (needs_train_matrix = False)"
         )
 
+    def set_features(self, features: Any) -> None:
+        """Receive the split's attribute tables (a :class:`~recsys.data.features.SplitFeatures`)
+        before training (``uses_features``); the model copies what it uses into buffers, so a
+        checkpoint or an artifact carries them."""
+        raise NotImplementedError(f"{type(self).__name__} uses no features (uses_features = False)")
+
+    def features_used(self) -> dict[str, list[str]]:
+        """Which attribute fields the model uses, by entity (``{"item": [...], "user": [...]}``,
+        empty lists for an id-only model): what a run's metrics.json reports."""
+        return self.feats.used()
+
     def eval_users_per_chunk(self) -> int:
         """Users scored per evaluation chunk when ``eval.batch_size`` is null (auto): enough for
         ~2^18 scores, so the (users, items) scores, their mask and top-k stay in cache (a
@@ -171,13 +195,20 @@ def require(ok: bool, key: str, value: Any, expected: str) -> None:
 
 
 def build_model(
-    cfg: Mapping[str, Any], num_users: int, num_items: int, trust: Trust | None = None
+    cfg: Mapping[str, Any],
+    num_users: int,
+    num_items: int,
+    trust: Trust | None = None,
+    feature_schema: Mapping[str, Any] | None = None,
 ) -> Recommender:
     """Construct the model named by ``cfg["_target_"]`` with the dataset sizes injected.
 
     ``trust``: ``cfg`` was read from a file being loaded (a checkpoint, an artifact), whose
     ``_target_`` may name only recsys' own models or packages the user trusts
     (:mod:`recsys.trust`); None for the user's own config.
+
+    ``feature_schema``: the split's feature fields (``SplitFeatures.schema()``), passed to models
+    that declare ``uses_features``.
 
     Keys are checked against the constructor's parameters (and, for a ``**settings``
     constructor, the fields of its ``settings_class``) first, so a misspelt hyper-parameter is
@@ -191,6 +222,14 @@ def build_model(
     if not (isinstance(cls, type) and issubclass(cls, Recommender)):
         raise ConfigError(f"model._target_: {target} is not a recsys.models.base.Recommender")
     kwargs = {k: v for k, v in cfg.items() if k != "_target_"}
+    if not cls.uses_features and "features" in kwargs:
+        if kwargs.pop("features") is not None:
+            raise ConfigError(
+                f"model.features: {cls.__name__} cannot use features ({cls.no_features}); "
+                "set model.features=null"
+            )
+    if cls.uses_features:
+        kwargs["feature_schema"] = dict(feature_schema) if feature_schema else None
     for key, accepted in cls.retired_keys.items():
         if key in kwargs and kwargs.pop(key) != accepted:
             raise ConfigError(
@@ -202,14 +241,14 @@ def build_model(
     allowed = [
         n
         for n, p in params.items()
-        if n not in ("self", "num_users", "num_items") and p.kind not in kinds
+        if n not in ("self", "num_users", "num_items", "feature_schema") and p.kind not in kinds
     ]
     takes_settings = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     if takes_settings and cls.settings_class is not None:
         allowed += [f.name for f in dataclasses.fields(cls.settings_class)]
     if not takes_settings or cls.settings_class is not None:
         for key in kwargs:
-            if key not in allowed:
+            if key not in allowed and key != "feature_schema":
                 raise ConfigError(
                     f"model.{key} is not a parameter of {target} (parameters: {', '.join(allowed)})"
                 )

@@ -21,10 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from recsys.data.batches import SeqBatch, UserBatch
+from recsys.errors import ConfigError
 from recsys.models.base import Recommender
+from recsys.models.features import AttributeEmbedding, FeatureSettings, entity_table
 from recsys.models.seq_padding import last_state_by_length
 from recsys.models.transformer import RETIRED, TransformerEncoder, TransformerSettings
 
@@ -41,28 +44,82 @@ class SASRec(Recommender):
     train_batch = "sequences"
     scores_history = True
     represents_users = True
+    uses_features = True
     settings_class = SASRecSettings
     retired_keys = RETIRED
 
-    def __init__(self, num_users: int, num_items: int, **settings: Any):
-        """``settings``: the fields of :class:`SASRecSettings` (configs/model/sasrec.yaml)."""
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        feature_schema: dict[str, Any] | None = None,
+        **settings: Any,
+    ):
+        """``settings``: the fields of :class:`SASRecSettings` (configs/model/sasrec.yaml);
+        ``feature_schema``: the dataset's feature fields (injected by ``build_model``)."""
         super().__init__(num_users, num_items)
         s = SASRecSettings(**settings)
         self.max_len, self.pad = int(s.max_len), num_items
         self.objective = s.objective()
         self.encoder = TransformerEncoder(num_items, 1, s)
+        self.feats = FeatureSettings.parse(s.features, feature_schema)
+        if self.feats.user:
+            raise ConfigError(
+                "model.features.user: SASRec represents a user by the history alone; "
+                "user attributes need MF or NCF"
+            )
+        self.item_attrs = (
+            AttributeEmbedding(
+                self.feats.item, num_items, s.hidden_size, self.feats.pool, s.init_std
+            )
+            if self.feats.item
+            else None
+        )
+
+    def set_features(self, features: Any) -> None:
+        if self.item_attrs is not None:
+            self.item_attrs.load(features.item, features.item_seen)
+
+    def item_table(self) -> Tensor:
+        """(I + 1, d) the items' input and output table for one batch: the id table (one
+        item-dropout mask for input and output) plus, with item features, the attribute part
+        (:func:`~recsys.models.features.entity_table`); the last row is padding."""
+        table = self.encoder.table()
+        if self.item_attrs is None:
+            return table
+        f = self.feats
+        items = entity_table(table[: self.pad], self.item_attrs, f.ids, f.id_dropout, self.training)
+        return torch.cat([items, table[self.pad :]])
 
     def loss(self, batch: SeqBatch) -> Tensor:
-        table = self.encoder.table()  # one item-dropout mask for input and output
+        table = self.item_table()  # (I + 1, d)
         h = self.encoder(batch.input, causal=True, table=table)  # (B, L, d)
         return self.objective.next_item(
             h, batch.target, self.pad, table[: self.pad], batch.loss_scale
         )
 
+    def _states(self, users: UserBatch, table: Tensor) -> Tensor:
+        seq = users.padded(self.max_len, self.pad)
+        return last_state_by_length(
+            seq, self.pad, lambda s: self.encoder(s, causal=True, table=table)
+        )
+
     def user_representation(self, users: UserBatch) -> Tensor:
         """(B, d) final hidden state: the encoder's state after each user's newest item."""
-        seq = users.padded(self.max_len, self.pad)
-        return last_state_by_length(seq, self.pad, lambda s: self.encoder(s, causal=True))
+        return self._states(users, self.item_table())
 
     def score(self, users: UserBatch) -> Tensor:
-        return self.user_representation(users) @ self.encoder.item_weight.T  # (B, I)
+        table = self.item_table()
+        return self._states(users, table) @ table[: self.pad].T  # (B, I)
+
+    def item_vectors(self) -> Tensor:
+        """(I, d) the output layer: each item's vector (id and attributes)."""
+        return self.item_table()[: self.pad]
+
+    def new_item_vectors(self, attrs: Any) -> Tensor:
+        """(m, d) output vectors of new items from their attributes alone (a
+        :class:`~recsys.data.features.FeatureTable` of this model's item fields), scored like
+        catalogue items: ``user_representation @ new_item_vectors.T``."""
+        if self.item_attrs is None:
+            raise ConfigError("this SASRec uses no item features: a new item cannot be scored")
+        return self.item_attrs.encode_table(attrs)

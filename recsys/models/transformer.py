@@ -55,6 +55,8 @@ class TransformerSettings:
     gbce_t: float = 0.75
     ce_chunk: int = 1 << 20
     shared_negatives: bool = False
+    # attributes of the items (recsys.models.features): null = ids only
+    features: dict | None = None
 
     def __post_init__(self) -> None:
         require(self.max_len >= 2, "max_len", self.max_len, "an integer >= 2")

@@ -53,6 +53,7 @@ def evaluate_checkpoint(
         {"eval_s": round(time.perf_counter() - t0, 4)},
         test_by_group=by_group,
         checkpoint=str(run.checkpoint_path.resolve()),
+        features=module.model.features_used(),
     )
     if out_dir is not None:
         write_json(Path(out_dir) / "metrics.json", metrics)

@@ -109,6 +109,7 @@ class RecModule(pl.LightningModule):
         evaluation: dict[str, Any] | None = None,
         seed: int = 0,
         config: dict[str, Any] | None = None,
+        features: dict[str, Any] | None = None,
         trust: Trust | None = None,
     ):
         """
@@ -119,6 +120,9 @@ class RecModule(pl.LightningModule):
             evaluation: ``topk``, ``metrics``, ``mask_seen``.
             seed: seeds the model's per-epoch randomness (dropout, in-model sampling).
             config: the whole resolved run config, stored so a checkpoint describes its run.
+            features: the split's feature fields (``SplitFeatures.schema()``) for a model that
+                uses features (sizes its attribute tables; the codes are buffers of the
+                model), None for an id-only model.
             trust: the model and optimizer configs come from a file being loaded (a
                 checkpoint): they may name only recsys' own classes or packages the user trusts
                 (:mod:`recsys.trust`); None for the user's own config. Not stored.
@@ -126,7 +130,7 @@ class RecModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["trust"])
         self.trust = trust
-        self.model = build_model(model, num_users, num_items, trust)
+        self.model = build_model(model, num_users, num_items, trust, features)
         self.optim_cfg = {**OPTIM_DEFAULTS, **(optim or {})}
         # optim.steps_per_call = K > 1: each Lightning training step receives K consecutive
         # batches and runs their K optimizer steps itself (manual optimization). The updates are

@@ -25,6 +25,7 @@ def metrics_record(
     checkpoint: str | None = None,
     best_checkpoint: str | None = None,
     audit: bool = False,
+    features: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """The ``metrics.json`` of a run (``recsys-train``: ``baseline``, the data audit and
     ``best_checkpoint``) or of a re-evaluation (``recsys-eval``: ``checkpoint``). Entries left
@@ -33,6 +34,8 @@ def metrics_record(
     if checkpoint is not None:
         out["checkpoint"] = checkpoint
     out.update(model=config["model"]["_target_"], val=val, test=test)
+    if features is not None:  # the attribute fields the model used (empty lists: ids only)
+        out["features"] = features
     if baseline is not None:
         out["baseline"] = baseline
     if test_by_group:

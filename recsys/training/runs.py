@@ -16,6 +16,7 @@ import torch
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from recsys.data.datamodule import RecDataModule
+from recsys.data.features import SplitFeatures
 from recsys.errors import CheckpointError
 from recsys.training.manifest import require_finished
 from recsys.training.module import RecModule
@@ -54,6 +55,7 @@ _HP_TYPES: dict[str, tuple[type, ...]] = {
     "evaluation": (dict, type(None)),
     "seed": (int,),
     "config": (dict, type(None)),
+    "features": (dict, type(None)),
 }
 
 
@@ -115,6 +117,7 @@ def eval_settings(config: dict[str, Any]) -> dict[str, Any]:
 def module_for(config: dict[str, Any], dm: RecDataModule) -> RecModule:
     """The run's :class:`RecModule` for the prepared ``dm`` (its sizes injected), with ``dm``
     configured to serve the batches the model declares: what ``recsys-train`` builds."""
+    features = SplitFeatures.of(dm.data) if config["model"].get("features") else None
     module = RecModule(
         model=config["model"],
         num_users=dm.n_users,
@@ -123,7 +126,10 @@ def module_for(config: dict[str, Any], dm: RecDataModule) -> RecModule:
         evaluation=eval_settings(config),
         seed=config["seed"],
         config=config,
+        features=None if features is None else features.schema(),
     )
+    if features is not None:  # the split's codes into the model's buffers, before any fit
+        module.model.set_features(features)
     dm.configure_for(module.model, module.steps_per_call)
     return module
 

@@ -382,6 +382,7 @@ def _fit_and_evaluate(
         test_by_group=by_group,
         best_checkpoint=str(best),
         audit=True,
+        features=best_module.model.features_used(),
     )
     write_json(run_dir / "metrics.json", metrics)
     return metrics

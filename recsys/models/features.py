@@ -1,0 +1,244 @@
+"""Attribute embeddings: items and users as the sum of their id and attribute embeddings.
+
+Shared by the feature-aware models (SASRec, BERT4Rec, GRU4Rec, MF, NCF). A model's
+``features`` setting (``model.features`` in its config) says what it uses:
+
+- ``item`` / ``user``: ``null`` (none), ``all`` or a list of field names of the dataset's item /
+  user table (:class:`~recsys.data.features.FeatureTable`);
+- ``pool``: how a row's attributes combine: ``sum`` adds one pooled vector per field (each field
+  the mean of its values' embeddings, ``EmbeddingBag(mode="mean")``), ``concat`` concatenates the
+  per-field vectors and projects them back to ``d`` (one linear layer);
+- ``ids``: whether the id embedding is part of the representation (``false``: attributes only);
+- ``id_dropout``: in training, the share of entities whose id embedding is dropped from the
+  batch's table, so the attribute part alone learns to stand for an entity (what a new
+  product, which has no trained id, is scored with).
+
+An entity's representation is ``id_embedding · seen + attributes(entity)``, where ``seen`` is 1 for
+entities with an event in training and 0 otherwise: a cold item (no training event) or a new
+product is represented by its attributes alone, never by an id embedding that training did not
+shape (LightFM, Kula 2015; DropoutNet, Volkovs et al. 2017 for ``id_dropout``). Numeric fields
+enter through one linear map of their standardised values.
+
+Lookups are tensor operations over padded code matrices held as buffers (saved with the
+weights, so a checkpoint or artifact carries them); there is no Python loop per entity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from recsys.errors import ConfigError
+
+POOLS = ("sum", "concat")
+OPTIONS = ("item", "user", "pool", "ids", "id_dropout")
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """A model's ``features`` setting, resolved against the dataset's schema."""
+
+    item: tuple[Mapping[str, Any], ...] = ()  # the item fields used (schema dicts)
+    user: tuple[Mapping[str, Any], ...] = ()  # the user fields used
+    pool: str = "sum"
+    ids: bool = True
+    id_dropout: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.item or self.user)
+
+    def used(self) -> dict[str, list[str]]:
+        """Which fields the model uses, by entity (what a run's metrics.json reports)."""
+        return {
+            "item": [str(f["name"]) for f in self.item],
+            "user": [str(f["name"]) for f in self.user],
+        }
+
+    @staticmethod
+    def parse(value: Mapping[str, Any] | None, schema: Mapping[str, Any] | None) -> FeatureSettings:
+        """Check ``model.features`` (None: ids only) against ``schema``
+        (``SplitFeatures.schema()``), one :class:`ConfigError` line naming the key."""
+        if value is None:
+            return FeatureSettings()
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"model.features must be null or a mapping, got {value!r}")
+        unknown = sorted(set(value) - set(OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"model.features.{unknown[0]} is not an option (options: {', '.join(OPTIONS)})"
+            )
+        schema = schema or {}
+
+        def fields(entity: str) -> tuple[Mapping[str, Any], ...]:
+            want = value.get(entity)
+            if want is None:
+                return ()
+            have = schema.get(entity)
+            if not have:
+                raise ConfigError(
+                    f"model.features.{entity}: the dataset has no {entity} features "
+                    f"(data.{entity}_features)"
+                )
+            if want == "all":
+                return tuple(have)
+            if isinstance(want, str) or not isinstance(want, Sequence):
+                raise ConfigError(
+                    f"model.features.{entity} must be null, all or a list of fields, got {want!r}"
+                )
+            names = [str(f["name"]) for f in have]
+            missing = [w for w in want if w not in names]
+            if missing:
+                raise ConfigError(
+                    f"model.features.{entity}: no field {missing[0]!r} (fields: {', '.join(names)})"
+                )
+            return tuple(f for f in have if f["name"] in set(want))
+
+        s = FeatureSettings(
+            item=fields("item"),
+            user=fields("user"),
+            pool=str(value.get("pool", "sum")),
+            ids=bool(value.get("ids", True)),
+            id_dropout=float(value.get("id_dropout", 0.0)),
+        )
+        if s.pool not in POOLS:
+            raise ConfigError(
+                f"model.features.pool must be one of {', '.join(POOLS)}, got {s.pool!r}"
+            )
+        if not 0 <= s.id_dropout < 1:
+            raise ConfigError(f"model.features.id_dropout must be in [0, 1), got {s.id_dropout!r}")
+        if not s.ids and not s.item:
+            raise ConfigError("model.features.ids=false needs item features (model.features.item)")
+        return s
+
+
+class AttributeEmbedding(nn.Module):
+    """(n, d) pooled attribute vectors of ``n`` entities described by ``fields``.
+
+    Buffers: ``codes{k}`` (n, width_k) int64 1-based codes of categorical field ``k`` (0: none),
+    ``numeric`` (n, F_num) float32 standardised values; ``seen`` (n,) float32, 1 for entities with
+    a training event. Parameters: one ``EmbeddingBag(size_k, d, mode="mean", padding_idx=0)`` per
+    categorical field, one ``Linear(F_num, d, bias=False)`` for the numeric fields, and for
+    ``pool="concat"`` a ``Linear(parts * d, d)`` projection.
+    """
+
+    def __init__(
+        self, fields: Sequence[Mapping[str, Any]], n: int, d: int, pool: str, init_std: float
+    ):
+        super().__init__()
+        self.names = [str(f["name"]) for f in fields]
+        cats = [f for f in fields if f["kind"] == "categorical"]
+        nums = [f for f in fields if f["kind"] == "numeric"]
+        self.cat_names = [str(f["name"]) for f in cats]
+        self.num_names = [str(f["name"]) for f in nums]
+        self.bags = nn.ModuleList(
+            nn.EmbeddingBag(len(f.get("vocab", ())) + 1, d, mode="mean", padding_idx=0)
+            for f in cats
+        )
+        for k, f in enumerate(cats):
+            self.register_buffer(
+                f"codes{k}", torch.zeros(n, max(int(f.get("width", 1)), 1), dtype=torch.long)
+            )
+        self.register_buffer("numeric", torch.zeros(n, len(nums)))
+        self.register_buffer("seen", torch.ones(n))
+        self.num = nn.Linear(len(nums), d, bias=False) if nums else None
+        parts = len(cats) + (1 if nums else 0)
+        self.proj = nn.Linear(parts * d, d) if pool == "concat" else None
+        for bag in self.bags:
+            nn.init.normal_(bag.weight, std=init_std)
+            with torch.no_grad():
+                bag.weight[0].zero_()
+        if self.num is not None:
+            nn.init.normal_(self.num.weight, std=init_std)
+        if self.proj is not None:
+            nn.init.normal_(self.proj.weight, std=init_std)
+            nn.init.zeros_(self.proj.bias)
+
+    def codes(self) -> list[Tensor]:
+        return [getattr(self, f"codes{k}") for k in range(len(self.bags))]
+
+    def load(self, table: Any, seen: np.ndarray) -> None:
+        """Copy a :class:`~recsys.data.features.FeatureTable`'s codes and values (and which
+        entities training knows) into the buffers."""
+        for k, name in enumerate(self.cat_names):
+            m = torch.as_tensor(np.asarray(table.codes[name]), dtype=torch.long)
+            buf = getattr(self, f"codes{k}")
+            if m.shape[0] != buf.shape[0]:
+                raise ConfigError(
+                    f"{table.entity} features: {m.shape[0]} rows for {buf.shape[0]} entities"
+                )
+            setattr(self, f"codes{k}", m.to(buf.device))
+        if self.num_names:
+            cols = [np.asarray(table.values[name], dtype=np.float32) for name in self.num_names]
+            self.numeric = torch.as_tensor(np.stack(cols, 1)).to(self.numeric.device)
+        self.seen = torch.as_tensor(np.asarray(seen, dtype=np.float32)).to(self.seen.device)
+
+    def encode(self, codes: Sequence[Tensor], numeric: Tensor | None) -> Tensor:
+        """(m, d) attribute vectors of ``m`` rows: ``codes[k]`` (m, w_k) int64 codes of field
+        ``k``, ``numeric`` (m, F_num) float32 (None when there are no numeric fields)."""
+        parts = [bag(c) for bag, c in zip(self.bags, codes, strict=True)]  # each (m, d)
+        if self.num is not None and numeric is not None:
+            parts.append(self.num(numeric))
+        if self.proj is not None:
+            return self.proj(torch.cat(parts, 1))
+        out = parts[0]
+        for p in parts[1:]:
+            out = out + p
+        return out
+
+    def forward(self, idx: Tensor | None = None) -> Tensor:
+        """(n, d) the stored entities' attribute vectors, or (len(idx), d) those of ``idx``."""
+        codes = self.codes()
+        numeric = self.numeric if self.num is not None else None
+        if idx is not None:
+            codes = [c[idx] for c in codes]
+            numeric = None if numeric is None else numeric[idx]
+        return self.encode(codes, numeric)
+
+    def encode_table(self, table: Any) -> Tensor:
+        """(m, d) attribute vectors of new entities: a FeatureTable from
+        :meth:`~recsys.data.features.FeatureTable.encode_rows` with this model's fields."""
+        device = self.numeric.device
+        codes = [
+            torch.as_tensor(np.asarray(table.codes[n]), dtype=torch.long, device=device)
+            for n in self.cat_names
+        ]
+        numeric = None
+        if self.num_names:
+            numeric = torch.as_tensor(
+                np.stack(
+                    [np.asarray(table.values[n], dtype=np.float32) for n in self.num_names], 1
+                ),
+                device=device,
+            )
+        return self.encode(codes, numeric)
+
+
+def entity_table(
+    ids: Tensor | None,
+    attrs: AttributeEmbedding | None,
+    ids_on: bool,
+    id_dropout: float,
+    training: bool,
+) -> Tensor:
+    """(n, d) the entities' representation: ``ids · seen · keep + attrs()``.
+
+    ``ids``: (n, d) id embeddings (None: none), ``seen`` from ``attrs`` (entities without a
+    training event have no id part), ``keep``: in training with ``id_dropout``, a per-entity
+    Bernoulli(1 - id_dropout) mask (not rescaled: the id part is either there or not, as for a new
+    entity)."""
+    if attrs is None:
+        assert ids is not None
+        return ids
+    out = attrs()
+    if ids is None or not ids_on:
+        return out
+    gate = attrs.seen[:, None]
+    if training and id_dropout > 0:
+        gate = gate * (torch.rand_like(gate) >= id_dropout)
+    return out + ids * gate
