@@ -61,6 +61,59 @@ class RawFeatures:
         cats = sorted(set(self.categorical["field"])) if len(self.categorical) else []
         return [*cats, *sorted(self.numeric)]
 
+    def take(self, keep: np.ndarray) -> RawFeatures:
+        """The rows where ``keep`` ((n,) bool) is True, renumbered (opt-out drops rows here,
+        before anything is encoded)."""
+        keep = np.asarray(keep, dtype=bool)
+        new_row = np.cumsum(keep) - 1
+        cat = self.categorical
+        if len(cat):
+            rows = cat["row"].to_numpy(np.int64)
+            cat = cat[keep[rows]].assign(row=new_row[rows[keep[rows]]]).reset_index(drop=True)
+        return RawFeatures(
+            entity=self.entity,
+            ids=self.ids[keep],
+            categorical=cat,
+            numeric={k: np.asarray(v)[keep] for k, v in self.numeric.items()},
+            source=self.source,
+        )
+
+
+def merge_raw(*parts: RawFeatures) -> RawFeatures:
+    """Several files about one entity as one table (MovieLens ``movies.csv`` + ``tags.csv``):
+    rows of the same id are joined; a numeric field is NaN where its file has no row. A field
+    named in two files is a :class:`DataError` (which file says what would be ambiguous)."""
+    if len(parts) == 1:
+        return parts[0]
+    seen: dict[str, str] = {}
+    for part in parts:
+        for name in part.fields:
+            if name in seen:
+                raise DataError(f"feature field {name!r} is in both {seen[name]} and {part.source}")
+            seen[name] = part.source
+    ids = pd.unique(np.concatenate([np.asarray(p.ids, dtype=object) for p in parts]))
+    if all(p.ids.dtype.kind in "iu" for p in parts):
+        ids = ids.astype(np.int64)
+    index = pd.Index(ids)
+    cats, numeric = [], {}
+    for part in parts:
+        where = index.get_indexer(part.ids)
+        if len(part.categorical):
+            cat = part.categorical
+            cats.append(cat.assign(row=where[cat["row"].to_numpy(np.int64)]))
+        for name, v in part.numeric.items():
+            col = np.full(len(ids), np.nan)
+            col[where] = v
+            numeric[name] = col
+    categorical = (
+        pd.concat(cats, ignore_index=True)
+        if cats
+        else pd.DataFrame({"row": np.empty(0, np.int64), "field": [], "value": []})
+    )
+    return RawFeatures(
+        parts[0].entity, ids, categorical, numeric, " + ".join(p.source for p in parts)
+    )
+
 
 @dataclass(frozen=True)
 class Field:
@@ -220,7 +273,9 @@ class FeatureTable:
         return FeatureTable(
             entity=entity,
             fields=fields,
-            codes={f.name: z[f"{prefix}.codes.{f.name}"] for f in fields if f.kind == "categorical"},
+            codes={
+                f.name: z[f"{prefix}.codes.{f.name}"] for f in fields if f.kind == "categorical"
+            },
             values={f.name: z[f"{prefix}.values.{f.name}"] for f in fields if f.kind == "numeric"},
             present=z[f"{prefix}.present"],
         )
@@ -239,9 +294,15 @@ def _row_index(raw: RawFeatures, entity_ids: np.ndarray) -> np.ndarray:
     return log.get_indexer(ids).astype(np.int64)
 
 
-def encode(raw: RawFeatures, entity_ids: np.ndarray, in_train: np.ndarray) -> FeatureTable:
+def encode(
+    raw: RawFeatures, entity_ids: np.ndarray, in_train: np.ndarray, min_count: int = 1
+) -> FeatureTable:
     """Encode ``raw`` over an id space (``entity_ids``: external id of each internal id), with
     vocabularies and normalisation from the entities where ``in_train`` is True.
+
+    ``min_count``: a categorical value held by fewer training entities is left out of the
+    vocabulary (unknown, code 0), so a tag written once does not get an embedding row that
+    one item trains (``data.feature_min_count``).
 
     Rows naming an id that is not in the log are dropped and counted in a notice (never listed);
     an id given twice is a :class:`DataError` naming it and the file. No row matching the log
@@ -282,7 +343,8 @@ def encode(raw: RawFeatures, entity_ids: np.ndarray, in_train: np.ndarray) -> Fe
         part = cat[cat["field"] == name].drop_duplicates(["entity", "value"])
         e = part["entity"].to_numpy(np.int64)
         v = part["value"].astype(str).to_numpy()
-        vocab = np.unique(v[in_train[e]]) if len(v) else np.array([], dtype=str)
+        vocab, held = np.unique(v[in_train[e]], return_counts=True)
+        vocab = vocab[held >= min_count]  # one row per (entity, value): held = training entities
         pos = np.searchsorted(vocab, v)
         known = pos < len(vocab)
         known[known] = vocab[pos[known]] == v[known]  # values of training entities only

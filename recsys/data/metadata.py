@@ -17,24 +17,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-AGE_BANDS = (
-    (1, "<18"),
-    (18, "18-24"),
-    (25, "25-34"),
-    (35, "35-44"),
-    (45, "45-49"),
-    (50, "50-55"),
-    (56, "56+"),
+# the user attribute files are read (and their labels kept) by recsys.data.sources.features;
+# AGE_BANDS and ML1M_OCCUPATIONS stay importable from here
+from recsys.data.sources.features import (  # noqa: F401
+    AGE_BANDS,
+    ML1M_OCCUPATIONS,
+    read_movielens_users,
 )
-ML1M_OCCUPATIONS = (
-    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
-    "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
-    "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
-    "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer",
-)  # fmt: skip
+
 USER_ATTRIBUTES = ("gender", "age", "occupation")
 
 
@@ -42,12 +34,6 @@ def _folder(cfg: Mapping[str, Any]) -> Path:
     from recsys.data.sources import data_root
 
     return data_root(cfg) / str(cfg.get("folder") or cfg.get("name", ""))
-
-
-def _age_band(age: np.ndarray) -> np.ndarray:
-    starts = np.array([s for s, _ in AGE_BANDS])
-    labels = np.array([lab for _, lab in AGE_BANDS], dtype=object)
-    return labels[np.clip(np.searchsorted(starts, age, side="right") - 1, 0, len(labels) - 1)]
 
 
 def _read(path: Path, sep: str, names: list[str], usecols: list[int]) -> pd.DataFrame:
@@ -62,22 +48,21 @@ def _read(path: Path, sep: str, names: list[str], usecols: list[int]) -> pd.Data
 
 
 def user_attributes(cfg: Mapping[str, Any]) -> pd.DataFrame | None:
-    """``user`` (external id, as in the interaction log) plus ``gender, age, occupation``."""
+    """``user`` (external id as text) plus ``gender, age, occupation`` (labels), read by
+    :func:`~recsys.data.sources.features.read_movielens_users`."""
     folder = _folder(cfg)
-    if (folder / "u.user").is_file():
-        df = _read(folder / "u.user", "|", ["user", "age", "gender", "occupation"], [0, 1, 2, 3])
-        df["age"] = _age_band(df["age"].astype(int).to_numpy())
-    elif (folder / "users.dat").is_file():
-        df = _read(
-            folder / "users.dat", "::", ["user", "gender", "age", "occupation"], [0, 1, 2, 3]
-        )
-        df["age"] = _age_band(df["age"].astype(int).to_numpy())
-        occ = df["occupation"].astype(int).to_numpy()
-        df["occupation"] = np.asarray(ML1M_OCCUPATIONS, dtype=object)[occ]
-    else:
+    path = next((folder / n for n in ("u.user", "users.dat") if (folder / n).is_file()), None)
+    if path is None:
         return None
-    df["user"] = df["user"].str.strip()
-    return df[["user", *USER_ATTRIBUTES]]
+    raw = read_movielens_users(path)
+    df = pd.DataFrame({"user": raw.ids.astype(str)})
+    cat = raw.categorical
+    for name in USER_ATTRIBUTES:
+        part = cat[cat["field"] == name]
+        col = pd.Series([None] * len(df), dtype=object)
+        col.iloc[part["row"].to_numpy()] = part["value"].to_numpy()
+        df[name] = col
+    return df
 
 
 def item_titles(cfg: Mapping[str, Any]) -> dict[str, str] | None:
