@@ -212,3 +212,89 @@ def describe(split: Split) -> dict[str, Any]:
         "split_sizes": {k: int(v) for k, v in sizes.items()},
         "audit": split.audit if split.audit is not None else audit_split(split),
     }
+
+
+def audit_features(
+    raw: Any, table: Any, entity_ids: np.ndarray, in_train: np.ndarray, min_count: int = 1
+) -> dict[str, Any]:
+    """The ``features`` entry of the audit for one entity: what the attribute file held, what
+    the encoded table kept, and a check, recomputed from the raw rows by another path than
+    :func:`recsys.data.features.encode`, that every vocabulary is exactly the values held by at
+    least ``min_count`` training entities and every numeric normalisation is the training
+    entities' mean and standard deviation (``ok``; a failure also fails the split's ``ok``).
+
+    Args:
+        raw: the :class:`~recsys.data.features.RawFeatures` that were encoded.
+        table: the :class:`~recsys.data.features.FeatureTable` made from them.
+        entity_ids: (n,) external id of each internal id.
+        in_train: (n,) bool, the entity has a training event.
+
+    Counts only; never an id or a value (a tag can be personal text).
+    """
+    from pathlib import Path
+
+    in_train = np.asarray(in_train, dtype=bool)
+    position = {str(x): i for i, x in enumerate(np.asarray(entity_ids).tolist())}
+    ent = np.array([position.get(str(x), -1) for x in np.asarray(raw.ids).tolist()], np.int64)
+    fields: dict[str, Any] = {}
+    ok = True
+    cat = raw.categorical
+    if len(cat):
+        cat = pd.DataFrame(
+            {
+                "entity": ent[cat["row"].to_numpy(np.int64)],
+                "field": cat["field"].astype(str).to_numpy(),
+                "value": cat["value"].astype(str).to_numpy(),
+            }
+        )
+        cat = cat[cat["entity"] >= 0].drop_duplicates()
+    for f in table.fields:
+        if f.kind == "categorical":
+            part = cat[cat["field"] == f.name] if len(cat) else cat
+            train_part = part[in_train[part["entity"].to_numpy(np.int64)]] if len(part) else part
+            held = train_part.groupby("value")["entity"].nunique() if len(part) else pd.Series()
+            expected = tuple(sorted(str(v) for v in held.index[held.to_numpy() >= min_count]))
+            right = expected == tuple(f.vocab)
+            values = set(part["value"]) if len(part) else set()
+            codes = table.codes[f.name]
+            fields[f.name] = {
+                "kind": "categorical",
+                "vocabulary": len(f.vocab),
+                "width": int(f.width),
+                "values_held": len(values),  # by entities of the log
+                # held only by entities without a training event (a cold item's new brand)
+                "values_only_outside_train": len(values - set(held.index)),
+                "values_below_min_count": int((held.to_numpy() < min_count).sum()),
+                "entities_with_a_known_value": int((codes > 0).any(axis=1).sum()),
+                "vocabulary_from_train": right,
+            }
+            ok &= right
+        else:
+            col = np.full(len(in_train), np.nan)
+            matched = ent >= 0
+            col[ent[matched]] = np.asarray(raw.numeric[f.name], np.float64)[matched]
+            train_vals = col[in_train & ~np.isnan(col)]
+            mean = float(np.mean(train_vals)) if len(train_vals) else 0.0
+            std = float(np.std(train_vals)) if len(train_vals) else 1.0
+            right = bool(np.isclose(f.mean, mean) and np.isclose(f.std, std if std > 0 else 1.0))
+            fields[f.name] = {
+                "kind": "numeric",
+                "mean": f.mean,
+                "std": f.std,
+                "entities_with_a_value": int((~np.isnan(col)).sum()),
+                "normalisation_from_train": right,
+            }
+            ok &= right
+    present = np.asarray(table.present, dtype=bool)
+    return {
+        "files": [Path(s).name for s in str(raw.source).split(" + ")],
+        "rows": len(raw.ids),
+        "rows_matching_no_entity": int((ent < 0).sum()),
+        "entities": len(present),
+        "entities_with_row": int(present.sum()),
+        "training_entities": int(in_train.sum()),
+        "training_entities_with_row": int((present & in_train).sum()),
+        "min_count": int(min_count),
+        "fields": fields,
+        "ok": bool(ok),
+    }

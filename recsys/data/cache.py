@@ -29,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from recsys.data.features import FeatureTable
 from recsys.data.interactions import Interactions, Split
 from recsys.files import atomic_write, new_temp, remove_stale_temps
 
 # bump when the stored layout, the audit or the reading of raw files changes (3: ids are read as
-# written or checked exactly, never through floats)
-CACHE_VERSION = 3
+# written or checked exactly, never through floats; 4: item and user feature tables)
+CACHE_VERSION = 4
 PARTS = ("train", "val", "test")
 OPTIONAL_PARTS = ("val_input", "test_input")  # set by splits with held-out users
 
@@ -118,6 +119,10 @@ def save(path: Path, split: Split, key: str, meta: Mapping[str, Any]) -> None:
             arrays[f"{part}.rating"] = inter.rating
     if split.cold_items is not None:  # data.split=cold_items: each item's part
         arrays["cold_items"] = split.cold_items
+    for entity in ("item", "user"):  # attribute tables as plain arrays (FeatureTable.to_arrays)
+        table: FeatureTable | None = getattr(split, f"{entity}_features", None)
+        if table is not None:
+            arrays.update(table.to_arrays(f"{entity}_features"))
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -145,9 +150,17 @@ def load(path: Path, key: str) -> tuple[Split, dict[str, Any]] | None:
                     user_ids=user_ids,
                     item_ids=item_ids,
                 )
+            features = {
+                f"{e}_features": FeatureTable.from_arrays(z, f"{e}_features", e)
+                for e in ("item", "user")
+            }
     except Exception:  # truncated, bad CRC, not a zip, missing member: rebuild
         return None
     split = Split(
-        **parts, name=str(meta.get("name", "")), audit=meta.get("audit"), cold_items=cold_items
+        **parts,
+        name=str(meta.get("name", "")),
+        audit=meta.get("audit"),
+        cold_items=cold_items,
+        **features,
     )
     return split, meta

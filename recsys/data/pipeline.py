@@ -16,16 +16,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from recsys.data import optout, sources
-from recsys.data.audit import audit_split
+from recsys.data.audit import audit_features, audit_split
 from recsys.data.cache import cache_dir, cache_key
 from recsys.data.cache import load as cache_load
 from recsys.data.cache import save as cache_save
-from recsys.data.interactions import Interactions, Split
+from recsys.data.features import ENTITIES, encode
+from recsys.data.interactions import Interactions, Split, has_clock
 from recsys.data.preprocess import preprocess_config
 from recsys.data.sources import data_root, notice, raw_files
+from recsys.data.sources import features as feature_sources
 from recsys.data.splits import SPLITS, check_cold_item_ratio, check_ratios, make_split
 from recsys.errors import ConfigError
 
@@ -84,6 +87,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     if not cfg.get("source"):
         raise ConfigError("data.source must name a loader (a dotted path)")
     sources.check_config(cfg)
+    feature_sources.check_config(cfg)
     _check_values(cfg)
 
 
@@ -180,7 +184,8 @@ def build(cfg: Mapping[str, Any], seed: int) -> Split:
     df = resolve_source(cfg["source"])(cfg)
     if isinstance(df, Split):  # a source with an official split of its own (recsys.data.folds)
         df, opted_out = optout.exclude_split(df, cfg)
-        return refit_full(replace(df, audit=_with_optout(audit_split(df), opted_out)), cfg)
+        split = refit_full(replace(df, audit=_with_optout(audit_split(df), opted_out)), cfg)
+        return attach_features(split, cfg)
     df, opted_out = optout.exclude(df, cfg)  # opt-out before any filter sees the users
     df = preprocess_config(df, cfg, source=str(name))
     inter = Interactions.from_frame(df)
@@ -198,7 +203,48 @@ def build(cfg: Mapping[str, Any], seed: int) -> Split:
     )
     del inter  # the split's parts are copies
     audit = audit_split(split, repeats=not bool(cfg.get("dedup", True)))
-    return refit_full(replace(split, audit=_with_optout(audit, opted_out)), cfg)
+    return attach_features(
+        refit_full(replace(split, audit=_with_optout(audit, opted_out)), cfg), cfg
+    )
+
+
+def attach_features(split: Split, cfg: Mapping[str, Any]) -> Split:
+    """The split with its item and user attribute tables (``data.item_features`` /
+    ``data.user_features``, :mod:`recsys.data.sources.features`), encoded over the split's id
+    space with vocabularies and normalisation from training entities only: those with an event
+    in ``split.train`` (with ``holdout_users``: the training users; with ``refit_full``: train +
+    validation, what the final fit trains on).
+
+    An opted-out user's attribute row (and a tag an opted-out user wrote) is dropped before
+    anything is encoded; rows that carry a time (tags) count only up to the latest training
+    event when the log has a clock. The audit gains ``features`` (:func:`audit_features`)."""
+    value = cfg.get(optout.KEY)
+    listed = optout.read_ids(Path(str(value)).expanduser()) if value else []
+    train = split.train
+    before = float(train.time.max()) if has_clock(train) else None
+    min_count = int(cfg.get("feature_min_count") or 1)
+    tables, report = {}, {}
+    for entity in ENTITIES:
+        raw = feature_sources.load_features(cfg, entity, before=before, exclude_users=listed)
+        if raw is None:
+            continue
+        if entity == "user" and listed:
+            raw = raw.take(~np.isin(np.asarray(raw.ids).astype(str), np.asarray(listed, str)))
+        ids = train.item_ids if entity == "item" else train.user_ids
+        seen = np.bincount(train.item if entity == "item" else train.user, minlength=len(ids))
+        tables[entity] = encode(raw, ids, seen > 0, min_count=min_count)
+        report[entity] = audit_features(raw, tables[entity], ids, seen > 0, min_count)
+    if not tables:
+        return split
+    audit = dict(split.audit or {})
+    audit["features"] = report
+    audit["ok"] = bool(audit.get("ok", True)) and all(r["ok"] for r in report.values())
+    return replace(
+        split,
+        item_features=tables.get("item"),
+        user_features=tables.get("user"),
+        audit=audit,
+    )
 
 
 def refit_full(split: Split, cfg: Mapping[str, Any]) -> Split:
@@ -233,6 +279,8 @@ def cache_path(cfg: Mapping[str, Any], seed: int) -> tuple[Path, str] | None:
     files = raw_files(cfg)
     if not files:
         return None
+    # the feature files' bytes are part of the key, like the log's
+    files = files + [p for e in ENTITIES for p in feature_sources.feature_files(cfg, e)]
     cdir = cache_dir(cfg, data_root(cfg))
     if cdir is None:
         return None
