@@ -7,7 +7,10 @@ Structure planted in the data, so that model families score differently on it:
 - users belong to one of ``n_groups`` taste groups and draw most items from their group's items:
   collaborative models (MF, autoencoders) beat popularity by a wide margin;
 - with probability ``p_sequential`` a user's next item is the fixed successor of their previous
-  item (a cycle through each group's items): sequence models beat order-agnostic ones.
+  item (a cycle through each group's items): sequence models beat order-agnostic ones;
+- attributes (:func:`features`): an item's ``genre`` is its taste group and a user's ``segment``
+  theirs, next to a ``brand`` / ``region`` drawn at random (noise): a model that reads attributes
+  can place an item with no interactions, which an id-only model cannot.
 
 Generation is vectorized over users (a loop over history positions only).
 """
@@ -20,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recsys.data.features import RawFeatures
 from recsys.errors import ConfigError
 
 DAY = 86_400.0
@@ -105,6 +109,40 @@ def load(cfg: Mapping[str, Any]) -> pd.DataFrame:
         **{k: cfg[k] for k in keys if k in cfg}, seed=int(cfg.get("generator_seed", 0))
     )
     return df
+
+
+def features(cfg: Mapping[str, Any], entity: str) -> RawFeatures:
+    """The synthetic log's attributes, for ``data.<entity>_features: auto`` (the generator's
+    ground truth, so they match the log whatever its size): items ``genre`` (the item's taste
+    group) and ``brand`` (random, ``n_items // 20 + 1`` values); users ``segment`` (the user's
+    taste group) and ``region`` (random, 5 values). Deterministic given ``generator_seed``."""
+    keys = (
+        "n_users n_items n_groups mean_length min_length max_length popularity_alpha "
+        "p_taste p_sequential"
+    ).split()
+    seed = int(cfg.get("generator_seed", 0))
+    _, truth = generate(**{k: cfg[k] for k in keys if k in cfg}, seed=seed)
+    rng = np.random.default_rng([seed, 1])
+    if entity == "item":
+        group = truth["item_group"]
+        noise = rng.integers(len(group) // 20 + 1, size=len(group))
+        names = ("genre", "brand")
+    else:
+        group = truth["user_group"]
+        noise = rng.integers(5, size=len(group))
+        names = ("segment", "region")
+    n = len(group)
+    rows = np.arange(n, dtype=np.int64)
+    categorical = pd.DataFrame(
+        {
+            "row": np.concatenate([rows, rows]),
+            "field": np.repeat(np.array(names, dtype=object), n),
+            "value": np.concatenate(
+                [np.char.add("g", group.astype(str)), np.char.add("n", noise.astype(str))]
+            ).astype(object),
+        }
+    )
+    return RawFeatures(entity, rows + 1, categorical, {}, f"synthetic {entity} attributes")
 
 
 def _check(n_users, n_items, n_groups, mean_length, min_length, max_length, p_taste, p_seq) -> None:

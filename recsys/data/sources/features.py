@@ -180,11 +180,11 @@ def read_item2attributes(path: Path, id_type: str = "int", entity: str = "item")
     for k, (key, attrs) in enumerate(data.items()):
         if id_type == "int" and not is_int_id(key):
             raise DataError(
-                f"{path}: key {key[:60]!r} is not a {entity} id (a non-negative integer written "
-                "exactly)"
+                f"{path}: key {key[:60]!r} is not an id ({entity} ids are non-negative integers "
+                "written exactly)"
             )
         if key == "":
-            raise DataError(f"{path}: an empty key is not a {entity} id")
+            raise DataError(f"{path}: an empty key is not an id")
         if not isinstance(attrs, list):
             raise DataError(
                 f"{path}: {entity} {key[:60]!r}: expected a list of attributes, got "
@@ -729,6 +729,14 @@ def load_features(
     as texts, for files whose rows carry an author."""
     if entity not in ENTITIES:
         raise ValueError(f"entity must be one of {ENTITIES}, got {entity!r}")
+    if (
+        cfg.get(f"{entity}_features") == "auto"
+        and _loader(cfg) == "load"
+        and str(cfg.get("source")).startswith("recsys.data.synthetic.")
+    ):
+        from recsys.data.synthetic import features  # generated with the log: no file
+
+        return features(cfg, entity)
     files = feature_files(cfg, entity)
     if not files:
         return None
