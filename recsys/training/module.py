@@ -330,6 +330,10 @@ class RecModule(pl.LightningModule):
         top, hits = ranked_hits(scores, target, max(self.topk))
         # uint8, not bool: DDP gathers these and gloo has no bool all_gather
         values = {"user": users.user, "_hits": hits.to(torch.uint8), "_n_rel": batch.n_rel}
+        cold = self.cold_item_mask()
+        if cold is not None:  # data.split=cold_items: which hits and targets are cold items
+            values["_top_cold"] = cold[top].to(torch.uint8)  # (B, K)
+            values["_n_rel_cold"] = (target & cold).sum(1)  # (B,) distinct cold targets
         if self.popularity_bias and self._train_popularity() is not None:
             values["_top"] = top  # arp per user, coverage/gini over the lists at the end
         if self.sampled:
@@ -342,6 +346,8 @@ class RecModule(pl.LightningModule):
         metrics = tuple(self.eval_cfg["metrics"])
         out = {k: raw[k] for k in ("user", "_top") if k in raw}
         out.update(ranking_metrics(raw["_hits"], raw["_n_rel"], self.topk, metrics))
+        if "_top_cold" in raw:
+            out.update(item_slice_metrics(raw, self.topk, metrics))
         if "_top" in raw:
             out.update(average_popularity(raw["_top"], self.item_popularity(), self.topk))
         if "_sampled_hits" in raw:
@@ -403,6 +409,27 @@ class RecModule(pl.LightningModule):
             return None
         return self.item_popularity()
 
+    def set_cold_items(self, labels: np.ndarray | Tensor | None) -> None:
+        """Evaluate cold and warm items apart (``cold/<metric>``, ``warm/<metric>``): ``labels``
+        is (I,) with 0 for a warm item, anything else for a cold one (``Split.cold_items``);
+        None: no slices. Without it, the attached datamodule's split decides."""
+        self._cold_items = None if labels is None else torch.as_tensor(labels) != 0
+        self._cold_items_set = True
+
+    def cold_item_mask(self) -> Tensor | None:
+        """(I,) bool cold items of the split being evaluated (``data.split=cold_items``), from
+        :meth:`set_cold_items` or the attached datamodule's split; None: no item slices."""
+        if not getattr(self, "_cold_items_set", False):
+            trainer = getattr(self, "_trainer", None)
+            dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+            if dm is None:
+                return None
+            self.set_cold_items(getattr(dm.data, "cold_items", None))
+        cold = self._cold_items
+        if cold is not None and cold.device != self.device:
+            cold = self._cold_items = cold.to(self.device)
+        return cold
+
     def _eval_step(self, stage: str, batch: EvalBatch) -> None:
         self._outputs[stage].append({k: v.detach() for k, v in self.evaluate_batch(batch).items()})
 
@@ -427,7 +454,7 @@ class RecModule(pl.LightningModule):
             means = pooled(cat, self.eval_cfg["metrics"])
             cat = {k: v for k, v in per_row(cat).items() if k in means}
         else:
-            means = {k: float(v.double().mean()) for k, v in cat.items()}
+            means = stage_means(cat)
             if top is not None:
                 means.update(list_metrics(top, self.model.num_items, self.topk))
         self.results[stage] = means
@@ -479,6 +506,55 @@ class RecModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+
+ITEM_SLICES = ("cold", "warm")
+
+
+def item_slice_metrics(
+    raw: dict[str, Tensor], ks: list[int], metrics: tuple[str, ...]
+) -> dict[str, Tensor]:
+    """Per-user metrics with the targets restricted to cold items and to warm items:
+    ``{"cold/ndcg@10": (U,), "warm/ndcg@10": (U,), ...}``, NaN for a user without a target in
+    the slice. The ranking is the full one (every item, seen items masked): only which ranked
+    items count as hits, and how many items are relevant, change.
+
+    Args:
+        raw: :meth:`RecModule.evaluate_batch` results: ``_hits`` (U, K), ``_n_rel`` (U,),
+            ``_top_cold`` (U, K) whether each ranked item is cold, ``_n_rel_cold`` (U,).
+    """
+    hits, on_cold = raw["_hits"].bool(), raw["_top_cold"].bool()
+    n_cold = raw["_n_rel_cold"].to(raw["_n_rel"].dtype)
+    out: dict[str, Tensor] = {}
+    for name, h, n in (
+        ("cold", hits & on_cold, n_cold),
+        ("warm", hits & ~on_cold, raw["_n_rel"] - n_cold),
+    ):
+        rows = n > 0  # a user counts in a slice with at least one target there
+        for key, v in ranking_metrics(h[rows], n[rows], ks, metrics).items():
+            full = torch.full(rows.shape, float("nan"), dtype=v.dtype, device=v.device)
+            out[f"{name}/{key}"] = full.masked_scatter(rows, v)
+    return out
+
+
+def stage_means(per_user: dict[str, Tensor]) -> dict[str, float]:
+    """A stage's metrics: the mean over its users of each per-user value; an item slice's
+    (``cold/...``, ``warm/...``) over the users with a target in the slice, with their number
+    as ``<slice>/n_users`` (a slice without users reports only that count)."""
+    means: dict[str, float] = {}
+    counted: set[str] = set()
+    for k, v in per_user.items():
+        prefix, sep, _ = k.rpartition("/")
+        if not sep:
+            means[k] = float(v.double().mean())
+            continue
+        present = ~torch.isnan(v)
+        if prefix not in counted:
+            means[f"{prefix}/n_users"] = int(present.sum())
+            counted.add(prefix)
+        if present.any():
+            means[k] = float(v[present].double().mean())
+    return means
 
 
 def _concat(outs: list[dict[str, Tensor]]) -> dict[str, Tensor]:

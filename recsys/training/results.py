@@ -122,8 +122,22 @@ def _cell(name: str, value: float) -> str:
     return str(int(value)) if name.startswith("n_") else f"{value:.4f}"
 
 
+def _slice_rows(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each row's item-slice metrics (``cold/ndcg@10``) as rows of their own (``test/cold``)."""
+    out: dict[str, dict[str, float]] = {}
+    for label, r in rows.items():
+        out[label] = {k: v for k, v in r.items() if "/" not in k}
+        for k, v in r.items():
+            prefix, sep, name = k.rpartition("/")
+            if sep:
+                out.setdefault(f"{label}/{prefix}", {})[name] = v
+    return out
+
+
 def format_table(rows: dict[str, dict[str, float]]) -> str:
-    """A fixed-width table: one row per label, one column per metric (sorted by K, then name)."""
+    """A fixed-width table: one row per label, one column per metric (sorted by K, then name);
+    item-slice metrics (``cold/ndcg@10``) on rows of their own (``test/cold``)."""
+    rows = _slice_rows(rows)
     cols = sorted({c for r in rows.values() for c in r}, key=_metric_order)
     label_w = max([len("split")] + [len(r) for r in rows])
     widths = [max(len(c), 6) for c in cols]

@@ -109,8 +109,10 @@ def by_group(
     train_counts: np.ndarray,
     data_cfg: Mapping[str, Any],
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """``{slicing: {group: {"n_users": n, metric: mean}}}`` for the per-user values of a stage."""
+    """``{slicing: {group: {"n_users": n, metric: mean}}}`` for the per-user values of a stage
+    (the overall metrics; item-slice values such as ``cold/ndcg@10`` are left out)."""
     users = np.asarray(per_user["user"], dtype=np.int64)
+    per_user = {k: v for k, v in per_user.items() if "/" not in k}
     out = {}
     for name, (labels, order) in labels_for(
         groups_cfg, users, user_ids, train_counts, data_cfg

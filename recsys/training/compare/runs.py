@@ -74,15 +74,18 @@ class Group:
         )
 
     def user_means(self, metric: str) -> dict[int, float]:
-        """Each user's value of ``metric`` averaged over this group's seeds (users all seeds have)."""
+        """Each user's value of ``metric`` averaged over this group's seeds (users all seeds have).
+
+        An item-slice metric (``cold/recall@20``) has a value for the users with a target in
+        the slice only (NaN for the others, who are left out)."""
         tables = []
         for r in self.runs:
             pu = r.per_user()
             if metric not in pu:
                 raise DataError(f"{r.path / 'per_user_test.npz'}: no per-user values of {metric}")
-            tables.append(
-                dict(zip(pu["user"].tolist(), pu[metric].astype(np.float64).tolist(), strict=False))
-            )
+            values = pu[metric].astype(np.float64)
+            keep = ~np.isnan(values)
+            tables.append(dict(zip(pu["user"][keep].tolist(), values[keep].tolist(), strict=True)))
         common = set(tables[0]).intersection(*tables[1:])
         return {u: float(np.mean([t[u] for t in tables])) for u in common}
 
