@@ -328,7 +328,8 @@ def encode(
     dup = pd.Series(where[matched]).duplicated()
     if dup.any():
         first = int(np.flatnonzero(matched)[np.flatnonzero(dup.to_numpy())[0]])
-        raise DataError(f"{raw.source}: {raw.entity} {raw.ids[first]!r} has two rows")
+        twice = raw.ids[first].item() if isinstance(raw.ids[first], np.generic) else raw.ids[first]
+        raise DataError(f"{raw.source}: {raw.entity} {twice!r} has two rows")
     present = np.zeros(n, dtype=bool)
     present[where[matched]] = True
     in_train = np.asarray(in_train, dtype=bool)

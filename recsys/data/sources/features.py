@@ -124,7 +124,9 @@ def _duplicate(path: Path, ids: np.ndarray, entity: str) -> None:
     """Refuse an id given twice: which row would hold its attributes is ambiguous."""
     dup = pd.Series(ids).duplicated()
     if dup.any():
-        raise DataError(f"{path}: {entity} {ids[int(np.argmax(dup.to_numpy()))]!r} has two rows")
+        first = np.asarray(ids)[int(np.argmax(dup.to_numpy()))]
+        first = first.item() if isinstance(first, np.generic) else first  # 1, not np.int64(1)
+        raise DataError(f"{path}: {entity} {first!r} has two rows")
 
 
 def _year(text: str) -> float:
