@@ -152,6 +152,7 @@ class MultDAE(Recommender):
     """Mult-DAE (Liang et al., WWW 2018): a denoising autoencoder with multinomial likelihood."""
 
     train_batch = "users"
+    no_features = "input and output are the interaction row, no item representation to extend"
     scores_history = True  # fold-in: the code of whatever history the batch carries
     represents_users = True
 
@@ -203,6 +204,7 @@ class MultVAE(Recommender):
     """Mult-VAE^PR (Liang et al., WWW 2018): a VAE with multinomial likelihood and KL annealing."""
 
     train_batch = "users"
+    no_features = "input and output are the interaction row, no item representation to extend"
     scores_history = True  # fold-in: the code of whatever history the batch carries
     represents_users = True
 

@@ -13,6 +13,12 @@ user's very first item is never a prediction target); the paper's 10% random / 1
 replacement of masked items is not used. The encoder is
 :class:`~recsys.models.transformer.TransformerEncoder`, shared with SASRec (post-LN blocks by
 default, as in the paper).
+
+Item attributes (``features``, :mod:`recsys.models.features`) as in SASRec: an item's vector, at
+the input and in the tied output layer, is its id embedding (items with a training event only)
+plus its pooled attribute embedding; the padding and mask tokens stay id rows. A cold or new item
+is scored from its attributes (:meth:`BERT4Rec.new_item_vectors`). With ``features: null`` no
+attribute module exists and the computation is the id-only one.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import torch
 from torch import Tensor
 
 from recsys.data.batches import SeqBatch, UserBatch
+from recsys.errors import ConfigError
 from recsys.models.base import Recommender, require
+from recsys.models.features import AttributeEmbedding, FeatureSettings, entity_table
 from recsys.models.seq_padding import last_state_by_length
 from recsys.models.transformer import RETIRED, TransformerEncoder, TransformerSettings
 
@@ -47,17 +55,53 @@ class BERT4Rec(Recommender):
     train_batch = "sequences"
     scores_history = True
     represents_users = True
+    uses_features = True
     settings_class = BERT4RecSettings
     retired_keys = RETIRED
 
-    def __init__(self, num_users: int, num_items: int, **settings: Any):
-        """``settings``: the fields of :class:`BERT4RecSettings` (configs/model/bert4rec.yaml)."""
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        feature_schema: dict[str, Any] | None = None,
+        **settings: Any,
+    ):
+        """``settings``: the fields of :class:`BERT4RecSettings` (configs/model/bert4rec.yaml);
+        ``feature_schema``: the dataset's feature fields (injected by ``build_model``)."""
         super().__init__(num_users, num_items)
         s = BERT4RecSettings(**settings)
         self.max_len, self.mask_prob = int(s.max_len), float(s.mask_prob)
         self.pad, self.mask_id = num_items, num_items + 1
         self.objective = s.objective()
         self.encoder = TransformerEncoder(num_items, 2, s)
+        self.feats = FeatureSettings.parse(s.features, feature_schema)
+        if self.feats.user:
+            raise ConfigError(
+                "model.features.user: BERT4Rec represents a user by the history alone; "
+                "user attributes need MF or NCF"
+            )
+        self.item_attrs = (
+            AttributeEmbedding(
+                self.feats.item, num_items, s.hidden_size, self.feats.pool, s.init_std
+            )
+            if self.feats.item
+            else None
+        )
+
+    def set_features(self, features: Any) -> None:
+        if self.item_attrs is not None:
+            self.item_attrs.load(features.item, features.item_seen)
+
+    def item_table(self) -> Tensor:
+        """(I + 2, d) the items' input and output table for one batch: the id table (one
+        item-dropout mask for input and output) plus, with item features, the attribute part
+        (:func:`~recsys.models.features.entity_table`); the last two rows are padding and mask."""
+        table = self.encoder.table()
+        if self.item_attrs is None:
+            return table
+        f = self.feats
+        items = entity_table(table[: self.pad], self.item_attrs, f.ids, f.id_dropout, self.training)
+        return torch.cat([items, table[self.pad :]])
 
     def mask(self, seq: Tensor) -> tuple[Tensor, Tensor]:
         """(input with mask tokens, (B, L) bool masked positions) for left-padded ``seq``."""
@@ -70,16 +114,37 @@ class BERT4Rec(Recommender):
     def loss(self, batch: SeqBatch) -> Tensor:
         seq = batch.target  # (B, L) the window's items, left-padded
         inp, masked = self.mask(seq)
-        table = self.encoder.table()  # one item-dropout mask for input and output
+        table = self.item_table()  # one item-dropout mask for input and output
         h = self.encoder(inp, causal=False, table=table)[masked]  # (N, d) at the masked positions
         return self.objective(h, seq[masked], table[: self.pad], batch.loss_scale)
 
-    def user_representation(self, users: UserBatch) -> Tensor:
-        """(B, d) hidden state at the mask token appended after each user's history."""
+    def _states(self, users: UserBatch, table: Tensor | None) -> Tensor:
         hist = users.padded(self.max_len - 1, self.pad)
         mask_col = torch.full_like(hist[:, :1], self.mask_id)
         seq = torch.cat([hist, mask_col], 1)  # (B, L)
-        return last_state_by_length(seq, self.pad, lambda s: self.encoder(s, causal=False))
+        return last_state_by_length(
+            seq, self.pad, lambda s: self.encoder(s, causal=False, table=table)
+        )
+
+    def user_representation(self, users: UserBatch) -> Tensor:
+        """(B, d) hidden state at the mask token appended after each user's history."""
+        return self._states(users, None if self.item_attrs is None else self.item_table())
 
     def score(self, users: UserBatch) -> Tensor:
-        return self.user_representation(users) @ self.encoder.item_weight.T  # (B, I)
+        if self.item_attrs is None:
+            return self.user_representation(users) @ self.encoder.item_weight.T  # (B, I)
+        table = self.item_table()
+        return self._states(users, table) @ table[: self.pad].T
+
+    def item_vectors(self) -> Tensor:
+        """(I, d) the output layer: each item's vector (id and attributes)."""
+        return self.item_table()[: self.pad]
+
+    def new_item_vectors(self, attrs: Any) -> Tensor:
+        """(m, d) output vectors of new items from their attributes alone (a
+        :class:`~recsys.data.features.FeatureTable` of this model's item fields, from
+        ``FeatureTable.encode_rows``), scored like catalogue items:
+        ``user_representation @ new_item_vectors.T``."""
+        if self.item_attrs is None:
+            raise ConfigError("this BERT4Rec uses no item features: a new item cannot be scored")
+        return self.item_attrs.encode_table(attrs)

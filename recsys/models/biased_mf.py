@@ -25,6 +25,7 @@ from recsys.models.base import Recommender, lookup, require
 
 class BiasedMF(Recommender):
     train_batch = "pairs"
+    no_features = "a rating model of id biases and factors; use MF or NCF for attributes"
     num_negatives = 0
     represents_users = True
     predicts_pairs = True

@@ -56,6 +56,7 @@ def ease_memory_bytes(num_items: int, precision: str = "float64") -> int:
 
 class EASE(Recommender):
     train_batch = None
+    no_features = "item-item weights from co-occurrence only, no item representation to extend"
     scores_history = True  # x_u B: the history alone
 
     def __init__(

@@ -25,7 +25,7 @@ weights, so a checkpoint or artifact carries them); there is no Python loop per 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,3 +242,32 @@ def entity_table(
     if training and id_dropout > 0:
         gate = gate * (torch.rand_like(gate) >= id_dropout)
     return out + ids * gate
+
+
+def entity_rows(
+    idx: Tensor,
+    ids: Callable[[Tensor], Tensor] | None,
+    attrs: AttributeEmbedding | None,
+    ids_on: bool,
+    id_dropout: float,
+    training: bool,
+) -> Tensor:
+    """(*idx.shape, d) the rows ``idx`` of :func:`entity_table`, computed for those rows only:
+    a pair batch pools the attributes of its own entities, not of the whole catalogue.
+
+    ``ids``: the id lookup (``idx`` → (*idx.shape, d), e.g. an ``nn.Embedding``, whose sparse
+    gradients it keeps), None for none. With ``id_dropout`` in training, one Bernoulli draw per
+    distinct entity of ``idx``, so an entity drawn twice in a batch (a positive that is also
+    another pair's negative) is dropped in both places, as in the table."""
+    if attrs is None:
+        assert ids is not None
+        return ids(idx)
+    flat = idx.reshape(-1)
+    out = attrs(flat)  # (n, d)
+    if ids is not None and ids_on:
+        gate = attrs.seen[flat]
+        if training and id_dropout > 0:
+            uniq, inverse = torch.unique(flat, return_inverse=True)
+            gate = gate * (torch.rand(len(uniq), device=flat.device) >= id_dropout)[inverse]
+        out = out + ids(flat) * gate[:, None]
+    return out.view(*idx.shape, out.shape[-1])

@@ -8,16 +8,27 @@ default, as in Hidasi & Czapp's 2023 re-implementations).
 Deviations from the paper: whole windows instead of session-parallel mini-batches, no
 session-parallel hidden-state carry-over, tied output embeddings. Sequences are packed, so the
 padding never enters the recurrence and left-padding a history changes nothing.
+
+Item attributes (``features``, :mod:`recsys.models.features`): an item's vector, at the input and
+in the tied output layer, is its id embedding (items with a training event only) plus its pooled
+attribute embedding, so a cold or new item is scored from its attributes
+(:meth:`GRU4Rec.new_item_vectors`). With ``features: null`` no attribute module exists and the
+computation is the id-only one.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from recsys.data.batches import SeqBatch, UserBatch
+from recsys.errors import ConfigError
 from recsys.models.base import Recommender, require
+from recsys.models.features import AttributeEmbedding, FeatureSettings, entity_table
 from recsys.models.seq_losses import SeqObjective
 from recsys.models.seq_padding import last_state_by_length
 
@@ -26,6 +37,7 @@ class GRU4Rec(Recommender):
     train_batch = "sequences"
     scores_history = True
     represents_users = True
+    uses_features = True
 
     def __init__(
         self,
@@ -42,7 +54,11 @@ class GRU4Rec(Recommender):
         gbce_t: float = 0.75,
         ce_chunk: int = 1 << 20,
         shared_negatives: bool = False,
+        features: dict[str, Any] | None = None,
+        feature_schema: dict[str, Any] | None = None,
     ):
+        """Hyper-parameters: configs/model/gru4rec.yaml; ``feature_schema``: the dataset's
+        feature fields (injected by ``build_model``)."""
         super().__init__(num_users, num_items)
         require(max_len >= 1, "max_len", max_len, "an integer >= 1")
         require(embedding_size >= 1, "embedding_size", embedding_size, "an integer >= 1")
@@ -59,14 +75,44 @@ class GRU4Rec(Recommender):
         self.drop = nn.Dropout(dropout)
         self.gru = nn.GRU(embedding_size, hidden_size, n_layers, batch_first=True)
         self.proj = nn.Linear(hidden_size, embedding_size)
+        # after every id-only module: the id-only initialisation draws are unchanged
+        self.feats = FeatureSettings.parse(features, feature_schema)
+        if self.feats.user:
+            raise ConfigError(
+                "model.features.user: GRU4Rec represents a user by the history alone; "
+                "user attributes need MF or NCF"
+            )
+        self.item_attrs = (
+            AttributeEmbedding(
+                self.feats.item, num_items, embedding_size, self.feats.pool, init_std
+            )
+            if self.feats.item
+            else None
+        )
+
+    def set_features(self, features: Any) -> None:
+        if self.item_attrs is not None:
+            self.item_attrs.load(features.item, features.item_seen)
+
+    def item_table(self) -> Tensor:
+        """(I + 1, d) the items' input and output table: the id table, plus with item features
+        the attribute part (:func:`~recsys.models.features.entity_table`, id dropout drawn once
+        for input and output); the last row is padding."""
+        table = self.item.weight
+        if self.item_attrs is None:
+            return table
+        f = self.feats
+        items = entity_table(table[: self.pad], self.item_attrs, f.ids, f.id_dropout, self.training)
+        return torch.cat([items, table[self.pad :]])
 
     @property
     def item_weight(self) -> Tensor:
         """(I, d) the output layer: embeddings of the real items."""
         return self.item.weight[: self.num_items]
 
-    def encode(self, seq: Tensor) -> Tensor:
-        """(B, L) left-padded ids → (B, L, d) states (zero at padding)."""
+    def encode(self, seq: Tensor, table: Tensor | None = None) -> Tensor:
+        """(B, L) left-padded ids → (B, L, d) states (zero at padding); ``table``: the item
+        table to embed with (:meth:`item_table`), default the id table."""
         B, L = seq.shape
         real = seq != self.pad
         lengths = real.sum(1)
@@ -74,8 +120,9 @@ class GRU4Rec(Recommender):
         cols = torch.arange(L, device=seq.device)[None]
         right = seq.gather(1, (cols + n_pad).clamp(max=L - 1))  # (B, L) right-padded
         right = right.masked_fill(cols >= lengths[:, None], self.pad)
+        emb = self.item(right) if table is None else F.embedding(right, table, self.pad)
         packed = pack_padded_sequence(
-            self.drop(self.item(right)),
+            self.drop(emb),  # (B, L, e)
             lengths.clamp(min=1).cpu(),
             batch_first=True,
             enforce_sorted=False,
@@ -87,15 +134,40 @@ class GRU4Rec(Recommender):
         return left * real[..., None]
 
     def loss(self, batch: SeqBatch) -> Tensor:
-        h = self.encode(batch.input)  # (B, L, d)
+        if self.item_attrs is None:
+            h = self.encode(batch.input)  # (B, L, d)
+            return self.objective.next_item(
+                h, batch.target, self.pad, self.item_weight, batch.loss_scale
+            )
+        table = self.item_table()  # (I + 1, d)
+        h = self.encode(batch.input, table)
         return self.objective.next_item(
-            h, batch.target, self.pad, self.item_weight, batch.loss_scale
+            h, batch.target, self.pad, table[: self.pad], batch.loss_scale
         )
+
+    def _states(self, users: UserBatch, table: Tensor | None) -> Tensor:
+        seq = users.padded(self.max_len, self.pad)
+        return last_state_by_length(seq, self.pad, lambda s: self.encode(s, table))
 
     def user_representation(self, users: UserBatch) -> Tensor:
         """(B, d) final GRU state over each user's history."""
-        seq = users.padded(self.max_len, self.pad)
-        return last_state_by_length(seq, self.pad, self.encode)
+        return self._states(users, None if self.item_attrs is None else self.item_table())
 
     def score(self, users: UserBatch) -> Tensor:
-        return self.user_representation(users) @ self.item_weight.T  # (B, I)
+        if self.item_attrs is None:
+            return self.user_representation(users) @ self.item_weight.T  # (B, I)
+        table = self.item_table()
+        return self._states(users, table) @ table[: self.pad].T
+
+    def item_vectors(self) -> Tensor:
+        """(I, d) the output layer: each item's vector (id and attributes)."""
+        return self.item_table()[: self.pad]
+
+    def new_item_vectors(self, attrs: Any) -> Tensor:
+        """(m, d) output vectors of new items from their attributes alone (a
+        :class:`~recsys.data.features.FeatureTable` of this model's item fields, from
+        ``FeatureTable.encode_rows``), scored like catalogue items:
+        ``user_representation @ new_item_vectors.T``."""
+        if self.item_attrs is None:
+            raise ConfigError("this GRU4Rec uses no item features: a new item cannot be scored")
+        return self.item_attrs.encode_table(attrs)

@@ -144,6 +144,7 @@ def solve_side(
 
 class IALS(Recommender):
     train_batch = None
+    no_features = "closed-form least-squares solves over id factors; use MF for attributes"
     represents_users = True
     exposes_embeddings = True
 

@@ -24,6 +24,7 @@ from recsys.models.base import Recommender, require
 
 class ItemKNN(Recommender):
     train_batch = None
+    no_features = "item-item similarities from co-occurrence only, no item vector to extend"
     scores_history = True  # sums over the history's neighbours
 
     def __init__(

@@ -69,6 +69,7 @@ def normalised(user: Tensor, item: Tensor, num_users: int, num_items: int, dtype
 
 class LightGCN(Recommender):
     train_batch = "pairs"
+    no_features = "propagation over the user-item id graph; use MF for attributes"
     represents_users = True
     exposes_embeddings = True
     needs_train_matrix = True

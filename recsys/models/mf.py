@@ -24,11 +24,26 @@ the tables (benchmarks/scale.md). Adam's dense update needs ``sparse: false``. W
 ``compile: true`` (the default) that step's arithmetic on the CPU runs as two compiled loops
 (:mod:`recsys.compiling`: a C++ compiler, a few seconds once; eager where compiling fails),
 1.3-3x fewer CPU seconds per step than the eager operations (more on larger tables).
+
+Attributes (``features``, :mod:`recsys.models.features`), LightFM-style (Kula, 2015): a user's
+and an item's factors are the sum of the id embedding (entities with a training event only) and
+the pooled embedding of its attributes, ``p_u = e_u·seen_u + f(attrs_u)``,
+``q_i = e_i·seen_i + g(attrs_i)``; a side without attributes keeps its id factors, and
+``ids: false`` drops the id part of the sides that have attributes. A cold item or a held-out
+user is represented by its attributes alone, and so is a new item or a new customer
+(:meth:`MF.new_item_vectors`, :meth:`MF.new_user_vectors`; score with :meth:`MF.score_vectors`).
+Training then takes a plain autograd path that pools the attributes of the batch's rows only
+(:func:`~recsys.models.features.entity_rows`); ``reg`` weighs the squared norm of those summed
+factors. ``sparse: true`` still gives the id tables row-sparse gradients (the attribute tables'
+are dense, which row-wise Adagrad also takes); the fused BPR steps (``compile``) are for ids only.
+With ``features: null`` nothing of this exists and the fast paths are unchanged.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +51,9 @@ from torch import Tensor, nn
 
 from recsys.compiling import Compiled
 from recsys.data.batches import PairBatch, UserBatch
+from recsys.errors import ConfigError
 from recsys.models.base import Recommender, lookup, require
+from recsys.models.features import AttributeEmbedding, FeatureSettings, entity_rows, entity_table
 
 LOSSES = ("bpr", "softmax", "sampled_softmax")
 
@@ -155,6 +172,7 @@ class MF(Recommender):
     train_batch = "pairs"
     represents_users = True
     exposes_embeddings = True
+    uses_features = True
 
     def __init__(
         self,
@@ -169,7 +187,11 @@ class MF(Recommender):
         temperature: float = 1.0,
         sparse: bool = False,
         compile: bool = True,
+        features: dict[str, Any] | None = None,
+        feature_schema: dict[str, Any] | None = None,
     ):
+        """Hyper-parameters: configs/model/mf.yaml; ``feature_schema``: the dataset's feature
+        fields (injected by ``build_model``)."""
         super().__init__(num_users, num_items)
         require(embedding_size >= 1, "embedding_size", embedding_size, "an integer >= 1")
         require(loss in LOSSES, "loss", loss, f"one of: {', '.join(LOSSES)}")
@@ -188,12 +210,84 @@ class MF(Recommender):
         self.temperature = float(temperature)
         self.user_emb = nn.Embedding(num_users, embedding_size, sparse=sparse)
         self.item_emb = nn.Embedding(num_items, embedding_size, sparse=sparse)
+        stds = []
         for table in (self.user_emb, self.item_emb):
             n = table.weight.shape[0]
             std = math.sqrt(2.0 / (n + embedding_size)) if init == "xavier" else init_std
             nn.init.normal_(table.weight, std=std)
+            stds.append(std)
+        # after the id tables: the id-only initialisation draws are unchanged
+        self.feats = f = FeatureSettings.parse(features, feature_schema)
+        self.user_attrs = (
+            AttributeEmbedding(f.user, num_users, embedding_size, f.pool, stds[0])
+            if f.user
+            else None
+        )
+        self.item_attrs = (
+            AttributeEmbedding(f.item, num_items, embedding_size, f.pool, stds[1])
+            if f.item
+            else None
+        )
+
+    def set_features(self, features: Any) -> None:
+        if self.user_attrs is not None:
+            self.user_attrs.load(features.user, features.user_seen)
+        if self.item_attrs is not None:
+            self.item_attrs.load(features.item, features.item_seen)
+
+    # -- representations: ids, or ids plus attributes ---------------------------------------
+    def _user_rows(self, user: Tensor) -> Tensor:
+        """(*user.shape, d) the users' factors (id part and attribute part)."""
+        f = self.feats
+        ids = partial(lookup, self.user_emb)
+        return entity_rows(user, ids, self.user_attrs, f.ids, f.id_dropout, self.training)
+
+    def _item_rows(self, item: Tensor) -> Tensor:
+        """(*item.shape, d) the items' factors (id part and attribute part)."""
+        f = self.feats
+        ids = partial(lookup, self.item_emb)
+        return entity_rows(item, ids, self.item_attrs, f.ids, f.id_dropout, self.training)
+
+    def user_table(self) -> Tensor:
+        """(U, d) every user's factors."""
+        f = self.feats
+        w = self.user_emb.weight
+        return entity_table(w, self.user_attrs, f.ids, f.id_dropout, self.training)
+
+    def item_table(self) -> Tensor:
+        """(I, d) every item's factors."""
+        f = self.feats
+        w = self.item_emb.weight
+        return entity_table(w, self.item_attrs, f.ids, f.id_dropout, self.training)
+
+    def _feature_loss(self, batch: PairBatch) -> dict[str, Tensor]:
+        """The objective with attributes: plain autograd over the batch's summed factors."""
+        u = self._user_rows(batch.user)  # (B, d)
+        neg = None
+        if self.loss_name == "softmax":
+            pos = self._item_rows(batch.item)  # (B, d), for reg
+            logits = u @ self.item_table().T / self.temperature  # (B, I)
+            main = F.cross_entropy(logits, batch.item)
+        else:
+            assert batch.neg is not None, "MF needs sampled negatives (num_negatives >= 1)"
+            v = self._item_rows(torch.cat([batch.item[:, None], batch.neg], 1))  # (B, 1 + N, d)
+            pos, neg = v[:, 0], v[:, 1:]
+            s = (u.unsqueeze(1) * v).sum(-1)  # (B, 1 + N)
+            if self.loss_name == "bpr":
+                main = -F.logsigmoid(s[:, :1] - s[:, 1:]).mean()
+            else:  # sampled softmax: the positive is class 0 among 1 + N candidates
+                main = F.cross_entropy(s / self.temperature, torch.zeros_like(batch.item))
+        out = {"loss": main, self.loss_name: main}
+        if self.reg:
+            sq = u.square().sum() + pos.square().sum()
+            if neg is not None:
+                sq = sq + neg.square().sum() / neg.shape[1]
+            out["loss"] = main + self.reg * sq / len(u)
+        return out
 
     def loss(self, batch: PairBatch) -> dict[str, Tensor]:
+        if self.feats.active:
+            return self._feature_loss(batch)
         if self.loss_name == "bpr" and not self.reg and self.user_emb.weight.device.type == "cpu":
             assert batch.neg is not None, "MF needs sampled negatives (num_negatives >= 1)"
             w = (self.user_emb.weight, self.item_emb.weight)
@@ -228,12 +322,49 @@ class MF(Recommender):
         return out
 
     def score(self, users: UserBatch) -> Tensor:
+        if self.feats.active:
+            return self._user_rows(users.user) @ self.item_table().T  # (B, I)
         return self.user_emb(users.user) @ self.item_emb.weight.T  # (B, I)
 
     def user_representation(self, users: UserBatch) -> Tensor:
         """(B, d) the users' factors (for segmentation and engagement features)."""
+        if self.feats.active:
+            return self._user_rows(users.user)
         return self.user_emb(users.user)
 
     def embeddings(self) -> dict[str, Tensor]:
         """The factor tables exported for ANN search: score(u, i) = user[u] · item[i]."""
+        if self.feats.active:
+            return {"user": self.user_table(), "item": self.item_table()}
         return {"user": self.user_emb.weight, "item": self.item_emb.weight}
+
+    # -- new entities from their attributes (export, serving) -------------------------------
+    def item_vectors(self) -> Tensor:
+        """(I, d) every catalogue item's factors."""
+        return self.item_table()
+
+    def user_vectors(self, user: Tensor) -> Tensor:
+        """(B, d) the factors of known users (ids ``user``)."""
+        return self._user_rows(user)
+
+    def new_item_vectors(self, attrs: Any) -> Tensor:
+        """(m, d) factors of new items from their attributes alone (a
+        :class:`~recsys.data.features.FeatureTable` of this model's item fields, from
+        ``FeatureTable.encode_rows``): a catalogue item without training events is scored the
+        same way."""
+        if self.item_attrs is None:
+            raise ConfigError("this MF uses no item features: a new item cannot be scored")
+        return self.item_attrs.encode_table(attrs)
+
+    def new_user_vectors(self, attrs: Any) -> Tensor:
+        """(m, d) factors of new customers from their attributes alone (a
+        :class:`~recsys.data.features.FeatureTable` of this model's user fields)."""
+        if self.user_attrs is None:
+            raise ConfigError("this MF uses no user features: a new customer cannot be scored")
+        return self.user_attrs.encode_table(attrs)
+
+    def score_vectors(self, users: Tensor, items: Tensor) -> Tensor:
+        """(B, m) scores of users' factors ``users`` (B, d) against items' ``items`` (m, d)
+        (from :meth:`user_vectors` / :meth:`new_user_vectors` and :meth:`item_vectors` /
+        :meth:`new_item_vectors`): the dot product, as :meth:`score`."""
+        return users @ items.T

@@ -13,6 +13,7 @@ class Popularity(Recommender):
     """Closed form: ``fit`` counts training events per item; no trainable parameters."""
 
     train_batch = None
+    no_features = "it ranks by training counts alone"
     scores_history = True  # the same scores for every user and history
 
     def __init__(self, num_users: int, num_items: int):
