@@ -249,6 +249,44 @@ def test_movielens_tags_stop_at_the_latest_training_event(tmp_path):
     assert split.item_features.field("tag").vocab == ("early",)
 
 
+def test_atomic_item_and_user_files(tmp_path):
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    events = [(u, i, 10 * k) for u in range(1, 7) for k, i in enumerate((1, 2, 3, 4))]
+    (folder / "toy.inter").write_text(
+        "user_id:token\titem_id:token\ttimestamp:float\n"
+        + "".join(f"u{u}\ti{i}\t{t}\n" for u, i, t in events)
+    )
+    (folder / "toy.item").write_text(
+        "item_id:token\tgenre:token_seq\tprice:float\ni1\ta b\t1\ni2\tb\t3\ni3\tc\t\ni4\td\t100\n"
+    )
+    (folder / "toy.user").write_text("user_id:token\tcountry:token\nu1\tfr\nu2\tde\n")
+    cfg = {
+        "name": "toy",
+        "source": "recsys.data.sources.atomic.load_atomic",
+        "root": str(tmp_path),
+        "folder": "toy",
+        "files": ["toy.inter"],
+        "sep": "\t",
+        "fields": {"user": "user_id", "item": "item_id", "time": "timestamp"},
+        "download": False,
+        "split": "leave_one_out",
+        "cache": False,
+        "item_features": "auto",
+        "user_features": "auto",
+    }
+    split = build(cfg, seed=0)
+    items = split.train.item_ids.tolist()
+    assert items == ["i1", "i2", "i3", "i4"]
+    # i3 and i4: every user's second-last and last events, validation and test only
+    assert set(split.train.item.tolist()) == {0, 1}
+    table = split.item_features
+    assert table.field("genre").vocab == ("a", "b")  # c, d: held only outside training
+    assert decode(table, "genre") == [{"a", "b"}, {"b"}, set(), set()]
+    assert table.field("price").mean == pytest.approx(2.0)  # i1 and i2, the training items
+    assert decode(split.user_features, "country")[:3] == [{"fr"}, {"de"}, set()]
+
+
 @pytest.mark.parametrize(
     "name, content, message",
     [
