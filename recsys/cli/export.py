@@ -3,6 +3,8 @@
 recsys-export run=outputs/<date>/<time>            # or ckpt_path=<checkpoint>
 
 With ``$RECSYS_ARTIFACT_KEY`` set, the artifact is signed (HMAC-SHA256); the last line says so.
+A model trained with attributes (``model.features``) gets ``features.json`` (the fields it uses),
+so the artifact scores new products and new customers from their attributes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 from recsys.errors import ConfigError
 from recsys.serving.artifact import KEY_ENV, VERIFIED, read_artifact
 from recsys.serving.export import export
+from recsys.serving.features import FILE as FEATURES
+from recsys.serving.features import read as read_features
 
 
 def _main(cfg) -> None:
@@ -50,6 +54,10 @@ def _main(cfg) -> None:
     print(
         f"  embeddings: {', '.join(meta['embeddings']) or 'none'}  history input: {meta['supports_history']}"
     )
+    if FEATURES in meta["files"]:
+        feats = read_features(Path(path) / FEATURES)
+        used = [f"{e} {', '.join(feats.names(e))}" for e in ("item", "user") if feats.names(e)]
+        print(f"  attributes: {'; '.join(used)} (features.json: new items / customers)")
     if signature == VERIFIED:
         print(f"  signature: signed (HMAC-SHA256, key from {KEY_ENV})")
     else:

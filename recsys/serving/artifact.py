@@ -17,6 +17,11 @@ An artifact directory (written by ``recsys-export``, format version 2) holds:
   validation + test), used as the model input and for ``exclude_seen``; ``item_counts`` for the
   popularity fallback;
 - ``embeddings.npz`` — user/item embedding tables, for models that have them (ANN indexes);
+  for a model with item attributes, its item vectors (ids and attributes);
+- ``features.json`` — the attribute fields the model uses, vocabularies and normalisation
+  (version 3; :mod:`recsys.serving.features`): how a new product's or a new customer's
+  attributes are encoded. It names no user or item; the codes of known entities are buffers
+  of ``weights.pt``, by internal id;
 - ``scorer.ts`` (TorchScript) and ``scorer.onnx`` — traced scorers, where the model traces
   cleanly. Both take fixed shapes: ``users`` (R,) int64, ``items`` (N,) int64 and ``offsets``
   (R + 1,) int64 (row r's history is ``items[offsets[r]:offsets[r+1]]``; user id -1 for a
@@ -37,7 +42,8 @@ onnxruntime; it too is used only when asked for.
 Version 1 artifacts (no ``artifact.sig``) still load, as unsigned: their per-file checksums are
 checked, and the default backend never runs code from them, so the digest would add protection
 against accidents only. With a key set they are refused like any unsigned artifact, so removing
-the signature file and claiming version 1 is no way around a signature.
+the signature file and claiming version 1 is no way around a signature. Version 3 is version 2
+plus ``features.json``; artifacts of models without attributes are still written as version 2.
 
 This module imports neither Hydra nor Lightning: a service needs torch and numpy only (and
 onnxruntime for the ONNX backend).
@@ -50,17 +56,19 @@ import hmac
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from recsys.errors import CheckpointError, ConfigError, RecsysError
+from recsys.serving import features as feature_file
+from recsys.serving.features import NewEntities
 from recsys.trust import Trust
 
 FORMAT = "recsys-artifact"
-VERSION = 2
+VERSION = 3  # the newest this reads; exports of id-only models are written as version 2
 MANIFEST = "artifact.json"
 SIGNATURE = "artifact.sig"
 SIGNATURE_FORMAT = "recsys-artifact-digest"
@@ -73,6 +81,7 @@ FILES = (
     "ids.npz",
     "history.npz",
     "embeddings.npz",
+    "features.json",
     "metrics.json",
     "manifest.json",
     "scorer.ts",
@@ -492,7 +501,7 @@ def pseudonym(user: Any, key: str | bytes) -> str:
     return hmac.new(k, str(user).encode(), hashlib.sha256).hexdigest()
 
 
-class LoadedRecommender(_SimilarItems):
+class LoadedRecommender(_SimilarItems, NewEntities):
     """Top-k recommendations from an exported artifact, with external ids in and out.
 
     Backends: ``"auto"`` = ``"eager"`` (the model rebuilt by recsys' own code from the
@@ -505,6 +514,17 @@ class LoadedRecommender(_SimilarItems):
     ``signature``: :data:`VERIFIED`, :data:`UNSIGNED` or :data:`NOT_CHECKED` (see
     :func:`read_artifact`; with ``$RECSYS_ARTIFACT_KEY`` set, anything but a valid signature is
     refused).
+
+    Models trained with attributes (``features``: the fields of ``features.json``, else None)
+    also answer for what the catalogue and the customer file do not hold yet
+    (:class:`~recsys.serving.features.NewEntities`)::
+
+        art.score_new_items([{"genre": ["Drama"]}], users=[42])  # (1, 1) scores
+        art.recommend([42], k=10, new_items={"sku-9": {"genre": ["Drama"]}})
+        art.top_users({"genre": ["Drama"]}, k=100)                # who to tell about it
+        art.similar({"genre": ["Drama"]}, k=10)                   # catalogue items like it
+        art.recommend(history=["7", "31"], k=10)                  # a new customer (SASRec, ...)
+        art.recommend(attributes={"age": "25-34"}, k=10)          # ... (MF/NCF, user features)
     """
 
     def __init__(
@@ -529,6 +549,10 @@ class LoadedRecommender(_SimilarItems):
         self.indptr, self.indices = hist["indptr"], hist["indices"]
         self.item_counts = hist["item_counts"]
         self._check_tables()
+        files = self.meta["files"]
+        self.features = (
+            feature_file.read(self.dir / feature_file.FILE) if feature_file.FILE in files else None
+        )
         self._user_index = {
             _id_key(u, self.user_ids.dtype): i for i, u in enumerate(self.user_ids.tolist())
         }
@@ -542,6 +566,7 @@ class LoadedRecommender(_SimilarItems):
         self.supports_history = bool(self.meta.get("supports_history"))
         self.backend = "eager" if backend == "auto" else backend
         self._torch = torch
+        self.model = None  # the eager model (built here for eager, on first need otherwise)
         if self.backend == "torchscript":
             name = self._scorer_file("torchscript")
             try:  # runs code stored in the file: only on request (see the class docstring)
@@ -616,16 +641,17 @@ class LoadedRecommender(_SimilarItems):
         torch = self._torch
         where, path = self.dir / MANIFEST, self.dir / "weights.pt"
         cfg, sizes = self.meta["model"], (self.num_users, self.num_items)
+        schema = self.features.schema() if self.features is not None else None
         try:
             with torch.device("meta"):  # shapes only, no memory: the size the manifest asks for
-                shape = build_model(cfg, *sizes, self.trust)
+                shape = build_model(cfg, *sizes, self.trust, schema)
             need = sum(t.numel() * t.element_size() for t in shape.state_dict().values())
             if need > 2 * path.stat().st_size + (1 << 20):
                 raise CheckpointError(
                     f"{where}: model describes {need / 2**20:.1f} MiB of weights, weights.pt "
                     f"holds {path.stat().st_size / 2**20:.1f} MiB; re-export the artifact"
                 )
-            model = build_model(cfg, *sizes, self.trust)
+            model = build_model(cfg, *sizes, self.trust, schema)
         except ConfigError as e:  # a hyper-parameter the model refuses: name the file
             raise CheckpointError(f"{where}: {e}") from None
         except RuntimeError as e:  # e.g. an allocation the values ask for fails
@@ -706,8 +732,10 @@ class LoadedRecommender(_SimilarItems):
         return out
 
     def _top(
-        self, scores: np.ndarray, seen: np.ndarray | None, k: int
+        self, scores: np.ndarray, seen: np.ndarray | None, k: int, ids: np.ndarray | None = None
     ) -> tuple[list[Any], list[float]]:
+        """The ``k`` best of ``scores`` (``seen`` excluded) as ids (``ids``: of each column;
+        None: the catalogue's items) and scores."""
         scores = scores.astype(np.float64)
         if seen is not None and len(seen):
             scores[seen] = -np.inf
@@ -718,7 +746,7 @@ class LoadedRecommender(_SimilarItems):
         kth = np.partition(scores, len(scores) - k)[len(scores) - k]
         cand = np.flatnonzero(scores >= kth)
         cand = cand[np.lexsort((cand, -scores[cand]))][:k]
-        return self.item_ids[cand].tolist(), scores[cand].tolist()
+        return (self.item_ids if ids is None else ids)[cand].tolist(), scores[cand].tolist()
 
     def _popular(self, exclude: np.ndarray | None, k: int) -> dict[str, Any]:
         items, scores = self._top(self.item_counts.astype(np.float64), exclude, k)
@@ -726,32 +754,102 @@ class LoadedRecommender(_SimilarItems):
 
     def recommend(
         self,
-        users: Sequence[Any],
+        users: Sequence[Any] | None = None,
         k: int = 10,
         exclude_seen: bool = True,
         fallback: str | None = None,
+        *,
+        history: Sequence[Any] | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        new_items: Mapping[Any, Mapping[str, Any]] | None = None,
     ) -> list[dict[str, Any]]:
         """Top-``k`` items for each external user id: ``[{"user", "items", "scores"}, ...]``.
 
         ``exclude_seen`` drops items the user interacted with in the training data (train +
         validation + test). Unknown users raise :class:`UnknownIdError` unless
         ``fallback="popular"`` (the most popular items).
+
+        A new customer, instead of ``users``: ``history`` (external item ids, oldest first: for
+        models that score a history, SASRec, Mult-VAE, ...) and/or ``attributes`` (user
+        attribute → value(s): for models trained with user features); the answer is one row
+        with ``"user": None``. A model that scores from attributes uses the history only to
+        leave its items out. A model that can do neither raises :class:`RecsysError` naming
+        it, unless ``fallback="popular"``.
+
+        ``new_items``: products not in the catalogue, ``{id: attribute dict}``, ranked with the
+        catalogue's items (models trained with item features; their ids then appear in
+        ``items``).
+
+        >>> art.recommend([42], k=5, new_items={"sku-9": {"genre": ["Drama"]}})  # doctest: +SKIP
+        >>> art.recommend(history=["7", "31"], k=5)                               # doctest: +SKIP
         """
-        users = list(users)
         _check_k(k)
         _check_fallback(fallback)
+        if users is None:
+            if history is None and attributes is None:
+                raise RecsysError(
+                    "give users=[...], or a new customer's history=[...] and/or attributes={...}"
+                )
+            row = self._recommend_new(history, attributes, k, exclude_seen, fallback, new_items)
+            return [{"user": None, **row}]
+        if history is not None or attributes is not None:
+            raise RecsysError("give users, or a new customer's history/attributes, not both")
+        users = list(users)
         idx = self.user_index(users, allow_unknown=fallback == "popular")
         known = [i for i in idx if i is not None]
-        scores = self.score(known, [self.history(i) for i in known]) if known else None
+        hists = [self.history(i) for i in known]
+        scores = self.score(known, hists) if known else None
+        ids = None
+        if new_items and known:
+            scores, ids = self._with_new_items(scores, self._user_vectors(known, hists), new_items)
         out, j = [], 0
         for u, i in zip(users, idx, strict=False):
             if i is None:
                 out.append({"user": u, **self._popular(None, k)})
                 continue
-            items, s = self._top(scores[j], self.history(i) if exclude_seen else None, k)
+            items, s = self._top(scores[j], self.history(i) if exclude_seen else None, k, ids)
             j += 1
             out.append({"user": u, "items": items, "scores": s})
         return out
+
+    def _recommend_new(
+        self,
+        history: Sequence[Any] | None,
+        attributes: Mapping[str, Any] | None,
+        k: int,
+        exclude_seen: bool,
+        fallback: str | None,
+        new_items: Mapping[Any, Mapping[str, Any]] | None,
+    ) -> dict[str, Any]:
+        """``{"items", "scores"}`` for a customer the artifact does not know."""
+        items = [] if history is None else list(history)
+        idx = self.item_index(items, allow_unknown=fallback == "popular")
+        hist = np.array([i for i in idx if i is not None], dtype=np.int64)
+        seen = hist if exclude_seen else None
+        if attributes is not None:
+            why = self.user_attributes_refused()
+            if why is not None:
+                if fallback == "popular":
+                    return self._popular(hist, k)
+                raise RecsysError(why)
+            q, table = self._new_user(attributes)
+            scores = (q @ table.T).numpy()
+        else:
+            if not self.supports_history or len(hist) == 0:
+                if fallback == "popular":
+                    return self._popular(hist, k)
+                if len(hist) == 0:
+                    raise RecsysError("the history is empty; give at least one known item")
+                raise RecsysError(
+                    f"{self.meta['model']['_target_']} scores known users only (its scores depend "
+                    "on the user id, not only on the history); use recommend(users=...)"
+                    + (" or attributes=..." if self.features and self.features.user else "")
+                )
+            scores = self.score([-1], [hist])
+            q = self._user_vectors([-1], [hist]) if new_items else None
+        scores, ids = self._with_new_items(scores, q, new_items)
+        top, s = self._top(scores[0], seen, k, ids)
+        return {"items": top, "scores": s}
 
     def recommend_history(
         self,
@@ -760,27 +858,16 @@ class LoadedRecommender(_SimilarItems):
         exclude_seen: bool = True,
         fallback: str | None = None,
     ) -> dict[str, Any]:
-        """Top-``k`` items for an anonymous history (external item ids, oldest first).
+        """Top-``k`` items for an anonymous history (external item ids, oldest first):
+        ``{"items_in", "items", "scores"}`` (as ``recommend(history=items)``).
 
         Models whose scores depend on the user id (MF, NCF) cannot score a history alone: they
         raise :class:`RecsysError` unless ``fallback="popular"``.
         """
         _check_k(k)
         _check_fallback(fallback)
-        idx = self.item_index(items, allow_unknown=fallback == "popular")
-        hist = np.array([i for i in idx if i is not None], dtype=np.int64)
-        if not self.supports_history or len(hist) == 0:
-            if fallback == "popular":
-                return {"items_in": list(items), **self._popular(hist, k)}
-            if len(hist) == 0:
-                raise RecsysError("the history is empty; give at least one known item")
-            raise RecsysError(
-                f"{self.meta['model']['_target_']} scores known users only (its scores depend on the "
-                "user id, not only on the history); use recommend(users=...)"
-            )
-        scores = self.score([-1], [hist])[0]
-        top, s = self._top(scores, hist if exclude_seen else None, k)
-        return {"items_in": list(items), "items": top, "scores": s}
+        row = self._recommend_new(list(items), None, k, exclude_seen, fallback, None)
+        return {"items_in": list(items), **row}
 
 
 def _check_k(k: int) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,57 @@ def parse_ids(text: str, option: str, what: str = "item id") -> list[str]:
     return ids
 
 
+def parse_attributes(text: str, option: str) -> dict[str, Any]:
+    """A JSON object of attribute → value(s) given on the command line (``option`` names the
+    flag in the one-line error of anything else)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise RecsysError(f"{option}: not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise RecsysError(
+            f"{option}: give a JSON object of attribute → value(s), e.g. "
+            f'\'{{"genre": ["Drama"]}}\', got {type(value).__name__}'
+        )
+    return value
+
+
+def new_item_names(count: int) -> list[str]:
+    """The ids new products given on the command line get in the output: new1, new2, ..."""
+    return [f"new{i + 1}" for i in range(count)]
+
+
+def similar_new_with_titles(
+    rec: LoadedRecommender,
+    new_items: Mapping[str, Mapping[str, Any]],
+    k: int,
+    data_root: str | None = None,
+) -> list[dict[str, Any]]:
+    """``rec.similar`` of each new product (name → attributes), shaped as
+    :func:`similar_with_titles` rows (the query has no title)."""
+    titles = rec.item_titles(data_root)
+    out = []
+    for name, attrs in new_items.items():
+        r = rec.similar(attrs, k=k)
+        titles_of = [titles.get(str(i), "") for i in r["items"]]
+        out.append({"item": name, "title": "", "titles": titles_of, "method": "attributes", **r})
+    return out
+
+
+def write_top_users(rows: list[dict[str, Any]], path: Path, option: str = "--output") -> int:
+    """One CSV row per user of a new product's audience: ``item,rank,user,score``."""
+
+    def write(w) -> int:
+        n = 0
+        for r in rows:
+            for rank, (user, score) in enumerate(zip(r["users"], r["scores"], strict=False), 1):
+                w.writerow([r["item"], rank, user, f"{score:.7g}"])
+                n += 1
+        return n
+
+    return _write_csv(path, ["item", "rank", "user", "score"], write, option)
+
+
 def recommend_users(
     rec: LoadedRecommender,
     users: Sequence[str],
@@ -84,15 +136,21 @@ def recommend_users(
     exclude_seen: bool = True,
     fallback: str | None = None,
     batch_size: int = 1024,
+    new_items: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """``rec.recommend`` over ``users`` in batches of ``batch_size``: one dict per user."""
+    """``rec.recommend`` over ``users`` in batches of ``batch_size``: one dict per user
+    (``new_items``: new products ranked with the catalogue, as ``rec.recommend``)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise RecsysError(f"--batch-size must be a positive integer, got {batch_size!r}")
     out: list[dict[str, Any]] = []
     step = batch_size
     for s in range(0, len(users), step):
         out += rec.recommend(
-            list(users[s : s + step]), k=k, exclude_seen=exclude_seen, fallback=fallback
+            list(users[s : s + step]),
+            k=k,
+            exclude_seen=exclude_seen,
+            fallback=fallback,
+            new_items=new_items,
         )
     return out
 

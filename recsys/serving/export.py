@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from recsys.data.batches import UserBatch
 from recsys.errors import ConfigError
 from recsys.models.base import Recommender
+from recsys.serving import features as feature_file
 from recsys.serving.artifact import (
     FILES,
     FORMAT,
@@ -50,6 +51,7 @@ from recsys.serving.artifact import (
     sha256,
     signature_record,
 )
+from recsys.serving.features import item_vectors
 
 log = logging.getLogger("recsys")
 
@@ -66,11 +68,15 @@ class Scorer(nn.Module):
 
 
 def embeddings(model: Recommender) -> dict[str, np.ndarray]:
-    """User/item embedding tables: ``model.embeddings()`` if the model exposes them, else the
-    unique ``nn.Embedding`` whose row count is the number of users (items, plus up to 2 padding
-    rows)."""
+    """User/item embedding tables: ``model.embeddings()`` if the model exposes them; for a model
+    with item attributes, its item vectors (ids and attributes, what it scores with: an id table
+    alone would leave out what a cold item is made of); else the unique ``nn.Embedding`` whose
+    row count is the number of users (items, plus up to 2 padding rows)."""
     if model.exposes_embeddings:
         return {k: v.detach().float().cpu().numpy() for k, v in model.embeddings().items()}
+    if model.feats.item and item_vectors(model) is not None:
+        with torch.no_grad():
+            return {"item": item_vectors(model).detach().float().cpu().numpy()}
     found: dict[str, list[Tensor]] = {"user": [], "item": []}
     for m in model.modules():
         if isinstance(m, nn.Embedding):
@@ -341,6 +347,9 @@ def _write(
     emb = embeddings(model)
     if emb:
         np.savez(out / "embeddings.npz", **emb)
+    features = feature_file.record(model)  # the fields the model uses; no ids
+    if features is not None:
+        feature_file.write(out / feature_file.FILE, features)
     for name in ("metrics.json", "manifest.json"):
         if run_dir is not None and (Path(run_dir) / name).is_file():
             shutil.copyfile(Path(run_dir) / name, out / name)
@@ -379,7 +388,8 @@ def _write(
     files = sorted(p.name for p in out.iterdir())  # a fresh folder: only what was written here
     meta = {
         "format": FORMAT,
-        "version": VERSION,
+        # version 3 adds features.json; id-only artifacts stay readable by earlier recsys
+        "version": VERSION if features is not None else 2,
         "model": config["model"],
         "num_users": int(model.num_users),
         "num_items": int(model.num_items),
@@ -389,7 +399,13 @@ def _write(
         # model.embeddings(): tables the model declares (MF: score = user · item); otherwise the
         # raw nn.Embedding tables, which need not form a dot-product space (NCF's MLP branch)
         "embeddings_source": (
-            "model.embeddings()" if model.exposes_embeddings else "nn.Embedding" if emb else None
+            "model.embeddings()"
+            if model.exposes_embeddings
+            else "model.item_vectors()"
+            if model.feats.item and emb
+            else "nn.Embedding"
+            if emb
+            else None
         ),
         "data": {"name": config["data"].get("name"), "fingerprint": fingerprint},
         "source_checkpoint": source,
