@@ -17,6 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from recsys.data.datamodule import RecDataModule
+from recsys.data.features import SplitFeatures
 from recsys.data.synthetic import load as synthetic_load
 from recsys.models.base import build_model
 from tests.conftest import TINY_DATA, compose_config
@@ -34,21 +35,25 @@ def rated_synthetic(cfg: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def setup_model(name: str, seed: int = 0):
+    model_cfg = compose_config("train", [f"model={name}"]).model
+    # ratings for the rating models; a model that names features keeps the synthetic source,
+    # whose item attributes (data.item_features=auto) come with the generated log
+    source = [] if model_cfg.get("features") else ["data.source=" + __name__ + ".rated_synthetic"]
     cfg = compose_config(
         "train",
-        [
-            f"model={name}",
-            "data=synthetic",
-            *TINY_DATA,
-            "data.source=tests.unit.test_model_contract.rated_synthetic",
-            "data.batch_size=64",
-        ],
+        [f"model={name}", "data=synthetic", *TINY_DATA, *source, "data.batch_size=64"],
     )
     data = OmegaConf.to_container(cfg.data, resolve=True)
     dm = RecDataModule(data, seed=seed, eval_batch_size=32)
     dm.setup()
     torch.manual_seed(seed)
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), dm.n_users, dm.n_items)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    # what runs.module_for hands a model whose config names features (the cold-start baselines)
+    feats = SplitFeatures.of(dm.data) if model_cfg.get("features") else None
+    schema = None if feats is None else feats.schema()
+    model = build_model(model_cfg, dm.n_users, dm.n_items, feature_schema=schema)
+    if feats is not None:
+        model.set_features(feats)
     if model.needs_train_matrix:  # what RecModule hands it when fitting starts
         model.set_train_matrix(dm.train_matrix())
     dm.configure_for(model)
