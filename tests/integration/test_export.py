@@ -25,6 +25,7 @@ from recsys.cli.recommend import main as serve_main
 from recsys.cli.train import main as train_main
 from recsys.data.batches import UserBatch
 from recsys.data.datamodule import RecDataModule
+from recsys.data.features import SplitFeatures
 from recsys.errors import CheckpointError, RecsysError
 from recsys.models.base import build_model
 from recsys.serving.artifact import load, read_manifest
@@ -32,7 +33,14 @@ from recsys.serving.export import _history_csr, export_model
 from tests.conftest import FAST_TRAINER, compose_config
 
 MODELS = {p.stem: [f"model={p.stem}"] for p in sorted(Path(CONFIG_DIR, "model").glob("*.yaml"))}
-DATA = ["data.n_users=120", "data.n_items=60", "data.mean_length=12", "data.n_groups=3"]
+# the synthetic item attributes, for the models whose shipped config reads them
+DATA = [
+    "data.n_users=120",
+    "data.n_items=60",
+    "data.mean_length=12",
+    "data.n_groups=3",
+    "++data.item_features=auto",
+]
 ROWS = 9  # small fixed scorer batch: the 20 reference users span several calls
 # ONNX export is the slow part; the suite checks it on one model of each family that has
 # one (the others get TorchScript + eager, which share the traced code path).
@@ -61,13 +69,17 @@ def artifacts(tmp_path_factory) -> dict[str, Path]:
     dm.setup()
     indptr, indices, _ = _history_csr(dm.data)
     users = [int(u) for u in np.flatnonzero(np.diff(indptr) > 0)[:20]]
+    features = SplitFeatures.of(dm.data)
+    schema = features.schema()
     out = {}
     for name, overrides in MODELS.items():
         config = OmegaConf.to_container(
             compose_config("train", DATA + overrides, root), resolve=True
         )
         torch.manual_seed(0)
-        model = build_model(config["model"], dm.n_users, dm.n_items)
+        model = build_model(config["model"], dm.n_users, dm.n_items, feature_schema=schema)
+        if model.feats.active:
+            model.set_features(features)
         if model.train_batch is None:
             model.fit(dm.train_matrix())
         model.eval()

@@ -405,3 +405,44 @@ def test_an_opted_out_user_leaves_nothing_in_the_artifact(tmp_path, monkeypatch)
     # a new customer described by attributes gets recommendations
     out = rec.recommend(attributes={"occupation": "nurse", "age": 31}, k=5)[0]
     assert len(out["items"]) == 5
+
+
+@pytest.mark.slow
+def test_recsys_export_of_a_trained_run_with_attributes(tmp_path):
+    """recsys-train → recsys-export (a subprocess) → the artifact scores as the checkpoint."""
+    from recsys.training.runs import open_run
+    from recsys.training.train import train
+    from tests.conftest import FAST_TRAINER
+
+    run = tmp_path / "run"
+    overrides = DATA + SASREC + FAST_TRAINER + ["trainer.max_epochs=1", "eval.baseline=null"]
+    train(compose_config("train", overrides, run))
+    art = tmp_path / "art"
+    proc = subprocess.run(
+        [sys.executable, "-m", "recsys.cli.export", f"run={run}", f"out={art}", "onnx=false"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "attributes: item brand, genre" in proc.stdout
+    opened = open_run(run)
+    model = opened.module.model.eval()
+    rec = load(art)
+    assert rec.features is not None and rec.features.schema()["item"] == [
+        dict(f) for f in model.feats.item
+    ]
+    users = list(range(8))
+    hists = [rec.history(u) for u in users]
+    with torch.no_grad():
+        batch = UserBatch.from_lists(users, [h.tolist() for h in hists])
+        want = model.score(batch).numpy()
+        table = opened.datamodule.data.item_features.encode_rows([{"genre": "g0"}])
+        want_new = (model.user_representation(batch) @ model.new_item_vectors(table).T).numpy()
+    np.testing.assert_allclose(rec.score(users, hists), want, rtol=1e-4, atol=1e-5)
+    got_new = rec.score_new_items([{"genre": "g0"}], users=rec.user_ids[users].tolist())
+    np.testing.assert_allclose(got_new, want_new, rtol=1e-4, atol=1e-5)
+    p = cli(str(art), "--item-attributes", '{"genre": "g0"}', "-k", "3")
+    assert p.returncode == 0 and p.stdout.splitlines()[0] == "users for new1", p.stderr
