@@ -120,6 +120,8 @@ def _check_values(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(
                 f"data.fold_in_ratio must be in (0, 1), got {cfg.get('fold_in_ratio')}"
             )
+        if cfg.get("fold_in_events") is not None:
+            count("fold_in_events", cfg["fold_in_events"])
     for key in ("min_user_interactions", "min_item_interactions", "min_history"):
         count(key, cfg.get(key) or 0)
     if cfg.get("max_history") is not None:
@@ -200,6 +202,7 @@ def build(cfg: Mapping[str, Any], seed: int) -> Split:
         n_heldout_users=int(cfg.get("n_heldout_users") or 0),
         fold_in_ratio=float(cfg.get("fold_in_ratio", 0.8)),
         cold_item_ratio=float(cfg.get("cold_item_ratio", 0.2)),
+        fold_in_events=cfg.get("fold_in_events"),
     )
     del inter  # the split's parts are copies
     audit = audit_split(split, repeats=not bool(cfg.get("dedup", True)))

@@ -151,7 +151,11 @@ def temporal_split(inter: Interactions, val_ratio: float, test_ratio: float) -> 
 
 
 def holdout_users(
-    inter: Interactions, n_heldout_users: int, fold_in_ratio: float, seed: int
+    inter: Interactions,
+    n_heldout_users: int,
+    fold_in_ratio: float,
+    seed: int,
+    fold_in_events: int | None = None,
 ) -> Split:
     """Strong generalization (Liang et al., WWW 2018): evaluated users never train.
 
@@ -161,6 +165,11 @@ def holdout_users(
     of them, kept within ``[1, n - 1]`` when ``n >= 2``, become their fold-in input
     (``val_input`` / ``test_input``: the history fed to the model); the rest are the targets
     (``val`` / ``test``). A held-out user with one event has only input and is not evaluated.
+
+    ``fold_in_events`` (cold users): instead, each held-out user's first ``fold_in_events``
+    events in time order are the input and every later event a target; 0 gives no history at
+    all, so a model answers from the user's attributes alone. A user with no event beyond the
+    input is not evaluated.
 
     As in the paper's preprocessing, items no training user interacted with are removed from the
     catalogue (their events dropped, item ids re-encoded): no model can learn them. Apart from
@@ -172,6 +181,14 @@ def holdout_users(
         )
     if not 0 < fold_in_ratio < 1:
         raise ConfigError(f"data.fold_in_ratio must be in (0, 1), got {fold_in_ratio}")
+    if fold_in_events is not None and (
+        isinstance(fold_in_events, bool)
+        or not isinstance(fold_in_events, int)
+        or fold_in_events < 0
+    ):
+        raise ConfigError(
+            f"data.fold_in_events must be null or an integer >= 0, got {fold_in_events!r}"
+        )
     active = np.flatnonzero(np.bincount(inter.user, minlength=inter.n_users))
     if 2 * n_heldout_users >= len(active):
         raise ConfigError(
@@ -199,9 +216,13 @@ def holdout_users(
     )
 
     n = np.bincount(inter.user, minlength=inter.n_users)
-    n_in = np.floor(fold_in_ratio * n).astype(np.int64)
-    n_in = np.where(n >= 2, np.clip(n_in, 1, n - 1), n)
-    perm = np.lexsort((rng.random(len(inter)), inter.user))  # random order inside each user
+    if fold_in_events is None:
+        n_in = np.floor(fold_in_ratio * n).astype(np.int64)
+        n_in = np.where(n >= 2, np.clip(n_in, 1, n - 1), n)
+        perm = np.lexsort((rng.random(len(inter)), inter.user))  # random order inside each user
+    else:  # the first fold_in_events events in time order; the rest are targets
+        n_in = np.minimum(n, fold_in_events)
+        perm = inter.order()
     from_end = _rank_in_user_from_end(inter, perm)
     is_target = from_end < (n - n_in)[inter.user]
     r = role[inter.user]
@@ -235,12 +256,13 @@ def make_split(
     n_heldout_users: int = 0,
     fold_in_ratio: float = 0.8,
     cold_item_ratio: float = 0.2,
+    fold_in_events: int | None = None,
 ) -> Split:
     """Dispatch on ``data.split``."""
     if method == "cold_items":
         return cold_items(inter, cold_item_ratio, seed)
     if method == "holdout_users":
-        return holdout_users(inter, n_heldout_users, fold_in_ratio, seed)
+        return holdout_users(inter, n_heldout_users, fold_in_ratio, seed, fold_in_events)
     if method == "leave_one_out":
         return leave_one_out(inter)
     if method == "random":

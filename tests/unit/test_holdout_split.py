@@ -162,3 +162,36 @@ def test_recall_capped_is_hits_over_min_k_and_relevant():
                 assert got[f"recall_capped@{k}"][u] == pytest.approx(
                     got[f"precision@{k}"][u].item()
                 )
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_fold_in_events_are_the_first_events_in_time_order(k):
+    """Cold users: the input is each held-out user's first k events by time, every later event
+    a target; k = 0 feeds no history at all (attributes alone)."""
+    inter = _log()
+    s = holdout_users(inter, n_heldout_users=10, fold_in_ratio=0.8, seed=3, fold_in_events=k)
+    base = holdout_users(inter, n_heldout_users=10, fold_in_ratio=0.8, seed=3)
+    assert _pairs(s.train) == _pairs(base.train)  # the same users hold out
+    for targets, given in ((s.val, s.val_input), (s.test, s.test_input)):
+        users = set(targets.user_ids[np.unique(np.concatenate([targets.user, given.user]))])
+        for u in users:
+            ev = [
+                (t, i)
+                for uu, i, t in zip(inter.user_ids[inter.user], inter.item, inter.time, strict=True)
+                if uu == u
+            ]
+            ev = [inter.item_ids[i] for _, i in sorted(ev)]
+            first = {(u, i) for i in ev[:k]}
+            rest = {(u, i) for i in ev[k:]}
+            assert {p for p in _pairs(given) if p[0] == u} == first
+            kept = {
+                p for p in rest if p[1] in set(s.train.item_ids.tolist())
+            }  # catalogue: train items
+            assert {p for p in _pairs(targets) if p[0] == u} == kept
+    if k == 0:
+        assert len(s.val_input) == 0 and len(s.test_input) == 0
+
+
+def test_fold_in_events_refuses_a_negative_count():
+    with pytest.raises(ConfigError, match="data.fold_in_events must be null or an integer >= 0"):
+        holdout_users(_log(), n_heldout_users=10, fold_in_ratio=0.8, seed=3, fold_in_events=-1)

@@ -228,6 +228,7 @@ def test_data_fingerprint_and_cache_key_unchanged_by_the_move(tmp_path):
     cfg = data_cfg("ml-100k")
     assert cfg["source"] == "recsys.data.sources.movielens.load_ml100k"
     later = ("cold_item_ratio", "item_features", "user_features", "feature_min_count")
+    later += ("fold_in_events",)
     assert fingerprint(cfg) != fingerprint({k: v for k, v in cfg.items() if k not in later})
     cfg = {k: v for k, v in cfg.items() if k not in later}
     assert fingerprint(cfg) == "054843265c3bebe5"
