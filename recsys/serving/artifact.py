@@ -833,7 +833,7 @@ class LoadedRecommender(_SimilarItems, NewEntities):
                     return self._popular(hist, k)
                 raise RecsysError(why)
             q, table = self._new_user(attributes)
-            scores = (q @ table.T).numpy()
+            scores = self._pair(q, table).numpy()
         else:
             if not self.supports_history or len(hist) == 0:
                 if fallback == "popular":

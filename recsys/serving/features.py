@@ -220,11 +220,13 @@ def item_vectors(model: Any):
 class NewEntities:
     """New products and new customers, for :class:`~recsys.serving.artifact.LoadedRecommender`.
 
-    A new product's score for a user is ``user vector · item vector``, with the item vector from
-    its attributes alone (as a catalogue item without training events is represented), so it is
-    comparable with the catalogue's scores: this holds for models whose ``score`` is that dot
-    product, which is checked on real users before the first answer (a model whose scores are
-    not, e.g. one with an MLP on top, is refused with one line saying so).
+    A new product is scored as the model scores a user vector against an item vector (its
+    ``score_vectors`` where it has one, NCF's MLP; else the dot product, MF and the sequence
+    models), with the item vector from its attributes alone, as a catalogue item without
+    training events is represented: so its score is comparable with the catalogue's. That the
+    model's ``score`` is this function of its ``user_representation`` and item vectors is checked
+    on real users before the first answer; a model where it is not is refused with one line. A
+    new customer given by attributes is scored the same way, from ``new_user_vectors``.
     """
 
     features: ArtifactFeatures | None
@@ -248,8 +250,8 @@ class NewEntities:
                 vectors = item_vectors(model)
             if vectors is None or not model.represents_users:
                 raise RecsysError(
-                    f"{self._name()} has no user and item vectors whose product is its score: "
-                    "it cannot score new items or attributes"
+                    f"{self._name()} has no user and item vectors that make its score: it cannot "
+                    "score new items or customers from attributes"
                 )
             self._items_d = vectors.detach().float()
             self._check_dot()
@@ -265,13 +267,21 @@ class NewEntities:
         batch = UserBatch.from_lists(users, [self.history(u).tolist() for u in users])
         with torch.no_grad():
             want = self.model.score(batch).float()
-            got = self.model.user_representation(batch).float() @ self._items_d.T
+            got = self._pair(self.model.user_representation(batch).float(), self._items_d)
         if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
             self._items_d = None
             raise RecsysError(
-                f"{self._name()}: its scores are not the product of user and item vectors, so a "
-                "new item's or a new customer's score would not be comparable: not supported"
+                f"{self._name()}: its scores are not a function of its user and item vectors, so "
+                "a new item's or a new customer's score would not be comparable: not supported"
             )
+
+    def _pair(self, users, items):
+        """(n, m) scores of user vectors (n, d) against item vectors (m, d), as the model
+        scores them."""
+        method = getattr(self.model, "score_vectors", None)
+        with self._torch.no_grad():
+            out = method(users, items) if callable(method) else users @ items.T
+        return out.detach().float()
 
     def _new_items(self, items: Sequence[Any], what: str):
         """(m, d) vectors of new products given by attribute dicts."""
@@ -341,7 +351,7 @@ class NewEntities:
         vectors = self._new_items(items, "items")
         idx = self.user_index(list(users))
         q = self._user_vectors(idx, [self.history(i) for i in idx])
-        return (q @ vectors.T).numpy()
+        return self._pair(q, vectors).numpy()
 
     def top_users(self, attributes: Mapping[str, Any], k: int = 10) -> dict[str, Any]:
         """The ``k`` known users who score a new product (given by ``attributes``) highest:
@@ -353,7 +363,7 @@ class NewEntities:
         if getattr(self, "_users_d", None) is None:
             users = list(range(self.num_users))
             self._users_d = self._user_vectors(users, [self.history(u) for u in users])
-        scores = (self._users_d @ vector).double().numpy()
+        scores = self._pair(self._users_d, vector[None])[:, 0].double().numpy()
         top, s = self._top(scores, None, k, ids=self.user_ids)
         return {"users": top, "scores": s}
 
@@ -385,7 +395,7 @@ class NewEntities:
         ]
         if clash:
             raise RecsysError(f"new_items: {clash[0]!r} is the id of a catalogue item")
-        extra = (q @ self._new_items(list(new_items.values()), "new_items").T).numpy()
+        extra = self._pair(q, self._new_items(list(new_items.values()), "new_items")).numpy()
         ids = np.array([*self.item_ids.tolist(), *names], dtype=object)
         return np.concatenate([scores, extra], 1), ids
 

@@ -260,6 +260,16 @@ def test_a_crafted_features_json_is_refused_by_key(exported, tmp_path, edit, mes
     assert "\n" not in str(e.value)
 
 
+def test_recsys_recommend_refuses_a_crafted_features_json(exported, tmp_path):
+    art = tamper(exported["art"], tmp_path / "art", lambda d: d["item"][0].update(kind="exec"))
+    rehash(art, FILE)
+    p = cli(str(art), "--user", str(load(exported["art"]).user_ids[0]))
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip() == (
+        f"error: {art / FILE}: item[0].kind must be one of categorical, numeric, got 'exec'"
+    )
+
+
 def test_a_resigned_features_json_without_the_key_is_refused(exported, tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_ENV, "the user's key")
     signed = export_model(
@@ -333,9 +343,9 @@ def test_cli_new_products_and_customers(exported, tmp_path):
 # -- privacy: user attributes, pseudonyms and opt-out ----------------------------------------
 
 
-def _log(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """A tiny log of customers cust-000.., their attributes, and an opt-out list naming
-    cust-005, the only customer whose occupation is "astronaut"."""
+def _log(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """A tiny log of customers cust-000.. and products sku-00.., their attributes, and an
+    opt-out list naming cust-005, the only customer whose occupation is "astronaut"."""
     rng = np.random.default_rng(0)
     rows = ["user_id,item_id,time"]
     for u in range(40):
@@ -347,15 +357,22 @@ def _log(tmp_path: Path) -> tuple[Path, Path, Path]:
     for u in range(40):
         job = "astronaut" if u == 5 else ("clerk", "nurse", "chef")[u % 3]
         users.append(f"cust-{u:03d},{job},{20 + u % 30}")
-    attrs = tmp_path / "users.csv"
-    attrs.write_text("\n".join(users) + "\n")
+    user_attrs = tmp_path / "users.csv"
+    user_attrs.write_text("\n".join(users) + "\n")
+    items = ["item_id,category"] + [f"sku-{i:02d},c{i % 4}" for i in range(30)]
+    item_attrs = tmp_path / "items.csv"
+    item_attrs.write_text("\n".join(items) + "\n")
     optout = tmp_path / "optout.txt"
     optout.write_text("cust-005\n")
-    return log, attrs, optout
+    return log, user_attrs, item_attrs, optout
 
 
-def test_an_opted_out_user_leaves_nothing_in_the_artifact(tmp_path, monkeypatch):
-    log, attrs, optout = _log(tmp_path)
+@pytest.mark.parametrize("name", ["mf", "neumf"])
+def test_user_attributes_with_opt_out_and_pseudonyms(tmp_path, monkeypatch, name):
+    """MF and NeuMF with user and item attributes: a new customer and a new product are scored
+    as the model in memory scores them; no file of the pseudonymised artifact names a customer,
+    and the opted-out one has no id, no attribute row and no vocabulary entry there."""
+    log, user_attrs, item_attrs, optout = _log(tmp_path)
     overrides = [
         "data=csv",
         f"data.path={log}",
@@ -363,21 +380,25 @@ def test_an_opted_out_user_leaves_nothing_in_the_artifact(tmp_path, monkeypatch)
         "data.split=leave_one_out",
         "data.cache=false",
         f"data.exclude_users={optout}",
-        f"++data.user_features={attrs}",
+        f"++data.user_features={user_attrs}",
         "++data.user_feature_columns={id: user_id, categorical: [occupation], numeric: [age]}",
-        "model=mf",
-        "model.features={user: all}",
+        f"++data.item_features={item_attrs}",
+        "++data.item_feature_columns={id: item_id, categorical: [category]}",
+        f"model={name}",
+        "model.features={user: all, item: all}",
     ]
     config = OmegaConf.to_container(compose_config("train", overrides, tmp_path), resolve=True)
     dm = RecDataModule(config["data"], seed=0)
     dm.setup()
     features = SplitFeatures.of(dm.data)
     assert "cust-005" not in dm.data.train.user_ids.tolist()
+    torch.manual_seed(0)
     model = build_model(config["model"], dm.n_users, dm.n_items, feature_schema=features.schema())
     model.set_features(features)
+    model.eval()
     monkeypatch.setenv("RECSYS_PSEUDONYM_KEY", "pseudonym key")
     art = export_model(
-        model.eval(),
+        model,
         config,
         dm.data,
         dm.fingerprint,
@@ -392,19 +413,35 @@ def test_an_opted_out_user_leaves_nothing_in_the_artifact(tmp_path, monkeypatch)
     for f in art.iterdir():
         data = f.read_bytes()
         assert b"cust-" not in data and b"astronaut" not in data, f.name
-    assert "astronaut" not in rec.features.user[0].vocab
     from recsys.serving.artifact import pseudonym
 
     assert pseudonym("cust-005", "pseudonym key") not in rec.user_ids.tolist()
     assert pseudonym("cust-006", "pseudonym key") in rec.user_ids.tolist()
     # every user attribute buffer has one row per known user: by internal id, nothing more
     state = torch.load(art / "weights.pt", weights_only=True)
-    user_buffers = {k: v for k, v in state.items() if k.startswith("user_attrs.")}
-    rows = {k: v.shape[0] for k, v in user_buffers.items() if v.ndim >= 1 and "codes" in k}
-    assert rows and set(rows.values()) == {rec.num_users}
-    # a new customer described by attributes gets recommendations
-    out = rec.recommend(attributes={"occupation": "nurse", "age": 31}, k=5)[0]
-    assert len(out["items"]) == 5
+    buffers = {k for k, _ in model.named_buffers() if k.startswith("user_attrs.")}
+    rows = {k: state[k].shape[0] for k in buffers if state[k].ndim}
+    assert rows and set(rows.values()) == {rec.num_users}, rows
+    # a new customer and a new product, scored as the model in memory scores them
+    customer = {"occupation": "nurse", "age": 31}
+    product = {"category": "c2"}
+    with torch.no_grad():
+        u = model.new_user_vectors(features.user.encode_rows([customer]))
+        want = model.score_vectors(u, model.item_vectors())[0].numpy()
+        new = model.new_item_vectors(features.item.encode_rows([product]))
+        want_new = model.score_vectors(u, new)[0, 0].item()
+    out = rec.recommend(attributes=customer, k=rec.num_items + 1, exclude_seen=False,
+                        new_items={"new": product})[0]  # fmt: skip
+    got = dict(zip(out["items"], out["scores"], strict=True))
+    np.testing.assert_allclose([got[i] for i in rec.item_ids.tolist()], want, rtol=1e-4, atol=1e-5)
+    assert got["new"] == pytest.approx(want_new, rel=1e-4, abs=1e-5)
+    # the history of a new customer described by attributes is left out of the answer
+    seen = rec.item_ids[:3].tolist()
+    out = rec.recommend(attributes=customer, history=seen, k=rec.num_items)[0]
+    assert not set(seen) & set(out["items"]) and len(out["items"]) == rec.num_items - 3
+    # a model whose scores depend on the user id alone still cannot score a bare history
+    with pytest.raises(RecsysError, match="scores known users only .* or attributes=..."):
+        rec.recommend(history=seen)
 
 
 @pytest.mark.slow
