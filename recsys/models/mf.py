@@ -42,7 +42,6 @@ With ``features: null`` nothing of this exists and the fast paths are unchanged.
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Any
 
 import torch
@@ -239,13 +238,14 @@ class MF(Recommender):
     def _user_rows(self, user: Tensor) -> Tensor:
         """(*user.shape, d) the users' factors (id part and attribute part)."""
         f = self.feats
-        ids = partial(lookup, self.user_emb)
+        # the lookup keeps sparse gradients; a dense table may be pooled whole
+        ids = self.user_emb if self.user_emb.sparse else self.user_emb.weight
         return entity_rows(user, ids, self.user_attrs, f.ids, f.id_dropout, self.training)
 
     def _item_rows(self, item: Tensor) -> Tensor:
         """(*item.shape, d) the items' factors (id part and attribute part)."""
         f = self.feats
-        ids = partial(lookup, self.item_emb)
+        ids = self.item_emb if self.item_emb.sparse else self.item_emb.weight
         return entity_rows(item, ids, self.item_attrs, f.ids, f.id_dropout, self.training)
 
     def user_table(self) -> Tensor:

@@ -165,7 +165,9 @@ class _PairwiseScorer(Recommender):
         f = self.feats
         rows = entity_rows(
             idx,
-            lambda i: torch.cat([lookup(t, i) for t in tables], -1),
+            tables[0].weight
+            if len(tables) == 1
+            else lambda i: torch.cat([lookup(t, i) for t in tables], -1),
             attrs,
             f.ids,
             f.id_dropout,

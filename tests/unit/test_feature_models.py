@@ -119,6 +119,13 @@ def test_entity_rows_are_the_rows_of_the_table() -> None:
             want = attrs()[j] + (ids.weight[j] if seen[j] else 0)
             torch.testing.assert_close(table[j], want)
         torch.testing.assert_close(entity_rows(idx, ids, attrs, False, 0.0, False), attrs()[idx])
+        # given the id table itself, and a batch of more rows than entities (the whole table)
+        torch.testing.assert_close(entity_rows(idx, ids.weight, attrs, True, 0.0, False), rows)
+        big = torch.arange(100).flip(0).repeat(2).view(4, 50)
+        torch.testing.assert_close(
+            entity_rows(big, ids.weight, attrs, True, 0.0, False), table[big]
+        )
+        torch.testing.assert_close(entity_rows(big, ids, attrs, True, 0.0, False), table[big])
         idx = torch.arange(100).repeat(2)
         torch.manual_seed(1)
         rows = entity_rows(idx, ids, attrs, True, 0.5, True)
@@ -349,6 +356,27 @@ def test_gradients_reach_the_attribute_tables(name: str, pool: str) -> None:
     )
     for n, p in named:
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}: no gradient reaches {n}"
+
+
+def test_mf_with_features_keeps_sparse_gradients() -> None:
+    """``sparse: true`` with attributes: the id tables still get row-sparse gradients (the
+    attribute tables dense ones) and a row-wise Adagrad step moves both."""
+    from recsys.training.optimizers import RowAdagrad
+
+    _, _, feats, hist = world()
+    torch.manual_seed(0)
+    cfg = {**PAIR["mf"], "sparse": True, "features": {"item": "all", "user": "all"}}
+    model = build_model(cfg, N_USERS, N_ITEMS, feature_schema=feats.schema())
+    model.set_features(feats)
+    model.train()
+    batch = train_batch("mf", model, hist, [0, 1, 2], torch.Generator().manual_seed(0))
+    loss_of(model.loss(batch)).backward()
+    assert model.user_emb.weight.grad.is_sparse and model.item_emb.weight.grad.is_sparse
+    assert not model.item_attrs.bags[0].weight.grad.is_sparse
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    RowAdagrad(model.parameters(), lr=0.1, compile=False).step()
+    for n, p in model.named_parameters():
+        assert not torch.equal(before[n], p.detach()), f"{n} did not move"
 
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
