@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--user", action="append", help="external user id (repeatable)")
     what.add_argument(
-        "--items", "--history", dest="items",
+        "--history", "--items", dest="items", metavar="IDS",
         help="comma-separated external item ids: a new customer's history, oldest first",
     )  # fmt: skip
     what.add_argument("--input", type=Path, help="CSV of users (column 'user', or one id per line)")
@@ -106,10 +106,15 @@ def main(argv: list[str] | None = None) -> None:
         help="with --item-attributes alone: the catalogue items nearest to each new product",
     )  # fmt: skip
     parser.add_argument(
-        "-k", type=int, default=10, help="recommendations per user (default: %(default)s)"
-    )
+        "-k", type=int, default=10,
+        help="items per answer (users, for a new product alone) (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument(
-        "--output", type=Path, help="CSV to write (user,rank,item,score); default: print"
+        "--output",
+        type=Path,
+        help="CSV to write (user,rank,item,score; --similar/--similar-items: "
+        "item,rank,similar_item,score,title; a new product's users: item,rank,user,score); "
+        "default: print",
     )
     parser.add_argument(
         "--include-seen", action="store_true", help="do not exclude items already seen"
@@ -132,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
         "--method", default="auto", choices=["auto", "embedding", "cooccurrence"],
         help="--similar: item embeddings (cosine) or co-occurrence (default: embeddings if any)",
     )  # fmt: skip
-    parser.add_argument("--data-root", help="--similar: data root holding the item metadata file")
+    parser.add_argument(
+        "--data-root", help="--similar, --similar-items: data root holding the item metadata file"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -199,7 +206,7 @@ def _run(args: argparse.Namespace) -> None:
     new_items = dict(zip(batch.new_item_names(len(new)), new, strict=True)) or None
     _check_combination(args, attributes, new_items)
     users = batch.read_users(args.input) if args.input is not None else args.user
-    history = batch.parse_ids(args.items, "--history") if args.items is not None else None
+    history = batch.parse_ids(args.items, "--history/--items") if args.items is not None else None
     similar_to = batch.parse_ids(args.similar, "--similar") if args.similar is not None else None
     trust = [p for t in args.trust for p in t.split(",")]
     rec = load(args.artifact, backend=args.backend, trust=trust)

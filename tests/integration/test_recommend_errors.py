@@ -22,6 +22,7 @@ from recsys.serving.artifact import (
     KEY_ENV,
     MANIFEST,
     SIGNATURE,
+    VERSION,
     load,
     read_artifact,
     signature_record,
@@ -276,9 +277,10 @@ def test_a_newer_format_says_so(artifact, tmp_path):
     """An artifact from a newer recsys (whose digest file this one may not read) is refused as
     newer, not as corrupted."""
     meta = json.loads((artifact / MANIFEST).read_text())
-    art = rehashed(artifact, tmp_path / "art", _edit(lambda m: m.update(version=3))(meta))
-    (art / SIGNATURE).write_text('{"format": "recsys-artifact-digest-3"}\n')
-    with pytest.raises(CheckpointError, match="artifact version 3 is newer than this recsys"):
+    newer = VERSION + 1
+    art = rehashed(artifact, tmp_path / "art", _edit(lambda m: m.update(version=newer))(meta))
+    (art / SIGNATURE).write_text(f'{{"format": "recsys-artifact-digest-{newer}"}}\n')
+    with pytest.raises(CheckpointError, match=f"artifact version {newer} is newer than this"):
         read_artifact(art)
 
 
