@@ -9,6 +9,10 @@ Shapes (``B`` users or pairs per batch, ``I`` items, ``L`` sequence length):
 - :class:`EvalBatch` — a :class:`UserBatch` plus the held-out target items of those users.
 - :class:`SeqBatch` — left-padded (B, L) item sequences and their next items: sequence models.
 
+Sequence batches and user histories may carry each event's context (hour of day, weekday, gap
+since the previous event: :mod:`recsys.data.context`) as (..., 3) int64 codes beside the items,
+when the model asks for it and the log has a clock; otherwise their ``context`` is None.
+
 Batches are frozen dataclasses of tensors with ``to(device)``.
 """
 
@@ -49,6 +53,9 @@ class UserBatch:
     user: Tensor  # (B,) int64; -1 for a history that belongs to no known user
     items: Tensor  # (nnz,) int64 history items, user by user, oldest first
     offsets: Tensor  # (B + 1,) int64: user b's items are items[offsets[b]:offsets[b + 1]]
+    # (nnz, 3) int64 context codes (hour, weekday, gap: recsys.data.context) of each history
+    # item's event, aligned with ``items``; None when the model asked for no context
+    context: Tensor | None = None
 
     def to(self, device: torch.device) -> UserBatch:
         return _to(self, device)
@@ -74,14 +81,30 @@ class UserBatch:
         out[self.rows(), self.items] = 1
         return out
 
-    def padded(self, max_len: int, pad: int) -> Tensor:
-        """(B, max_len) each user's ``max_len`` most recent items, left-padded with ``pad``."""
+    def _recent(self, max_len: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Where the ``max_len`` most recent items of each user go in a (B, max_len) left-padded
+        layout: (row, column) of each kept entry and the kept entries' mask over ``items``."""
         rows = self.rows()
         # position counted from the user's most recent item: 0 = newest
         from_end = self.offsets[1:][rows] - 1 - torch.arange(len(self.items), device=rows.device)
         keep = from_end < max_len
+        return rows[keep], max_len - 1 - from_end[keep], keep
+
+    def padded(self, max_len: int, pad: int) -> Tensor:
+        """(B, max_len) each user's ``max_len`` most recent items, left-padded with ``pad``."""
+        r, c, keep = self._recent(max_len)
         out = torch.full((len(self.user), max_len), pad, dtype=torch.long, device=self.items.device)
-        out[rows[keep], max_len - 1 - from_end[keep]] = self.items[keep]
+        out[r, c] = self.items[keep]
+        return out
+
+    def padded_context(self, max_len: int) -> Tensor:
+        """(B, max_len, 3) the context codes of :meth:`padded`'s items, position by position
+        (0 at padding)."""
+        if self.context is None:
+            raise ValueError("this batch carries no context (UserBatch.context is None)")
+        r, c, keep = self._recent(max_len)
+        out = self.context.new_zeros((len(self.user), max_len, self.context.shape[1]))
+        out[r, c] = self.context[keep]
         return out
 
     @staticmethod
@@ -109,6 +132,9 @@ class SeqBatch:
     # () float: the model's loss multiplies its batch mean by it (the loader's
     # ``weight_positions``: every position weighs the same over an epoch), or None
     loss_scale: Tensor | None = None
+    # (B, L, 3) int64 context codes (hour, weekday, gap: recsys.data.context) of each input
+    # position's event, 0 at padding; None when the model asked for no context
+    context: Tensor | None = None
 
     def to(self, device: torch.device) -> SeqBatch:
         return _to(self, device)

@@ -9,7 +9,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from recsys.data.interactions import Interactions, Split
+from recsys.data.context import context_codes
+from recsys.data.interactions import Interactions, Split, has_clock
 from recsys.data.loaders import TRAIN_LOADERS, EvalLoader, Grouped, RowStore, TrainData
 from recsys.data.pipeline import fingerprint, prepare
 from recsys.errors import ConfigError
@@ -24,6 +25,8 @@ class BatchConsumer(Protocol):
     max_len: int | None
 
     def eval_users_per_chunk(self) -> int: ...
+
+    def uses_context(self) -> bool: ...
 
 
 def _rating_store(inter: Interactions, device: torch.device) -> RowStore | None:
@@ -78,6 +81,8 @@ class RecDataModule(pl.LightningDataModule):
         self.train_batch: str | None = "pairs"
         self.num_negatives = 0
         self.max_len: int | None = None
+        # whether batches carry each event's context (the model's ``uses_context()``)
+        self.context = False
 
     # -- data -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -135,11 +140,16 @@ class RecDataModule(pl.LightningDataModule):
     def configure_for(self, model: BatchConsumer, steps_per_call: int = 1) -> None:
         """Serve the batches ``model`` declares (its ``train_batch``, ``num_negatives`` and, for
         sequences, ``max_len``: the window is the model's alone), ``steps_per_call`` consecutive
-        training batches per item when it is above 1."""
+        training batches per item when it is above 1; with each event's context
+        (:mod:`recsys.data.context`) when the model uses it, which needs a log with a clock."""
         self.steps_per_call = int(steps_per_call)
         self.train_batch = model.train_batch
         self.num_negatives = int(model.num_negatives)
         self.max_len = model.max_len
+        self.context = bool(model.uses_context())
+        if self.context and not has_clock(self.data.train):
+            name = self.cfg.get("name") or self.data.name or "the dataset"
+            raise ConfigError(f"model.features.context: {name} has no timestamps")
         if self.eval_batch_size is None:
             self.eval_batch_size = int(model.eval_users_per_chunk())
 
@@ -175,15 +185,27 @@ class RecDataModule(pl.LightningDataModule):
                 num_negatives=self.num_negatives,
                 max_len=self.max_len,
                 options=self.cfg,
+                context=self._context(self.data.train),
             )
         )
+
+    def _context(self, inter: Interactions) -> np.ndarray | None:
+        """(len(inter), 3) context codes of ``inter``'s events when the batches carry context
+        (the log's clock was checked by :meth:`configure_for`), else None. Gaps are measured
+        within ``inter``: a history's first events have the gap to the previous event known at
+        that stage."""
+        if not self.context:
+            return None
+        assert inter.time is not None
+        return context_codes(inter.user, inter.time)
 
     def _eval_loader(self, stage: str) -> EvalLoader:
         target = self.data.val if stage == "val" else self.data.test
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        history = self.history(stage)
         return EvalLoader(
-            RowStore.from_csr(self.history(stage).to_csr(), self.device),
+            RowStore.from_log(history, self.device, self._context(history)),
             RowStore.from_csr(target.to_csr(), self.device),
             self.eval_batch_size or 1024,
             rank=rank,

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,11 +26,18 @@ from recsys.errors import ConfigError
 
 
 class RowStore:
-    """A CSR (users → items in time order) kept as tensors on one device."""
+    """A CSR (users → items in time order) kept as tensors on one device.
 
-    def __init__(self, indptr: Tensor, indices: Tensor):
+    ``context``: (nnz, 3) context codes of each entry's event (:mod:`recsys.data.context`),
+    aligned with ``indices`` (the same permutation of the log), or None. Stored as uint8 (codes
+    are small): batches receive them as int64."""
+
+    def __init__(self, indptr: Tensor, indices: Tensor, context: Tensor | None = None):
         self.indptr = indptr
         self.indices = indices
+        self.context = context
+        if context is not None and context.shape[0] != indices.shape[0]:
+            raise ValueError(f"context has {context.shape[0]} rows for {indices.shape[0]} entries")
 
     @staticmethod
     def from_csr(csr: CSR, device: torch.device) -> RowStore:
@@ -37,8 +45,24 @@ class RowStore:
             torch.as_tensor(csr.indptr, device=device), torch.as_tensor(csr.indices, device=device)
         )
 
-    def gather(self, rows: Tensor) -> tuple[Tensor, Tensor]:
-        """Items and offsets of ``rows``, concatenated: (nnz,), (len(rows) + 1,)."""
+    @staticmethod
+    def from_log(
+        inter: Interactions, device: torch.device, context: np.ndarray | None = None
+    ) -> RowStore:
+        """``inter.to_csr()`` as a store, with ``context`` (None, or the (len(inter), 3) codes of
+        :func:`~recsys.data.context.interaction_context`, in the log's order) laid out like its
+        items: the permutation ``to_csr`` sorts the events by."""
+        store = RowStore.from_csr(inter.to_csr(), device)
+        if context is None:
+            return store
+        codes = np.asarray(context)[inter.order()]
+        dtype = np.uint8 if codes.size == 0 or int(codes.max()) < 256 else np.int64
+        return RowStore(
+            store.indptr, store.indices, torch.as_tensor(codes.astype(dtype), device=device)
+        )
+
+    def _positions(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Positions in ``indices`` of ``rows``' entries, concatenated, and their offsets."""
         starts = self.indptr[rows]
         counts = self.indptr[rows + 1] - starts
         offsets = torch.zeros(len(rows) + 1, dtype=torch.long, device=rows.device)
@@ -48,6 +72,11 @@ class RowStore:
             torch.arange(len(rows), device=rows.device), counts, output_size=total
         )
         idx = starts[row_of] + torch.arange(total, device=rows.device) - offsets[row_of]
+        return idx, offsets
+
+    def gather(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Items and offsets of ``rows``, concatenated: (nnz,), (len(rows) + 1,)."""
+        idx, offsets = self._positions(rows)
         return self.indices[idx], offsets
 
     def span(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
@@ -62,9 +91,17 @@ class RowStore:
         return self.gather(rows)
 
     def users(self, rows: Tensor, contiguous: bool = False) -> UserBatch:
-        """The rows as a batch (``contiguous``: as in :meth:`take`)."""
-        items, offsets = self.take(rows, contiguous)
-        return UserBatch(rows, items, offsets)
+        """The rows as a batch (``contiguous``: as in :meth:`take`), with their entries' context
+        (int64) when the store holds one."""
+        if self.context is None:
+            items, offsets = self.take(rows, contiguous)
+            return UserBatch(rows, items, offsets)
+        if contiguous and len(rows):
+            lo, hi = int(self.indptr[int(rows[0])]), int(self.indptr[int(rows[-1]) + 1])
+            offsets = self.indptr[int(rows[0]) : int(rows[-1]) + 2] - lo
+            return UserBatch(rows, self.indices[lo:hi], offsets, self.context[lo:hi].long())
+        idx, offsets = self._positions(rows)
+        return UserBatch(rows, self.indices[idx], offsets, self.context[idx].long())
 
     def distinct_counts(self) -> Tensor:
         """(rows,) number of distinct items in each row (a repeated item counts once)."""
@@ -341,12 +378,36 @@ def build_sequences(
     Returns:
         user (R,), input (R, max_len), target (R, max_len): one row per window, left-padded.
     """
+    return _cut(store, max_len, pad, windowing, stride)[:3]
+
+
+def _cut(
+    store: RowStore, max_len: int, pad: int, windowing: str, stride: int | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """:func:`build_sequences` plus, when ``store`` holds context, the (R, max_len, 3) context
+    codes of each input position (0 at padding, in the store's dtype), else None."""
+    user, at, valid, trained = _windows(store, max_len, windowing, stride)
+    items = store.indices
+    inp = torch.where(valid, items[at - 1], pad)
+    tgt = torch.where(trained, items[at], pad)
+    ctx = None
+    if store.context is not None:
+        ctx = store.context[at - 1] * valid[..., None].to(store.context.dtype)
+    return user, inp, tgt, ctx
+
+
+def _windows(
+    store: RowStore, max_len: int, windowing: str, stride: int | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The windows of :func:`build_sequences` as positions in ``store.indices``: user (R,), the
+    target position ``at`` (R, max_len) (the input is at ``at - 1``), and the masks ``valid``
+    (a real input) and ``trained`` (a trained target), both (R, max_len)."""
     if windowing not in SEQ_WINDOWING:
         raise ValueError(f"windowing must be one of {SEQ_WINDOWING}, got {windowing!r}")
     stride = max_len if stride is None else int(stride)
     if not 1 <= stride <= max_len:
         raise ValueError(f"stride must be in [1, max_len={max_len}], got {stride}")
-    indptr, items = store.indptr, store.indices
+    indptr = store.indptr
     dev = indptr.device
     n_trans = (indptr[1:] - indptr[:-1] - 1).clamp(min=0)  # (U,)
     n_win = torch.where(n_trans > 0, 1 + (-(-(n_trans - max_len).clamp(min=0) // stride)), 0)
@@ -364,9 +425,7 @@ def build_sequences(
     if windowing == "truncate":
         trained = valid
     at = indptr[user][:, None] + t.clamp(min=1)  # position of the target in the item store
-    inp = torch.where(valid, items[at - 1], pad)
-    tgt = torch.where(trained, items[at], pad)
-    return user, inp, tgt
+    return user, at, valid, trained
 
 
 class SeqLoader:
@@ -382,6 +441,9 @@ class SeqLoader:
     ``loss_scale``, its trained positions over the epoch's mean per batch, which the model's
     loss multiplies its mean by (:class:`~recsys.models.seq_losses.SeqObjective`), so that the
     scaled mean losses weigh every position the same over an epoch, with buckets or without.
+
+    A ``store`` with context gives each batch the context codes of its inputs
+    (``SeqBatch.context``), cut from the same positions as the items.
     """
 
     def __init__(
@@ -396,7 +458,9 @@ class SeqLoader:
         stride: int | None = None,
         weight_positions: bool = True,
     ):
-        self.user, self.input, self.target = build_sequences(store, max_len, pad, windowing, stride)
+        self.user, self.input, self.target, self.context = _cut(
+            store, max_len, pad, windowing, stride
+        )
         self.lengths = (self.input != pad).sum(1)
         self.max_len, self.pad, self.batch_size, self.bucket = max_len, pad, batch_size, bucket
         self.sampler = _EpochSeed(seed)
@@ -428,8 +492,9 @@ class SeqLoader:
             scale = (
                 self.positions[idx].sum() / self.mean_positions if self.weight_positions else None
             )
+            context = None if self.context is None else self.context[idx, -width:].long()
             yield SeqBatch(
-                self.user[idx], self.input[idx, -width:], self.target[idx, -width:], scale
+                self.user[idx], self.input[idx, -width:], self.target[idx, -width:], scale, context
             )
 
 
@@ -446,6 +511,9 @@ class TrainData:
     num_negatives: int = 0  # negatives per pair the model wants drawn ("pairs")
     max_len: int | None = None  # the model's window ("sequences")
     options: Mapping[str, Any] = field(default_factory=dict)  # the data config (data.seq_*)
+    # (len(train), 3) context codes of the training events in the log's order
+    # (recsys.data.context.interaction_context) when the model asked for context, else None
+    context: np.ndarray | None = None
 
 
 def pair_loader(data: TrainData) -> PairLoader:
@@ -463,15 +531,15 @@ def pair_loader(data: TrainData) -> PairLoader:
 
 
 def user_loader(data: TrainData) -> UserLoader:
-    """``"users"``: users with their training rows."""
+    """``"users"``: users with their training rows (and their context, when asked for)."""
     return UserLoader(
-        RowStore.from_csr(data.train.to_csr(), data.device), data.batch_size, data.seed
+        RowStore.from_log(data.train, data.device, data.context), data.batch_size, data.seed
     )
 
 
 def sequence_loader(data: TrainData) -> SeqLoader:
     """``"sequences"``: next-item windows of the model's ``max_len``, cut as the ``data.seq_*``
-    options say (validated here)."""
+    options say (validated here), with their inputs' context when asked for."""
     if data.max_len is None:
         raise ConfigError("a model with train_batch 'sequences' must declare its max_len")
     opts = data.options
@@ -495,7 +563,7 @@ def sequence_loader(data: TrainData) -> SeqLoader:
             f"got {stride!r}"
         )
     return SeqLoader(
-        RowStore.from_csr(data.train.to_csr(), data.device),
+        RowStore.from_log(data.train, data.device, data.context),
         max_len=int(data.max_len),
         pad=data.train.n_items,
         batch_size=data.batch_size,

@@ -173,9 +173,16 @@ class Recommender(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} uses no features (uses_features = False)")
 
     def features_used(self) -> dict[str, list[str]]:
-        """Which attribute fields the model uses, by entity (``{"item": [...], "user": [...]}``,
-        empty lists for an id-only model): what a run's metrics.json reports."""
+        """Which attribute fields the model uses, by entity, and which event context fields
+        (``{"item": [...], "user": [...], "context": [...]}``, empty lists for an id-only model):
+        what a run's metrics.json reports."""
         return self.feats.used()
+
+    def uses_context(self) -> bool:
+        """Whether the model's inputs include each event's context (``model.features.context``):
+        the datamodule then adds it to the sequence and history batches
+        (``SeqBatch.context``, ``UserBatch.context``)."""
+        return bool(self.feats.context)
 
     def eval_users_per_chunk(self) -> int:
         """Users scored per evaluation chunk when ``eval.batch_size`` is null (auto): enough for

@@ -8,6 +8,12 @@ embeddings; the hidden state at each position scores the next item against the i
 (Klenitskiy & Vasilev, RecSys 2023); ``sampled_ce``; ``gbce`` is gSASRec (Petrov & Macdonald,
 RecSys 2023).
 
+Event context (``features.context``: hour of day, weekday, gap since the previous event,
+:mod:`recsys.data.context`), an addition to the paper: one embedding table per field, their sum
+added to the item embedding of each input position; the history scored at evaluation carries its
+events' context too. (TiSASRec, Li et al. WSDM 2020, puts time intervals inside the attention
+instead; here they are bucket embeddings at the input, like the item attributes.)
+
 Deviations from the paper: positions are counted back from the most recent item (the paper's
 left-padded layout gives the same thing); GELU or ReLU feed-forward (``activation``); standard
 pre-LN blocks (``norm_first``, the default) whose residuals start from the raw input, where the
@@ -22,14 +28,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from recsys.data.batches import SeqBatch, UserBatch
+from recsys.data.context import CONTEXT_FIELDS, CONTEXT_SIZES
 from recsys.errors import ConfigError
 from recsys.models.base import Recommender
 from recsys.models.features import AttributeEmbedding, FeatureSettings, entity_table
 from recsys.models.seq_padding import last_state_by_length
 from recsys.models.transformer import RETIRED, TransformerEncoder, TransformerSettings
+
+_NO_CONTEXT = (
+    "this SASRec uses event context (model.features.context): its input needs each event's "
+    "context (SeqBatch.context / UserBatch.context)"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +74,7 @@ class SASRec(Recommender):
         self.max_len, self.pad = int(s.max_len), num_items
         self.objective = s.objective()
         self.encoder = TransformerEncoder(num_items, 1, s)
-        self.feats = FeatureSettings.parse(s.features, feature_schema)
+        self.feats = FeatureSettings.parse(s.features, feature_schema, context=True)
         if self.feats.user:
             raise ConfigError(
                 "model.features.user: SASRec represents a user by the history alone; "
@@ -75,6 +87,16 @@ class SASRec(Recommender):
             if self.feats.item
             else None
         )
+        # one table per context field (code 0, padding, is a zero row without gradient); built
+        # after the encoder so the id-only initialisation draws are unchanged
+        self.context_emb = nn.ModuleDict()
+        for name in self.feats.context:
+            size = CONTEXT_SIZES[CONTEXT_FIELDS.index(name)] + 1
+            emb = nn.Embedding(size, s.hidden_size, padding_idx=0)
+            nn.init.normal_(emb.weight, std=s.init_std)
+            with torch.no_grad():
+                emb.weight[0].zero_()
+            self.context_emb[name] = emb
 
     def set_features(self, features: Any) -> None:
         if self.item_attrs is not None:
@@ -91,17 +113,41 @@ class SASRec(Recommender):
         items = entity_table(table[: self.pad], self.item_attrs, f.ids, f.id_dropout, self.training)
         return torch.cat([items, table[self.pad :]])
 
+    def context_embedding(self, context: Tensor | None) -> Tensor | None:
+        """(B, L, d) the summed embeddings of the used context fields of (B, L, 3) codes
+        (``SeqBatch.context``), or None for a model without context. A model with context
+        refuses a batch without it (a history's events need their times)."""
+        if not self.context_emb:
+            return None
+        if context is None:
+            raise ConfigError(_NO_CONTEXT)
+        out: Tensor | None = None
+        for name, emb in self.context_emb.items():
+            e = emb(context[..., CONTEXT_FIELDS.index(name)])
+            out = e if out is None else out + e
+        return out
+
     def loss(self, batch: SeqBatch) -> Tensor:
         table = self.item_table()  # (I + 1, d)
-        h = self.encoder(batch.input, causal=True, table=table)  # (B, L, d)
+        extra = self.context_embedding(batch.context)  # (B, L, d) or None
+        h = self.encoder(batch.input, causal=True, table=table, extra=extra)  # (B, L, d)
         return self.objective.next_item(
             h, batch.target, self.pad, table[: self.pad], batch.loss_scale
         )
 
     def _states(self, users: UserBatch, table: Tensor) -> Tensor:
         seq = users.padded(self.max_len, self.pad)
+        if not self.context_emb:
+            return last_state_by_length(
+                seq, self.pad, lambda s: self.encoder(s, causal=True, table=table)
+            )
+        if users.context is None:
+            raise ConfigError(_NO_CONTEXT)
         return last_state_by_length(
-            seq, self.pad, lambda s: self.encoder(s, causal=True, table=table)
+            seq,
+            self.pad,
+            lambda s, c: self.encoder(s, causal=True, table=table, extra=self.context_embedding(c)),
+            context=users.padded_context(self.max_len),
         )
 
     def user_representation(self, users: UserBatch) -> Tensor:

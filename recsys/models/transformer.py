@@ -222,10 +222,15 @@ class TransformerEncoder(nn.Module):
             return F.dropout(self.item.weight, self.item_dropout)
         return self.item.weight
 
-    def forward(self, seq: Tensor, causal: bool, table: Tensor | None = None) -> Tensor:
+    def forward(
+        self, seq: Tensor, causal: bool, table: Tensor | None = None, extra: Tensor | None = None
+    ) -> Tensor:
         """(B, L) left-padded ids, L <= max_len → (B, L, d) hidden states (padding rows zero).
 
-        ``table``: the item table to embed with (from :meth:`table`); default the stored one."""
+        ``table``: the item table to embed with (from :meth:`table`); default the stored one.
+        ``extra``: (B, L, d) added to each position's (scaled) item embedding before the
+        positional embedding, normalisation and dropout (e.g. the embedded context of each event);
+        None adds nothing."""
         L = seq.shape[1]
         real = seq != self.num_items  # (B, L)
         pos = torch.arange(self.max_len - L, self.max_len, device=seq.device)
@@ -233,6 +238,8 @@ class TransformerEncoder(nn.Module):
         table = self.item.weight if table is None else table
         items = F.embedding(seq, table, padding_idx=self.num_items)
         items = items if self.emb_scale == 1.0 else items * self.emb_scale
+        if extra is not None:
+            items = items + extra
         x = self.emb_ln(items + self.pos(pos)[None])  # (B, L, d)
         x = self.drop(x) * real[..., None]
         mask = attention_mask(real, causal)

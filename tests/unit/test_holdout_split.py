@@ -129,7 +129,13 @@ def test_datamodule_serves_fold_in_history(tmp_path):
     assert evaluated == set(np.unique(s.val.user).tolist())
     assert not evaluated & set(np.unique(s.train.user).tolist())
     # training rows hold only training users
-    dm.configure_for(type("M", (), {"train_batch": "users", "num_negatives": 0, "max_len": None})())
+    consumer = {
+        "train_batch": "users",
+        "num_negatives": 0,
+        "max_len": None,
+        "uses_context": lambda self: False,
+    }
+    dm.configure_for(type("M", (), consumer)())
     batch_users = set(dm.train_dataloader().active.tolist())
     assert batch_users == set(np.unique(s.train.user).tolist())
     summary = dm.summary()
