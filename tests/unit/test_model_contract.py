@@ -229,8 +229,19 @@ def test_every_experiment_composes_and_builds_its_model(name):
     section builds (no misspelt hyper-parameter), on a tiny id space."""
     cfg = compose_config("train", [f"experiment={name}"])
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model = build_model(model_cfg, num_users=6, num_items=9)
+    wanted = model_cfg.get("features") or {}
+    schema = {  # one small field for each the experiment names (all: one field)
+        entity: [
+            {"name": str(n), "kind": "categorical", "vocab": ["a", "b"], "width": 2}
+            for n in (["attribute"] if wanted.get(entity) == "all" else wanted[entity])
+        ]
+        if wanted.get(entity)
+        else None
+        for entity in ("item", "user")
+    }
+    model = build_model(model_cfg, 6, 9, feature_schema=schema if wanted else None)
     assert model.num_items == 9
+    assert model.features_used()["item"] == [f["name"] for f in schema.get("item") or []]
     assert float(cfg.optim.lr) > 0
 
 
