@@ -106,6 +106,12 @@ def validate_monitors(config: dict[str, Any]) -> None:
     early stopping only after a whole epoch of training."""
     evaluation = config["eval"]
     produced = produced_metrics(evaluation)
+    if (config.get("data") or {}).get("split") == "cold_items" and evaluation.get(
+        "task", "ranking"
+    ) == "ranking":  # the item slices of the cold-items protocol (recsys.training.module)
+        topk = sorted(int(k) for k in evaluation.get("topk") or [])
+        ranked = [f"{m}@{k}" for m in evaluation.get("metrics") or [] if m in METRICS for k in topk]
+        produced += [f"{s}/{n}" for s in ("cold", "warm") for n in ranked]
     mode = evaluation.get("mode", "max")
     if mode not in ("max", "min"):
         raise ConfigError(f"eval.mode must be max or min, got {mode!r}")

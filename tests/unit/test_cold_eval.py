@@ -181,3 +181,22 @@ def test_table_puts_slices_on_rows_of_their_own():
     assert lines[0].split() == ["split", "n_users", "ndcg@10"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
     assert rows == {"test": ["0.5000"], "test/cold": ["3", "0.2500"], "test/warm": ["0.7500"]}
+
+
+def test_cold_slice_metrics_can_be_monitored_only_under_the_cold_items_split():
+    """``eval.monitor=val/cold/ndcg@10`` is a metric the cold-items protocol reports (model
+    selection on cold validation items); under another split it names nothing and is refused."""
+    from recsys.errors import ConfigError
+    from recsys.training.checks import validate_monitors
+
+    evaluation = {"metrics": ["ndcg", "recall"], "topk": [10, 20], "monitor": "val/cold/ndcg@10"}
+    validate_monitors({"eval": evaluation, "data": {"split": "cold_items"}})
+    validate_monitors(
+        {"eval": {**evaluation, "monitor": "val/warm/recall@20"}, "data": {"split": "cold_items"}}
+    )
+    with pytest.raises(ConfigError, match="is not a metric this run reports"):
+        validate_monitors({"eval": evaluation, "data": {"split": "leave_one_out"}})
+    with pytest.raises(ConfigError, match="is not a metric this run reports"):
+        validate_monitors(
+            {"eval": {**evaluation, "monitor": "val/cold/ndcg@5"}, "data": {"split": "cold_items"}}
+        )
