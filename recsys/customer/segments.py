@@ -344,10 +344,12 @@ def segment(
         if per_user is not None:
             rows = m[per_user["user"]]
             entry["test_users"] = int(rows.sum())
+            # an item slice's values (cold/..., warm/...) are NaN for users without a target
+            # there: its mean is over the segment's users that have one
             entry["test"] = {
-                key: float(v[rows].mean())
+                key: float(np.nanmean(v[rows]))
                 for key, v in per_user.items()
-                if key != "user" and rows.any()
+                if key != "user" and rows.any() and not np.isnan(v[rows]).all()
             }
         segs.append(entry)
     _add_titles(segs, data_cfg)
