@@ -285,15 +285,15 @@ class NewEntities:
 
     def _new_items(self, items: Sequence[Any], what: str):
         """(m, d) vectors of new products given by attribute dicts."""
-        self._item_table()
-        model = self.model
         if self.features is None or not self.features.item:
             raise RecsysError(
                 f"{self._name()} uses no item attributes (exported without item features): a new "
                 "item cannot be scored; train it with model.features.item"
             )
+        model = self._eager()
         if not callable(getattr(model, "new_item_vectors", None)):
             raise RecsysError(f"{self._name()} cannot represent a new item from its attributes")
+        self._item_table()
         if not len(items):
             raise RecsysError(f"{what}: give at least one item's attributes")
         table = self.features.encode("item", list(items), what)
@@ -377,7 +377,7 @@ class NewEntities:
         vector = self._new_items([attributes], "attributes")[0].double()
         table = self._item_table().double()
         norms = table.norm(dim=1) * vector.norm()
-        sims = (table @ vector) / torch_where_positive(norms)
+        sims = (table @ vector) / _nonzero(norms)
         return dict(zip(("items", "scores"), self._top(sims.numpy(), None, k), strict=True))
 
     def _with_new_items(
@@ -400,6 +400,6 @@ class NewEntities:
         return np.concatenate([scores, extra], 1), ids
 
 
-def torch_where_positive(x):
+def _nonzero(x):
     """``x`` with its zeros replaced by ones (a zero vector's cosine is 0, not NaN)."""
     return x.where(x > 0, x.new_ones(()))
