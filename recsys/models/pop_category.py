@@ -13,11 +13,12 @@ splits its weight over its categories) and ``n_i`` item ``i``'s training events:
   pseudo-events: ``p(c | u) = (h_uc + smoothing · g_c) / (h_u + smoothing)`` with
   ``h_uc = Σ_{j ∈ history(u)} M̃_jc`` and ``h_u = Σ_c h_uc`` (an empty history gets ``g``);
 
-    score(u, i) = Σ_{c ∈ categories(i)} p(c | u) · pop(c) + item_weight · n_i / max_j n_j.
+    score(u, i) = Σ_{c ∈ categories(i)} p(c | u) · pop(c) + item_weight · ñ_i / max_j ñ_j,
 
-The last term orders the warm items of a category by their own popularity; an item without
-training events (a cold item) is scored from its categories alone. Items without a known
-category get the popularity term only.
+where ``ñ_i = n_i`` for an item with training events and, for an item without any (a cold item),
+the mean over its categories of the mean training events of their warm items: the popularity a
+new product of those categories can expect, so a cold item is not ranked below every warm item of
+its categories by construction. Items without a known category get the popularity term only.
 """
 
 from __future__ import annotations
@@ -134,7 +135,15 @@ class PopularityInCategory(Recommender):
         share = torch.sparse.mm(m_norm.t(), n[:, None]).squeeze(1)
         self.cat_pop.copy_(pop / pop.max() if pop.max() > 0 else pop)
         self.cat_share.copy_(share / share.sum() if share.sum() > 0 else share)
-        self.item_pop.copy_(n / n.max() if n.max() > 0 else n)
+        # a cold item's expected popularity: its categories' mean events per warm item
+        warm = (n > 0).float()
+        warm_items = torch.sparse.mm(m.t(), warm[:, None]).squeeze(1)  # (C + 1,)
+        per_warm = torch.where(warm_items > 0, events / warm_items.clamp_min(1), 0.0)
+        per_warm[0] = 0.0  # code 0 is no category
+        n_cats = (self.codes > 0).sum(1).float()  # (I,)
+        fill = torch.sparse.mm(m, per_warm[:, None]).squeeze(1) / n_cats.clamp_min(1)
+        expected = torch.where(n > 0, n, fill)
+        self.item_pop.copy_(expected / expected.max() if expected.max() > 0 else expected)
 
     def category_shares(self, users: UserBatch) -> Tensor:
         """(B, C + 1) ``p(c | u)`` of each user's history (column 0, no category: 0)."""

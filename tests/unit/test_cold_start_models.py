@@ -90,6 +90,18 @@ def pop_category_reference(smoothing: float, item_weight: float) -> np.ndarray:
         for c in cats
     }
     top = max(pop.values())
+    # a cold item's popularity term: the mean over its categories of their warm items' mean
+    per_warm = {
+        c: sum(n[i] for i in range(N_ITEMS) if c in CAT[i])
+        / max(1, sum(1 for i in range(N_ITEMS) if c in CAT[i] and n[i] > 0))
+        for c in cats
+    }
+    expected = np.array(
+        [
+            n[i] if n[i] > 0 else (np.mean([per_warm[c] for c in CAT[i]]) if CAT[i] else 0.0)
+            for i in range(N_ITEMS)
+        ]
+    )
     out = np.zeros((len(HISTORIES), N_ITEMS))
     for u, hist in enumerate(HISTORIES):
         h = {c: sum(1 / len(CAT[j]) for j in hist if c in CAT[j]) for c in cats}
@@ -99,7 +111,10 @@ def pop_category_reference(smoothing: float, item_weight: float) -> np.ndarray:
             for c in cats
         }
         for i in range(N_ITEMS):
-            out[u, i] = sum(p[c] * pop[c] / top for c in CAT[i]) + item_weight * n[i] / n.max()
+            out[u, i] = (
+                sum(p[c] * pop[c] / top for c in CAT[i])
+                + item_weight * expected[i] / expected.max()
+            )
     return out
 
 
@@ -125,8 +140,8 @@ def test_pop_category_default_field_and_cold_items():
     assert model.field == "brand"  # the first categorical field (fields are sorted by name)
     model = fitted(PopularityInCategory, feats, features={"item": ["cat"]}, item_weight=0.3)
     s = scores(model)
-    # item 6 (cold) and item 0 share their category; only item 0 has the popularity term
-    np.testing.assert_allclose(s[:, 0] - s[:, 6], 0.3 * 2 / 3, rtol=1e-6)  # 2 events, max 3
+    # item 6 (cold) is scored by its categories alone, with their warm items' mean popularity
+    np.testing.assert_allclose(s, pop_category_reference(10.0, 0.3), rtol=1e-5, atol=1e-7)
     assert (s[:, 6] > 0).all()
 
 
