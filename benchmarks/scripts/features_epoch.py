@@ -30,8 +30,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def _compose(overrides: list[str]) -> dict:
     from hydra import compose, initialize_config_dir
 
+    from omegaconf import open_dict
+
     with initialize_config_dir(config_dir=str(Path.cwd() / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = "outputs/features_epoch"  # no Hydra run: nothing is written there
     return OmegaConf.to_container(cfg, resolve=True)
 
 
