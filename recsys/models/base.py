@@ -41,6 +41,10 @@ A model is a ``torch.nn.Module`` subclassing :class:`Recommender`, with:
     ``feature_schema`` (their fields as plain values, injected by :func:`build_model`) to size
     its tables, and the model config's ``features`` says which fields it uses. A model that does
     not declare it refuses a non-null ``model.features`` with its ``no_features`` reason;
+  - ``scores_new_items`` / ``scores_new_users``: ``new_item_vectors(attrs)`` /
+    ``new_user_vectors(attrs)`` → (m, d) vectors of new products / customers from their
+    attributes alone, scored against ``item_vectors()`` / ``user_representation`` with
+    ``score_vectors`` (export and serving; the model must have been trained with the features);
 
   and two values the data side reads: ``num_negatives`` (negatives per training pair the pair
   loader draws) and ``max_len`` (the window of a sequence model; its positional table, saved
@@ -77,6 +81,8 @@ ABILITIES = {
     "predicts_pairs": "predict",
     "needs_train_matrix": "set_train_matrix",
     "uses_features": "set_features",
+    "scores_new_items": "new_item_vectors",
+    "scores_new_users": "new_user_vectors",
 }
 
 
@@ -90,6 +96,8 @@ class Recommender(nn.Module):
     predicts_pairs: ClassVar[bool] = False
     needs_train_matrix: ClassVar[bool] = False
     uses_features: ClassVar[bool] = False
+    scores_new_items: ClassVar[bool] = False
+    scores_new_users: ClassVar[bool] = False
     # why a model that does not declare ``uses_features`` cannot use them (its ``model.features``
     # is refused with this reason instead of being ignored)
     no_features: ClassVar[str] = "it has no feature inputs"
@@ -171,6 +179,34 @@ class Recommender(nn.Module):
         before training (``uses_features``); the model copies what it uses into buffers, so a
         checkpoint or an artifact carries them."""
         raise NotImplementedError(f"{type(self).__name__} uses no features (uses_features = False)")
+
+    def item_vectors(self) -> Tensor:
+        """(I, d) every catalogue item's vector in the scoring space (ids and attributes), with
+        ``score(users) = score_vectors(user_representation(users), item_vectors())``; by
+        default the item table of :meth:`embeddings`."""
+        if self.exposes_embeddings:
+            return self.embeddings()["item"]
+        raise NotImplementedError(f"{type(self).__name__} has no item vectors")
+
+    def score_vectors(self, users: Tensor, items: Tensor) -> Tensor:
+        """(B, m) scores of user vectors (B, d) against item vectors (m, d), as :meth:`score`
+        combines them: the dot product unless the model overrides it (NCF's towers)."""
+        return users @ items.T
+
+    def new_item_vectors(self, attrs: Any) -> Tensor:
+        """(m, d) vectors of new items from their attributes alone, a
+        :class:`~recsys.data.features.FeatureTable` from ``encode_rows`` (``scores_new_items``:
+        a model trained with item features)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot represent a new item (scores_new_items = False)"
+        )
+
+    def new_user_vectors(self, attrs: Any) -> Tensor:
+        """(m, d) vectors of new customers from their attributes alone
+        (``scores_new_users``: a model trained with user features)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot represent a new customer (scores_new_users = False)"
+        )
 
     def features_used(self) -> dict[str, list[str]]:
         """Which attribute fields the model uses, by entity, and which event context fields

@@ -56,6 +56,7 @@ class BERT4Rec(Recommender):
     scores_history = True
     represents_users = True
     uses_features = True
+    scores_new_items = True
     settings_class = BERT4RecSettings
     retired_keys = RETIRED
 

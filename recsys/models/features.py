@@ -128,8 +128,10 @@ class FeatureSettings:
             )
         if not 0 <= s.id_dropout < 1:
             raise ConfigError(f"model.features.id_dropout must be in [0, 1), got {s.id_dropout!r}")
-        if not s.ids and not s.item:
-            raise ConfigError("model.features.ids=false needs item features (model.features.item)")
+        if not s.ids and not s.item and not s.user:
+            raise ConfigError(
+                "model.features.ids=false needs attributes (model.features.item or .user)"
+            )
         return s
 
 

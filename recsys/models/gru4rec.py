@@ -38,6 +38,7 @@ class GRU4Rec(Recommender):
     scores_history = True
     represents_users = True
     uses_features = True
+    scores_new_items = True
 
     def __init__(
         self,

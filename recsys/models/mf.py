@@ -172,6 +172,8 @@ class MF(Recommender):
     represents_users = True
     exposes_embeddings = True
     uses_features = True
+    scores_new_items = True
+    scores_new_users = True
 
     def __init__(
         self,

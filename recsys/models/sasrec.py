@@ -57,6 +57,7 @@ class SASRec(Recommender):
     scores_history = True
     represents_users = True
     uses_features = True
+    scores_new_items = True
     settings_class = SASRecSettings
     retired_keys = RETIRED
 

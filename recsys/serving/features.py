@@ -208,13 +208,12 @@ def _field(d: Any, key: str, path: Path) -> Field:
 
 
 def item_vectors(model: Any):
-    """(I, d) the model's item vectors in its scoring space (ids and attributes), or None: the
-    item table of ``embeddings()`` (``exposes_embeddings``), else the model's ``item_vectors()``
-    where it defines one (the sequence models with an output item table)."""
-    if model.exposes_embeddings:
-        return model.embeddings()["item"]
-    method = getattr(model, "item_vectors", None)
-    return method() if callable(method) else None
+    """(I, d) the model's item vectors in its scoring space (ids and attributes), or None for a
+    model without any (``Recommender.item_vectors``)."""
+    try:
+        return model.item_vectors()
+    except NotImplementedError:
+        return None
 
 
 class NewEntities:
@@ -278,9 +277,8 @@ class NewEntities:
     def _pair(self, users, items):
         """(n, m) scores of user vectors (n, d) against item vectors (m, d), as the model
         scores them."""
-        method = getattr(self.model, "score_vectors", None)
         with self._torch.no_grad():
-            out = method(users, items) if callable(method) else users @ items.T
+            out = self.model.score_vectors(users, items)
         return out.detach().float()
 
     def _new_items(self, items: Sequence[Any], what: str):
@@ -291,7 +289,7 @@ class NewEntities:
                 "item cannot be scored; train it with model.features.item"
             )
         model = self._eager()
-        if not callable(getattr(model, "new_item_vectors", None)):
+        if not model.scores_new_items:
             raise RecsysError(f"{self._name()} cannot represent a new item from its attributes")
         self._item_table()
         if not len(items):
@@ -307,7 +305,7 @@ class NewEntities:
                 f"{self._name()} takes no customer attributes (exported without user features)"
                 + ("; give the customer's history" if self.supports_history else "")
             )
-        if not callable(getattr(self._eager(), "new_user_vectors", None)):
+        if not self._eager().scores_new_users:
             return f"{self._name()} cannot represent a new customer from attributes"
         return None
 

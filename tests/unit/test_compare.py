@@ -24,6 +24,7 @@ def make_run(
     fingerprint: str = "fp1",
     split: str | None = None,
     status: str = "finished",
+    users: np.ndarray | None = None,
     **model_kw,
 ) -> Path:
     d = root / name
@@ -34,7 +35,7 @@ def make_run(
         "data": {"name": "toy"},
         "paths": {"output_dir": str(d)},
     }
-    users = np.arange(len(per_user))
+    users = np.arange(len(per_user)) if users is None else users
     (d / "metrics.json").write_text(
         json.dumps(
             {
@@ -115,6 +116,25 @@ def test_groups_seeds_means_and_paired_tests(sweep):
     assert good["p_ttest_holm"] < 1e-6  # the planted improvement is detected
     assert rows["mf embedding_size=8"]["p_ttest_holm"] > 0.01  # noise alone is not
     assert math.isnan(rows["popularity"]["p_ttest"])
+
+
+def test_seeded_splits_pair_users_within_each_seed(tmp_path):
+    """Held-out users (or cold items) differ from seed to seed: runs pair user by user within a
+    seed, over every (seed, user), instead of averaging users no two seeds share."""
+    rng = np.random.default_rng(1)
+    vectors = {}
+    for seed, users in ((1, np.arange(0, 80)), (2, np.arange(80, 160))):
+        base = rng.uniform(0, 0.5, len(users))
+        good = base + 0.02 + rng.normal(0, 0.05, len(users))
+        make_run(tmp_path, f"pop{seed}", "popularity.Popularity", seed, base, users=users)
+        make_run(tmp_path, f"mf{seed}", "mf.MF", seed, good, users=users)
+        vectors[seed] = (good, base)
+    rows = {r["label"]: r for r in compare([str(tmp_path)], ["test/ndcg@10"])["rows"]}
+    g = np.concatenate([vectors[1][0], vectors[2][0]])
+    b = np.concatenate([vectors[1][1], vectors[2][1]])
+    assert rows["mf"]["n_users"] == 160
+    assert rows["mf"]["p_ttest"] == pytest.approx(stats.ttest_rel(g, b).pvalue)
+    assert rows["mf"]["p_wilcoxon"] == pytest.approx(stats.wilcoxon(g, b).pvalue)
 
 
 def test_cli_writes_markdown_csv_and_chart(sweep, tmp_path, capsys):

@@ -73,8 +73,11 @@ class Group:
             ]
         )
 
-    def user_means(self, metric: str) -> dict[int, float]:
-        """Each user's value of ``metric`` averaged over this group's seeds (users all seeds have).
+    def user_means(self, metric: str) -> dict[Any, float]:
+        """Each user's value of ``metric`` averaged over this group's seeds, keyed by user, when
+        every seed evaluated the same users (a fixed split); otherwise (a seeded split: held-out
+        users, cold items) one value per (seed, user), so runs on the same seed pair user by
+        user.
 
         An item-slice metric (``cold/recall@20``) has a value for the users with a target in
         the slice only (NaN for the others, who are left out)."""
@@ -87,7 +90,11 @@ class Group:
             keep = ~np.isnan(values)
             tables.append(dict(zip(pu["user"][keep].tolist(), values[keep].tolist(), strict=True)))
         common = set(tables[0]).intersection(*tables[1:])
-        return {u: float(np.mean([t[u] for t in tables])) for u in common}
+        if all(len(t) == len(common) for t in tables):
+            return {u: float(np.mean([t[u] for t in tables])) for u in common}
+        return {
+            (r.seed, u): v for r, t in zip(self.runs, tables, strict=True) for u, v in t.items()
+        }
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
