@@ -79,8 +79,18 @@ def format_stats(name: str, stats: dict[str, Any]) -> str:
         f"  item vocabulary: {a['item_vocabulary']} ({a['items_outside_train']} items not in "
         f"train); popularity statistics: {a['popularity_statistics']}; preprocessing: "
         f"{a['preprocessing_scope']}",
-        f"  leak-free: {'yes' if a['ok'] else 'NO'}",
     ]
+    for entity, f in (a.get("features") or {}).items():
+        fields = ", ".join(
+            f"{name} {v['vocabulary']} values" if v["kind"] == "categorical" else f"{name} numeric"
+            for name, v in f["fields"].items()
+        )
+        lines.append(
+            f"  {entity} features ({', '.join(f['files'])}): {f['entities_with_row']} of "
+            f"{f['entities']} {entity}s with a row ({f['rows_matching_no_entity']} rows match "
+            f"none); {fields}; vocabularies from train only: {'yes' if f['ok'] else 'NO'}"
+        )
+    lines.append(f"  leak-free: {'yes' if a['ok'] else 'NO'}")
     return "\n".join(lines)
 
 

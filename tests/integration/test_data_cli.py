@@ -43,6 +43,9 @@ def write_ml100k(root) -> int:
 @pytest.mark.slow
 def test_stats_prepare_and_cache_reuse(tmp_path):
     n = write_ml100k(tmp_path / "root")
+    (tmp_path / "root" / "ml-100k" / "u.user").write_text(  # 29 of the 30 users, + 1 unknown
+        "".join(f"{u}|{20 + u}|{'MF'[u % 2]}|writer|00000\n" for u in range(2, 32))
+    )
     args = ["data=ml-100k", f"data.root={tmp_path / 'root'}"]
     first = recsys_data("stats", *args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -55,6 +58,8 @@ def test_stats_prepare_and_cache_reuse(tmp_path):
         "split (leave_one_out): train",
         "pair overlap: train/val 0, train/test 0, val/test 0",
         "cold in test: 0 users",
+        "user features (u.user): 29 of 30 users with a row (1 rows match none); age 5 values, "
+        "gender 2 values, occupation 1 values; vocabularies from train only: yes",
         "leak-free: yes",
     ):
         assert needle in out
