@@ -19,6 +19,15 @@ the input and in the tied output layer, is its id embedding (items with a traini
 plus its pooled attribute embedding; the padding and mask tokens stay id rows. A cold or new item
 is scored from its attributes (:meth:`BERT4Rec.new_item_vectors`). With ``features: null`` no
 attribute module exists and the computation is the id-only one.
+
+Event context (``features.context``: hour of day, weekday, gap since the previous event,
+:mod:`recsys.data.context`), an addition to the paper as in SASRec: one embedding table per field,
+their sum added to the item (or mask) embedding of each position. A masked training position keeps
+its event's context (the model learns from the item's time what was there); the mask token
+appended at scoring has context 0 (none): the next event's time is not known. A training window's
+newest item also has context 0, because a :class:`~recsys.data.batches.SeqBatch` carries the
+context of its inputs, which end one event before its targets: masked, that position is the
+inference situation exactly.
 """
 
 from __future__ import annotations
@@ -32,7 +41,14 @@ from torch import Tensor
 from recsys.data.batches import SeqBatch, UserBatch
 from recsys.errors import ConfigError
 from recsys.models.base import Recommender, require
-from recsys.models.features import AttributeEmbedding, FeatureSettings, entity_table
+from recsys.models.features import (
+    AttributeEmbedding,
+    FeatureSettings,
+    context_tables,
+    embed_context,
+    entity_table,
+    no_context_error,
+)
 from recsys.models.seq_padding import last_state_by_length
 from recsys.models.transformer import RETIRED, TransformerEncoder, TransformerSettings
 
@@ -75,7 +91,7 @@ class BERT4Rec(Recommender):
         self.pad, self.mask_id = num_items, num_items + 1
         self.objective = s.objective()
         self.encoder = TransformerEncoder(num_items, 2, s)
-        self.feats = FeatureSettings.parse(s.features, feature_schema)
+        self.feats = FeatureSettings.parse(s.features, feature_schema, context=True)
         if self.feats.user:
             raise ConfigError(
                 "model.features.user: BERT4Rec represents a user by the history alone; "
@@ -88,6 +104,9 @@ class BERT4Rec(Recommender):
             if self.feats.item
             else None
         )
+        # one table per context field (code 0: none, a zero row without gradient); built after
+        # the encoder so the id-only initialisation draws are unchanged
+        self.context_emb = context_tables(self.feats.context, s.hidden_size, s.init_std)
 
     def set_features(self, features: Any) -> None:
         if self.item_attrs is not None:
@@ -112,19 +131,46 @@ class BERT4Rec(Recommender):
         masked[:, -1] |= none  # rows without a mask: mask the most recent item
         return seq.masked_fill(masked, self.mask_id), masked
 
+    def target_context(self, batch: SeqBatch) -> Tensor | None:
+        """(B, L, 3) the context codes of ``batch.target``'s events, or None for a model without
+        context: ``target[:, j]`` is the event after ``input[:, j]``, so its codes are
+        ``context[:, j + 1]``; the newest target's are not in the batch (0, none), nor are
+        padding's."""
+        if not self.context_emb:
+            return None
+        if batch.context is None:
+            raise no_context_error("BERT4Rec")
+        ctx = torch.cat([batch.context[:, 1:], torch.zeros_like(batch.context[:, :1])], 1)
+        return ctx.masked_fill((batch.target == self.pad)[..., None], 0)
+
     def loss(self, batch: SeqBatch) -> Tensor:
         seq = batch.target  # (B, L) the window's items, left-padded
+        extra = embed_context(self.context_emb, self.target_context(batch), "BERT4Rec")
         inp, masked = self.mask(seq)
         table = self.item_table()  # one item-dropout mask for input and output
-        h = self.encoder(inp, causal=False, table=table)[masked]  # (N, d) at the masked positions
+        h = self.encoder(inp, causal=False, table=table, extra=extra)  # (B, L, d)
+        h = h[masked]  # (N, d) at the masked positions
         return self.objective(h, seq[masked], table[: self.pad], batch.loss_scale)
 
     def _states(self, users: UserBatch, table: Tensor | None) -> Tensor:
         hist = users.padded(self.max_len - 1, self.pad)
         mask_col = torch.full_like(hist[:, :1], self.mask_id)
         seq = torch.cat([hist, mask_col], 1)  # (B, L)
+        if not self.context_emb:
+            return last_state_by_length(
+                seq, self.pad, lambda s: self.encoder(s, causal=False, table=table)
+            )
+        if users.context is None:
+            raise no_context_error("BERT4Rec")
+        ctx = users.padded_context(self.max_len - 1)  # (B, L - 1, 3)
+        ctx = torch.cat([ctx, torch.zeros_like(ctx[:, :1])], 1)  # the mask: no context
         return last_state_by_length(
-            seq, self.pad, lambda s: self.encoder(s, causal=False, table=table)
+            seq,
+            self.pad,
+            lambda s, c: self.encoder(
+                s, causal=False, table=table, extra=embed_context(self.context_emb, c, "BERT4Rec")
+            ),
+            context=ctx,
         )
 
     def user_representation(self, users: UserBatch) -> Tensor:

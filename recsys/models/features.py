@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from recsys.data.context import CONTEXT_FIELDS
+from recsys.data.context import CONTEXT_FIELDS, CONTEXT_SIZES
 from recsys.errors import ConfigError
 
 POOLS = ("sum", "concat")
@@ -143,7 +143,8 @@ def _context_fields(want: Any, supported: bool) -> tuple[str, ...]:
         return ()
     if not supported:
         raise ConfigError(
-            "model.features.context: this model has no event context input (SASRec has one); "
+            "model.features.context: this model has no event context input (SASRec, BERT4Rec and "
+            "GRU4Rec have one); "
             "set model.features.context=null"
         )
     if want == "all":
@@ -159,6 +160,46 @@ def _context_fields(want: Any, supported: bool) -> tuple[str, ...]:
             f"model.features.context: no field {unknown[0]!r} (fields: {', '.join(CONTEXT_FIELDS)})"
         )
     return tuple(f for f in CONTEXT_FIELDS if f in set(want))
+
+
+def context_tables(fields: Sequence[str], d: int, init_std: float) -> nn.ModuleDict:
+    """One ``nn.Embedding(size + 1, d, padding_idx=0)`` per used context field (``fields``, from
+    :attr:`FeatureSettings.context`), initialised normal with std ``init_std`` and a zero
+    padding row (code 0: none) that gets no gradient. Empty for a model without context. A model
+    builds it after its id-only modules, so the id-only initialisation draws are unchanged."""
+    tables = nn.ModuleDict()
+    for name in fields:
+        emb = nn.Embedding(CONTEXT_SIZES[CONTEXT_FIELDS.index(name)] + 1, d, padding_idx=0)
+        nn.init.normal_(emb.weight, std=init_std)
+        with torch.no_grad():
+            emb.weight[0].zero_()
+        tables[name] = emb
+    return tables
+
+
+def no_context_error(model: str) -> ConfigError:
+    """The refusal of a history or window without its events' context by a ``model`` that
+    uses it (a history's events need their times; they are not guessed)."""
+    return ConfigError(
+        f"this {model} uses event context (model.features.context): its input needs each "
+        "event's context (SeqBatch.context / UserBatch.context)"
+    )
+
+
+def embed_context(tables: nn.ModuleDict, context: Tensor | None, model: str) -> Tensor | None:
+    """(..., d) the summed embeddings of the used context fields of (..., 3) codes
+    (``SeqBatch.context``, ``UserBatch.padded_context``), or None when ``tables`` is empty (a
+    model without context). A model with context refuses ``context=None``
+    (:func:`no_context_error`)."""
+    if not tables:
+        return None
+    if context is None:
+        raise no_context_error(model)
+    out: Tensor | None = None
+    for name, emb in tables.items():
+        e = emb(context[..., CONTEXT_FIELDS.index(name)])
+        out = e if out is None else out + e
+    return out
 
 
 class AttributeEmbedding(nn.Module):

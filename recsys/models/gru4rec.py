@@ -14,6 +14,11 @@ in the tied output layer, is its id embedding (items with a training event only)
 attribute embedding, so a cold or new item is scored from its attributes
 (:meth:`GRU4Rec.new_item_vectors`). With ``features: null`` no attribute module exists and the
 computation is the id-only one.
+
+Event context (``features.context``: hour of day, weekday, gap since the previous event,
+:mod:`recsys.data.context`), an addition to the paper as in SASRec: one embedding table per field,
+their sum added to the item embedding of each input step before the input dropout; the history
+scored at evaluation carries its events' context too.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from recsys.data.batches import SeqBatch, UserBatch
 from recsys.errors import ConfigError
 from recsys.models.base import Recommender, require
-from recsys.models.features import AttributeEmbedding, FeatureSettings, entity_table
+from recsys.models.features import (
+    AttributeEmbedding,
+    FeatureSettings,
+    context_tables,
+    embed_context,
+    entity_table,
+    no_context_error,
+)
 from recsys.models.seq_losses import SeqObjective
 from recsys.models.seq_padding import last_state_by_length
 
@@ -77,7 +89,7 @@ class GRU4Rec(Recommender):
         self.gru = nn.GRU(embedding_size, hidden_size, n_layers, batch_first=True)
         self.proj = nn.Linear(hidden_size, embedding_size)
         # after every id-only module: the id-only initialisation draws are unchanged
-        self.feats = FeatureSettings.parse(features, feature_schema)
+        self.feats = FeatureSettings.parse(features, feature_schema, context=True)
         if self.feats.user:
             raise ConfigError(
                 "model.features.user: GRU4Rec represents a user by the history alone; "
@@ -90,6 +102,8 @@ class GRU4Rec(Recommender):
             if self.feats.item
             else None
         )
+        # one table per context field (code 0: none, a zero row without gradient)
+        self.context_emb = context_tables(self.feats.context, embedding_size, init_std)
 
     def set_features(self, features: Any) -> None:
         if self.item_attrs is not None:
@@ -111,17 +125,31 @@ class GRU4Rec(Recommender):
         """(I, d) the output layer: embeddings of the real items."""
         return self.item.weight[: self.num_items]
 
-    def encode(self, seq: Tensor, table: Tensor | None = None) -> Tensor:
+    def encode(
+        self, seq: Tensor, table: Tensor | None = None, context: Tensor | None = None
+    ) -> Tensor:
         """(B, L) left-padded ids → (B, L, d) states (zero at padding); ``table``: the item
-        table to embed with (:meth:`item_table`), default the id table."""
+        table to embed with (:meth:`item_table`), default the id table; ``context``: (B, L, 3)
+        each position's context codes (``SeqBatch.context``), required by a model with context
+        and ignored by one without."""
         B, L = seq.shape
         real = seq != self.pad
         lengths = real.sum(1)
         n_pad = (L - lengths)[:, None]
         cols = torch.arange(L, device=seq.device)[None]
-        right = seq.gather(1, (cols + n_pad).clamp(max=L - 1))  # (B, L) right-padded
-        right = right.masked_fill(cols >= lengths[:, None], self.pad)
+        gather = (cols + n_pad).clamp(max=L - 1)  # (B, L) left → right-padded positions
+        after = cols >= lengths[:, None]  # (B, L) right padding
+        right = seq.gather(1, gather).masked_fill(after, self.pad)  # (B, L) right-padded
         emb = self.item(right) if table is None else F.embedding(right, table, self.pad)
+        if self.context_emb:
+            if context is None:
+                raise no_context_error("GRU4Rec")
+            # the context moves with its items; code 0 (none) at the right padding
+            codes = context.gather(1, gather[..., None].expand(-1, -1, context.shape[-1]))
+            extra = embed_context(
+                self.context_emb, codes.masked_fill(after[..., None], 0), "GRU4Rec"
+            )
+            emb = emb + extra  # (B, L, e)
         packed = pack_padded_sequence(
             self.drop(emb),  # (B, L, e)
             lengths.clamp(min=1).cpu(),
@@ -136,19 +164,28 @@ class GRU4Rec(Recommender):
 
     def loss(self, batch: SeqBatch) -> Tensor:
         if self.item_attrs is None:
-            h = self.encode(batch.input)  # (B, L, d)
+            h = self.encode(batch.input, context=batch.context)  # (B, L, d)
             return self.objective.next_item(
                 h, batch.target, self.pad, self.item_weight, batch.loss_scale
             )
         table = self.item_table()  # (I + 1, d)
-        h = self.encode(batch.input, table)
+        h = self.encode(batch.input, table, batch.context)
         return self.objective.next_item(
             h, batch.target, self.pad, table[: self.pad], batch.loss_scale
         )
 
     def _states(self, users: UserBatch, table: Tensor | None) -> Tensor:
         seq = users.padded(self.max_len, self.pad)
-        return last_state_by_length(seq, self.pad, lambda s: self.encode(s, table))
+        if not self.context_emb:
+            return last_state_by_length(seq, self.pad, lambda s: self.encode(s, table))
+        if users.context is None:
+            raise no_context_error("GRU4Rec")
+        return last_state_by_length(
+            seq,
+            self.pad,
+            lambda s, c: self.encode(s, table, c),
+            context=users.padded_context(self.max_len),
+        )
 
     def user_representation(self, users: UserBatch) -> Tensor:
         """(B, d) final GRU state over each user's history."""

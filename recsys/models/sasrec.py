@@ -28,20 +28,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from recsys.data.batches import SeqBatch, UserBatch
-from recsys.data.context import CONTEXT_FIELDS, CONTEXT_SIZES
 from recsys.errors import ConfigError
 from recsys.models.base import Recommender
-from recsys.models.features import AttributeEmbedding, FeatureSettings, entity_table
+from recsys.models.features import (
+    AttributeEmbedding,
+    FeatureSettings,
+    context_tables,
+    embed_context,
+    entity_table,
+    no_context_error,
+)
 from recsys.models.seq_padding import last_state_by_length
 from recsys.models.transformer import RETIRED, TransformerEncoder, TransformerSettings
-
-_NO_CONTEXT = (
-    "this SASRec uses event context (model.features.context): its input needs each event's "
-    "context (SeqBatch.context / UserBatch.context)"
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,14 +91,7 @@ class SASRec(Recommender):
         )
         # one table per context field (code 0, padding, is a zero row without gradient); built
         # after the encoder so the id-only initialisation draws are unchanged
-        self.context_emb = nn.ModuleDict()
-        for name in self.feats.context:
-            size = CONTEXT_SIZES[CONTEXT_FIELDS.index(name)] + 1
-            emb = nn.Embedding(size, s.hidden_size, padding_idx=0)
-            nn.init.normal_(emb.weight, std=s.init_std)
-            with torch.no_grad():
-                emb.weight[0].zero_()
-            self.context_emb[name] = emb
+        self.context_emb = context_tables(self.feats.context, s.hidden_size, s.init_std)
 
     def set_features(self, features: Any) -> None:
         if self.item_attrs is not None:
@@ -118,15 +112,7 @@ class SASRec(Recommender):
         """(B, L, d) the summed embeddings of the used context fields of (B, L, 3) codes
         (``SeqBatch.context``), or None for a model without context. A model with context
         refuses a batch without it (a history's events need their times)."""
-        if not self.context_emb:
-            return None
-        if context is None:
-            raise ConfigError(_NO_CONTEXT)
-        out: Tensor | None = None
-        for name, emb in self.context_emb.items():
-            e = emb(context[..., CONTEXT_FIELDS.index(name)])
-            out = e if out is None else out + e
-        return out
+        return embed_context(self.context_emb, context, "SASRec")
 
     def loss(self, batch: SeqBatch) -> Tensor:
         table = self.item_table()  # (I + 1, d)
@@ -143,7 +129,7 @@ class SASRec(Recommender):
                 seq, self.pad, lambda s: self.encoder(s, causal=True, table=table)
             )
         if users.context is None:
-            raise ConfigError(_NO_CONTEXT)
+            raise no_context_error("SASRec")
         return last_state_by_length(
             seq,
             self.pad,

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch import Tensor
 
 from recsys.data.batches import SeqBatch, UserBatch
 from recsys.data.context import interaction_context
@@ -271,8 +272,9 @@ def test_context_refused_without_a_clock(tmp_path):
         ("sasrec", ["hour", "minute"], "model.features.context: no field 'minute'"),
         ("sasrec", "hour", "model.features.context must be null, all or a non-empty list"),
         ("sasrec", [], "model.features.context must be null, all or a non-empty list"),
-        ("bert4rec", "all", "model.features.context: this model has no event context input"),
-        ("gru4rec", ["gap"], "model.features.context: this model has no event context input"),
+        ("bert4rec", ["day"], "model.features.context: no field 'day'"),
+        ("gru4rec", "gap", "model.features.context must be null, all or a non-empty list"),
+        ("mf", ["gap"], "model.features.context: this model has no event context input"),
     ],
 )
 def test_bad_context_settings_are_refused(model, context, message):
@@ -335,20 +337,22 @@ def hour_log(n_users: int, n_events: int, seed: int) -> tuple[Interactions, np.n
     return Interactions.from_frame(df), evening[:, -2].astype(int)
 
 
-def train_and_hit(features: dict | None, seed: int = 0) -> float:
+def train_and_hit(
+    features: dict | None, seed: int = 0, cfg: Mapping[str, Any] = SASREC, epochs: int = 25
+) -> float:
     """Share of held-out users whose top-1 item is in the group their last-but-one event's hour
-    calls for, for SASRec trained on every user's events but the last."""
+    calls for, for the model of ``cfg`` (SASRec) trained on every user's events but the last."""
     torch.manual_seed(seed)
     inter, group = hour_log(300, 10, seed)
     last = np.r_[np.diff(inter.user) != 0, True]  # events are grouped by user, in time order
     train = inter.select(~last)
-    model = build_model({**SASREC, "max_len": 8, "features": features}, inter.n_users, 20)
+    model = build_model({**cfg, "max_len": 8, "features": features}, inter.n_users, 20)
     dev = torch.device("cpu")
     ctx = interaction_context(train) if model.uses_context() else None
     loader = SeqLoader(RowStore.from_log(train, dev, ctx), 8, 20, 64, seed, bucket=1)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     model.train()
-    for epoch in range(25):
+    for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
         for b in loader:
             opt.zero_grad()
@@ -366,5 +370,125 @@ def test_sasrec_learns_a_planted_hour_signal_only_with_context():
     with_context = train_and_hit({"context": "all"})
     with_hour = train_and_hit({"context": ["hour"]})
     ids_only = train_and_hit(None)
+    assert with_context >= 0.9 and with_hour >= 0.9, (with_context, with_hour)
+    assert ids_only <= 0.65, ids_only  # the items carry no hint: chance is 0.5
+
+
+# -- GRU4Rec and BERT4Rec take the same context ----------------------------------------------
+GRU4REC = {
+    "_target_": "recsys.models.gru4rec.GRU4Rec",
+    "max_len": 4,
+    "embedding_size": 16,
+    "hidden_size": 16,
+    "dropout": 0.0,
+}
+BERT4REC = {**SASREC, "_target_": "recsys.models.bert4rec.BERT4Rec"}
+SEQ_MODELS = {"gru4rec": GRU4REC, "bert4rec": BERT4REC}
+
+
+@pytest.mark.parametrize("name", sorted(SEQ_MODELS))
+def test_context_neutral_padding_gru4rec_bert4rec(name):
+    """As for SASRec: an all-padding context is the id-only model (same seed, same loss and
+    scores), a history without context is refused, every context table gets a gradient."""
+    cfg = SEQ_MODELS[name]
+    torch.manual_seed(0)
+    ids = build_model(cfg, 3, 10)
+    torch.manual_seed(0)
+    ctx = build_model({**cfg, "features": {"context": ["gap", "hour"]}}, 3, 10)
+    assert ctx.features_used()["context"] == ["hour", "gap"] and ctx.uses_context()
+    assert not ids.uses_context()
+    inp = torch.tensor([[10, 1, 2, 3], [10, 10, 5, 6]])
+    tgt = torch.tensor([[10, 2, 3, 4], [10, 10, 6, 7]])
+    zero = torch.zeros(2, 4, 3, dtype=torch.long)
+    torch.manual_seed(1)  # BERT4Rec's masks: the same draws for both
+    a = ids.loss(SeqBatch(torch.tensor([0, 1]), inp, tgt))
+    torch.manual_seed(1)
+    b = ctx.loss(SeqBatch(torch.tensor([0, 1]), inp, tgt, None, zero))
+    assert torch.equal(a, b)
+    users = UserBatch.from_lists([0, 1], [[1, 2], [3, 4, 5, 6, 7]])
+    with_zero = UserBatch(
+        users.user, users.items, users.offsets, torch.zeros(7, 3, dtype=torch.long)
+    )
+    assert torch.equal(ids.eval().score(users), ctx.eval().score(with_zero))
+    with pytest.raises(ConfigError, match=f"this {ctx.__class__.__name__} uses event context"):
+        ctx.score(users)
+    with pytest.raises(ConfigError, match="uses event context"):
+        ctx.loss(SeqBatch(torch.tensor([0, 1]), inp, tgt))
+    ctx.train()
+    codes = torch.tensor([[[0, 0, 0], [3, 1, 4], [9, 2, 1], [24, 7, 32]]] * 2)
+    codes[1, :2] = 0  # padding
+    ctx.loss(SeqBatch(torch.tensor([0, 1]), inp, tgt, None, codes)).backward()
+    for emb in ctx.context_emb.values():
+        assert emb.weight.grad is not None and emb.weight.grad.abs().sum() > 0
+        assert (emb.weight.grad[0] == 0).all()
+
+
+@pytest.mark.parametrize("name", sorted(SEQ_MODELS))
+def test_context_follows_its_items_through_any_padding(name):
+    """A user's score does not depend on the other users of its batch (how much left padding its
+    row has, hence GRU4Rec's re-alignment to right padding), and does depend on its context."""
+    torch.manual_seed(0)
+    model = build_model({**SEQ_MODELS[name], "max_len": 6, "features": {"context": "all"}}, 4, 10)
+    model.eval()
+    hists = [[1], [2, 3, 4, 5, 6, 7, 8], [9, 0, 3], [4, 4]]
+    g = torch.Generator().manual_seed(3)
+    codes = [
+        torch.stack(
+            [
+                torch.randint(1, 25, (len(h),), generator=g),
+                torch.randint(1, 8, (len(h),), generator=g),
+                torch.randint(1, 33, (len(h),), generator=g),
+            ],
+            1,
+        )
+        for h in hists
+    ]
+
+    def batch(rows: list[int], ctx: list[Tensor]) -> UserBatch:
+        b = UserBatch.from_lists(rows, [hists[r] for r in rows])
+        return UserBatch(b.user, b.items, b.offsets, torch.cat([ctx[r] for r in rows]))
+
+    with torch.no_grad():
+        together = model.score(batch([0, 1, 2, 3], codes))
+        for r in range(4):
+            alone = model.score(batch([r], codes))[0]
+            torch.testing.assert_close(together[r], alone, rtol=1e-5, atol=1e-6)
+        moved = [c.roll(1, 0) for c in codes]  # the same codes on other events
+        assert not torch.allclose(model.score(batch([1], moved)), together[1:2])
+
+
+def test_bert4rec_trains_each_target_with_its_events_context():
+    """BERT4Rec's sequence is the windows' targets: each target event's own context codes (the
+    next input's), 0 for the newest target (its codes are not in the batch: as the mask at
+    scoring) and at padding; against the raw log's events."""
+    inter = tiny_log(1)
+    max_len, pad = 4, inter.n_items
+    hist = ref_histories(
+        inter.user_ids[inter.user], inter.item_ids[inter.item], inter.time.astype(np.int64)
+    )
+    model = build_model({**BERT4REC, "features": {"context": "all"}}, inter.n_users, pad)
+    store = RowStore.from_log(inter, torch.device("cpu"), interaction_context(inter))
+    n = 0
+    for b in SeqLoader(store, max_len, pad, 3, 0, "windows", 1, stride=2):
+        ctx = model.target_context(b)
+        assert ctx is not None and ctx.shape == b.context.shape
+        assert (ctx[:, -1] == 0).all() and (ctx[b.target == pad] == 0).all()
+        for r in range(len(b)):
+            events = hist[int(inter.user_ids[int(b.user[r])])]
+            for j in range(b.target.shape[1] - 1):
+                if int(b.target[r, j]) == pad:
+                    continue
+                item, codes = int(inter.item_ids[int(b.target[r, j])]), tuple(ctx[r, j].tolist())
+                assert (item, codes) in events  # the target's own event
+                n += 1
+    assert n > 0
+
+
+@pytest.mark.parametrize("name,epochs", [("gru4rec", 25), ("bert4rec", 40)])
+def test_gru4rec_bert4rec_learn_a_planted_hour_signal_only_with_context(name, epochs):
+    cfg = {**SEQ_MODELS[name], "max_len": 8}
+    with_context = train_and_hit({"context": "all"}, cfg=cfg, epochs=epochs)
+    with_hour = train_and_hit({"context": ["hour"]}, cfg=cfg, epochs=epochs)
+    ids_only = train_and_hit(None, cfg=cfg, epochs=epochs)
     assert with_context >= 0.9 and with_hour >= 0.9, (with_context, with_hour)
     assert ids_only <= 0.65, ids_only  # the items carry no hint: chance is 0.5
