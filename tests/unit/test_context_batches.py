@@ -1,7 +1,8 @@
-"""Event context in the batches and in SASRec: every training window's and every evaluation
+"""Event context in the batches and in the sequence models: every training window's and every evaluation
 history's context codes against a brute-force construction from the raw log (hour, weekday and
 gap computed with ``datetime`` and integer arithmetic, not with ``recsys.data.context``), the
-refusals, and a planted hour-of-day signal that SASRec learns only with context."""
+refusals, and a planted hour-of-day signal that SASRec, GRU4Rec and BERT4Rec learn only with
+context."""
 
 from __future__ import annotations
 
