@@ -76,6 +76,26 @@ def _write_ml100k(folder: Path, df: pd.DataFrame) -> None:
     df.loc[test, cols].to_csv(folder / "u1.test", sep="\t", header=False, index=False)
 
 
+def _write_ml100k_attributes(folder: Path, df: pd.DataFrame) -> None:
+    """u.user (id|age|gender|occupation|zip) and u.item (id|title|release date|video date|url|19
+    genre flags), for the experiments that read attributes."""
+    users = sorted(df["user"].unique())
+    (folder / "u.user").write_text(
+        "".join(
+            f"{u}|{18 + u % 50}|{'MF'[u % 2]}|{('writer', 'doctor')[int(u % 3 == 0)]}|0\n"
+            for u in users
+        )
+    )
+    flags = lambda i: "|".join("1" if g == int(i) % 19 else "0" for g in range(19))  # noqa: E731
+    (folder / "u.item").write_text(
+        "".join(
+            f"{i}|Movie {i} ({1990 + i % 9})|01-Jan-{1990 + i % 9}||http://x|{flags(i)}\n"
+            for i in sorted(df["item"].unique())
+        ),
+        encoding="latin-1",
+    )
+
+
 def _write_ml1m(folder: Path, df: pd.DataFrame) -> None:
     """ratings.dat: UserID::MovieID::Rating::Timestamp."""
     lines = [f"{u}::{i}::{r}::{t}" for u, i, r, t in df[["user", "item", "rating", "time"]].values]
@@ -97,11 +117,13 @@ def _write_user_sequences(folder: Path, df: pd.DataFrame) -> None:
         for user, group in df.groupby("user", sort=True)
     ]
     (folder / "Beauty.txt").write_text("\n".join(lines) + "\n")
+    attributes = {str(i): [1 + int(i) % 7, 10 + int(i) % 3] for i in sorted(df["item"].unique())}
+    (folder / "Beauty_item2attributes.json").write_text(json.dumps(attributes))
 
 
 # data.name -> writer; the files land in <root>/<data.folder>/ as named by the data config
 STANDINS = {
-    "ml-100k": _write_ml100k,
+    "ml-100k": lambda folder, df: (_write_ml100k(folder, df), _write_ml100k_attributes(folder, df)),
     "ml-100k-fold": _write_ml100k,
     "ml-1m": _write_ml1m,
     "ml-20m": _write_movielens_csv,
@@ -222,6 +244,9 @@ def test_experiment_runs_end_to_end(name, data_root, tmp_path):
         assert any(k.split("@")[0] == metric for k in saved["test"]), f"{name}: no test {metric}"
     assert (out / "checkpoints" / "best.ckpt").is_file()
     assert saved["data"]["n_train"] > 0 and saved["data"]["n_test"] > 0
-    if cfg.data.split == "holdout_users":
+    if cfg.data.split == "holdout_users" and cfg.data.get("fold_in_events") != 0:
         # strong generalization: the held-out users' fold-in histories reached the evaluation
         assert saved["data"]["n_val_input"] > 0 and saved["data"]["n_test_input"] > 0
+    if cfg.data.get("fold_in_events") == 0:  # cold users: no history, attributes only
+        assert saved["data"]["n_val_input"] == 0 and saved["data"]["n_test_input"] == 0
+        assert saved["features"]["user"], f"{name}: no user attributes used"
