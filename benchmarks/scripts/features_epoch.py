@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _compose(overrides: list[str]) -> dict:
     from hydra import compose, initialize_config_dir
-
     from omegaconf import open_dict
 
     with initialize_config_dir(config_dir=str(Path.cwd() / "configs"), version_base="1.3"):

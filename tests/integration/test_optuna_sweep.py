@@ -125,8 +125,10 @@ def study_run(tmp_path_factory):
         if (sweep / str(n) / "metrics.json").is_file()
     }
     second = subprocess.run(cmd, cwd=out, env=_env(), capture_output=True, text=True, timeout=600)
-    listing = sorted(p.name for p in (sweep / "failures").glob("*")) if (sweep / "failures").is_dir() else []
-    assert second.returncode == 1, (before, listing, second.stdout[-3000:], second.stderr[-3000:])
+    # the invalid trial's failure, reported; on failure: what the first session finished, the
+    # failure records and both output tails
+    records = sorted(p.name for p in (sweep / "failures").glob("*"))
+    assert second.returncode == 1, (before, records, second.stdout[-3000:], second.stderr[-3000:])
     assert "run(s) of the sweep failed" in second.stderr
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{sweep / 'optuna.db'}")
     return out, sweep, before, snapshot, second, study
