@@ -39,15 +39,14 @@ import torch
 from torch import Tensor
 
 from recsys.data.batches import SeqBatch, UserBatch
-from recsys.errors import ConfigError
 from recsys.models.base import Recommender, require
 from recsys.models.features import (
-    AttributeEmbedding,
-    FeatureSettings,
     context_tables,
     embed_context,
-    entity_table,
+    new_item_vectors_of,
     no_context_error,
+    sequence_item_features,
+    with_item_attributes,
 )
 from recsys.models.seq_padding import last_state_by_length
 from recsys.models.transformer import RETIRED, TransformerEncoder, TransformerSettings
@@ -91,18 +90,8 @@ class BERT4Rec(Recommender):
         self.pad, self.mask_id = num_items, num_items + 1
         self.objective = s.objective()
         self.encoder = TransformerEncoder(num_items, 2, s)
-        self.feats = FeatureSettings.parse(s.features, feature_schema, context=True)
-        if self.feats.user:
-            raise ConfigError(
-                "model.features.user: BERT4Rec represents a user by the history alone; "
-                "user attributes need MF or NCF"
-            )
-        self.item_attrs = (
-            AttributeEmbedding(
-                self.feats.item, num_items, s.hidden_size, self.feats.pool, s.init_std
-            )
-            if self.feats.item
-            else None
+        self.feats, self.item_attrs = sequence_item_features(
+            "BERT4Rec", s.features, feature_schema, s.hidden_size, num_items, s.init_std
         )
         # one table per context field (code 0: none, a zero row without gradient); built after
         # the encoder so the id-only initialisation draws are unchanged
@@ -116,12 +105,9 @@ class BERT4Rec(Recommender):
         """(I + 2, d) the items' input and output table for one batch: the id table (one
         item-dropout mask for input and output) plus, with item features, the attribute part
         (:func:`~recsys.models.features.entity_table`); the last two rows are padding and mask."""
-        table = self.encoder.table()
-        if self.item_attrs is None:
-            return table
-        f = self.feats
-        items = entity_table(table[: self.pad], self.item_attrs, f.ids, f.id_dropout, self.training)
-        return torch.cat([items, table[self.pad :]])
+        return with_item_attributes(
+            self.encoder.table(), self.pad, self.item_attrs, self.feats, self.training
+        )
 
     def mask(self, seq: Tensor) -> tuple[Tensor, Tensor]:
         """(input with mask tokens, (B, L) bool masked positions) for left-padded ``seq``."""
@@ -192,6 +178,4 @@ class BERT4Rec(Recommender):
         :class:`~recsys.data.features.FeatureTable` of this model's item fields, from
         ``FeatureTable.encode_rows``), scored like catalogue items:
         ``user_representation @ new_item_vectors.T``."""
-        if self.item_attrs is None:
-            raise ConfigError("this BERT4Rec uses no item features: a new item cannot be scored")
-        return self.item_attrs.encode_table(attrs)
+        return new_item_vectors_of("BERT4Rec", self.item_attrs, attrs)

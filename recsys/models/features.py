@@ -364,3 +364,49 @@ def entity_rows(
         rows = ids.index_select(0, flat) if isinstance(ids, Tensor) else ids(flat)
         out = out + rows * gate[:, None]
     return out.view(*idx.shape, out.shape[-1])
+
+
+# -- the item side of the sequence models (SASRec, BERT4Rec, GRU4Rec) ---------------------------
+def sequence_item_features(
+    model: str,
+    features: Mapping[str, Any] | None,
+    schema: Mapping[str, Any] | None,
+    d: int,
+    num_items: int,
+    init_std: float,
+) -> tuple[FeatureSettings, AttributeEmbedding | None]:
+    """A sequence model's ``model.features`` (items and context; user attributes refused: the
+    model represents a user by the history alone) and its item attribute embedding, or None."""
+    feats = FeatureSettings.parse(features, schema, context=True)
+    if feats.user:
+        raise ConfigError(
+            f"model.features.user: {model} represents a user by the history alone; "
+            "user attributes need MF or NCF"
+        )
+    attrs = (
+        AttributeEmbedding(feats.item, num_items, d, feats.pool, init_std) if feats.item else None
+    )
+    return feats, attrs
+
+
+def with_item_attributes(
+    table: Tensor,
+    num_items: int,
+    attrs: AttributeEmbedding | None,
+    feats: FeatureSettings,
+    training: bool,
+) -> Tensor:
+    """The id table ``table`` (num_items + extra tokens, d) with its first ``num_items`` rows
+    replaced by :func:`entity_table` (ids gated, plus attributes); unchanged without attributes."""
+    if attrs is None:
+        return table
+    items = entity_table(table[:num_items], attrs, feats.ids, feats.id_dropout, training)
+    return torch.cat([items, table[num_items:]])
+
+
+def new_item_vectors_of(model: str, attrs: AttributeEmbedding | None, table: Any) -> Tensor:
+    """(m, d) vectors of new items from their attributes alone (a FeatureTable from
+    ``FeatureTable.encode_rows``); a model trained without item features refuses by name."""
+    if attrs is None:
+        raise ConfigError(f"this {model} uses no item features: a new item cannot be scored")
+    return attrs.encode_table(table)

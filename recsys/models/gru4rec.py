@@ -31,15 +31,14 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from recsys.data.batches import SeqBatch, UserBatch
-from recsys.errors import ConfigError
 from recsys.models.base import Recommender, require
 from recsys.models.features import (
-    AttributeEmbedding,
-    FeatureSettings,
     context_tables,
     embed_context,
-    entity_table,
+    new_item_vectors_of,
     no_context_error,
+    sequence_item_features,
+    with_item_attributes,
 )
 from recsys.models.seq_losses import SeqObjective
 from recsys.models.seq_padding import last_state_by_length
@@ -89,18 +88,8 @@ class GRU4Rec(Recommender):
         self.gru = nn.GRU(embedding_size, hidden_size, n_layers, batch_first=True)
         self.proj = nn.Linear(hidden_size, embedding_size)
         # after every id-only module: the id-only initialisation draws are unchanged
-        self.feats = FeatureSettings.parse(features, feature_schema, context=True)
-        if self.feats.user:
-            raise ConfigError(
-                "model.features.user: GRU4Rec represents a user by the history alone; "
-                "user attributes need MF or NCF"
-            )
-        self.item_attrs = (
-            AttributeEmbedding(
-                self.feats.item, num_items, embedding_size, self.feats.pool, init_std
-            )
-            if self.feats.item
-            else None
+        self.feats, self.item_attrs = sequence_item_features(
+            "GRU4Rec", features, feature_schema, embedding_size, num_items, init_std
         )
         # one table per context field (code 0: none, a zero row without gradient)
         self.context_emb = context_tables(self.feats.context, embedding_size, init_std)
@@ -113,12 +102,9 @@ class GRU4Rec(Recommender):
         """(I + 1, d) the items' input and output table: the id table, plus with item features
         the attribute part (:func:`~recsys.models.features.entity_table`, id dropout drawn once
         for input and output); the last row is padding."""
-        table = self.item.weight
-        if self.item_attrs is None:
-            return table
-        f = self.feats
-        items = entity_table(table[: self.pad], self.item_attrs, f.ids, f.id_dropout, self.training)
-        return torch.cat([items, table[self.pad :]])
+        return with_item_attributes(
+            self.item.weight, self.pad, self.item_attrs, self.feats, self.training
+        )
 
     @property
     def item_weight(self) -> Tensor:
@@ -206,6 +192,4 @@ class GRU4Rec(Recommender):
         :class:`~recsys.data.features.FeatureTable` of this model's item fields, from
         ``FeatureTable.encode_rows``), scored like catalogue items:
         ``user_representation @ new_item_vectors.T``."""
-        if self.item_attrs is None:
-            raise ConfigError("this GRU4Rec uses no item features: a new item cannot be scored")
-        return self.item_attrs.encode_table(attrs)
+        return new_item_vectors_of("GRU4Rec", self.item_attrs, attrs)

@@ -27,19 +27,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from recsys.data.batches import SeqBatch, UserBatch
-from recsys.errors import ConfigError
 from recsys.models.base import Recommender
 from recsys.models.features import (
-    AttributeEmbedding,
-    FeatureSettings,
     context_tables,
     embed_context,
-    entity_table,
+    new_item_vectors_of,
     no_context_error,
+    sequence_item_features,
+    with_item_attributes,
 )
 from recsys.models.seq_padding import last_state_by_length
 from recsys.models.transformer import RETIRED, TransformerEncoder, TransformerSettings
@@ -76,18 +74,8 @@ class SASRec(Recommender):
         self.max_len, self.pad = int(s.max_len), num_items
         self.objective = s.objective()
         self.encoder = TransformerEncoder(num_items, 1, s)
-        self.feats = FeatureSettings.parse(s.features, feature_schema, context=True)
-        if self.feats.user:
-            raise ConfigError(
-                "model.features.user: SASRec represents a user by the history alone; "
-                "user attributes need MF or NCF"
-            )
-        self.item_attrs = (
-            AttributeEmbedding(
-                self.feats.item, num_items, s.hidden_size, self.feats.pool, s.init_std
-            )
-            if self.feats.item
-            else None
+        self.feats, self.item_attrs = sequence_item_features(
+            "SASRec", s.features, feature_schema, s.hidden_size, num_items, s.init_std
         )
         # one table per context field (code 0, padding, is a zero row without gradient); built
         # after the encoder so the id-only initialisation draws are unchanged
@@ -101,12 +89,9 @@ class SASRec(Recommender):
         """(I + 1, d) the items' input and output table for one batch: the id table (one
         item-dropout mask for input and output) plus, with item features, the attribute part
         (:func:`~recsys.models.features.entity_table`); the last row is padding."""
-        table = self.encoder.table()
-        if self.item_attrs is None:
-            return table
-        f = self.feats
-        items = entity_table(table[: self.pad], self.item_attrs, f.ids, f.id_dropout, self.training)
-        return torch.cat([items, table[self.pad :]])
+        return with_item_attributes(
+            self.encoder.table(), self.pad, self.item_attrs, self.feats, self.training
+        )
 
     def context_embedding(self, context: Tensor | None) -> Tensor | None:
         """(B, L, d) the summed embeddings of the used context fields of (B, L, 3) codes
@@ -153,6 +138,4 @@ class SASRec(Recommender):
         """(m, d) output vectors of new items from their attributes alone (a
         :class:`~recsys.data.features.FeatureTable` of this model's item fields), scored like
         catalogue items: ``user_representation @ new_item_vectors.T``."""
-        if self.item_attrs is None:
-            raise ConfigError("this SASRec uses no item features: a new item cannot be scored")
-        return self.item_attrs.encode_table(attrs)
+        return new_item_vectors_of("SASRec", self.item_attrs, attrs)
