@@ -35,16 +35,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from recsys.cli import EXIT_USER_ERROR
+from recsys.cli import EXIT_USER_ERROR, Parser
 from recsys.errors import RecsysError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``error: <what>`` and exit status 2, no usage dump."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
 
 
 def _print(rec: dict, label: str) -> None:
@@ -71,7 +63,7 @@ def _print_users(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = _Parser(
+    parser = Parser(
         prog="recsys-recommend",
         description=__doc__.split("\n\n")[0],
         epilog="One of --user, --history, --input, --similar, --attributes or --item-attributes "
