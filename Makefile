@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e '.[dev,sweep,export,track]'
+	$(PIP) install -q -e '.[dev,sweep,export,track,serve]'
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv and install recsys (override the pin with TORCH=...)
