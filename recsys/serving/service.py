@@ -87,7 +87,7 @@ class ServeSettings:
     token_env: str = TOKEN_ENV
     opt_out: str | None = None
     max_batch: int = 64
-    max_wait_ms: float = 1.0
+    max_wait_ms: float = 0.0  # 0: batch what queued during the previous call, never wait
     max_k: int = 1000
     max_users: int = 1000  # users in one POST /v1/recommend
     max_body_bytes: int = 1 << 20
