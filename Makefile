@@ -9,7 +9,7 @@ COMPARE ?=
 RECBOLE_VENV ?= .venv-recbole
 IMPLICIT_VENV ?= .venv-implicit
 
-.PHONY: help install train test test-fast lint tensorboard clean bench bench-quick recbole-venv implicit-venv
+.PHONY: help install train test test-fast lint tensorboard clean bench bench-quick bench-serve recbole-venv implicit-venv
 .PHONY: gpu-check gpu-prep gpu-wheels gpu-data
 
 help:  ## list the targets
@@ -42,6 +42,9 @@ bench: install $(if $(filter recbole,$(COMPARE)),recbole-venv)  ## benchmarks/ma
 
 bench-quick: install $(if $(filter recbole,$(COMPARE)),recbole-venv)  ## benchmarks/matrices/quick.yaml (synthetic, ml-100k if present) -> outputs/bench-quick/
 	$(PY) -m benchmarks.runner --quick $(if $(COMPARE),--compare $(COMPARE) --recbole-python $(RECBOLE_VENV)/bin/python) $(ARGS)
+
+bench-serve: install  ## load test of recsys-serve (MF, SASRec) and a bare FastAPI floor -> benchmarks/logs/<date>-serving/
+	$(PY) benchmarks/scripts/bench_serve.py $(ARGS)
 
 # RecBole 1.2.1 in its own venv (numpy<2, pandas<3, no ray), driven by benchmarks/runner/recbole.py
 recbole-venv: $(RECBOLE_VENV)/.installed  ## venv with RecBole 1.2.1 for COMPARE=recbole
