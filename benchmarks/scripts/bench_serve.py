@@ -21,7 +21,9 @@ loop. A timer thread sleeps to each request's scheduled time and hands it to the
 latency runs from the *scheduled* time to the last byte of the response, so a server that stalls
 or a client that falls behind shows in the tail (no coordinated omission). The first
 ``--warmup`` seconds are left out. While the client runs, this process samples the server's
-VmRSS (/proc/<pid>/status) every 0.1 s and reads its CPU time before and after.
+VmRSS (/proc/<pid>/status) every 0.1 s; before and after, it reads the server's CPU time, how
+busy the server's core was (/proc/stat: what other processes took) and, from recsys-serve's
+``/metrics``, the micro-batch sizes and scoring time.
 
 Servers listen on 127.0.0.1 at free ports (bind port 0), one uvicorn process each; with 2+ cores
 (``--pin``, the default) the servers run on one core and the client (and this process) on
@@ -269,9 +271,11 @@ class Server:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
+                tail = self.log_tail()
+                last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "")
                 raise RuntimeError(
-                    f"{self.label} exited with status {self.proc.returncode} before it was ready:\n"
-                    + self.log_tail()
+                    f"{self.label} exited with status {self.proc.returncode} before it was "
+                    f"ready: {last}\n{tail}"
                 )
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
@@ -430,6 +434,48 @@ def preflight(url: str, req: dict[str, str]) -> dict[str, Any]:
     return {"ok": ok, "status": status, "answer": answer if ok else str(answer)[:300]}
 
 
+SCRAPED = ("recsys_batch_size", "recsys_batch_seconds", "recsys_request_duration_seconds")
+
+
+def scrape(url: str) -> dict[str, float]:
+    """``<name>_sum`` and ``<name>_count`` of the SCRAPED histograms in ``GET /metrics`` (summed
+    over labels); empty when the server has no such route (the floor)."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name.endswith(("_sum", "_count")) and name.rsplit("_", 1)[0] in SCRAPED:
+            try:
+                out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+            except (ValueError, IndexError):
+                pass
+    return out
+
+
+def batching(before: dict[str, float], after: dict[str, float]) -> dict[str, Any] | None:
+    """Mean micro-batch size and scoring time per call over a run, from two scrapes."""
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    calls = delta("recsys_batch_size_count")
+    if not after or calls <= 0:
+        return None
+    requests = delta("recsys_request_duration_seconds_count")
+    return {
+        "scoring_calls": int(calls),
+        "mean_batch_size": round(delta("recsys_batch_size_sum") / calls, 2),
+        "mean_scoring_call_ms": round(1e3 * delta("recsys_batch_seconds_sum") / calls, 3),
+        "mean_in_server_ms": round(1e3 * delta("recsys_request_duration_seconds_sum") / requests, 3)
+        if requests > 0
+        else None,
+    }
+
+
 # ---------------------------------------------------------------- the load client (own process)
 
 
@@ -579,6 +625,7 @@ def measure(
     spec_path.write_text(json.dumps(spec))
     result_path.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "_client", str(spec_path), str(result_path)]
+    metrics0 = scrape(server.url)
     load0, cpu0, busy0, t0 = load_avg(), proc_cpu_s(server.pid), core_busy_s(), time.monotonic()
     peak_kb = proc_status_kb(server.pid, "VmRSS") or 0
     client = subprocess.Popen(cmd, preexec_fn=_pinner(client_cores), start_new_session=True)
@@ -591,6 +638,7 @@ def measure(
             client.kill()
             client.wait()
     cpu1, busy1, wall = proc_cpu_s(server.pid), core_busy_s(), time.monotonic() - t0
+    metrics1 = scrape(server.url)
     if client.returncode != 0 or not result_path.exists():
         raise RuntimeError(f"load client exited with status {client.returncode}")
     result = json.loads(result_path.read_text())
@@ -612,6 +660,7 @@ def measure(
         else None,
         "server_alive": server.proc.poll() is None,
         "server_core_busy_with_others_pct": others,
+        "batching": batching(metrics0, metrics1),
         "load_avg_before": load0,
         "load_avg_after": load_avg(),
     }
@@ -695,26 +744,47 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Open-loop HTTP load of recsys-serve and of a bare FastAPI floor.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Open-loop HTTP load of recsys-serve and of a bare FastAPI floor "
+        "(benchmarks/serving.md).",
     )
-    p.add_argument("--scenarios", default="mf,sasrec", help="comma-separated: mf, sasrec")
-    p.add_argument("--rates", nargs="*", default=[], help="500 | mf=250,500 sasrec=200")
-    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
-    p.add_argument("--warmup", type=float, default=3.0, help="seconds at the rate, not measured")
-    p.add_argument("--arrivals", choices=("uniform", "poisson"), default="uniform")
-    p.add_argument("--seed", type=int, default=0, help="requests drawn, Poisson arrivals")
-    p.add_argument("--pool", type=int, default=64, help="client connections (keep-alive)")
-    p.add_argument("--timeout", type=float, default=10.0, help="per request, s: then an error")
-    p.add_argument("--mf-artifact", type=Path, help="use this MF artifact instead of building")
-    p.add_argument("--sasrec-artifact", type=Path, help="use this SASRec artifact")
-    p.add_argument("--work", type=Path, default=Path("outputs/bench-serve"), help="built files")
-    p.add_argument("--rebuild", action="store_true", help="rebuild artifacts under --work")
+    p.add_argument("--scenarios", default="mf,sasrec", help="comma-separated (default mf,sasrec)")
+    p.add_argument(
+        "--rates",
+        nargs="*",
+        default=[],
+        help="500 (every scenario) or mf=250,500 sasrec=200 (default: the target rates)",
+    )
+    p.add_argument("--duration", type=float, default=20.0, help="measured s per run (default 20)")
+    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured s before (default 3)")
+    p.add_argument(
+        "--arrivals", choices=("uniform", "poisson"), default="uniform", help="default uniform"
+    )
+    p.add_argument("--seed", type=int, default=0, help="requests drawn, Poisson gaps (default 0)")
+    p.add_argument("--pool", type=int, default=64, help="client connections, kept (default 64)")
+    p.add_argument("--timeout", type=float, default=10.0, help="s per request (default 10)")
+    p.add_argument("--mf-artifact", type=Path, help="an MF artifact (default: built)")
+    p.add_argument("--sasrec-artifact", type=Path, help="a SASRec artifact (default: built)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=Path("outputs/bench-serve"),
+        help="built artifacts and server logs (default outputs/bench-serve)",
+    )
+    p.add_argument("--rebuild", action="store_true", help="rebuild the artifacts under --work")
     p.add_argument("--out", type=Path, help="JSON folder (default benchmarks/logs/<date>-serving)")
     p.add_argument("--name", help="JSON file stem (default serving_<time>)")
-    p.add_argument("--server-args", default="", help="extra recsys-serve options, one string")
+    p.add_argument(
+        "--server-args",
+        default="",
+        help='extra recsys-serve options, one string: "--ann hnsw" or --server-args=--ann=hnsw',
+    )
     p.add_argument("--floor-only", action="store_true", help="measure only the floor")
-    p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="servers and client on separate cores (default on with 2+ cores)",
+    )
     return p.parse_args(argv)
 
 
@@ -739,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
 
     record: dict[str, Any] = {
         "benchmark": "serving",
-        "command": _command_line(["benchmarks/scripts/bench_serve.py", *(argv or sys.argv[1:])]),
+        "command": _command_line([sys.executable, __file__, *(argv or sys.argv[1:])]),
         "machine": machine,
         "settings": {
             "duration_s": args.duration,
