@@ -703,6 +703,11 @@ class LoadedRecommender(_SimilarItems, NewEntities):
         """(n, num_items) float32 scores for internal user ids (-1: none) with their histories."""
         histories = [np.asarray(h, dtype=np.int64)[-self.length :] for h in histories]
         out = np.empty((len(users), self.num_items), dtype=np.float32)
+        if self.backend == "eager" and self._dot_table() is not None:  # user vectors · items
+            for s in range(0, len(users), 256):
+                q = self._user_vectors(users[s : s + 256], histories[s : s + 256]).numpy()
+                np.matmul(q, self._dot, out=out[s : s + 256])
+            return out
         if self.backend == "eager":
             from recsys.data.batches import UserBatch
 

@@ -274,6 +274,26 @@ class NewEntities:
                 "a new item's or a new customer's score would not be comparable: not supported"
             )
 
+    def _dot_table(self) -> np.ndarray | None:
+        """(d, I) float32, C-contiguous: the item vectors of a model whose scores are exactly
+        ``user_representation · item vectors`` (checked once on real users), for
+        :meth:`~recsys.serving.artifact.LoadedRecommender.score`; None for other models. A
+        pre-transposed table makes one user's scores 2-4x faster than torch's ``u @ items.T``
+        (benchmarks/serving.md)."""
+        if getattr(self, "_dot", None) is None:
+            self._dot = False
+            model = self._eager()
+            if model.represents_users:
+                try:
+                    items = self._item_table()
+                except RecsysError:
+                    return None
+                users = np.flatnonzero(np.diff(self.indptr) > 0)[:4].tolist() or [0]
+                q = self._user_vectors(users, [self.history(u) for u in users])
+                if self._torch.allclose(self._pair(q, items), q @ items.T, rtol=1e-5, atol=1e-6):
+                    self._dot = np.ascontiguousarray(items.numpy().T)
+        return None if self._dot is False else self._dot
+
     def _pair(self, users, items):
         """(n, m) scores of user vectors (n, d) against item vectors (m, d), as the model
         scores them."""

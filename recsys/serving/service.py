@@ -313,18 +313,13 @@ def _build_ann(rec: LoadedRecommender, settings: ServeSettings):
     from recsys.serving.ann import InnerProductIndex, require_faiss
 
     require_faiss()
-    try:
-        model = rec._eager()
-        items = rec._item_table()
-    except RecsysError as e:
-        raise ConfigError(f"--ann hnsw: {e}") from None
-    from recsys.models.base import Recommender
-
-    if type(model).score_vectors is not Recommender.score_vectors:
+    table = rec._dot_table() if rec.backend == "eager" else None
+    if table is None:
         raise ConfigError(
-            f"--ann hnsw: {rec._name()} does not score by a dot product of user and item vectors"
+            f"--ann hnsw: {rec._name()} does not score by a dot product of user and item "
+            "vectors (or --backend is not eager)"
         )
-    return InnerProductIndex(items.numpy().astype(np.float32), ef_search=settings.ann_ef)
+    return InnerProductIndex(np.ascontiguousarray(table.T), ef_search=settings.ann_ef)
 
 
 def _warm_up(served: Served) -> None:
