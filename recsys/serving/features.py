@@ -294,6 +294,18 @@ class NewEntities:
                     self._dot = np.ascontiguousarray(items.numpy().T)
         return None if self._dot is False else self._dot
 
+    def _dot_users(self) -> np.ndarray | None:
+        """(U, d) float32 vectors of every known user, for a dot-product model whose user vector
+        depends on the user id alone (not ``supports_history``: MF, iALS, LightGCN); None
+        otherwise. Computed once: a request then looks its user up instead of calling the model."""
+        if getattr(self, "_dot_u", None) is None:
+            self._dot_u = False
+            if self._dot_table() is not None and not self.supports_history and self.num_users:
+                users = list(range(self.num_users))
+                q = self._user_vectors(users, [self.history(u) for u in users])
+                self._dot_u = np.ascontiguousarray(q.numpy(), dtype=np.float32)
+        return None if self._dot_u is False else self._dot_u
+
     def _pair(self, users, items):
         """(n, m) scores of user vectors (n, d) against item vectors (m, d), as the model
         scores them."""
