@@ -716,7 +716,7 @@ class LoadedRecommender(_SimilarItems, NewEntities):
         if self.backend == "eager":
             from recsys.data.batches import UserBatch
 
-            with self._torch.no_grad():
+            with self._torch.inference_mode():
                 for s in range(0, len(users), 256):
                     b = UserBatch.from_lists(
                         list(users[s : s + 256]), [h.tolist() for h in histories[s : s + 256]]

@@ -357,7 +357,7 @@ class NewEntities:
 
         self._item_table()
         torch, out = self._torch, []
-        with torch.no_grad():
+        with torch.inference_mode():  # less per-op overhead than no_grad: the request path
             for s in range(0, len(users), 256):
                 b = UserBatch.from_lists(
                     list(users[s : s + 256]),

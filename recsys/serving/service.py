@@ -204,6 +204,7 @@ class Served:
             "ann": self.ann_info,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
             "load_seconds": round(self.load_seconds, 3),
+            "pid": os.getpid(),  # the worker process that answered (--workers > 1)
         }
 
     # -- the batched paths (called in the scoring thread) -----------------------------------

@@ -513,13 +513,15 @@ def test_workers_reload_together_and_keep_serving_a_refused_artifact(arts, tmp_p
         link.symlink_to(arts["mf2"])
         status, got = s.post("/admin/reload")
         assert status == 200 and got == {"reloaded": "restarting workers"}
-        deadline, streak = time.time() + 180, 0
-        while streak < 8:  # both workers answer with the new artifact
+        deadline, renewed = time.time() + 180, set()
+        while len(renewed) < 2:  # two new worker processes answer with the new artifact
             status, h = s.get("/health")
             assert status == 200 and h["digest"] in (old, new)
-            streak = streak + 1 if h["digest"] == new else 0
+            if h["digest"] == new:
+                renewed.add(h["pid"])
             assert time.time() < deadline
-            time.sleep(0.2)
+            time.sleep(0.1)
+        time.sleep(1.0)  # the last old worker finishes its requests and exits
         bad = tmp_path / "bad"
         shutil.copytree(arts["mf"], bad)
         (bad / "weights.pt").write_bytes(b"not weights")
