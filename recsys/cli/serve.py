@@ -125,7 +125,13 @@ def _serve(args) -> None:
             "recsys-serve needs fastapi and uvicorn: pip install -e '.[serve]'"
         ) from None
     from recsys.serving.artifact import signature_note
-    from recsys.serving.service import SETTINGS_ENV, ServeSettings, create_app, load_served
+    from recsys.serving.service import (
+        SETTINGS_ENV,
+        ServeSettings,
+        create_app,
+        load_served,
+        set_threads,
+    )
 
     settings = ServeSettings(
         artifact=args.artifact,
@@ -145,9 +151,7 @@ def _serve(args) -> None:
     ).check()
     if not 0 <= args.port <= 65535:
         raise RecsysError(f"--port must be 0..65535, got {args.port}")
-    import torch
-
-    torch.set_num_threads(settings.threads)
+    set_threads(settings.threads)
     served = load_served(settings)  # refuse a bad artifact before anything listens
     level = args.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -749,11 +749,15 @@ class LoadedRecommender(_SimilarItems, NewEntities):
         scores = np.array(scores, copy=True)  # float32 stays float32: the same order, 2x less
         if seen is not None and len(seen):
             scores[seen] = -np.inf
-        k = min(k, int(np.isfinite(scores).sum()))
-        if k == 0:
-            return [], []
+        n = len(scores)
+        k = min(k, n)
+        kth = np.partition(scores, n - k)[n - k] if k else -np.inf
+        if not np.isfinite(kth):  # fewer than k rankable items (seen, or not finite): count them
+            k = min(k, int(np.isfinite(scores).sum()))
+            if k == 0:
+                return [], []
+            kth = np.partition(scores, n - k)[n - k]
         # every item scoring at least the k-th best (all of a tie), then by score, ties by id
-        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
         cand = np.flatnonzero(scores >= kth)
         cand = cand[np.lexsort((cand, -scores[cand]))][:k]
         return (self.item_ids if ids is None else ids)[cand].tolist(), scores[cand].tolist()

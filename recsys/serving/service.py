@@ -32,6 +32,7 @@ in its environment variable, opt-out lines may also be raw ids.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import hmac
 import json
@@ -376,12 +377,14 @@ class Service:
         self.m_opted_out.set(len(served.opted_out))
 
     async def start(self) -> None:
-        import torch
 
-        torch.set_num_threads(self.settings.threads)
+        set_threads(self.settings.threads)
         if self.served is None:
             self.served = await asyncio.to_thread(load_served, self.settings)
         self._show(self.served)
+        # what loading left on the heap never becomes garbage: keep the cyclic collector from
+        # walking it again and again under load (a tail latency cost, benchmarks/serving.md)
+        gc.freeze()
         self.batcher = MicroBatcher(
             _process,
             max_batch=self.settings.max_batch,
@@ -435,6 +438,19 @@ class Service:
     async def run(self, job: ScoreJob | CallJob) -> Any:
         assert self.batcher is not None
         return await self.batcher.submit(job)
+
+
+def set_threads(n: int) -> None:
+    """``n`` threads for torch and for numpy's BLAS (its default is one per core: on a busy
+    server those threads spin against the event loop for the same cores)."""
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn's dependency; absent, BLAS keeps its default
+        return
+    threadpool_limits(limits=n)
 
 
 def _k(k: int, settings: ServeSettings) -> int:
@@ -687,8 +703,14 @@ def create_app(settings: ServeSettings, served: Served | None = None):
         k: int = Query(10, description="how many items"),
         exclude_seen: bool = Query(True, description="leave out items the user interacted with"),
     ):
-        rows = await _users(service.served, [user], _k(k, settings), exclude_seen)
-        return _json(rows[0])
+        served, k = service.served, _k(k, settings)
+        i = served.user(user)  # one user: no gather (the hot path)
+        if i is None:
+            rows = await _users(served, [user], k, exclude_seen)  # the fallback, or 404
+            return _json(rows[0])
+        rec = served.rec
+        row = await service.run(ScoreJob(served, i, rec.history(i), k, exclude_seen))
+        return _json({"user": rec.user_ids[i].item(), **row})
 
     @app.post("/v1/recommend", response_model=Rows, summary="top-k items for a batch of users")
     async def recommend_batch(body: Users):
