@@ -215,7 +215,11 @@ class Served:
         users = [j.user for j in jobs]
         hists = [j.history for j in jobs]
         if self.ann is not None:
-            q = rec._user_vectors(users, hists).numpy()
+            static = rec._dot_users()
+            if static is not None and min(users) >= 0:
+                q = static[users]
+            else:
+                q = rec._user_vectors(users, hists).numpy()
             k = max(j.k for j in jobs)
             seen = [j.history if j.exclude_seen else _EMPTY for j in jobs]
             ids, scores = self.ann.search(q, k, exclude=seen)
@@ -314,7 +318,8 @@ def load_served(settings: ServeSettings) -> Served:
 def _build_ann(rec: LoadedRecommender, settings: ServeSettings):
     from recsys.serving.ann import InnerProductIndex, require_faiss
 
-    require_faiss()
+    faiss = require_faiss()
+    faiss.omp_set_num_threads(settings.threads)  # faiss' own OpenMP pool, as --threads says
     table = rec._dot_table() if rec.backend == "eager" else None
     if table is None:
         raise ConfigError(
