@@ -44,7 +44,7 @@ bench-quick: install $(if $(filter recbole,$(COMPARE)),recbole-venv)  ## benchma
 	$(PY) -m benchmarks.runner --quick $(if $(COMPARE),--compare $(COMPARE) --recbole-python $(RECBOLE_VENV)/bin/python) $(ARGS)
 
 bench-serve: install  ## load test of recsys-serve (MF, SASRec) and a bare FastAPI floor -> benchmarks/logs/<date>-serving/
-	$(PY) benchmarks/scripts/bench_serve.py $(ARGS)
+	$(PY) -m benchmarks.scripts.bench_serve $(ARGS)
 
 # RecBole 1.2.1 in its own venv (numpy<2, pandas<3, no ray), driven by benchmarks/runner/recbole.py
 recbole-venv: $(RECBOLE_VENV)/.installed  ## venv with RecBole 1.2.1 for COMPARE=recbole

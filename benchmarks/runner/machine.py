@@ -14,19 +14,23 @@ import torch
 # sides of a comparison measure memory with this one function
 from benchmarks.runner.recbole import peak_rss_mb
 
-__all__ = ["current_rss_mb", "machine_info", "matmul_peak", "peak_rss_mb", "sync"]
+__all__ = ["cpu_name", "current_rss_mb", "machine_info", "matmul_peak", "peak_rss_mb", "sync"]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, memory, GPU and package versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     mem_gb = None
     try:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

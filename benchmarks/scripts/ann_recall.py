@@ -1,7 +1,7 @@
 """Recall@k and latency of the approximate item index (:mod:`recsys.serving.ann`) against exact
 scoring, on exported artifacts of dot-product models (MF, ...), one thread.
 
-    OMP_NUM_THREADS=1 python benchmarks/scripts/ann_recall.py ARTIFACT [ARTIFACT ...] \
+    OMP_NUM_THREADS=1 python -m benchmarks.scripts.ann_recall ARTIFACT [ARTIFACT ...] \
         [--ef 32,64,128,256] [--k 10] [--users 0] [--latency-queries 500] \
         [--commands commands.txt] [--out ann_recall.json]
 
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 import recsys
+from benchmarks.runner.machine import cpu_name
 from recsys.serving.ann import InnerProductIndex, _one_thread, exact_search, recall_at_k
 
 BATCH = 256
@@ -251,16 +252,6 @@ def table(results: list[dict[str, Any]]) -> str:
                     f"| {e['query_us']:.0f} ({e['faiss_query_us']:.0f}) | {e['batch_us']:.0f} |"
                 )
     return "\n".join(lines)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

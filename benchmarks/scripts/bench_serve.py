@@ -1,8 +1,8 @@
 """Load benchmark of ``recsys-serve``: fixed request rates, open loop, latency percentiles.
 
-    make bench-serve                                   # = .venv/bin/python benchmarks/scripts/bench_serve.py
+    make bench-serve                                   # = .venv/bin/python -m benchmarks.scripts.bench_serve
     make bench-serve ARGS="--duration 5 --rates mf=250,500 sasrec=200"
-    python benchmarks/scripts/bench_serve.py --mf-artifact <dir> --sasrec-artifact <dir>
+    python -m benchmarks.scripts.bench_serve --mf-artifact <dir> --sasrec-artifact <dir>
 
 Scenarios (benchmarks/serving.md holds the numbers and the targets):
 
@@ -67,6 +67,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.runner.machine import cpu_name
+
 ROOT = Path(__file__).resolve().parents[2]
 FLOOR_APP = Path(__file__).with_name("floor_app.py")
 K = 10
@@ -117,16 +119,6 @@ TRAIN_COMMON = ("trainer.max_epochs=2", "trainer.enable_progress_bar=false")
 # ---------------------------------------------------------------- machine, paths, processes
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
@@ -156,7 +148,7 @@ def machine_facts() -> dict[str, Any]:
     status = _git("status", "--porcelain", "--", "recsys")
     return {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)),
         "memory_gb": mem_gb,
