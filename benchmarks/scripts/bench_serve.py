@@ -616,7 +616,7 @@ def measure(
     spec_path, result_path = tmp / "spec.json", tmp / "result.json"
     spec_path.write_text(json.dumps(spec))
     result_path.unlink(missing_ok=True)
-    cmd = [sys.executable, __file__, "_client", str(spec_path), str(result_path)]
+    cmd = [sys.executable, "-m", __spec__.name, "_client", str(spec_path), str(result_path)]
     metrics0 = scrape(server.url)
     load0, cpu0, busy0, t0 = load_avg(), proc_cpu_s(server.pid), core_busy_s(), time.monotonic()
     peak_kb = proc_status_kb(server.pid, "VmRSS") or 0
@@ -801,7 +801,7 @@ def main(argv: list[str] | None = None) -> int:
 
     record: dict[str, Any] = {
         "benchmark": "serving",
-        "command": _command_line([sys.executable, __file__, *(argv or sys.argv[1:])]),
+        "command": _command_line([sys.executable, "-m", __spec__.name, *(argv or sys.argv[1:])]),
         "machine": machine,
         "settings": {
             "duration_s": args.duration,
