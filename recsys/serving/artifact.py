@@ -64,7 +64,7 @@ import numpy as np
 
 from recsys.errors import CheckpointError, ConfigError, RecsysError
 from recsys.serving import features as feature_file
-from recsys.serving.features import NewEntities
+from recsys.serving.features import NewEntities, check_k
 from recsys.trust import Trust
 
 FORMAT = "recsys-artifact"
@@ -425,7 +425,7 @@ class _SimilarItems:
         interacted with both, over the geometric mean of each item's users) or ``"auto"``
         (embeddings when the artifact has an item table, else co-occurrence). Ties by item id.
         """
-        _check_k(k)
+        check_k(k)
         if method not in ("auto", "embedding", "cooccurrence"):
             raise RecsysError(f"method must be auto, embedding or cooccurrence, got {method!r}")
         has_emb = "item" in (self.meta.get("embeddings") or [])
@@ -797,7 +797,7 @@ class LoadedRecommender(_SimilarItems, NewEntities):
         >>> art.recommend([42], k=5, new_items={"sku-9": {"genre": ["Drama"]}})  # doctest: +SKIP
         >>> art.recommend(history=["7", "31"], k=5)                               # doctest: +SKIP
         """
-        _check_k(k)
+        check_k(k)
         _check_fallback(fallback)
         if users is None:
             if history is None and attributes is None:
@@ -878,15 +878,10 @@ class LoadedRecommender(_SimilarItems, NewEntities):
         Models whose scores depend on the user id (MF, NCF) cannot score a history alone: they
         raise :class:`RecsysError` unless ``fallback="popular"``.
         """
-        _check_k(k)
+        check_k(k)
         _check_fallback(fallback)
         row = self._recommend_new(list(items), None, k, exclude_seen, fallback, None)
         return {"items_in": list(items), **row}
-
-
-def _check_k(k: int) -> None:
-    if not isinstance(k, int | np.integer) or k < 1:
-        raise RecsysError(f"k must be a positive integer, got {k!r}")
 
 
 def _check_fallback(fallback: str | None) -> None:

@@ -386,9 +386,7 @@ class NewEntities:
     def top_users(self, attributes: Mapping[str, Any], k: int = 10) -> dict[str, Any]:
         """The ``k`` known users who score a new product (given by ``attributes``) highest:
         ``{"users": [...], "scores": [...]}`` (a launch's audience); ties by internal id."""
-        from recsys.serving.artifact import _check_k
-
-        _check_k(k)
+        check_k(k)
         vector = self._new_items([attributes], "attributes")[0]
         if getattr(self, "_users_d", None) is None:
             users = list(range(self.num_users))
@@ -401,9 +399,7 @@ class NewEntities:
         """The ``k`` catalogue items nearest to a new product given by ``attributes``: cosine of
         its vector with the model's item vectors (ids and attributes), ``{"items", "scores"}``;
         catalogue items with the same attributes and no training events come first (cosine 1)."""
-        from recsys.serving.artifact import _check_k
-
-        _check_k(k)
+        check_k(k)
         vector = self._new_items([attributes], "attributes")[0].double()
         table = self._item_table().double()
         norms = table.norm(dim=1) * vector.norm()
@@ -428,6 +424,12 @@ class NewEntities:
         extra = self._pair(q, self._new_items(list(new_items.values()), "new_items")).numpy()
         ids = np.array([*self.item_ids.tolist(), *names], dtype=object)
         return np.concatenate([scores, extra], 1), ids
+
+
+def check_k(k: int) -> None:
+    """``k`` (how many answers) is a positive integer, or one line saying it is not."""
+    if not isinstance(k, int | np.integer) or k < 1:
+        raise RecsysError(f"k must be a positive integer, got {k!r}")
 
 
 def _nonzero(x):

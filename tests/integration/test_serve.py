@@ -38,6 +38,7 @@ from recsys.models.base import build_model  # noqa: E402
 from recsys.serving.artifact import load, pseudonym  # noqa: E402
 from recsys.serving.export import export_model  # noqa: E402
 from tests.conftest import compose_config  # noqa: E402
+from tests.integration.test_export_features import SASREC  # noqa: E402
 
 PSEUDONYM_KEY = "serve test pseudonym key"
 
@@ -98,12 +99,7 @@ def arts(tmp_path_factory) -> dict[str, Path]:
         "data.n_groups=3",
         "data.cache=false",
         "++data.item_features=auto",
-        "model=sasrec",
-        "model.features={item: all}",
-        "model.max_len=20",
-        "model.hidden_size=16",
-        "model.n_layers=1",
-        "model.inner_size=32",
+        *SASREC,  # a tiny SASRec with item attributes, as the export tests build it
     ]
     out = {
         "mf": _export(csv, root, root / "mf"),
