@@ -318,14 +318,14 @@ def load_served(settings: ServeSettings) -> Served:
 def _build_ann(rec: LoadedRecommender, settings: ServeSettings):
     from recsys.serving.ann import InnerProductIndex, require_faiss
 
-    faiss = require_faiss()
-    faiss.omp_set_num_threads(settings.threads)  # faiss' own OpenMP pool, as --threads says
     table = rec._dot_table() if rec.backend == "eager" else None
     if table is None:
         raise ConfigError(
             f"--ann hnsw: {rec._name()} does not score by a dot product of user and item "
             "vectors (or --backend is not eager)"
         )
+    faiss = require_faiss()
+    faiss.omp_set_num_threads(settings.threads)  # faiss' own OpenMP pool, as --threads says
     return InnerProductIndex(np.ascontiguousarray(table.T), ef_search=settings.ann_ef)
 
 

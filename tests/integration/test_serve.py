@@ -105,6 +105,7 @@ def arts(tmp_path_factory) -> dict[str, Path]:
         "mf": _export(csv, root, root / "mf"),
         "mf2": _export(csv, root, root / "mf2", seed=1),
         "sasrec": _export(sasrec, root, root / "sasrec"),
+        "pop": _export([*csv[:5], "model=pop"], root, root / "pop"),  # no user or item vectors
     }
     os.environ["RECSYS_PSEUDONYM_KEY"] = PSEUDONYM_KEY
     try:
@@ -478,6 +479,7 @@ def test_a_bad_artifact_or_flag_is_one_line_and_exit_2(arts, tmp_path):
         ((str(arts["mf"]), "--max-batch", "0"), r"--max-batch must be an integer >= 1"),
         ((str(arts["mf"]), "--opt-out", str(tmp_path / "none.txt")), r"--opt-out: no such file"),
         ((str(arts["mf"]), "--ann", "kd"), r"invalid choice"),
+        ((str(arts["pop"]), "--ann", "hnsw"), r"--ann hnsw: Popularity does not score by a dot"),
     ):
         r = _cli(*args, "--port", "0")
         lines = r.stderr.strip().splitlines()
