@@ -111,14 +111,16 @@ class SASRec(Recommender):
         seq = users.padded(self.max_len, self.pad)
         if not self.context_emb:
             return last_state_by_length(
-                seq, self.pad, lambda s: self.encoder(s, causal=True, table=table)
+                seq, self.pad, lambda s: self.encoder(s, causal=True, table=table, last_only=True)
             )
         if users.context is None:
             raise no_context_error("SASRec")
         return last_state_by_length(
             seq,
             self.pad,
-            lambda s, c: self.encoder(s, causal=True, table=table, extra=self.context_embedding(c)),
+            lambda s, c: self.encoder(
+                s, causal=True, table=table, extra=self.context_embedding(c), last_only=True
+            ),
             context=users.padded_context(self.max_len),
         )
 

@@ -149,6 +149,20 @@ class _Sublayers(nn.Module):
     def feed_forward(self, x: Tensor) -> Tensor:
         return self.drop(self.ff2(self.drop(self.act(self.ff1(x)))))
 
+    def attend_last(self, q_in: Tensor, kv_in: Tensor, mask: Tensor) -> Tensor:
+        """(B, 1, d) self-attention output at the last position only: the query from
+        ``q_in`` (B, 1, d), keys and values from ``kv_in`` (B, L, d) (inference: a user's
+        state after the newest item needs no other position's output)."""
+        B, L, d = kv_in.shape
+        h = d // self.n_heads
+        w, b = self.qkv.weight, self.qkv.bias
+        q = F.linear(q_in, w[:d], b[:d]).view(B, 1, self.n_heads, h).transpose(1, 2)
+        k, v = F.linear(kv_in, w[d:], b[d:]).view(B, L, 2, self.n_heads, h).unbind(2)
+        y = F.scaled_dot_product_attention(
+            q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask[:, :, -1:]
+        )  # (B, H, 1, d/H)
+        return self.drop(self.out(y.transpose(1, 2).reshape(B, 1, d)))
+
 
 class PreLNBlock(_Sublayers):
     """Pre-LN: ``x + attn(LN(x))``, then ``x + ff(LN(x))``; the stack ends with a layer norm
@@ -160,6 +174,12 @@ class PreLNBlock(_Sublayers):
         x = x + self.attend(self.ln1(x), mask)
         return x + self.feed_forward(self.ln2(x))
 
+    def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
+        """(B, 1, d) :meth:`forward`'s output at the last position alone."""
+        h = self.ln1(x)
+        y = x[:, -1:] + self.attend_last(h[:, -1:], h, mask)
+        return y + self.feed_forward(self.ln2(y))
+
 
 class PostLNBlock(_Sublayers):
     """Post-LN: ``LN(x + attn(x))``, then ``LN(x + ff(x))``; the embedding sum is normalised
@@ -170,6 +190,11 @@ class PostLNBlock(_Sublayers):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         x = self.ln1(x + self.attend(x, mask))
         return self.ln2(x + self.feed_forward(x))
+
+    def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
+        """(B, 1, d) :meth:`forward`'s output at the last position alone."""
+        y = self.ln1(x[:, -1:] + self.attend_last(x[:, -1:], x, mask))
+        return self.ln2(y + self.feed_forward(y))
 
 
 BLOCKS: dict[bool, type[_Sublayers]] = {True: PreLNBlock, False: PostLNBlock}  # by norm_first
@@ -223,14 +248,20 @@ class TransformerEncoder(nn.Module):
         return self.item.weight
 
     def forward(
-        self, seq: Tensor, causal: bool, table: Tensor | None = None, extra: Tensor | None = None
+        self,
+        seq: Tensor,
+        causal: bool,
+        table: Tensor | None = None,
+        extra: Tensor | None = None,
+        last_only: bool = False,
     ) -> Tensor:
         """(B, L) left-padded ids, L <= max_len → (B, L, d) hidden states (padding rows zero).
 
         ``table``: the item table to embed with (from :meth:`table`); default the stored one.
         ``extra``: (B, L, d) added to each position's (scaled) item embedding before the
         positional embedding, normalisation and dropout (e.g. the embedded context of each event);
-        None adds nothing."""
+        None adds nothing. ``last_only``: (B, 1, d), the last position's state alone (the last
+        block computes no other position's output: a user's state for scoring)."""
         L = seq.shape[1]
         real = seq != self.num_items  # (B, L)
         pos = torch.arange(self.max_len - L, self.max_len, device=seq.device)
@@ -243,7 +274,12 @@ class TransformerEncoder(nn.Module):
         x = self.emb_ln(items + self.pos(pos)[None])  # (B, L, d)
         x = self.drop(x) * real[..., None]
         mask = attention_mask(real, causal)
-        for block in self.blocks:
+        blocks = list(self.blocks)
+        if last_only and blocks:
+            for block in blocks[:-1]:
+                x = block(x, mask)
+            return self.final_ln(blocks[-1].forward_last(x, mask)) * real[:, -1:, None]
+        for block in blocks:
             x = block(x, mask)
         return self.final_ln(x) * real[..., None]
 

@@ -634,3 +634,28 @@ def test_bf16_mixed_precision_on_gpu(tmp_path):
         )
         metrics = train(cfg)
         assert all(math.isfinite(v) for v in metrics["test"].values())
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize(("n_layers", "n_heads"), [(1, 1), (2, 2)])
+def test_encoder_last_only_equals_the_full_pass_at_the_last_position(norm_first, n_layers, n_heads):
+    """SASRec scores a user from the encoder's last position; ``last_only`` computes the last
+    block there alone and must give the full pass's values (left padding included)."""
+    from recsys.models.transformer import TransformerEncoder, TransformerSettings
+
+    s = TransformerSettings(max_len=20, hidden_size=32, n_layers=n_layers, n_heads=n_heads,
+                            inner_size=64, dropout=0.2, attn_dropout=0.2, activation="gelu",
+                            norm_first=norm_first, layer_norm_eps=1e-8, init_std=0.02,
+                            scale_embeddings=True, item_dropout=0.0, loss="ce", num_negatives=1,
+                            gbce_t=0.75, ce_chunk=1 << 20, shared_negatives=False, features=None)  # fmt: skip
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(50, 1, s).eval()
+    seq = torch.randint(0, 50, (7, 12))
+    seq[:3, :4] = 50  # left padding
+    extra = torch.randn(7, 12, 32)
+    with torch.no_grad():
+        for kw in ({}, {"extra": extra}):
+            full = encoder(seq, causal=True, **kw)[:, -1]
+            last = encoder(seq, causal=True, last_only=True, **kw)
+            assert last.shape == (7, 1, 32)
+            torch.testing.assert_close(last[:, 0], full, rtol=1e-5, atol=1e-6)
