@@ -704,13 +704,8 @@ class LoadedRecommender(_SimilarItems, NewEntities):
         histories = [np.asarray(h, dtype=np.int64)[-self.length :] for h in histories]
         out = np.empty((len(users), self.num_items), dtype=np.float32)
         if self.backend == "eager" and self._dot_table() is not None:  # user vectors · items
-            static = self._dot_users()
             for s in range(0, len(users), 256):
-                rows = users[s : s + 256]
-                if static is not None and min(rows) >= 0:
-                    q = static[rows]
-                else:
-                    q = self._user_vectors(rows, histories[s : s + 256]).numpy()
+                q = self._query_vectors(users[s : s + 256], histories[s : s + 256])
                 np.matmul(q, self._dot, out=out[s : s + 256])
             return out
         if self.backend == "eager":

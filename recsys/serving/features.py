@@ -306,6 +306,14 @@ class NewEntities:
                 self._dot_u = np.ascontiguousarray(q.numpy(), dtype=np.float32)
         return None if self._dot_u is False else self._dot_u
 
+    def _query_vectors(self, users: Sequence[int], histories: Sequence[np.ndarray]) -> np.ndarray:
+        """(n, d) float32 query vectors of a dot-product model (:meth:`_dot_table`): looked up in
+        :meth:`_dot_users` for known users where the model allows it, else from the model."""
+        static = self._dot_users()
+        if static is not None and len(users) and min(users) >= 0:
+            return static[list(users)]
+        return self._user_vectors(users, histories).numpy()
+
     def _pair(self, users, items):
         """(n, m) scores of user vectors (n, d) against item vectors (m, d), as the model
         scores them."""

@@ -215,11 +215,7 @@ class Served:
         users = [j.user for j in jobs]
         hists = [j.history for j in jobs]
         if self.ann is not None:
-            static = rec._dot_users()
-            if static is not None and min(users) >= 0:
-                q = static[users]
-            else:
-                q = rec._user_vectors(users, hists).numpy()
+            q = rec._query_vectors(users, hists)
             k = max(j.k for j in jobs)
             seen = [j.history if j.exclude_seen else _EMPTY for j in jobs]
             ids, scores = self.ann.search(q, k, exclude=seen)
@@ -692,7 +688,10 @@ def create_app(settings: ServeSettings, served: Served | None = None):
             else ScoreJob(served, i, rec.history(i), k, exclude_seen)
             for i in idx
         ]
-        rows = await asyncio.gather(*(service.run(j) for j in jobs))
+        if len(jobs) == 1:  # the hot path (GET): no gather
+            rows = [await service.run(jobs[0])]
+        else:
+            rows = await asyncio.gather(*(service.run(j) for j in jobs))
         return [
             {"user": u if i is None else rec.user_ids[i].item(), **row}
             for u, i, row in zip(users, idx, rows, strict=True)
@@ -708,14 +707,8 @@ def create_app(settings: ServeSettings, served: Served | None = None):
         k: int = Query(10, description="how many items"),
         exclude_seen: bool = Query(True, description="leave out items the user interacted with"),
     ):
-        served, k = service.served, _k(k, settings)
-        i = served.user(user)  # one user: no gather (the hot path)
-        if i is None:
-            rows = await _users(served, [user], k, exclude_seen)  # the fallback, or 404
-            return _json(rows[0])
-        rec = served.rec
-        row = await service.run(ScoreJob(served, i, rec.history(i), k, exclude_seen))
-        return _json({"user": rec.user_ids[i].item(), **row})
+        rows = await _users(service.served, [user], _k(k, settings), exclude_seen)
+        return _json(rows[0])
 
     @app.post("/v1/recommend", response_model=Rows, summary="top-k items for a batch of users")
     async def recommend_batch(body: Users):
@@ -761,7 +754,8 @@ def create_app(settings: ServeSettings, served: Served | None = None):
         method: str = Query("auto", description="auto, embedding or cooccurrence"),
     ):
         served, k = service.served, _k(k, settings)
-        if served.items([item])[0] is None:
+        i = served.items([item])[0]
+        if i is None:
             raise _unknown("item", [item], served)
         if method not in ("auto", "embedding", "cooccurrence"):
             raise BadRequest(
@@ -769,7 +763,7 @@ def create_app(settings: ServeSettings, served: Served | None = None):
             )
         rows = await service.run(CallJob(lambda: served.rec.similar_items([item], k, method)))
         row = rows[0]
-        row["item"] = served.rec.item_ids[served.items([item])[0]].item()
+        row["item"] = served.rec.item_ids[i].item()
         return _json(row)
 
     @app.post("/v1/similar", response_model=Similar, summary="catalogue items like a new product")
