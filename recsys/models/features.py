@@ -14,7 +14,13 @@ Shared by the feature-aware models (SASRec, BERT4Rec, GRU4Rec, MF, NCF). A model
   product, which has no trained id, is scored with);
 - ``context``: ``null`` (none), ``all`` or a list of the event context fields ``hour``,
   ``weekday``, ``gap`` (:mod:`recsys.data.context`): each input event's context, embedded and
-  added to its item's embedding (the sequence models that take it; needs a log with a clock).
+  added to its item's embedding (the sequence models that take it; needs a log with a clock);
+- ``history_match`` (SASRec, full-softmax ``ce``): add to every score a learned history–candidate
+  attribute match, :class:`HistoryMatch` (default false: the scores are ``h · v`` alone);
+  ``history_match_init``: the initial weight ``α_f`` of every field's match (default 1);
+- ``negatives``: ``all`` (default) or ``seen``: with ``seen`` the training softmax (SASRec,
+  ``ce``) ranks each target among the items with a training event only, so an item that training
+  never saw (a cold item) is never pushed down as a negative.
 
 An entity's representation is ``id_embedding · seen + attributes(entity)``, where ``seen`` is 1 for
 entities with an event in training and 0 otherwise: a cold item (no training event) or a new
@@ -40,7 +46,18 @@ from recsys.data.context import CONTEXT_FIELDS, CONTEXT_SIZES
 from recsys.errors import ConfigError
 
 POOLS = ("sum", "concat")
-OPTIONS = ("item", "user", "pool", "ids", "id_dropout", "context")
+OPTIONS = (
+    "item",
+    "user",
+    "pool",
+    "ids",
+    "id_dropout",
+    "context",
+    "history_match",
+    "history_match_init",
+    "negatives",
+)
+NEGATIVES = ("all", "seen")
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,9 @@ class FeatureSettings:
     ids: bool = True
     id_dropout: float = 0.0
     context: tuple[str, ...] = ()  # the event context fields used (CONTEXT_FIELDS order)
+    history_match: bool = False  # the history-candidate attribute match term (HistoryMatch)
+    history_match_init: float = 1.0  # the initial weight of each field's match
+    negatives: str = "all"  # the training softmax's items: all, or those seen in training
 
     @property
     def active(self) -> bool:
@@ -73,12 +93,15 @@ class FeatureSettings:
         value: Mapping[str, Any] | None,
         schema: Mapping[str, Any] | None,
         context: bool = False,
+        history_match: bool = False,
     ) -> FeatureSettings:
         """Check ``model.features`` (None: ids only) against ``schema``
         (``SplitFeatures.schema()``), one :class:`ConfigError` line naming the key.
 
         ``context``: whether the model takes event context; one that does not refuses a non-null
-        ``model.features.context`` instead of ignoring it."""
+        ``model.features.context`` instead of ignoring it. ``history_match``: whether the model
+        has the history-candidate match term and the ``negatives`` choice (SASRec); one that
+        does not refuses ``history_match: true`` and ``negatives: seen`` by name."""
         if value is None:
             return FeatureSettings()
         if not isinstance(value, Mapping):
@@ -121,7 +144,27 @@ class FeatureSettings:
             pool=str(value.get("pool", "sum")),
             ids=bool(value.get("ids", True)),
             id_dropout=float(value.get("id_dropout", 0.0)),
+            history_match=bool(value.get("history_match", False)),
+            history_match_init=float(value.get("history_match_init", 1.0)),
+            negatives=str(value.get("negatives", "all")),
         )
+        if s.negatives not in NEGATIVES:
+            raise ConfigError(
+                f"model.features.negatives must be one of {', '.join(NEGATIVES)}, "
+                f"got {s.negatives!r}"
+            )
+        if "history_match_init" in value and not s.history_match:
+            raise ConfigError("model.features.history_match_init needs history_match: true")
+        for key, on in (("history_match", s.history_match), ("negatives", s.negatives != "all")):
+            if on and not history_match:
+                raise ConfigError(
+                    f"model.features.{key}: only SASRec has it; set it to its default "
+                    f"({'false' if key == 'history_match' else 'all'})"
+                )
+            if on and not any(f["kind"] == "categorical" for f in s.item):
+                raise ConfigError(
+                    f"model.features.{key} needs a categorical item field (model.features.item)"
+                )
         if s.pool not in POOLS:
             raise ConfigError(
                 f"model.features.pool must be one of {', '.join(POOLS)}, got {s.pool!r}"
@@ -374,10 +417,12 @@ def sequence_item_features(
     d: int,
     num_items: int,
     init_std: float,
+    history_match: bool = False,
 ) -> tuple[FeatureSettings, AttributeEmbedding | None]:
     """A sequence model's ``model.features`` (items and context; user attributes refused: the
-    model represents a user by the history alone) and its item attribute embedding, or None."""
-    feats = FeatureSettings.parse(features, schema, context=True)
+    model represents a user by the history alone) and its item attribute embedding, or None.
+    ``history_match``: whether the model supports ``history_match`` and ``negatives``."""
+    feats = FeatureSettings.parse(features, schema, context=True, history_match=history_match)
     if feats.user:
         raise ConfigError(
             f"model.features.user: {model} represents a user by the history alone; "
@@ -410,3 +455,132 @@ def new_item_vectors_of(model: str, attrs: AttributeEmbedding | None, table: Any
     if attrs is None:
         raise ConfigError(f"this {model} uses no item features: a new item cannot be scored")
     return attrs.encode_table(table)
+
+
+class HistoryMatch(nn.Module):
+    r"""The history–candidate attribute match that SASRec adds to its scores
+    (``model.features.history_match``):
+
+    .. math:: m(u, i) = \sum_f \alpha_f \, x_f(i) \cdot c_f(u), \qquad
+              c_f(u) = \sum_{j} \gamma^{\,t - j} x_f(s_j)
+
+    over the categorical item fields ``f``. ``x_f(i)`` is item ``i``'s multi-hot over field
+    ``f``'s values, each value weighted by its inverse document frequency over the items seen in
+    training, ``idf(v) = ln((1 + N_f) / (1 + df(v))) + 1`` (``N_f`` seen items holding a value of
+    ``f``, ``df(v)`` of them holding ``v``; attr-kNN's weighting), scaled to unit length;
+    ``c_f(u)`` sums the ``x_f`` of the history's items ``s_j`` up to position ``t``, each
+    discounted by ``γ`` per step back (``γ = 1``: a plain sum, whose match is the summed
+    cosine similarity of attr-kNN). ``α_f`` (init ``init``, ``history_match_init``) and ``γ`` (a
+    sigmoid, init 0.95) are learned.
+
+    The term depends on an item's attributes only, never on its id, so a cold item (or a new
+    product given its attributes) gets it like any other. With it, ``score(u, i) = h_u · v_i +
+    m(u, i)`` is still a dot product: ``[h_u, α ⊙ c(u)] · [v_i, x(i)]``
+    (:meth:`user_part`, :meth:`item_rows`), which is what ``user_representation`` and
+    ``item_vectors`` return. Everything is tensor operations over the attribute code matrices of
+    the :class:`AttributeEmbedding` (no parameters or buffers of its own beyond ``α``, ``γ``).
+    """
+
+    def __init__(self, attrs: AttributeEmbedding, init: float = 1.0, decay: float = 0.95):
+        super().__init__()
+        sizes = [bag.num_embeddings - 1 for bag in attrs.bags]
+        if not sizes:
+            raise ConfigError("model.features.history_match needs a categorical item field")
+        self.offsets = [int(x) for x in np.cumsum([0, *sizes])]  # column of field k's code 1
+        self.dim = self.offsets[-1]
+        self.alpha = nn.Parameter(torch.full((len(sizes),), float(init)))
+        self.decay = nn.Parameter(torch.tensor(float(np.log(decay / (1.0 - decay)))))
+        field = np.repeat(np.arange(len(sizes)), sizes)
+        self.register_buffer("field_of", torch.as_tensor(field, dtype=torch.long), persistent=False)
+
+    def gamma(self) -> Tensor:
+        return torch.sigmoid(self.decay)
+
+    def idf(self, attrs: AttributeEmbedding) -> list[Tensor]:
+        """Per field, (size_k + 1,) the IDF of each code over the seen items (code 0: 0)."""
+        seen = attrs.seen > 0
+        out = []
+        for k, codes in enumerate(attrs.codes()):
+            c = codes[seen]
+            size = self.offsets[k + 1] - self.offsets[k] + 1
+            n = float((c > 0).any(1).sum())
+            df = torch.bincount(c[c > 0], minlength=size)[:size].float()
+            idf = torch.log((1.0 + n) / (1.0 + df)) + 1.0
+            idf[0] = 0.0
+            out.append(idf)
+        return out
+
+    def rows(
+        self, attrs: AttributeEmbedding, codes: Sequence[Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(cols, w)``, each (m, W): the value columns (``dim`` for none) and weights of the
+        ``x(i)`` of ``m`` items given by their code matrices (default: every stored item)."""
+        codes = attrs.codes() if codes is None else list(codes)
+        cols, ws = [], []
+        for k, (c, idf) in enumerate(zip(codes, self.idf(attrs), strict=True)):
+            c = c.clamp(max=len(idf) - 1)
+            w = idf[c]  # (m, w_k), 0 where no value
+            w = w / w.square().sum(1, keepdim=True).sqrt().clamp_min(1e-12)
+            cols.append(torch.where(c > 0, c - 1 + self.offsets[k], self.dim))
+            ws.append(w)
+        return torch.cat(cols, 1), torch.cat(ws, 1)
+
+    def item_rows(self, attrs: AttributeEmbedding, codes: Sequence[Tensor] | None = None) -> Tensor:
+        """(m, dim) dense ``x(i)`` of the items (:meth:`rows`)."""
+        cols, w = self.rows(attrs, codes)
+        out = w.new_zeros(cols.shape[0], self.dim + 1).scatter_add_(1, cols, w)
+        return out[:, : self.dim]
+
+    def item_matrix(self, attrs: AttributeEmbedding, idx: Tensor | None = None) -> Tensor:
+        """(m, dim) sparse (COO, coalesced) ``x(i)`` of every stored item, or of the items
+        ``idx``."""
+        cols, w = self.rows(attrs)
+        if idx is not None:
+            cols, w = cols[idx], w[idx]
+        m = cols.shape[0]
+        keep = cols < self.dim
+        rows = torch.arange(m, device=cols.device)[:, None].expand_as(cols)[keep]
+        coo = torch.sparse_coo_tensor(
+            torch.stack([rows, cols[keep]]), w[keep], (m, self.dim), check_invariants=False
+        )
+        return coo.coalesce()
+
+    def _sequence_rows(self, attrs: AttributeEmbedding, seq: Tensor) -> Tensor:
+        """(B, L, dim) ``x`` of each position of the (B, L) item sequences (padding, index
+        ``num_items``: zero)."""
+        cols, w = self.rows(attrs)
+        cols = torch.cat([cols, cols.new_full((1, cols.shape[1]), self.dim)])
+        w = torch.cat([w, w.new_zeros(1, w.shape[1])])
+        sc, sw = cols[seq], w[seq]  # (B, L, W)
+        out = sw.new_zeros(*seq.shape, self.dim + 1).scatter_add_(2, sc, sw)
+        return out[..., : self.dim]
+
+    def scale(self) -> Tensor:
+        """(dim,) ``α_f`` of each value column's field."""
+        return self.alpha[self.field_of]
+
+    def history(self, attrs: AttributeEmbedding, seq: Tensor) -> Tensor:
+        """(B, L, dim) ``α ⊙ c`` at every position of the (B, L) sequences: the discounted sum
+        of the ``x`` of the items up to and including that position (causal)."""
+        x = self._sequence_rows(attrs, seq)
+        L = seq.shape[1]
+        t = torch.arange(L, device=seq.device)
+        back = (t[:, None] - t[None, :]).clamp_min(0).to(x.dtype)  # (L, L) steps back
+        a = torch.pow(self.gamma(), back) * (t[:, None] >= t[None, :])  # (L, L) lower triangle
+        return torch.matmul(a, x) * self.scale()  # (B, L, dim)
+
+    def user_part(self, attrs: AttributeEmbedding, seq: Tensor) -> Tensor:
+        """(B, dim) ``α ⊙ c`` after the last position of the left-padded (B, L) sequences."""
+        x = self._sequence_rows(attrs, seq)
+        L = seq.shape[1]
+        back = torch.arange(L - 1, -1, -1, device=seq.device).to(x.dtype)
+        a = torch.pow(self.gamma(), back)  # (L,)
+        return torch.einsum("l,bld->bd", a, x) * self.scale()
+
+    def scores(self, attrs: AttributeEmbedding, part: Tensor) -> Tensor:
+        """(B, I) the match of users given by :meth:`user_part` ``part`` (B, dim) with every
+        stored item: ``part · x(i)``, a gather over each item's few values (dense tensor
+        operations, traceable)."""
+        cols, w = self.rows(attrs)  # (I, W)
+        padded = torch.cat([part, part.new_zeros(part.shape[0], 1)], 1)  # (B, dim + 1)
+        return (padded[:, cols] * w).sum(-1)

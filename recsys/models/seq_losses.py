@@ -107,6 +107,74 @@ class _FusedLinearCE(_GradInForward):
         return total / ctx.n
 
 
+class _FusedLinearCEMatch(torch.autograd.Function):
+    """:class:`_FusedLinearCE` with a second, sparse part of the logits: ``h @ weight.T + c @
+    x.T``, where ``c`` (N, D) is dense and ``x`` (I, D) a constant sparse CSR matrix (``xt`` its
+    transpose, CSR), SASRec's history-candidate attribute match
+    (:class:`~recsys.models.features.HistoryMatch`). The gradient with respect to ``c`` is
+    ``(p - onehot) @ x`` per chunk, computed in the forward pass like the others."""
+
+    @staticmethod
+    def forward(ctx, h, weight, c, target, x, xt, rows: int, onednn: bool) -> Tensor:
+        want_h, want_w, want_c = ctx.needs_input_grad[:3]
+        ctx.dtypes = (h.dtype, weight.dtype, c.dtype)
+        h, weight, c = h.float(), weight.float(), c.float()
+        N, n_items = h.shape[0], weight.shape[0]
+        wt = weight.T.contiguous()
+        gh = torch.empty_like(h) if want_h else None
+        gw = torch.zeros_like(weight) if want_w else None
+        gc = torch.empty_like(c) if want_c else None
+        logits = h.new_empty((min(rows, N), n_items))
+        p = torch.empty_like(logits)
+        total = h.new_zeros(())
+        for s in range(0, N, rows):
+            hc, cc, tc = h[s : s + rows], c[s : s + rows], target[s : s + rows]
+            r = hc.shape[0]
+            lg, pc = logits[:r], p[:r]
+            with _mkldnn_fp32_precision("bf16") if onednn and r == rows else _null():
+                torch.mm(hc, wt, out=lg)
+                lg.add_(torch.sparse.mm(x, cc.T).T)
+                torch.ops.aten._softmax.out(lg, 1, False, out=pc)
+                at = torch.arange(r, device=h.device)
+                lse = lg.amax(1) - pc.amax(1).log()
+                total += (lse - lg[at, tc]).sum()
+                if want_h or want_w or want_c:
+                    pc[at, tc] -= 1.0
+                    if want_h:
+                        torch.mm(pc, weight, out=gh[s : s + rows])
+                    if want_w:
+                        gw.addmm_(pc.T, hc)
+                    if want_c:
+                        gc[s : s + rows] = torch.sparse.mm(xt, pc.T).T
+        ctx.save_for_backward(gh, gw, gc)
+        ctx.n = max(N, 1)
+        return total / ctx.n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        scale = grad.float() / ctx.n
+        out = [
+            None if g is None else (g * scale).to(dt)
+            for g, dt in zip(ctx.saved_tensors, ctx.dtypes, strict=True)
+        ]
+        return (*out, None, None, None, None, None)
+
+
+def full_ce_match(
+    h: Tensor, target: Tensor, weight: Tensor, c: Tensor, x: Tensor, chunk_elems: int = 1 << 20
+) -> Tensor:
+    """Mean softmax cross-entropy over all items of the logits ``h @ weight.T + c @ x.T``:
+    h (N, d), target (N,), weight (I, d), c (N, D) dense, x (I, D) sparse COO (constant), by
+    :class:`_FusedLinearCEMatch` in chunks of ``chunk_elems // I`` positions."""
+    rows = max(1, chunk_elems // max(weight.shape[0], 1))
+    xt = x.t().coalesce()
+    device = h.device.type
+    with _no_autocast(device):
+        onednn = device == "cpu" and _onednn_fp32_exact()
+        return _FusedLinearCEMatch.apply(h, weight, c, target, x, xt, rows, onednn)
+
+
 class _FusedSampledCE(_GradInForward):
     """Mean sampled-softmax CE with per-position candidates, gradient computed in forward.
 
