@@ -36,6 +36,12 @@ A model is a ``torch.nn.Module`` subclassing :class:`Recommender`, with:
   - ``needs_train_matrix``: ``set_train_matrix(train)`` receives the whole (U, I) sparse
     training matrix before the first training step (RecModule calls it when fitting starts): a
     graph model's adjacency (LightGCN);
+  - ``applies_row_updates``: ``use_row_updates(updates)`` receives the optimizer's in-place row
+    updates of its tables (``RowUpdate`` by parameter, from an optimizer that offers them:
+    ``optim=row_adagrad optim.fused=true``) when training starts, and from then on applies them
+    inside its backward instead of handing gradients on (the optimizer in backward of fused
+    embedding tables); an empty mapping returns it to ordinary gradients. It returns whether it
+    uses them (only some of its configurations can);
   - ``uses_features``: ``set_features(features)`` receives the split's item and user attribute
     tables (:class:`~recsys.data.features.SplitFeatures`) before training; the constructor takes
     ``feature_schema`` (their fields as plain values, injected by :func:`build_model`) to size
@@ -80,6 +86,7 @@ ABILITIES = {
     "exposes_embeddings": "embeddings",
     "predicts_pairs": "predict",
     "needs_train_matrix": "set_train_matrix",
+    "applies_row_updates": "use_row_updates",
     "uses_features": "set_features",
     "scores_new_items": "new_item_vectors",
     "scores_new_users": "new_user_vectors",
@@ -95,6 +102,7 @@ class Recommender(nn.Module):
     exposes_embeddings: ClassVar[bool] = False
     predicts_pairs: ClassVar[bool] = False
     needs_train_matrix: ClassVar[bool] = False
+    applies_row_updates: ClassVar[bool] = False
     uses_features: ClassVar[bool] = False
     scores_new_items: ClassVar[bool] = False
     scores_new_users: ClassVar[bool] = False
@@ -172,6 +180,13 @@ class Recommender(nn.Module):
         """Receive the (U, I) sparse training matrix before training (``needs_train_matrix``)."""
         raise NotImplementedError(
             f"{type(self).__name__} takes no training matrix (needs_train_matrix = False)"
+        )
+
+    def use_row_updates(self, updates: Mapping[Tensor, Any]) -> bool:
+        """Apply the optimizer's row updates (``updates`` by parameter) in the backward pass from
+        now on, or none (empty); returns whether they are used (``applies_row_updates``)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} applies no row updates (applies_row_updates = False)"
         )
 
     def set_features(self, features: Any) -> None:

@@ -20,7 +20,9 @@ or ``init: normal`` (std ``init_std``).
 ``sparse: true`` gives the factor tables row-sparse gradients (``nn.Embedding(sparse=True)``): a
 step's gradient holds the rows of its batch only, so an optimizer that takes sparse gradients
 (``optim=row_adagrad``) touches only those rows, and a step costs the batch, not
-the tables (benchmarks/scale.md). Adam's dense update needs ``sparse: false``. With
+the tables (benchmarks/scale.md). With ``optim.fused: true`` (row_adagrad's default) the BPR
+backward applies the optimizer's row updates itself (:meth:`MF.use_row_updates`), with no sparse
+gradient tensor or optimizer pass in between. Adam's dense update needs ``sparse: false``. With
 ``compile: true`` (the default) that step's arithmetic on the CPU runs as two compiled loops
 (:mod:`recsys.compiling`: a C++ compiler, a few seconds once; eager where compiling fails),
 1.3-3x fewer CPU seconds per step than the eager operations (more on larger tables).
@@ -42,6 +44,7 @@ With ``features: null`` nothing of this exists and the fast paths are unchanged.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -128,9 +131,17 @@ class _SparseBPR(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, users_w: Tensor, items_w: Tensor, user: Tensor, item: Tensor, neg: Tensor, compiled
+        ctx,
+        users_w: Tensor,
+        items_w: Tensor,
+        user: Tensor,
+        item: Tensor,
+        neg: Tensor,
+        compiled: bool,
+        updates: tuple[Any, Any] | None,
     ):
         ctx.shapes, ctx.compiled = (users_w.shape, items_w.shape), compiled
+        ctx.updates = updates
         if compiled:
             x, loss = _COMPILED_SCORES(users_w, items_w, user, item, neg)
             ctx.save_for_backward(users_w, items_w, x, user, item, neg)
@@ -157,9 +168,14 @@ class _SparseBPR(torch.autograd.Function):
             cs = torch.cat([c.sum(0, keepdim=True), c.neg_()])  # (1 + N, B, 1): / d score
             g_items = (cs * u).view(-1, u.shape[1])  # ((1 + N) B, d): positives, then negatives
         rows = torch.cat([item, neg.t().reshape(-1)])
+        if ctx.updates is not None:  # the optimizer in backward: both sets of rows, then
+            ctx.updates[0](user, g_users)  # the updates; nothing is handed on to ``.grad``
+            ctx.updates[1](rows, g_items)
+            return (None,) * 7
         return (
             _sparse_rows(user, g_users, ctx.shapes[0]),
             _sparse_rows(rows, g_items, ctx.shapes[1]),
+            None,
             None,
             None,
             None,
@@ -171,6 +187,7 @@ class MF(Recommender):
     train_batch = "pairs"
     represents_users = True
     exposes_embeddings = True
+    applies_row_updates = True
     uses_features = True
     scores_new_items = True
     scores_new_users = True
@@ -209,6 +226,7 @@ class MF(Recommender):
         self.num_negatives = 0 if loss == "softmax" else int(num_negatives)
         self.reg = float(reg)
         self.temperature = float(temperature)
+        self._row_updates: tuple[Any, Any] | None = None  # see use_row_updates
         self.user_emb = nn.Embedding(num_users, embedding_size, sparse=sparse)
         self.item_emb = nn.Embedding(num_items, embedding_size, sparse=sparse)
         stds = []
@@ -235,6 +253,24 @@ class MF(Recommender):
             self.user_attrs.load(features.user, features.user_seen)
         if self.item_attrs is not None:
             self.item_attrs.load(features.item, features.item_seen)
+
+    def use_row_updates(self, updates: Mapping[Tensor, Any]) -> bool:
+        """Run the optimizer's row updates of both factor tables inside the row-sparse BPR
+        backward (``sparse: true``, ``loss: bpr`` without ``reg`` or features, on the CPU: the
+        path whose gradient rows this model computes itself): both tables' rows are computed
+        from the weights before the step, then each table's update runs (compiled when the
+        optimizer compiles). Any other configuration keeps ordinary gradients (returns False)."""
+        pair = (updates.get(self.user_emb.weight), updates.get(self.item_emb.weight))
+        usable = (
+            all(u is not None for u in pair)
+            and self.user_emb.sparse
+            and self.loss_name == "bpr"
+            and not self.reg
+            and not self.feats.active
+            and self.user_emb.weight.device.type == "cpu"
+        )
+        self._row_updates = pair if usable else None
+        return usable
 
     # -- representations: ids, or ids plus attributes ---------------------------------------
     def _user_rows(self, user: Tensor) -> Tensor:
@@ -294,7 +330,9 @@ class MF(Recommender):
             assert batch.neg is not None, "MF needs sampled negatives (num_negatives >= 1)"
             w = (self.user_emb.weight, self.item_emb.weight)
             if self.user_emb.sparse:
-                main = _SparseBPR.apply(*w, batch.user, batch.item, batch.neg, self.compile)
+                main = _SparseBPR.apply(
+                    *w, batch.user, batch.item, batch.neg, self.compile, self._row_updates
+                )
             else:
                 main = _BPR.apply(*w, batch.user, batch.item, batch.neg)
             return {"loss": main, "bpr": main}

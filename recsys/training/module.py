@@ -29,6 +29,7 @@ from recsys.metrics.ranking import METRICS, ranked_hits, ranking_metrics, topk_h
 from recsys.metrics.rating import RATING_METRICS, error_sums, per_row, pooled
 from recsys.models.base import build_model
 from recsys.training.callbacks import EpochSummary
+from recsys.training.optimizers import row_updates_of
 from recsys.trust import Trust, resolve
 
 log = logging.getLogger("recsys")
@@ -213,6 +214,24 @@ class RecModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._direct = not self.automatic_optimization and self._direct_steps(self.optimizers())
+        if self.model.applies_row_updates:
+            self.model.use_row_updates(self._row_updates())
+
+    def on_train_end(self) -> None:
+        if self.model.applies_row_updates:
+            self.model.use_row_updates({})
+
+    def _row_updates(self) -> dict:
+        """The optimizer's in-backward row updates (``optim.fused=true`` on ``row_adagrad``),
+        for one process without gradient clipping or accumulation only: elsewhere the
+        gradients must reach ``.grad`` (all-reduce, clipping, summing), so the ordinary step
+        runs. Bound when training starts, after a resumed optimizer state is loaded."""
+        trainer = self.trainer
+        if trainer.world_size != 1 or trainer.gradient_clip_val:
+            return {}
+        if trainer.accumulate_grad_batches != 1:
+            return {}
+        return row_updates_of(self.optimizers())
 
     def _train_loss(self, batch: Any) -> Tensor:
         """The model's loss on one batch; its terms are summed for the epoch's ``train/*`` logs."""

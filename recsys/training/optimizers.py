@@ -13,6 +13,17 @@ compiled loop (:mod:`recsys.compiling`; eager where compiling fails); eager, a s
 gradient is consumed by the step: its values are scaled in place (one pass less over the
 batch's rows than a scaled copy), as ``zero_grad`` then drops it.
 
+``fused=True`` applies the update inside the backward pass instead of in ``step`` (the optimizer
+in backward of FBGEMM's and TorchRec's fused embedding tables): a model that declares
+``applies_row_updates`` (MF's row-sparse BPR) receives :meth:`RowAdagrad.row_updates` from the
+training module and applies them to the gradient rows it computes in its backward: no sparse
+gradient tensor, no ``zero_grad``, no separate update pass through the optimizer machinery per
+step (benchmarks/scale.md). The updates are the same (tested). Gradients of such tables never reach
+``.grad``, so nothing that reads gradients (clipping, several processes) may be combined with it;
+the training module binds the updates only for one process without gradient clipping or
+accumulation, and every
+other parameter, and every model without the ability, takes the ordinary ``step``.
+
 Its state is plain tensors in ``state_dict()`` (checkpoints load with ``weights_only=True``;
 resume is exact). It won on validation against plain SGD on the rows and Adam (benchmarks/scale.md;
 ``torch.optim.SGD`` takes sparse gradients too, ``optim._target_=torch.optim.SGD``).
@@ -21,6 +32,7 @@ resume is exact). It won on validation against plain SGD on the rows and Adam (b
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -53,6 +65,40 @@ def _adagrad_rows(
 _COMPILED_ADAGRAD = Compiled(_adagrad_rows)
 
 
+@dataclass(frozen=True)
+class RowUpdate:
+    """An optimizer's in-place update of one table's rows, for a model to call in its backward
+    with the gradient rows it computed: ``fn(param, *state, rows, values, *hyper)``, pure tensor
+    operations. The state and hyper-parameters are read from the optimizer at each call, so a
+    resumed optimizer state or a changed learning rate is seen."""
+
+    fn: Callable[..., None]
+    compiled: Callable[..., None]  # ``fn`` itself, or its compiled form
+    optimizer: torch.optim.Optimizer
+    param: Tensor
+    group: dict
+    state_keys: tuple[str, ...]
+    hyper_keys: tuple[str, ...]
+
+    def state(self) -> tuple[Tensor, ...]:
+        st = self.optimizer.state[self.param]
+        return tuple(st[k] for k in self.state_keys)
+
+    def hyper(self) -> tuple[float, ...]:
+        return tuple(self.group[k] for k in self.hyper_keys)
+
+    def __call__(self, rows: Tensor, values: Tensor) -> None:
+        """Apply the gradient ``values`` (n, d) of the table's ``rows`` (n,), repeats adding up."""
+        self.compiled(self.param.data, *self.state(), rows, values, *self.hyper())
+
+
+def row_updates_of(optimizer: object) -> dict[Tensor, RowUpdate]:
+    """The in-backward row updates an optimizer offers (``RowAdagrad(fused=True)``), by
+    parameter; empty for any other optimizer."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper
+    return inner.row_updates() if isinstance(inner, RowAdagrad) and inner.fused else {}
+
+
 class RowAdagrad(torch.optim.Optimizer):
     """Row-wise Adagrad: one accumulator per row (FBGEMM's rowwise Adagrad for embedding tables),
     each occurrence of a row in the gradient counted as its own gradient.
@@ -76,6 +122,7 @@ class RowAdagrad(torch.optim.Optimizer):
         eps: float = 1e-8,
         initial_accumulator_value: float = 0.0,
         compile: bool = True,
+        fused: bool = False,
     ):
         if not 0.0 < float(lr):
             raise ValueError(f"lr must be > 0, got {lr}")
@@ -87,6 +134,27 @@ class RowAdagrad(torch.optim.Optimizer):
             params, {"lr": lr, "eps": eps, "initial_accumulator_value": initial_accumulator_value}
         )
         self.compile = bool(compile)
+        self.fused = bool(fused)
+
+    def _state(self, p: Tensor, group: dict) -> dict:
+        state = self.state[p]
+        if not state:
+            state["sum"] = p.new_full((len(p),), float(group["initial_accumulator_value"]))
+        return state
+
+    def row_updates(self) -> dict[Tensor, RowUpdate]:
+        """Each 2-d parameter's update as a :class:`RowUpdate` (``fused=True``: the model applies
+        it in its backward; ``step`` then finds no gradient for that parameter)."""
+        out = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dim() == 2:
+                    self._state(p, group)
+                    fn = _COMPILED_ADAGRAD if self.compile and p.device.type == "cpu" else None
+                    out[p] = RowUpdate(
+                        _adagrad_rows, fn or _adagrad_rows, self, p, group, ("sum",), ("lr", "eps")
+                    )
+        return out
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -101,10 +169,7 @@ class RowAdagrad(torch.optim.Optimizer):
         return loss
 
     def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:
-        state = self.state[p]
-        if not state:
-            state["sum"] = p.new_full((len(p),), float(group["initial_accumulator_value"]))
-        acc = state["sum"]  # (rows,)
+        acc = self._state(p, group)["sum"]  # (rows,)
         # the compiled loop: a sparse gradient of a table on the CPU
         if self.compile and grad.is_sparse and p.dim() == 2 and p.device.type == "cpu":
             _COMPILED_ADAGRAD(p, acc, *_rows(grad), group["lr"], group["eps"])

@@ -9,7 +9,7 @@ import torch
 from recsys.data.batches import PairBatch
 from recsys.data.loaders import PairSet, sample_negatives
 from recsys.models.mf import MF
-from recsys.training.optimizers import RowAdagrad
+from recsys.training.optimizers import RowAdagrad, row_updates_of
 from recsys.training.train import train
 from tests.conftest import FAST_TRAINER, TINY_DATA, compose_config
 
@@ -91,6 +91,74 @@ def test_row_adagrad_counts_each_occurrence_and_leaves_other_rows_alone(compiled
         RowAdagrad([q], lr=0.0)
 
 
+def _adagrad_steps(fused: bool, compiled: bool, n_neg: int, model=None):
+    """Three steps of sparse BPR-MF with RowAdagrad, its update in the backward (``fused``) or
+    in ``step``; the tables, the accumulators and the losses after them."""
+    torch.manual_seed(0)
+    m = model or MF(9, 11, 5, loss="bpr", num_negatives=n_neg, sparse=True, compile=compiled)
+    opt = RowAdagrad(m.parameters(), lr=0.1, compile=compiled, fused=fused)
+    assert m.use_row_updates(row_updates_of(opt)) is fused
+    losses = []
+    for step in range(3):
+        b = _batch(n_neg)
+        b.neg.add_(step).remainder_(11)
+        loss = m.loss(b)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        assert (m.item_emb.weight.grad is None) is fused  # nothing handed on when fused
+        opt.step()
+        losses.append(float(loss.detach()))
+    m.use_row_updates({})
+    state = [opt.state[p]["sum"].clone() for p in (m.user_emb.weight, m.item_emb.weight)]
+    return [m.user_emb.weight.detach().clone(), m.item_emb.weight.detach().clone(), *state], losses
+
+
+@pytest.mark.parametrize("compiled", COMPILE)
+@pytest.mark.parametrize("n_neg", [1, 3])
+def test_row_adagrad_in_the_backward_takes_the_same_steps(n_neg, compiled):
+    """``fused=True``: MF applies the optimizer's row updates to the gradient rows in its
+    backward; tables, accumulators and losses equal those of the ordinary sparse step (the same
+    arithmetic, the rows' sums in another order: 1e-6)."""
+    fused, fused_losses = _adagrad_steps(True, compiled, n_neg)
+    plain, plain_losses = _adagrad_steps(False, compiled, n_neg)
+    for a, b in zip(fused, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert fused_losses == pytest.approx(plain_losses, rel=1e-6)
+    assert fused[2].max() > 0 and fused[3].max() > 0  # the steps were taken
+
+
+def test_row_updates_are_refused_where_mf_does_not_compute_its_gradient_rows():
+    """Dense tables, ``reg`` or another loss keep ordinary gradients; torch optimizers and a
+    RowAdagrad without ``fused`` offer no row updates."""
+    rows = row_updates_of(RowAdagrad(MF(4, 5, 3, sparse=True).parameters(), fused=True))
+    assert len(rows) == 2
+    for kwargs in ({"sparse": False}, {"sparse": True, "reg": 0.1}, {"loss": "softmax"}):
+        m = MF(4, 5, 3, **kwargs)
+        assert not m.use_row_updates(row_updates_of(RowAdagrad(m.parameters(), fused=True)))
+    m = MF(4, 5, 3, sparse=True)
+    assert row_updates_of(RowAdagrad(m.parameters())) == {}
+    assert row_updates_of(torch.optim.SGD(m.parameters(), lr=0.1)) == {}
+
+
+def test_fused_row_adagrad_trains_as_the_plain_step_through_recsys_train(tmp_path, monkeypatch):
+    """The real training loop binds the updates when training starts (after a resumed state is
+    loaded) and unbinds them at the end: the same metrics with ``optim.fused`` on and off."""
+    bound: list[bool] = []
+    use = MF.use_row_updates
+    monkeypatch.setattr(MF, "use_row_updates", lambda m, u: bound.append(use(m, u)) or bound[-1])
+    base = TINY_DATA + FAST_TRAINER + ["model=mf", "model.sparse=true", "model.compile=false"]
+    base += ["optim=row_adagrad", "optim.lr=0.05", "optim.compile=false", "seed=3"]
+    base += ["optim.steps_per_call=4", "trainer.max_epochs=3"]
+    runs = {}
+    for f in ("true", "false"):
+        runs[f] = train(compose_config("train", base + [f"optim.fused={f}"], tmp_path / f))
+        assert bound == ([True, False] if f == "true" else [False, False])  # start, end
+        bound.clear()
+    for split in ("val", "test"):
+        for key, value in runs["false"][split].items():
+            assert runs["true"][split][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
 @pytest.mark.parametrize("bitset", [True, False])
 def test_pair_set_answers_as_the_sorted_keys(bitset):
     g = torch.Generator().manual_seed(0)
@@ -124,7 +192,7 @@ def test_sparse_mf_learns_planted_taste_groups_beyond_popularity(optim, tmp_path
     chosen = {
         "row_adagrad": ["optim=row_adagrad", "optim.lr=0.05", "optim.compile=false"],
         "torch_sgd": ["optim=row_adagrad", "~optim.eps", "~optim.initial_accumulator_value"]
-        + ["~optim.compile", "optim._target_=torch.optim.SGD", "optim.lr=50"],
+        + ["~optim.compile", "~optim.fused", "optim._target_=torch.optim.SGD", "optim.lr=50"],
     }[optim]
     overrides = (
         TINY_DATA
