@@ -16,13 +16,12 @@ batch's rows than a scaled copy), as ``zero_grad`` then drops it.
 ``fused=True`` applies the update inside the backward pass instead of in ``step`` (the optimizer
 in backward of FBGEMM's and TorchRec's fused embedding tables): a model that declares
 ``applies_row_updates`` (MF's row-sparse BPR) receives :meth:`RowAdagrad.row_updates` from the
-training module and applies them to the gradient rows it computes in its backward: no sparse
-gradient tensor, no ``zero_grad``, no separate update pass through the optimizer machinery per
-step (benchmarks/scale.md). The updates are the same (tested). Gradients of such tables never reach
-``.grad``, so nothing that reads gradients (clipping, several processes) may be combined with it;
-the training module binds the updates only for one process without gradient clipping or
-accumulation, and every
-other parameter, and every model without the ability, takes the ordinary ``step``.
+training module and applies them to the gradient rows it computes in its backward, with no
+sparse gradient tensor built, stored and read back by ``step`` (benchmarks/scale.md). The
+updates are the same (tested). Gradients of such tables never reach ``.grad``, so nothing that
+reads gradients may be combined with it: the training module binds the updates only for one
+process without gradient clipping or accumulation. Every other parameter, and every model
+without the ability, takes the ordinary ``step``.
 
 Its state is plain tensors in ``state_dict()`` (checkpoints load with ``weights_only=True``;
 resume is exact). It won on validation against plain SGD on the rows and Adam (benchmarks/scale.md;
