@@ -104,6 +104,13 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=int, default=1, help="torch threads per process (default 1)"
     )
     parser.add_argument(
+        "--no-trace",
+        dest="trace",
+        action="store_false",
+        help="score histories with the eager model instead of the graph traced from it at load "
+        "(SASRec; for comparisons: the answers are the same)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -148,6 +155,7 @@ def _serve(args) -> None:
         ann_ef=args.ann_ef,
         threads=args.threads,
         workers=args.workers,
+        trace=args.trace,
     ).check()
     if not 0 <= args.port <= 65535:
         raise RecsysError(f"--port must be 0..65535, got {args.port}")
@@ -159,9 +167,11 @@ def _serve(args) -> None:
     sock = _listen(args.host, args.port)  # bound here: the line below names the real port
     port = sock.getsockname()[1]
     token = "token required" if os.environ.get(settings.token_env) else "no token"
+    rec = served.rec
+    histories = f"; histories: {rec.history_path}" if rec.supports_history else ""
     print(
-        f"serving {served.model} ({served.rec.num_items} items, {served.rec.num_users} users, "
-        f"digest {served.digest[:12]}, {token}; {signature_note(served.rec.signature)}) "
+        f"serving {served.model} ({rec.num_items} items, {rec.num_users} users, "
+        f"digest {served.digest[:12]}, {token}; {signature_note(rec.signature)}{histories}) "
         f"on http://{args.host}:{port} (docs at /docs)",
         file=sys.stderr,
         flush=True,
@@ -177,7 +187,7 @@ def _serve(args) -> None:
         return
     from uvicorn.supervisors import Multiprocess
 
-    del served  # each worker loads its own copy
+    del served, rec  # each worker loads its own copy
     os.environ[SETTINGS_ENV] = settings.to_json()
     config = uvicorn.Config(
         "recsys.serving.service:app_from_env",

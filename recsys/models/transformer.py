@@ -107,6 +107,14 @@ def attention_mask(real: Tensor, causal: bool) -> Tensor:
     return mask | eye
 
 
+def last_query_mask(real: Tensor) -> Tensor:
+    """(B, 1, 1, L) bool: :func:`attention_mask`'s row of the last query, causal or not (it
+    may attend to every real key, and to itself), without building the (L, L) rest."""
+    L = real.shape[1]
+    last = torch.arange(L, device=real.device) == L - 1
+    return (real | last)[:, None, None, :]
+
+
 class _Sublayers(nn.Module):
     """What both blocks hold: multi-head self-attention (``F.scaled_dot_product_attention``) and
     a position-wise feed-forward network, each followed by dropout, and two layer norms; the
@@ -152,7 +160,8 @@ class _Sublayers(nn.Module):
     def attend_last(self, q_in: Tensor, kv_in: Tensor, mask: Tensor) -> Tensor:
         """(B, 1, d) self-attention output at the last position only: the query from
         ``q_in`` (B, 1, d), keys and values from ``kv_in`` (B, L, d) (inference: a user's
-        state after the newest item needs no other position's output)."""
+        state after the newest item needs no other position's output). ``mask``: the full
+        (B, 1, L, L) mask or its last row (:func:`last_query_mask`)."""
         B, L, d = kv_in.shape
         h = d // self.n_heads
         w, b = self.qkv.weight, self.qkv.bias
@@ -273,15 +282,36 @@ class TransformerEncoder(nn.Module):
             items = items + extra
         x = self.emb_ln(items + self.pos(pos)[None])  # (B, L, d)
         x = self.drop(x) * real[..., None]
-        mask = attention_mask(real, causal)
         blocks = list(self.blocks)
         if last_only and blocks:
+            # one block: only the last query's row of the mask is used (B, 1, 1, L)
+            mask = attention_mask(real, causal) if len(blocks) > 1 else last_query_mask(real)
             for block in blocks[:-1]:
                 x = block(x, mask)
             return self.final_ln(blocks[-1].forward_last(x, mask)) * real[:, -1:, None]
+        mask = attention_mask(real, causal)
         for block in blocks:
             x = block(x, mask)
         return self.final_ln(x) * real[..., None]
+
+
+class LastState(nn.Module):
+    """Inference only: (B, L) left-padded ids → (B, d) ``encoder``'s state at the last position,
+    with the item table ``table`` fixed (an eval-mode model's :meth:`TransformerEncoder.table`,
+    item attributes included): ``encoder(seq, causal, table, last_only=True)[:, -1]``.
+
+    One module so that ``torch.jit.trace`` makes it one graph: batch size and length stay
+    dynamic (every size is read from ``seq``), and a call then runs its ~100 small operations in
+    C++ with the GIL released once, instead of ~100 Python calls (serving). The same operations
+    on the same shapes as the eager encoder, so the same values (checked where it is used)."""
+
+    def __init__(self, encoder: TransformerEncoder, table: Tensor, causal: bool):
+        super().__init__()
+        self.encoder, self.causal = encoder, bool(causal)
+        self.register_buffer("table", table.detach(), persistent=False)
+
+    def forward(self, seq: Tensor) -> Tensor:
+        return self.encoder(seq, self.causal, self.table, None, True)[:, -1]
 
 
 def _init(m: nn.Module, std: float) -> None:

@@ -511,6 +511,11 @@ class LoadedRecommender(_SimilarItems, NewEntities):
     trust, e.g. signed ones). ``trust``: packages besides recsys whose models ``artifact.json``
     may name (as :mod:`recsys.trust`; also ``$RECSYS_TRUSTED_PACKAGES``).
 
+    ``trace``: history models of the transformer family (SASRec) score histories with a graph
+    traced here, at first use, from the eager model, after checking that it reproduces the
+    model (:mod:`recsys.serving.history`; ``history_path`` says whether it is used, or why
+    not); ``False`` keeps the eager encoder. Nothing from the artifact is traced or run.
+
     ``signature``: :data:`VERIFIED`, :data:`UNSIGNED` or :data:`NOT_CHECKED` (see
     :func:`read_artifact`; with ``$RECSYS_ARTIFACT_KEY`` set, anything but a valid signature is
     refused).
@@ -532,6 +537,7 @@ class LoadedRecommender(_SimilarItems, NewEntities):
         directory: str | Path,
         backend: str = "auto",
         trust: Iterable[str] | str | None = None,
+        trace: bool = True,
     ):
         import torch
 
@@ -566,6 +572,11 @@ class LoadedRecommender(_SimilarItems, NewEntities):
         self.supports_history = bool(self.meta.get("supports_history"))
         self.backend = "eager" if backend == "auto" else backend
         self._torch = torch
+        # history models of the transformer family: user vectors from a graph traced here from
+        # the eager model (recsys.serving.history), when it reproduces the model; history_path
+        # says which path scores histories ("eager (why)" or "traced") once one was needed
+        self._traced = None if trace else False
+        self.history_path = "not used yet" if trace else "eager (trace=False)"
         self.model = None  # the eager model (built here for eager, on first need otherwise)
         if self.backend == "torchscript":
             name = self._scorer_file("torchscript")
@@ -885,13 +896,17 @@ def _check_fallback(fallback: str | None) -> None:
 
 
 def load(
-    directory: str | Path, backend: str = "auto", trust: Iterable[str] | str | None = None
+    directory: str | Path,
+    backend: str = "auto",
+    trust: Iterable[str] | str | None = None,
+    trace: bool = True,
 ) -> LoadedRecommender:
     """Load an artifact written by ``recsys-export``: digest, signature (with
     ``$RECSYS_ARTIFACT_KEY`` set) and checksums verified; see :class:`LoadedRecommender` for
-    ``backend`` (``auto``: nothing from the file runs as code) and ``trust``.
+    ``backend`` (``auto``: nothing from the file runs as code) and ``trust``. ``trace=False``
+    keeps the eager encoder for histories (:mod:`recsys.serving.history`; for comparisons).
 
     >>> rec = recsys.load("artifacts/mf")                       # doctest: +SKIP
     >>> rec.recommend(users=[42], k=10)[0]["items"]              # doctest: +SKIP
     """
-    return LoadedRecommender(directory, backend=backend, trust=trust)
+    return LoadedRecommender(directory, backend=backend, trust=trust, trace=trace)

@@ -28,6 +28,7 @@ value outside a vocabulary is unknown; a field the artifact does not have is an 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ import numpy as np
 
 from recsys.data.features import ENTITIES, KINDS, FeatureTable, Field
 from recsys.errors import CheckpointError, RecsysError
+
+log = logging.getLogger("recsys")
 
 FILE = "features.json"
 FORMAT = "recsys-features"
@@ -365,6 +368,11 @@ class NewEntities:
 
         self._item_table()
         torch, out = self._torch, []
+        traced = self._traced_histories()
+        if traced is not None:  # one TorchScript call per 256 rows (recsys.serving.history)
+            for s in range(0, len(users), 256):
+                out.append(torch.from_numpy(traced(histories[s : s + 256])))
+            return torch.cat(out) if len(out) != 1 else out[0]
         with torch.inference_mode():  # less per-op overhead than no_grad: the request path
             for s in range(0, len(users), 256):
                 b = UserBatch.from_lists(
@@ -373,6 +381,40 @@ class NewEntities:
                 )
                 out.append(self.model.user_representation(b).detach().float())
         return torch.cat(out) if out else torch.zeros(0, self._items_d.shape[1])
+
+    def _traced_histories(self):
+        """The traced history encoder (:class:`~recsys.serving.history.TracedHistories`) for
+        models it reproduces exactly, built and checked on real users at first use; None for
+        the others (``history_path`` says which, and why)."""
+        if getattr(self, "_traced", None) is None:
+            from recsys.serving.history import TracedHistories
+
+            self._traced = False
+            model = self._eager()
+            self.history_path = "eager (not a history model)"
+            if self.supports_history and getattr(model, "scores_history", False):
+                lengths = np.diff(self.indptr)
+                users = np.flatnonzero(lengths > 0)
+                by_length = users[np.argsort(lengths[users], kind="stable")]
+                pick = (
+                    np.unique(
+                        np.r_[
+                            by_length[:4],
+                            by_length[-4:],
+                            by_length[np.linspace(0, len(by_length) - 1, 16).astype(int)],
+                        ]
+                    )
+                    if len(by_length)
+                    else by_length
+                )
+                probes = [(int(u), self.history(int(u))[-self.length :]) for u in pick]
+                traced, why = TracedHistories.of(model, probes)
+                self.history_path = "traced" if traced is not None else f"eager ({why})"
+                if traced is not None:
+                    self._traced = traced
+                else:
+                    log.info("%s: history vectors stay eager: %s", self._name(), why)
+        return None if self._traced is False else self._traced
 
     # -- public ----------------------------------------------------------------------------
     def score_new_items(

@@ -16,7 +16,10 @@ into the artifact's indices, then hands a job to a :class:`~recsys.serving.micro
 concurrent jobs become one scoring call in one worker thread, off the event loop. Each job
 carries the :class:`Served` artifact it was checked against, so a reload that swaps in a new
 artifact never mixes one artifact's ids with another's scores, and requests in flight finish on
-the artifact they started with.
+the artifact they started with. The worker holds the GIL as little as it can, since the event
+loop needs it for every request: a SASRec history is encoded by one TorchScript call traced at
+load (:mod:`recsys.serving.history`, the GIL released once) rather than ~100 Python-level torch
+calls, each a point where the two threads trade the GIL.
 
 Errors are JSON, ``{"error": <one line>}`` plus ``"field"`` where one field is at fault: 400 a
 body that is not JSON, 401 no or a wrong bearer token, 404 an unknown user or item (named) unless
@@ -96,6 +99,7 @@ class ServeSettings:
     ann_ef: int = 128
     threads: int = 1
     workers: int = 1
+    trace: bool = True  # history models: the traced encoder (recsys.serving.history)
 
     def check(self) -> ServeSettings:
         for name, low in (
@@ -202,6 +206,7 @@ class Served:
             "scores_history": rec.supports_history,
             "features": rec.features.schema() if rec.features is not None else None,
             "backend": rec.backend,
+            "history_path": rec.history_path if rec.supports_history else None,
             "ann": self.ann_info,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
             "load_seconds": round(self.load_seconds, 3),
@@ -291,7 +296,9 @@ def load_served(settings: ServeSettings) -> Served:
     """Read, verify and prepare the artifact at ``settings.artifact`` (blocking: seconds)."""
     start = time.perf_counter()
     path = Path(settings.artifact).expanduser().resolve()  # one directory, even mid symlink flip
-    rec = LoadedRecommender(path, backend=settings.backend, trust=settings.trust or None)
+    rec = LoadedRecommender(
+        path, backend=settings.backend, trust=settings.trust or None, trace=settings.trace
+    )
     digest = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
     ann = None
     if settings.ann == "hnsw":

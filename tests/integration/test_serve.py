@@ -331,7 +331,9 @@ def test_sasrec_history_token_and_fallback(arts):
     rec = load(arts["sasrec"])
     token = {"Authorization": "Bearer s3cret"}
     with serve(arts["sasrec"], "--fallback", "popular", env={"RECSYS_SERVE_TOKEN": "s3cret"}) as s:
-        assert s.get("/health")[0] == 200  # open: probes carry no token
+        status, health = s.get("/health")
+        assert status == 200  # open: probes carry no token
+        assert health["history_path"] == "traced"  # built and checked at load, before requests
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             status, got = s.get("/v1/recommend?user=1", headers=headers)
             assert status == 401 and "bearer token" in got["error"], got
@@ -369,6 +371,30 @@ def test_sasrec_history_token_and_fallback(arts):
         status, got = s.get("/v1/similar?item=" + str(rec.item_ids[3]) + "&k=4", headers=token)
         assert status == 200
         same(got, rec.similar_items([rec.item_ids[3].item()], k=4)[0])
+
+
+def test_traced_history_encoder_answers_as_the_eager_model(arts):
+    """SASRec's histories are scored by a graph traced at load (recsys.serving.history); its
+    answers equal the eager model's (same items; scores within 1e-5 relative, 1e-6 absolute),
+    item attributes included, for single histories and batches (known users and none)."""
+    traced, eager = load(arts["sasrec"]), load(arts["sasrec"], trace=False)
+    n = traced.num_users
+    hists = [traced.item_ids[traced.history(u)].tolist() for u in range(n)]
+    for h in hists[:20]:
+        same(traced.recommend(history=h, k=10)[0], eager.recommend(history=h, k=10)[0])
+        same(traced.recommend_history(h, k=3), eager.recommend_history(h, k=3))
+    assert traced.history_path == "traced"
+    assert eager.history_path == "eager (trace=False)"
+    users = traced.user_ids[: min(n, 40)].tolist()
+    for a, b in zip(traced.recommend(users, k=10), eager.recommend(users, k=10), strict=True):
+        same(a, b)
+    idx = list(range(min(n, 40)))
+    np.testing.assert_allclose(
+        traced.score([-1] * len(idx), [traced.history(u) for u in idx]),
+        eager.score([-1] * len(idx), [eager.history(u) for u in idx]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_pseudonymised_artifact_answers_pseudonyms(arts, tmp_path):
