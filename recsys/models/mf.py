@@ -107,19 +107,50 @@ def _bpr_scores(users_w: Tensor, items_w: Tensor, user: Tensor, item: Tensor, ne
     return x, F.softplus(-x).mean()
 
 
-def _bpr_rows(
-    users_w: Tensor, items_w: Tensor, user: Tensor, item: Tensor, neg: Tensor, x: Tensor, grad
-):
-    """The gradient's rows, the factors gathered again rather than kept from the forward: (B, d)
-    for the users, ((1 + N) B, d) for the items (positives, then negative k)."""
-    u = users_w[user]  # (B, d)
-    diff = items_w[item] - items_w[neg.t()]  # (N, B, d)
+def _rows_from(u: Tensor, diff: Tensor, x: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    """The gradient's rows from the gathered user rows ``u`` (B, d), the differences ``diff``
+    (N, B, d) and the scores ``x`` (N, B): (B, d) for the users, ((1 + N) B, d) for the items
+    (positives, then negative k)."""
     c = (torch.sigmoid(-x) * (-grad / x.numel())).unsqueeze(-1)  # (N, B, 1): d loss / d x
     cs = torch.cat([c.sum(0, keepdim=True), -c])  # (1 + N, B, 1): d loss / d score
     return (diff * c).sum(0), (cs * u).reshape(-1, u.shape[1])
 
 
+def _bpr_rows(
+    users_w: Tensor, items_w: Tensor, user: Tensor, item: Tensor, neg: Tensor, x: Tensor, grad
+):
+    """The gradient's rows, the factors gathered again rather than kept from the forward."""
+    return _rows_from(users_w[user], items_w[item] - items_w[neg.t()], x, grad)
+
+
+def _bpr_kept(users_w: Tensor, items_w: Tensor, user: Tensor, item: Tensor, neg: Tensor):
+    """:func:`_bpr_scores` that also returns the gathered rows ``u`` (B, d) and ``diff``
+    (N, B, d), for a backward that writes the tables: compiled code that reads a table it also
+    writes keeps a whole copy of it, so the backward reads these instead."""
+    u = users_w[user]
+    diff = items_w[item] - items_w[neg.t()]
+    x = (diff * u).sum(-1)
+    return x, F.softplus(-x).mean(), u, diff
+
+
 _COMPILED_SCORES, _COMPILED_ROWS = Compiled(_bpr_scores), Compiled(_bpr_rows)
+_COMPILED_KEPT = Compiled(_bpr_kept)
+_UPDATE_STEPS: dict[tuple[Any, Any], Compiled] = {}
+
+
+def _update_step(update_users: Any, update_items: Any) -> Compiled:
+    """The gradient rows and the optimizer's row updates of both tables (``RowUpdate.fn``:
+    pure tensor operations) compiled as one function, the rows never written out whole."""
+    key = (update_users, update_items)
+    if key not in _UPDATE_STEPS:
+
+        def bpr_update(users_w, items_w, user, item, neg, u, diff, x, grad, s_u, h_u, s_i, h_i):
+            g_users, g_items = _rows_from(u, diff, x, grad)
+            update_users(users_w, *s_u, user, g_users, *h_u)
+            update_items(items_w, *s_i, torch.cat([item, neg.t().reshape(-1)]), g_items, *h_i)
+
+        _UPDATE_STEPS[key] = Compiled(bpr_update)
+    return _UPDATE_STEPS[key]
 
 
 class _SparseBPR(torch.autograd.Function):
@@ -127,7 +158,11 @@ class _SparseBPR(torch.autograd.Function):
     sparse tensor of the batch's rows, so nothing in a step is as large as a table. Eager, the
     differences ``q_i - q_j`` come from one ``embedding_bag`` (gather and subtract fused: half the
     passes of gathering both rows); ``compiled``, the forward and the gradient rows are two
-    compiled loops (:mod:`recsys.compiling`). Tested against autograd."""
+    compiled loops (:mod:`recsys.compiling`). Tested against autograd.
+
+    ``updates`` (the optimizer's ``RowUpdate`` of each table, :meth:`MF.use_row_updates`): the
+    backward applies them to the rows instead of returning gradients; compiled, the rows and both
+    updates are one compiled function reading the rows the forward kept."""
 
     @staticmethod
     def forward(
@@ -142,6 +177,10 @@ class _SparseBPR(torch.autograd.Function):
     ):
         ctx.shapes, ctx.compiled = (users_w.shape, items_w.shape), compiled
         ctx.updates = updates
+        if compiled and updates is not None:  # the backward writes the tables
+            x, loss, u, diff = _COMPILED_KEPT(users_w, items_w, user, item, neg)
+            ctx.save_for_backward(users_w, items_w, u, diff, x, user, item, neg)
+            return loss
         if compiled:
             x, loss = _COMPILED_SCORES(users_w, items_w, user, item, neg)
             ctx.save_for_backward(users_w, items_w, x, user, item, neg)
@@ -158,6 +197,12 @@ class _SparseBPR(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        if ctx.compiled and ctx.updates is not None:  # the optimizer in backward, one function
+            users_w, items_w, u, diff, x, user, item, neg = ctx.saved_tensors
+            uu, ui = ctx.updates
+            step = _update_step(uu.fn, ui.fn)
+            step(users_w, items_w, user, item, neg, u, diff, x, grad, *uu.args(), *ui.args())
+            return (None,) * 7
         if ctx.compiled:
             users_w, items_w, x, user, item, neg = ctx.saved_tensors
             g_users, g_items = _COMPILED_ROWS(users_w, items_w, user, item, neg, x, grad)
@@ -168,7 +213,7 @@ class _SparseBPR(torch.autograd.Function):
             cs = torch.cat([c.sum(0, keepdim=True), c.neg_()])  # (1 + N, B, 1): / d score
             g_items = (cs * u).view(-1, u.shape[1])  # ((1 + N) B, d): positives, then negatives
         rows = torch.cat([item, neg.t().reshape(-1)])
-        if ctx.updates is not None:  # the optimizer in backward: both sets of rows, then
+        if ctx.updates is not None:  # eager optimizer in backward: both sets of rows, then
             ctx.updates[0](user, g_users)  # the updates; nothing is handed on to ``.grad``
             ctx.updates[1](rows, g_items)
             return (None,) * 7
@@ -257,9 +302,10 @@ class MF(Recommender):
     def use_row_updates(self, updates: Mapping[Tensor, Any]) -> bool:
         """Run the optimizer's row updates of both factor tables inside the row-sparse BPR
         backward (``sparse: true``, ``loss: bpr`` without ``reg`` or features, on the CPU: the
-        path whose gradient rows this model computes itself): both tables' rows are computed
-        from the weights before the step, then each table's update runs (compiled when the
-        optimizer compiles). Any other configuration keeps ordinary gradients (returns False)."""
+        path whose gradient rows this model computes itself): both tables' rows come from the
+        weights before the step, then each table's update runs; with ``compile``, rows and
+        updates are one compiled function. Any other configuration keeps ordinary gradients
+        (returns False)."""
         pair = (updates.get(self.user_emb.weight), updates.get(self.item_emb.weight))
         usable = (
             all(u is not None for u in pair)

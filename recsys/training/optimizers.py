@@ -68,7 +68,7 @@ _COMPILED_ADAGRAD = Compiled(_adagrad_rows)
 class RowUpdate:
     """An optimizer's in-place update of one table's rows, for a model to call in its backward
     with the gradient rows it computed: ``fn(param, *state, rows, values, *hyper)``, pure tensor
-    operations. The state and hyper-parameters are read from the optimizer at each call, so a
+    operations (a model may compile it together with the code that computes ``values``). The state and hyper-parameters are read from the optimizer at each call, so a
     resumed optimizer state or a changed learning rate is seen."""
 
     fn: Callable[..., None]
@@ -85,6 +85,10 @@ class RowUpdate:
 
     def hyper(self) -> tuple[float, ...]:
         return tuple(self.group[k] for k in self.hyper_keys)
+
+    def args(self) -> tuple[tuple[Tensor, ...], tuple[float, ...]]:
+        """The state and hyper-parameters ``fn`` takes around ``(param, ..., rows, values)``."""
+        return self.state(), self.hyper()
 
     def __call__(self, rows: Tensor, values: Tensor) -> None:
         """Apply the gradient ``values`` (n, d) of the table's ``rows`` (n,), repeats adding up."""
