@@ -369,7 +369,7 @@ class NewEntities:
         self._item_table()
         torch, out = self._torch, []
         traced = self._traced_histories()
-        if traced is not None:  # one TorchScript call per 256 rows (recsys.serving.history)
+        if traced is not None and len(users):  # one TorchScript call per 256 rows
             for s in range(0, len(users), 256):
                 out.append(torch.from_numpy(traced(histories[s : s + 256])))
             return torch.cat(out) if len(out) != 1 else out[0]

@@ -67,7 +67,7 @@ class TracedHistories:
             return None, "no history to check it on"
         try:
             with torch.inference_mode():
-                table = model.item_table().detach().clone()
+                table = model.item_table().detach()  # the weights themselves, no copy
                 module = LastState(encoder, table, causal=True)
                 self = cls(None, max_len, pad)
                 example = self.padded([h for _, h in probes[:3]])
@@ -109,4 +109,4 @@ class TracedHistories:
 
     def __call__(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
-            return self.graph(self.padded(histories)).numpy()
+            return self.graph(self.padded(histories)).float().numpy()

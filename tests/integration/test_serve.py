@@ -385,6 +385,7 @@ def test_traced_history_encoder_answers_as_the_eager_model(arts):
         same(traced.recommend_history(h, k=3), eager.recommend_history(h, k=3))
     assert traced.history_path == "traced"
     assert eager.history_path == "eager (trace=False)"
+    assert traced.score([], []).shape == (0, traced.num_items)
     users = traced.user_ids[: min(n, 40)].tolist()
     for a, b in zip(traced.recommend(users, k=10), eager.recommend(users, k=10), strict=True):
         same(a, b)
