@@ -113,8 +113,10 @@ def _adagrad_steps(fused: bool, compiled: bool, n_neg: int, model=None):
     return [m.user_emb.weight.detach().clone(), m.item_emb.weight.detach().clone(), *state], losses
 
 
-@pytest.mark.parametrize("compiled", COMPILE)
-@pytest.mark.parametrize("n_neg", [1, 3])
+@pytest.mark.parametrize(
+    ("n_neg", "compiled"),
+    [(1, False), (3, False), pytest.param(3, True, marks=pytest.mark.slow, id="3-compiled")],
+)
 def test_row_adagrad_in_the_backward_takes_the_same_steps(n_neg, compiled):
     """``fused=True``: MF applies the optimizer's row updates to the gradient rows in its
     backward; tables, accumulators and losses equal those of the ordinary sparse step (the same
