@@ -68,8 +68,9 @@ _COMPILED_ADAGRAD = Compiled(_adagrad_rows)
 class RowUpdate:
     """An optimizer's in-place update of one table's rows, for a model to call in its backward
     with the gradient rows it computed: ``fn(param, *state, rows, values, *hyper)``, pure tensor
-    operations (a model may compile it together with the code that computes ``values``). The state and hyper-parameters are read from the optimizer at each call, so a
-    resumed optimizer state or a changed learning rate is seen."""
+    operations (a model may compile it together with the code that computes ``values``). The
+    state and hyper-parameters are read from the optimizer at each call, so a resumed optimizer
+    state or a changed learning rate is seen."""
 
     fn: Callable[..., None]
     compiled: Callable[..., None]  # ``fn`` itself, or its compiled form
