@@ -48,17 +48,19 @@ def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
 
 class _GradInForward(torch.autograd.Function):
     """A mean loss whose forward already computed the gradients of its summed value with
-    respect to ``h`` and ``weight`` and saved them as ``(gh, gw)`` with ``ctx.n`` positions and
-    the inputs' ``ctx.dtypes``: backward only scales them by the incoming gradient."""
+    respect to its first inputs (``h``, ``weight``, ...) and saved them in that order, with
+    ``ctx.n`` positions, the inputs' ``ctx.dtypes`` and ``ctx.inputs`` (how many inputs the
+    forward takes): backward only scales them by the incoming gradient."""
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        gh, gw = ctx.saved_tensors
         scale = grad.float() / ctx.n
-        dh = None if gh is None else (gh * scale).to(ctx.dtypes[0])
-        dw = None if gw is None else (gw * scale).to(ctx.dtypes[1])
-        return dh, dw, None, None, None
+        out = [
+            None if g is None else (g * scale).to(dt)
+            for g, dt in zip(ctx.saved_tensors, ctx.dtypes, strict=True)
+        ]
+        return (*out, *(None,) * (ctx.inputs - len(out)))
 
 
 class _FusedLinearCE(_GradInForward):
@@ -74,14 +76,21 @@ class _FusedLinearCE(_GradInForward):
     """
 
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, target: Tensor, rows: int, onednn: bool) -> Tensor:
-        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        ctx.dtypes = (h.dtype, weight.dtype)
+    def forward(ctx, h, weight, c, target, x, xt, rows: int, onednn: bool) -> Tensor:
+        """``c`` (N, D), ``x`` (I, D) sparse and ``xt`` its transpose, or all three None: an
+        optional second, sparse part of the logits, ``h @ weight.T + c @ x.T`` (SASRec's
+        history-candidate attribute match, :class:`~recsys.models.features.HistoryMatch`),
+        whose gradient with respect to ``c`` is ``(p - onehot) @ x`` per chunk."""
+        want_h, want_w, want_c = ctx.needs_input_grad[:3]
+        ctx.dtypes = (h.dtype, weight.dtype, None if c is None else c.dtype)
+        ctx.inputs = 8
         h, weight = h.float(), weight.float()
+        c = None if c is None else c.float()
         N, n_items = h.shape[0], weight.shape[0]
         wt = weight.T.contiguous()  # (d, I): the forward product reads it row-major
         gh = torch.empty_like(h) if want_h else None
         gw = torch.zeros_like(weight) if want_w else None
+        gc = torch.empty_like(c) if want_c else None
         logits = h.new_empty((min(rows, N), n_items))
         p = torch.empty_like(logits)
         total = h.new_zeros(())
@@ -92,48 +101,8 @@ class _FusedLinearCE(_GradInForward):
             # full chunks only: oneDNN builds (and keeps) kernels per shape
             with _mkldnn_fp32_precision("bf16") if onednn and r == rows else _null():
                 torch.mm(hc, wt, out=lg)
-                torch.ops.aten._softmax.out(lg, 1, False, out=pc)
-                at = torch.arange(r, device=h.device)
-                lse = lg.amax(1) - pc.amax(1).log()
-                total += (lse - lg[at, tc]).sum()
-                if want_h or want_w:
-                    pc[at, tc] -= 1.0
-                    if want_h:
-                        torch.mm(pc, weight, out=gh[s : s + rows])
-                    if want_w:
-                        gw.addmm_(pc.T, hc)
-        ctx.save_for_backward(gh, gw)
-        ctx.n = max(N, 1)
-        return total / ctx.n
-
-
-class _FusedLinearCEMatch(torch.autograd.Function):
-    """:class:`_FusedLinearCE` with a second, sparse part of the logits: ``h @ weight.T + c @
-    x.T``, where ``c`` (N, D) is dense and ``x`` (I, D) a constant sparse CSR matrix (``xt`` its
-    transpose, CSR), SASRec's history-candidate attribute match
-    (:class:`~recsys.models.features.HistoryMatch`). The gradient with respect to ``c`` is
-    ``(p - onehot) @ x`` per chunk, computed in the forward pass like the others."""
-
-    @staticmethod
-    def forward(ctx, h, weight, c, target, x, xt, rows: int, onednn: bool) -> Tensor:
-        want_h, want_w, want_c = ctx.needs_input_grad[:3]
-        ctx.dtypes = (h.dtype, weight.dtype, c.dtype)
-        h, weight, c = h.float(), weight.float(), c.float()
-        N, n_items = h.shape[0], weight.shape[0]
-        wt = weight.T.contiguous()
-        gh = torch.empty_like(h) if want_h else None
-        gw = torch.zeros_like(weight) if want_w else None
-        gc = torch.empty_like(c) if want_c else None
-        logits = h.new_empty((min(rows, N), n_items))
-        p = torch.empty_like(logits)
-        total = h.new_zeros(())
-        for s in range(0, N, rows):
-            hc, cc, tc = h[s : s + rows], c[s : s + rows], target[s : s + rows]
-            r = hc.shape[0]
-            lg, pc = logits[:r], p[:r]
-            with _mkldnn_fp32_precision("bf16") if onednn and r == rows else _null():
-                torch.mm(hc, wt, out=lg)
-                lg.add_(torch.sparse.mm(x, cc.T).T)
+                if c is not None:
+                    lg.add_(torch.sparse.mm(x, c[s : s + rows].T).T)
                 torch.ops.aten._softmax.out(lg, 1, False, out=pc)
                 at = torch.arange(r, device=h.device)
                 lse = lg.amax(1) - pc.amax(1).log()
@@ -150,29 +119,19 @@ class _FusedLinearCEMatch(torch.autograd.Function):
         ctx.n = max(N, 1)
         return total / ctx.n
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        scale = grad.float() / ctx.n
-        out = [
-            None if g is None else (g * scale).to(dt)
-            for g, dt in zip(ctx.saved_tensors, ctx.dtypes, strict=True)
-        ]
-        return (*out, None, None, None, None, None)
-
 
 def full_ce_match(
     h: Tensor, target: Tensor, weight: Tensor, c: Tensor, x: Tensor, chunk_elems: int = 1 << 20
 ) -> Tensor:
     """Mean softmax cross-entropy over all items of the logits ``h @ weight.T + c @ x.T``:
     h (N, d), target (N,), weight (I, d), c (N, D) dense, x (I, D) sparse COO (constant), by
-    :class:`_FusedLinearCEMatch` in chunks of ``chunk_elems // I`` positions."""
+    :class:`_FusedLinearCE` in chunks of ``chunk_elems // I`` positions."""
     rows = max(1, chunk_elems // max(weight.shape[0], 1))
     xt = x.t().coalesce()
     device = h.device.type
     with _no_autocast(device):
         onednn = device == "cpu" and _onednn_fp32_exact()
-        return _FusedLinearCEMatch.apply(h, weight, c, target, x, xt, rows, onednn)
+        return _FusedLinearCE.apply(h, weight, c, target, x, xt, rows, onednn)
 
 
 class _FusedSampledCE(_GradInForward):
@@ -191,7 +150,7 @@ class _FusedSampledCE(_GradInForward):
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, cand: Tensor, valid: Tensor, rows: int) -> Tensor:
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        ctx.dtypes = (h.dtype, weight.dtype)
+        ctx.dtypes, ctx.inputs = (h.dtype, weight.dtype), 5
         h, weight = h.float(), weight.float()
         N, d = h.shape
         gh = torch.empty_like(h) if want_h else None
@@ -251,7 +210,7 @@ def full_ce(h: Tensor, target: Tensor, weight: Tensor, chunk_elems: int = 1 << 2
     device = h.device.type
     with _no_autocast(device):
         onednn = device == "cpu" and _onednn_fp32_exact()
-        return _FusedLinearCE.apply(h, weight, target, rows, onednn)
+        return _FusedLinearCE.apply(h, weight, None, target, None, None, rows, onednn)
 
 
 @contextlib.contextmanager
