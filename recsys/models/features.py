@@ -492,6 +492,18 @@ class HistoryMatch(nn.Module):
         self.decay = nn.Parameter(torch.tensor(float(np.log(decay / (1.0 - decay)))))
         field = np.repeat(np.arange(len(sizes)), sizes)
         self.register_buffer("field_of", torch.as_tensor(field, dtype=torch.long), persistent=False)
+        # x(i) of the stored items depends only on the attribute buffers: built once per state
+        # of them (a load, a checkpoint, a move to another device), not per batch or request
+        self._cache_key: tuple | None = None
+        self._cache: dict[str, Any] = {}
+
+    def _cached(self, attrs: AttributeEmbedding, name: str, build: Any) -> Any:
+        key = tuple((t.data_ptr(), t._version, t.device) for t in (attrs.seen, *attrs.codes()))
+        if key != self._cache_key:
+            self._cache_key, self._cache = key, {}
+        if name not in self._cache:
+            self._cache[name] = build()
+        return self._cache[name]
 
     def gamma(self) -> Tensor:
         return torch.sigmoid(self.decay)
@@ -515,7 +527,11 @@ class HistoryMatch(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """``(cols, w)``, each (m, W): the value columns (``dim`` for none) and weights of the
         ``x(i)`` of ``m`` items given by their code matrices (default: every stored item)."""
-        codes = attrs.codes() if codes is None else list(codes)
+        if codes is None:
+            return self._cached(attrs, "rows", lambda: self._rows(attrs, attrs.codes()))
+        return self._rows(attrs, list(codes))
+
+    def _rows(self, attrs: AttributeEmbedding, codes: list[Tensor]) -> tuple[Tensor, Tensor]:
         cols, ws = [], []
         for k, (c, idf) in enumerate(zip(codes, self.idf(attrs), strict=True)):
             c = c.clamp(max=len(idf) - 1)
@@ -531,11 +547,15 @@ class HistoryMatch(nn.Module):
         out = w.new_zeros(cols.shape[0], self.dim + 1).scatter_add_(1, cols, w)
         return out[:, : self.dim]
 
-    def item_matrix(self, attrs: AttributeEmbedding, idx: Tensor | None = None) -> Tensor:
-        """(m, dim) sparse (COO, coalesced) ``x(i)`` of every stored item, or of the items
-        ``idx``."""
+    def item_matrix(self, attrs: AttributeEmbedding, seen_only: bool = False) -> Tensor:
+        """(m, dim) sparse (COO, coalesced) ``x(i)`` of every stored item, or (``seen_only``) of
+        the items with a training event, in id order."""
+        return self._cached(attrs, f"matrix{seen_only}", lambda: self._matrix(attrs, seen_only))
+
+    def _matrix(self, attrs: AttributeEmbedding, seen_only: bool) -> Tensor:
         cols, w = self.rows(attrs)
-        if idx is not None:
+        if seen_only:
+            idx = torch.nonzero(attrs.seen > 0).squeeze(1)
             cols, w = cols[idx], w[idx]
         m = cols.shape[0]
         keep = cols < self.dim

@@ -158,7 +158,7 @@ class SASRec(Recommender):
             loss = self.objective(hr, target, weight)
         else:
             c = self.match.history(self.item_attrs, batch.input)[real]  # (N, D)
-            x = self.match.item_matrix(self.item_attrs, keep)  # (I or I', D) sparse
+            x = self.match.item_matrix(self.item_attrs, seen_only=keep is not None)  # (I or I', D)
             loss = full_ce_match(hr, target, weight, c, x, self.objective.ce_chunk)
         return loss if batch.loss_scale is None else loss * batch.loss_scale
 
