@@ -110,7 +110,11 @@ class SASRec(Recommender):
                 )
         if self.feats.history_match:
             assert self.item_attrs is not None
-            self.match = HistoryMatch(self.item_attrs, self.feats.history_match_init)
+            self.match = HistoryMatch(
+                self.item_attrs,
+                self.feats.history_match_init,
+                weight=self.feats.history_match_weight,
+            )
 
     def set_features(self, features: Any) -> None:
         if self.item_attrs is not None:
