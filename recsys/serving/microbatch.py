@@ -1,6 +1,6 @@
 """Micro-batching: concurrent requests on one event loop share one scoring call.
 
-The rule: a collector task takes the first queued job, then keeps taking jobs until
+The rule: the batcher takes the first queued job, then keeps taking jobs until
 ``max_batch`` are collected or ``max_wait_s`` has passed since the first was taken. Jobs that are
 already queued are taken at once without waiting, so ``max_wait_s=0`` means "take what is queued
 now and go". Batches run one after another: while one runs, new arrivals queue up and form the
@@ -8,7 +8,11 @@ next batch, which is where batching pays under load (an idle service adds at mos
 to a lone request).
 
 The batch runs in ONE dedicated worker thread, never on the event loop, so the loop keeps
-accepting requests while torch scores. One thread rather than a pool because a torch scoring
+accepting requests while torch scores. The hand-off is as lean as asyncio allows, since it is
+paid on every request: batches are formed by a callback on the loop (no collector task, no
+asyncio.Queue), handed to the thread through a ``queue.SimpleQueue``, and the thread returns a
+whole batch's results with one ``call_soon_threadsafe`` (no executor, no concurrent.futures
+Future chained to an asyncio one). One thread rather than a pool because a torch scoring
 call already uses the machine's cores through its own intra-op threads: two calls at once would
 only compete for them (and for memory), and serial calls keep per-batch latency predictable.
 """
@@ -17,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from recsys.errors import ConfigError
@@ -29,7 +35,7 @@ R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
-_STOP: Any = object()  # queued by close(): everything queued before it is still served
+_STOP: Any = object()  # handed to the worker thread by close(): it returns
 
 
 class MicroBatcher(Generic[J, R]):
@@ -40,6 +46,12 @@ class MicroBatcher(Generic[J, R]):
     raises, every job of the batch gets that exception. ``on_batch(size, seconds)`` is called on
     the event loop after each batch with the wall time of ``process``; its errors are logged and
     ignored. A batcher belongs to the event loop of its first ``submit``.
+
+    States, all changed on the event loop: jobs wait in ``_queue`` (``pending``) until a batch
+    is formed; a batch short of ``max_batch`` with ``max_wait_s`` > 0 waits in ``_forming``
+    (new jobs join it) until it fills or its timer fires; then it runs in the worker thread
+    (``_running``), and its results come back in one callback, which forms the next batch from
+    what queued meanwhile.
     """
 
     def __init__(
@@ -59,95 +71,118 @@ class MicroBatcher(Generic[J, R]):
         self._max_wait_s = float(max_wait_s)
         self._on_batch = on_batch
         self._name = name
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[tuple[J, asyncio.Future[R]]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._queue: deque[tuple[J, asyncio.Future[R]]] = deque()  # submitted, not yet taken
+        self._forming: list[tuple[J, asyncio.Future[R]]] = []  # taken, waiting for company
+        self._timer: asyncio.TimerHandle | None = None
+        self._scheduled = False  # a _form callback is on the loop
+        self._running = False  # a batch is in the worker thread
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._idle: list[asyncio.Future[None]] = []  # close() waiting for the last batch
         self._closed = False
 
     @property
     def pending(self) -> int:
         """Jobs queued and not yet taken into a batch."""
-        # The stop marker is the last item ever queued; once taken, the queue is empty.
-        return max(0, self._queue.qsize() - (1 if self._closed and self._task else 0))
+        return len(self._queue)
 
     async def submit(self, job: J) -> R:
         """Queue ``job`` and wait for its result (or its exception)."""
         if self._closed:
             raise RuntimeError(f"{self._name}: micro-batcher is closed")
         loop = asyncio.get_running_loop()
-        if self._task is None:
+        if self._loop is None:
             self._loop = loop
-            self._task = loop.create_task(self._collect(), name=f"{self._name}-collector")
         elif loop is not self._loop:
+            if self._loop.is_closed():  # its loop ended with the batcher open: refuse
+                self._abandon()
+                raise RuntimeError(f"{self._name}: micro-batcher is closed")
             raise RuntimeError(f"{self._name}: micro-batcher is bound to another event loop")
         future: asyncio.Future[R] = loop.create_future()
-        self._queue.put_nowait((job, future))
-        # If our caller is cancelled, so is this future; the collector then skips or drops it.
+        if self._forming:  # a batch waits for company: join it
+            self._forming.append((job, future))
+            if len(self._forming) >= self._max_batch:
+                self._flush()
+        else:
+            self._queue.append((job, future))
+            if not self._running and not self._scheduled:
+                # after the callbacks already due: what else is submitted in this turn of the
+                # loop joins the same batch
+                self._scheduled = True
+                loop.call_soon(self._form)
+        # If our caller is cancelled, so is this future; it is then skipped or its result dropped.
         return await future
 
     async def close(self) -> None:
         """Stop accepting jobs, finish those already queued, then stop the worker thread."""
-        if not self._closed:
-            self._closed = True
-            if self._task is not None:
-                self._queue.put_nowait(_STOP)
-        if self._task is not None and not self._task.done():
-            # wait() rather than await: a collector cancelled at loop shutdown must not make
-            # close() itself look cancelled.
-            await asyncio.wait([self._task])
-        # The collector has returned, so no batch is running: the thread exits at once.
-        self._executor.shutdown(wait=False)
+        self._closed = True
+        if self._loop is not None and not self._loop.is_closed() and self._busy():
+            waiter = self._loop.create_future()
+            self._idle.append(waiter)
+            await waiter
+        if self._thread is not None:
+            self._inbox.put(_STOP)  # no batch is running: the thread exits at once
+            self._thread = None
 
-    async def _collect(self) -> None:
-        """Form batches and run them, one after another, until the stop marker arrives."""
-        loop = asyncio.get_running_loop()
-        batch: list[tuple[J, asyncio.Future[R]]] = []
-        stop = False
-        try:
-            while not stop:
-                item = await self._queue.get()
-                if item is _STOP:
-                    break
-                batch = [item]
-                deadline = loop.time() + self._max_wait_s
-                while len(batch) < self._max_batch:
-                    try:
-                        item = self._queue.get_nowait()
-                    except asyncio.QueueEmpty:
-                        remaining = deadline - loop.time()
-                        if remaining <= 0:
-                            break
-                        try:
-                            item = await asyncio.wait_for(self._queue.get(), remaining)
-                        except asyncio.TimeoutError:
-                            break
-                    if item is _STOP:
-                        stop = True
-                        break
-                    batch.append(item)
-                await self._run(batch)
-        finally:
-            # After close() every job is answered already. If instead this task was cancelled
-            # (its loop is shutting down), fail what is left rather than leave callers waiting.
-            self._closed = True
-            while not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is not _STOP:
-                    batch.append(item)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(RuntimeError(f"{self._name}: micro-batcher stopped"))
+    def _busy(self) -> bool:
+        return bool(self._running or self._forming or self._queue or self._scheduled)
 
-    async def _run(self, batch: list[tuple[J, asyncio.Future[R]]]) -> None:
-        """Score one batch in the worker thread and hand each caller its result."""
+    def _abandon(self) -> None:
+        """The loop ended while the batcher was open: refuse from now on (its callers are gone)."""
+        self._closed = True
+        self._queue.clear()
+        self._forming = []
+        self._running = self._scheduled = False
+
+    # -- on the event loop -----------------------------------------------------------------
+    def _form(self) -> None:
+        """Take the queued jobs (up to ``max_batch``) as the next batch: run it now, or, when
+        short and ``max_wait_s`` > 0, wait that long for company."""
+        self._scheduled = False
+        if self._running or self._forming:
+            return
+        batch = []
+        while self._queue and len(batch) < self._max_batch:
+            batch.append(self._queue.popleft())
+        if not batch:
+            self._settle()
+            return
+        if len(batch) < self._max_batch and self._max_wait_s > 0:
+            self._forming = batch
+            assert self._loop is not None
+            self._timer = self._loop.call_later(self._max_wait_s, self._flush)
+            return
+        self._start(batch)
+
+    def _flush(self) -> None:
+        """Run the forming batch (full, or its wait is over)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._forming = self._forming, []
+        if batch:
+            self._start(batch)
+
+    def _start(self, batch: list[tuple[J, asyncio.Future[R]]]) -> None:
         live = [(job, future) for job, future in batch if not future.done()]  # skip cancelled
         if not live:
+            self._next()
             return
-        jobs = [job for job, _ in live]
-        loop = asyncio.get_running_loop()
-        results, seconds = await loop.run_in_executor(self._executor, self._call, jobs)
-        for (_, future), result in zip(live, results, strict=True):
+        self._running = True
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._work, name=f"{self._name}-worker", daemon=True
+            )
+            self._thread.start()
+        self._inbox.put(live)
+
+    def _deliver(
+        self, batch: list[tuple[J, asyncio.Future[R]]], results: list[Any], seconds: float
+    ) -> None:
+        """Hand each caller its result (the worker thread's batch is done)."""
+        self._running = False
+        for (_, future), result in zip(batch, results, strict=True):
             if future.done():  # its caller went away while the batch ran
                 continue
             if isinstance(result, Exception):
@@ -156,9 +191,38 @@ class MicroBatcher(Generic[J, R]):
                 future.set_result(result)
         if self._on_batch is not None:
             try:
-                self._on_batch(len(jobs), seconds)
+                self._on_batch(len(batch), seconds)
             except Exception:
                 log.exception("%s: on_batch callback failed", self._name)
+        self._next()
+
+    def _next(self) -> None:
+        if self._queue:
+            self._form()
+        else:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Nothing queued or running: wake close() if it waits."""
+        if not self._busy():
+            waiters, self._idle = self._idle, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    # -- in the worker thread --------------------------------------------------------------
+    def _work(self) -> None:
+        inbox, loop = self._inbox, self._loop
+        assert loop is not None
+        while True:
+            batch = inbox.get()
+            if batch is _STOP:
+                return
+            results, seconds = self._call([job for job, _ in batch])
+            try:
+                loop.call_soon_threadsafe(self._deliver, batch, results, seconds)
+            except RuntimeError:  # the loop is closed: nobody waits for these any more
+                return
 
     def _call(self, jobs: list[J]) -> tuple[list[Any], float]:
         """Run ``process`` (in the worker thread); never raises, errors become results."""

@@ -93,6 +93,12 @@ class _Metric:
             raise ValueError(f"{self.name}: {'; '.join(parts)} (expected {list(self.labels)})")
         return tuple(str(given[k]) for k in self.labels)
 
+    def bind(self, **labels: object) -> _Bound:
+        """This metric with the label set fixed (checked once, here): ``.inc()`` / ``.set()`` /
+        ``.observe()`` on the result skip the per-call label check, for hot paths. The label
+        set's sample appears once first updated, as with the keyword form."""
+        return _Bound(self, self._key(labels))
+
     def _header(self) -> list[str]:
         return [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
 
@@ -109,7 +115,9 @@ class _Scalar(_Metric):
         self._values: dict[tuple[str, ...], float] = {} if labels else {(): 0.0}
 
     def _add(self, amount: float, labels: dict[str, object]) -> None:
-        key = self._key(labels)
+        self._add_key(amount, self._key(labels))
+
+    def _add_key(self, amount: float, key: tuple[str, ...]) -> None:
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + float(amount)
 
@@ -130,9 +138,12 @@ class Counter(_Scalar):
 
     def inc(self, amount: float = 1.0, **labels: object) -> None:
         """Add ``amount`` (>= 0) to the sample of this label set."""
+        self._inc_key(amount, self._key(labels))
+
+    def _inc_key(self, amount: float, key: tuple[str, ...]) -> None:
         if not amount >= 0:  # also refuses NaN
             raise ValueError(f"{self.name}: a counter only goes up, got inc({amount!r})")
-        self._add(amount, labels)
+        self._add_key(amount, key)
 
 
 class Gauge(_Scalar):
@@ -142,13 +153,18 @@ class Gauge(_Scalar):
 
     def set(self, value: float, **labels: object) -> None:
         """Set the sample of this label set to ``value``."""
-        key = self._key(labels)
+        self._set_key(value, self._key(labels))
+
+    def _set_key(self, value: float, key: tuple[str, ...]) -> None:
         with self._lock:
             self._values[key] = float(value)
 
     def inc(self, amount: float = 1.0, **labels: object) -> None:
         """Add ``amount`` (may be negative) to the sample of this label set."""
-        self._add(amount, labels)
+        self._inc_key(amount, self._key(labels))
+
+    def _inc_key(self, amount: float, key: tuple[str, ...]) -> None:
+        self._add_key(amount, key)
 
 
 class Histogram(_Metric):
@@ -178,7 +194,9 @@ class Histogram(_Metric):
 
     def observe(self, value: float, **labels: object) -> None:
         """Record one observation in the buckets of this label set."""
-        key = self._key(labels)
+        self._observe_key(value, self._key(labels))
+
+    def _observe_key(self, value: float, key: tuple[str, ...]) -> None:
         value = float(value)
         # A value equal to a bound belongs to that bucket (le = "less or equal").
         index = len(self.buckets) if math.isnan(value) else bisect_left(self.buckets, value)
@@ -204,6 +222,25 @@ class Histogram(_Metric):
             lines.append(f"{self.name}_sum{_label_text(pairs)} {_format_value(total)}")
             lines.append(f"{self.name}_count{_label_text(pairs)} {_format_value(cumulative)}")
         return lines
+
+
+class _Bound:
+    """A metric with its label set fixed (:meth:`_Metric.bind`); only the update methods of
+    its kind work (a counter's ``set`` raises AttributeError, as on the metric itself)."""
+
+    __slots__ = ("_metric", "_key")
+
+    def __init__(self, metric: _Metric, key: tuple[str, ...]):
+        self._metric, self._key = metric, key
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._metric._inc_key(amount, self._key)
+
+    def set(self, value: float) -> None:
+        self._metric._set_key(value, self._key)
+
+    def observe(self, value: float) -> None:
+        self._metric._observe_key(value, self._key)
 
 
 class Registry:

@@ -46,12 +46,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 import numpy as np
 from fastapi import FastAPI, Query
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -371,10 +372,11 @@ class Service:
         )
         self.m_reloads = m.counter("recsys_reloads_total", "reloads by result", ("result",))
         self.m_opted_out = m.gauge("recsys_opted_out_users", "ids on the opt-out list")
+        self._batch_size, self._batch_time = self.m_batch.bind(), self.m_batch_seconds.bind()
 
     def _on_batch(self, size: int, seconds: float) -> None:
-        self.m_batch.observe(size)
-        self.m_batch_seconds.observe(seconds)
+        self._batch_size.observe(size)
+        self._batch_time.observe(seconds)
 
     def _show(self, served: Served) -> None:
         if self.served is not None and self.served is not served:
@@ -467,6 +469,15 @@ def _k(k: int, settings: ServeSettings) -> int:
     return k
 
 
+# json.dumps builds a JSONEncoder on every call that is not all defaults: build it once (the
+# same options: ASCII-only, NaN allowed as before, no spaces)
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _bytes(content: Any) -> bytes:
+    return _encode(content).encode()
+
+
 def _error(status: int, message: str, field_name: str | None = None, headers=None):
     body: dict[str, Any] = {"error": message}
     if field_name is not None:
@@ -475,18 +486,73 @@ def _error(status: int, message: str, field_name: str | None = None, headers=Non
 
 
 def _json(content: Any):
-    return Response(
-        json.dumps(content, separators=(",", ":")).encode(), media_type="application/json"
-    )
+    return Response(_bytes(content), media_type="application/json")
+
+
+def _invalid(errors: Sequence[Any]) -> JSONResponse:
+    """The first validation error (pydantic's or FastAPI's) as 400 (not JSON) or 422 naming the
+    field, e.g. ``k: Input should be a valid integer ...`` with ``"field": "k"``."""
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return _error(400, f"malformed JSON body ({first.get('msg', 'invalid')})", "body")
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query")]
+    msg = first.get("msg", "invalid")
+    if len(loc) > 1 and loc[-1] in _ID_TAGS:  # an id that is neither (one error per member)
+        loc, msg = loc[:-1], "Input should be an id: a string or an integer"
+    name = ".".join(loc) or "body"
+    return _error(422, f"{name}: {msg}", name)
+
+
+def _failure(exc: Exception, path: str) -> JSONResponse:
+    """The JSON error answer for an exception raised while answering a request: never a trace."""
+    if isinstance(exc, ValidationError | RequestValidationError):
+        return _invalid(exc.errors())
+    if isinstance(exc, BadRequest):
+        return _error(exc.status, str(exc), exc.field)
+    if isinstance(exc, UnknownIdError):
+        return _error(404, str(exc))
+    if isinstance(exc, RecsysError):
+        return _error(422, str(exc))
+    if isinstance(exc, HTTPException):
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    log.error("internal error on %s: %s", path, type(exc).__name__, exc_info=exc)
+    return _error(500, "internal error")
+
+
+_JSON_HEADERS = (b"content-type", b"application/json")
+
+
+async def _send_json(send, payload: bytes) -> None:
+    """A 200 answer with a JSON body, as two raw ASGI messages (no Response object)."""
+    length = (b"content-length", str(len(payload)).encode())
+    await send({"type": "http.response.start", "status": 200, "headers": [_JSON_HEADERS, length]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+FastRoute = Callable[[dict, bytes], Any]  # (scope, body bytes) -> awaitable JSON bytes
 
 
 class _Gate:
-    """Pure ASGI middleware: bearer token, body size limit, metrics and the access log (no ids:
-    the query string is never logged). Cheaper per request than Starlette's BaseHTTPMiddleware."""
+    """The served ASGI app: a pure ASGI layer in front of the FastAPI app (``api``) for the
+    bearer token, the body size limit, metrics and the access log (no ids: the query string is
+    never logged); and the hot routes' lean path. Outermost, so a request it answers skips
+    FastAPI's own middleware too (error, telemetry and body-limit wrappers).
 
-    def __init__(self, app, service: Service):
-        self.app = app
+    The hot routes (``fast``: method and path to a handler) are answered here without going
+    through FastAPI's routing, dependency solving and response handling (~0.3 ms of CPU per
+    request, more than this middleware and the handler together): the handler gets the query
+    string and body bytes, validates them with the same pydantic models that FastAPI's
+    declarations of these routes use (so ``/docs`` describes exactly what is accepted, and the
+    errors are the same: 400 not JSON, 422 naming the field), and returns the answer's JSON
+    bytes. Everything else (docs, metrics, admin, 404, 405) goes on to FastAPI."""
+
+    def __init__(self, app: FastAPI, service: Service, fast: dict[tuple[str, str], FastRoute]):
+        self.app = self.api = app
+        self.state = app.state  # the FastAPI app's: .service
         self.service = service
+        self.fast = fast
+        self._counts: dict[tuple[str, int], Any] = {}  # bound metrics, by endpoint and status
+        self._times: dict[str, Any] = {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -494,30 +560,66 @@ class _Gate:
         start = time.perf_counter()
         path = scope["path"]
         endpoint = path if path in ROUTES else "other"
-        status = [500]
-
-        async def send_wrapper(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
+        status = 500
         try:
-            response = self._refuse(scope, path)
-            if response is None:
-                receive, response = await self._body(scope, receive)
+            response = self._refuse(scope, path) if self.service.token is not None else None
+            handler = self.fast.get((scope["method"], path)) if response is None else None
+            body = b""
+            if response is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                body, response = await self._read(scope, receive)
+            if response is None and handler is not None:
+                try:
+                    payload = await handler(scope, body)
+                except Exception as e:  # noqa: BLE001 - answered as JSON, never a trace
+                    response = _failure(e, path)
+                else:
+                    status = 200
+                    await _send_json(send, payload)
+                    return
             if response is not None:
-                await response(scope, receive, send_wrapper)
-            else:
+                status = response.status_code
+                await response(scope, receive, send)
+                return
+
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                sent = False
+
+                async def replay():  # the body read above, then whatever the client sends
+                    nonlocal sent
+                    if not sent:
+                        sent = True
+                        return {"type": "http.request", "body": body, "more_body": False}
+                    return await receive()
+
+                receive = replay
+            statuses = [500]
+
+            async def send_wrapper(message):
+                if message["type"] == "http.response.start":
+                    statuses[0] = message["status"]
+                await send(message)
+
+            try:
                 await self.app(scope, receive, send_wrapper)
+            finally:
+                status = statuses[0]
         finally:
             seconds = time.perf_counter() - start
-            s = self.service
-            s.m_requests.inc(endpoint=endpoint, status=str(status[0]))
-            s.m_latency.observe(seconds, endpoint=endpoint)
+            self._observe(endpoint, status, seconds)
             if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    "%s %s %d %.1fms", scope["method"], path, status[0], seconds * 1000.0
-                )
+                access_log.info("%s %s %d %.1fms", scope["method"], path, status, seconds * 1e3)
+
+    def _observe(self, endpoint: str, status: int, seconds: float) -> None:
+        count = self._counts.get((endpoint, status))
+        if count is None:
+            count = self._counts[(endpoint, status)] = self.service.m_requests.bind(
+                endpoint=endpoint, status=str(status)
+            )
+        count.inc()
+        timer = self._times.get(endpoint)
+        if timer is None:
+            timer = self._times[endpoint] = self.service.m_latency.bind(endpoint=endpoint)
+        timer.observe(seconds)
 
     def _refuse(self, scope, path: str):
         token = self.service.token
@@ -538,43 +640,44 @@ class _Gate:
             )
         return None
 
-    async def _body(self, scope, receive):
-        """Read a request body up to the limit (413 beyond it), then replay it to the app."""
-        if scope["method"] not in ("POST", "PUT", "PATCH"):
-            return receive, None
+    async def _read(self, scope, receive) -> tuple[bytes, Response | None]:
+        """The request body, up to the limit (413 beyond it: on Content-Length, and while
+        reading); or an error answer."""
         limit = self.service.settings.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
                     if int(value) > limit:
-                        return receive, _error(413, f"body over {limit} bytes", "body", None)
+                        return b"", _error(413, f"body over {limit} bytes", "body", None)
                 except ValueError:
-                    return receive, _error(400, "malformed Content-Length", "body")
-        chunks, size, more = [], 0, True
-        while more:
+                    return b"", _error(400, "malformed Content-Length", "body")
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"", _error(400, "client disconnected", "body")
+        body = message.get("body", b"")
+        if len(body) > limit:
+            return b"", _error(413, f"body over {limit} bytes", "body")
+        if not message.get("more_body", False):  # the usual case: one message
+            return body, None
+        chunks, size = [body], len(body)
+        while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return receive, _error(400, "client disconnected", "body")
+                return b"", _error(400, "client disconnected", "body")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                return receive, _error(413, f"body over {limit} bytes", "body")
+                return b"", _error(413, f"body over {limit} bytes", "body")
             chunks.append(chunk)
-            more = message.get("more_body", False)
-        body, sent = b"".join(chunks), False
-
-        async def replay():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return replay, None
+            if not message.get("more_body", False):
+                return b"".join(chunks), None
 
 
-# -- request and response bodies (OpenAPI) ----------------------------------------------------
-Id = str | int  # external ids, as the artifact has them (numbers or strings)
+# -- request and response bodies (OpenAPI; the lean path validates with the same models) -------
+Id = str | int  # external ids in answers, as the artifact has them (numbers or strings)
+# in JSON bodies: a string or an integer, nothing converted (true is not the id 1, 7.0 not 7)
+BodyId = StrictStr | StrictInt
+_ID_TAGS = ("str", "int")  # pydantic's names of BodyId's members, at the end of an error's loc
 
 
 class Row(BaseModel):
@@ -595,17 +698,33 @@ class Similar(BaseModel):
     method: str | None = None
 
 
+class UserQuery(BaseModel):
+    """The query of ``GET /v1/recommend``."""
+
+    user: str = Field(description="external user id")
+    k: int = Field(10, description="how many items")
+    exclude_seen: bool = Field(True, description="leave out items the user interacted with")
+
+
+class ItemQuery(BaseModel):
+    """The query of ``GET /v1/similar``."""
+
+    item: str = Field(description="external item id")
+    k: int = Field(10, description="how many items")
+    method: str = Field("auto", description="auto, embedding or cooccurrence")
+
+
 class Users(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    users: list[Id] = Field(min_length=1, description="external user ids")
-    k: int = Field(10, description="how many items per user")
+    users: list[BodyId] = Field(min_length=1, description="external user ids")
+    k: StrictInt = Field(10, description="how many items per user")
     exclude_seen: bool = Field(True, description="leave out items the user interacted with")
 
 
 class History(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    items: list[Id] = Field([], description="the session's item ids, oldest first")
-    k: int = 10
+    items: list[BodyId] = Field([], description="the session's item ids, oldest first")
+    k: StrictInt = Field(10, description="how many items")
     exclude_seen: bool = Field(True, description="leave out the history's items")
     attributes: dict[str, Any] | None = Field(
         None, description="a new customer's attributes (models trained with user features)"
@@ -618,11 +737,18 @@ class History(BaseModel):
 class NewItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     attributes: dict[str, Any] = Field(description="a new product's attributes")
-    k: int = 10
+    k: StrictInt = Field(10, description="how many items")
+
+
+def _query(scope: dict) -> dict[str, str]:
+    """The query string's parameters, the last of a repeated one (as FastAPI reads them)."""
+    qs = scope["query_string"]
+    return dict(parse_qsl(qs.decode("latin-1"), keep_blank_values=True)) if qs else {}
 
 
 def create_app(settings: ServeSettings, served: Served | None = None):
-    """The FastAPI app serving ``settings.artifact`` (or the already loaded ``served``)."""
+    """The ASGI app serving ``settings.artifact`` (or the already loaded ``served``): the
+    FastAPI app (``.api``) behind :class:`_Gate`; ``.state.service`` is the :class:`Service`."""
     from contextlib import asynccontextmanager
 
     settings = settings.check()
@@ -647,35 +773,16 @@ def create_app(settings: ServeSettings, served: Served | None = None):
     # -- errors: JSON with the right status, never a trace ----------------------------------
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        if first.get("type") == "json_invalid":
-            return _error(400, f"malformed JSON body ({first.get('msg', 'invalid')})", "body")
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query")]
-        name = ".".join(loc) or "body"
-        return _error(422, f"{name}: {first.get('msg', 'invalid')}", name)
-
-    @app.exception_handler(BadRequest)
-    async def bad(request: Request, exc: BadRequest):
-        return _error(exc.status, str(exc), exc.field)
-
-    @app.exception_handler(UnknownIdError)
-    async def unknown(request: Request, exc: UnknownIdError):
-        return _error(404, str(exc))
-
-    @app.exception_handler(RecsysError)
-    async def refused(request: Request, exc: RecsysError):
-        return _error(422, str(exc))
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
-        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return _invalid(exc.errors())
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception):
-        log.error("internal error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
-        return _error(500, "internal error")
+        return _failure(exc, request.url.path)
 
-    # -- routes -----------------------------------------------------------------------------
+    for kind in (BadRequest, UnknownIdError, RecsysError, HTTPException):
+        app.add_exception_handler(kind, crash)
+
+    # -- what the routes do (the lean path and FastAPI's declarations call the same) ----------
     def _unknown(kind: str, ids: list[Any], served: Served) -> UnknownIdError:
         known = served.rec.num_users if kind == "user" else served.rec.num_items
         return UnknownIdError(
@@ -704,32 +811,17 @@ def create_app(settings: ServeSettings, served: Served | None = None):
             for u, i, row in zip(users, idx, rows, strict=True)
         ]
 
-    @app.get("/health", summary="the served model and artifact")
-    async def health():
-        return _json(service.served.health())
+    async def do_recommend(q: UserQuery) -> bytes:
+        rows = await _users(service.served, [q.user], _k(q.k, settings), q.exclude_seen)
+        return _bytes(rows[0])
 
-    @app.get("/v1/recommend", response_model=Row, summary="top-k items for one known user")
-    async def recommend(
-        user: str = Query(description="external user id"),
-        k: int = Query(10, description="how many items"),
-        exclude_seen: bool = Query(True, description="leave out items the user interacted with"),
-    ):
-        rows = await _users(service.served, [user], _k(k, settings), exclude_seen)
-        return _json(rows[0])
-
-    @app.post("/v1/recommend", response_model=Rows, summary="top-k items for a batch of users")
-    async def recommend_batch(body: Users):
+    async def do_recommend_batch(body: Users) -> bytes:
         if len(body.users) > settings.max_users:
             raise BadRequest("users", f"at most {settings.max_users} users per request")
         rows = await _users(service.served, body.users, _k(body.k, settings), body.exclude_seen)
-        return _json({"results": rows})
+        return _bytes({"results": rows})
 
-    @app.post(
-        "/v1/recommend/history",
-        response_model=Row,
-        summary="top-k items for a session or a new customer",
-    )
-    async def recommend_history(body: History):
+    async def do_history(body: History) -> bytes:
         served, k = service.served, _k(body.k, settings)
         idx = served.items(body.items)
         missing = [v for v, i in zip(body.items, idx, strict=True) if i is None]
@@ -739,7 +831,7 @@ def create_app(settings: ServeSettings, served: Served | None = None):
         simple = body.attributes is None and not body.new_items
         if simple and served.rec.supports_history and len(hist):
             row = await service.run(ScoreJob(served, -1, hist, k, body.exclude_seen))
-            return _json({"user": None, **row})
+            return _bytes({"user": None, **row})
         rows = await service.run(
             CallJob(
                 lambda: served.rec.recommend(
@@ -752,32 +844,72 @@ def create_app(settings: ServeSettings, served: Served | None = None):
                 )
             )
         )
-        return _json(rows[0])
+        return _bytes(rows[0])
 
-    @app.get("/v1/similar", response_model=Similar, summary="items similar to a catalogue item")
-    async def similar(
-        item: str = Query(description="external item id"),
-        k: int = Query(10, description="how many items"),
-        method: str = Query("auto", description="auto, embedding or cooccurrence"),
-    ):
-        served, k = service.served, _k(k, settings)
-        i = served.items([item])[0]
+    async def do_similar(q: ItemQuery) -> bytes:
+        served, k = service.served, _k(q.k, settings)
+        i = served.items([q.item])[0]
         if i is None:
-            raise _unknown("item", [item], served)
-        if method not in ("auto", "embedding", "cooccurrence"):
+            raise _unknown("item", [q.item], served)
+        if q.method not in ("auto", "embedding", "cooccurrence"):
             raise BadRequest(
-                "method", f"method must be auto, embedding or cooccurrence, got {method!r}"
+                "method", f"method must be auto, embedding or cooccurrence, got {q.method!r}"
             )
-        rows = await service.run(CallJob(lambda: served.rec.similar_items([item], k, method)))
+        rows = await service.run(CallJob(lambda: served.rec.similar_items([q.item], k, q.method)))
         row = rows[0]
         row["item"] = served.rec.item_ids[i].item()
-        return _json(row)
+        return _bytes(row)
+
+    async def do_similar_new(body: NewItem) -> bytes:
+        served, k = service.served, _k(body.k, settings)
+        row = await service.run(CallJob(lambda: served.rec.similar(body.attributes, k)))
+        return _bytes({"item": None, **row})
+
+    # the lean path (_Gate): the scope's query string or the body's bytes, validated by the
+    # same models (pydantic-core parses the JSON and validates in one pass)
+    def _from_query(model: type[BaseModel], do):
+        return lambda scope, body: do(model.model_validate(_query(scope)))
+
+    def _from_body(model: type[BaseModel], do):
+        return lambda scope, body: do(model.model_validate_json(body))
+
+    fast: dict[tuple[str, str], FastRoute] = {
+        ("GET", "/v1/recommend"): _from_query(UserQuery, do_recommend),
+        ("POST", "/v1/recommend"): _from_body(Users, do_recommend_batch),
+        ("POST", "/v1/recommend/history"): _from_body(History, do_history),
+        ("GET", "/v1/similar"): _from_query(ItemQuery, do_similar),
+        ("POST", "/v1/similar"): _from_body(NewItem, do_similar_new),
+    }
+
+    # -- routes: FastAPI's declarations of the lean routes (what /docs shows; reached only
+    # without the _Gate in front) and the other routes -------------------------------------
+    @app.get("/health", summary="the served model and artifact")
+    async def health():
+        return _json(service.served.health())
+
+    @app.get("/v1/recommend", response_model=Row, summary="top-k items for one known user")
+    async def recommend(q: Annotated[UserQuery, Query()]):
+        return Response(await do_recommend(q), media_type="application/json")
+
+    @app.post("/v1/recommend", response_model=Rows, summary="top-k items for a batch of users")
+    async def recommend_batch(body: Users):
+        return Response(await do_recommend_batch(body), media_type="application/json")
+
+    @app.post(
+        "/v1/recommend/history",
+        response_model=Row,
+        summary="top-k items for a session or a new customer",
+    )
+    async def recommend_history(body: History):
+        return Response(await do_history(body), media_type="application/json")
+
+    @app.get("/v1/similar", response_model=Similar, summary="items similar to a catalogue item")
+    async def similar(q: Annotated[ItemQuery, Query()]):
+        return Response(await do_similar(q), media_type="application/json")
 
     @app.post("/v1/similar", response_model=Similar, summary="catalogue items like a new product")
     async def similar_new(body: NewItem):
-        served, k = service.served, _k(body.k, settings)
-        row = await service.run(CallJob(lambda: served.rec.similar(body.attributes, k)))
-        return _json({"item": None, **row})
+        return Response(await do_similar_new(body), media_type="application/json")
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics():
@@ -797,8 +929,7 @@ def create_app(settings: ServeSettings, served: Served | None = None):
         except RecsysError as e:
             return _error(409, f"refused, still serving {service.served.digest}: {e}")
 
-    app.add_middleware(_Gate, service=service)
-    return app
+    return _Gate(app, service, fast)
 
 
 def app_from_env():

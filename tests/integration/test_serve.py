@@ -10,6 +10,7 @@ itself lives in ``make bench-serve`` (a benchmark, not a timed test).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -271,6 +272,43 @@ def test_similar_items_equal_the_python_api(arts, mf):
         ("GET", "/v1/similar?item=sku-01&method=magic", None, 422, r"method must be", "method"),
         ("GET", "/v2/nothing", None, 404, r"Not Found", None),
         ("DELETE", "/v1/recommend", None, 405, r"Method Not Allowed", None),
+        # the lean path's own parsing (recsys/serving/service.py, _Gate): every bad body a 4xx
+        # naming the field, as FastAPI's validation named it
+        ("POST", "/v1/recommend/history", b'{"items": [', 400, r"^malformed JSON body", "body"),
+        ("POST", "/v1/recommend/history", b"", 400, r"^malformed JSON body", "body"),
+        ("POST", "/v1/recommend/history", b"[" * 3000, 400, r"^malformed JSON body", "body"),
+        ("POST", "/v1/recommend/history", b'{"items": ["\xff"]}', 400, r"^malformed JSON body", "body"),
+        ("POST", "/v1/recommend/history", b'{"items": ["sku-01"]}x', 400, r"^malformed JSON body", "body"),
+        ("POST", "/v1/recommend/history", b"[1, 2]", 422, r"^body: Input should be an object", "body"),
+        ("POST", "/v1/recommend/history", b"null", 422, r"^body: ", "body"),
+        ("POST", "/v1/recommend/history", {"items": "sku-01"}, 422, r"^items: .*array", "items"),
+        ("POST", "/v1/recommend/history", {"items": ["sku-01", ["sku-02"]]}, 422, r"^items\.1: .*an id", "items.1"),
+        ("POST", "/v1/recommend/history", {"items": [True]}, 422, r"^items\.0: .*an id", "items.0"),
+        ("POST", "/v1/recommend/history", {"items": [1.5]}, 422, r"^items\.0: .*an id", "items.0"),
+        ("POST", "/v1/recommend/history", {"items": ["sku-01"], "k": "ten"}, 422, r"^k: .*integer", "k"),
+        ("POST", "/v1/recommend/history", {"items": ["sku-01"], "k": True}, 422, r"^k: .*integer", "k"),
+        ("POST", "/v1/recommend/history", {"items": ["sku-01"], "k": 2.5}, 422, r"^k: .*integer", "k"),
+        ("POST", "/v1/recommend/history", b'{"items": ["sku-01"], "k": 1e400}', 422, r"^k: ", "k"),
+        ("POST", "/v1/recommend/history", {"items": ["sku-01"], "k": 0}, 422, r"k must be between 1 and", "k"),
+        ("POST", "/v1/recommend/history", {"items": ["sku-01"], "k": 1001}, 422, r"k must be between 1 and 1000", "k"),
+        ("POST", "/v1/recommend/history", {"items": ["sku-01"], "exclude_seen": "maybe"}, 422, r"^exclude_seen: .*boolean", "exclude_seen"),
+        ("POST", "/v1/recommend/history", {"items": ["sku-01"], "colour": "red"}, 422, r"^colour: Extra inputs", "colour"),
+        ("POST", "/v1/recommend/history", {"attributes": ["nurse"]}, 422, r"^attributes: ", "attributes"),
+        ("POST", "/v1/recommend/history", {"new_items": {"sku-new": 3}}, 422, r"^new_items\.sku-new: ", "new_items.sku-new"),
+        ("POST", "/v1/recommend/history", b"x" * 4097, 413, r"body over 4096 bytes", "body"),
+        ("POST", "/v1/recommend", {}, 422, r"^users: Field required", "users"),
+        ("POST", "/v1/recommend", {"users": "cust-001"}, 422, r"^users: ", "users"),
+        ("POST", "/v1/recommend", {"users": ["cust-001"], "k": -1}, 422, r"k must be between", "k"),
+        ("POST", "/v1/recommend", {"users": ["cust-001"], "exclude_seen": []}, 422, r"^exclude_seen: ", "exclude_seen"),
+        ("POST", "/v1/similar", {}, 422, r"^attributes: Field required", "attributes"),
+        ("POST", "/v1/similar", {"attributes": [1]}, 422, r"^attributes: ", "attributes"),
+        ("POST", "/v1/similar", {"attributes": {"category": "c1"}, "k": 0}, 422, r"k must be between", "k"),
+        ("POST", "/v1/similar", b"{", 400, r"^malformed JSON body", "body"),
+        ("GET", "/v1/recommend?user=cust-001&k=", None, 422, r"^k: .*integer", "k"),
+        ("GET", "/v1/recommend?user=cust-001&k=1.5", None, 422, r"^k: .*integer", "k"),
+        ("GET", "/v1/similar?k=3", None, 422, r"^item: Field required", "item"),
+        ("GET", "/v1/similar?item=sku-01&k=x", None, 422, r"^k: .*integer", "k"),
+        ("GET", "/v1/similar?item=sku-01&k=0", None, 422, r"k must be between", "k"),
     ],
 )  # fmt: skip
 def test_errors_are_json_with_the_right_status(mf, method, path, body, status, pattern, field):
@@ -281,6 +319,107 @@ def test_errors_are_json_with_the_right_status(mf, method, path, body, status, p
     assert re.search(pattern, got["error"]), got
     assert got.get("field") == field
     assert "Traceback" not in got["error"]
+
+
+def test_an_oversize_body_without_content_length_is_refused_while_read(mf):
+    """A chunked body (no Content-Length) is counted as it arrives: 413 once past the limit."""
+    conn = http.client.HTTPConnection("127.0.0.1", mf.port, timeout=30)
+    chunks = iter([b'{"items": ["' + b"x" * 3000, b"x" * 3000 + b'"]}'])
+    conn.request("POST", "/v1/recommend/history", body=chunks, encode_chunked=True)
+    r = conn.getresponse()
+    got = json.loads(r.read())
+    conn.close()
+    assert r.status == 413 and got == {"error": "body over 4096 bytes", "field": "body"}
+    # a chunked body under the limit is answered as usual
+    conn = http.client.HTTPConnection("127.0.0.1", mf.port, timeout=30)
+    body = json.dumps({"users": ["cust-001", "cust-002"], "k": 3}).encode()
+    conn.request("POST", "/v1/recommend", body=iter([body[:10], body[10:]]), encode_chunked=True)
+    r = conn.getresponse()
+    got = json.loads(r.read())
+    conn.close()
+    assert r.status == 200 and [row["user"] for row in got["results"]] == ["cust-001", "cust-002"]
+
+
+def test_the_lean_path_answers_as_fastapis_declared_routes(arts):
+    """The hot routes are answered by _Gate without FastAPI's routing; FastAPI's declarations of
+    the same routes (what /docs describes) give the same answers and the same errors."""
+    from recsys.serving.service import ServeSettings, create_app
+
+    app = create_app(ServeSettings(artifact=str(arts["mf"])))
+    requests = [
+        ("GET", "/v1/recommend?user=cust-001", b""),
+        ("GET", "/v1/recommend?user=cust-003&k=4&exclude_seen=false", b""),
+        ("GET", "/v1/recommend?user=cust-003&k=4&exclude_seen=0&k=2", b""),  # the last k
+        ("GET", "/v1/recommend?user=nobody", b""),
+        ("GET", "/v1/recommend?user=cust-001&k=ten", b""),
+        ("GET", "/v1/recommend?user=cust-001&k=0", b""),
+        ("GET", "/v1/recommend?k=2", b""),
+        ("POST", "/v1/recommend", b'{"users": ["cust-001", "cust-002"], "k": 3}'),
+        ("POST", "/v1/recommend", b'{"users": []}'),
+        ("POST", "/v1/recommend", b'{"users": ["cust-001"], "k": "3"}'),
+        ("POST", "/v1/recommend/history", b'{"items": ["sku-01"], "attributes": {"occupation": "chef"}}'),
+        ("POST", "/v1/recommend/history", b'{"items": ["sku-01", 7]}'),
+        ("POST", "/v1/recommend/history", b'{"items": [true]}'),
+        ("POST", "/v1/recommend/history", b'{"items": ["sku-01"], "extra": 1}'),
+        ("POST", "/v1/recommend/history", b"[]"),
+        ("GET", "/v1/similar?item=sku-02&k=3", b""),
+        ("GET", "/v1/similar?item=sku-02&method=magic", b""),
+        ("POST", "/v1/similar", b'{"attributes": {"category": "c3"}, "k": 4}'),
+    ]  # fmt: skip
+
+    async def call(asgi, method: str, target: str, body: bytes) -> tuple[int, dict]:
+        path, _, query = target.partition("?")
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query.encode(),
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 8000),
+        }
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        out: list[dict] = []
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            out.append(message)
+
+        await asyncio.wait_for(asgi(scope, receive, send), 30)
+        payload = b"".join(m.get("body", b"") for m in out if m["type"] == "http.response.body")
+        return out[0]["status"], json.loads(payload)
+
+    async def main():
+        service = app.state.service
+        await service.start()
+        try:
+            return [(await call(app, *r), await call(app.api, *r), r) for r in requests]
+        finally:
+            await service.stop()
+
+    answers = asyncio.run(main())
+    for (status, lean), (want_status, declared), r in answers:
+        assert status == want_status, (r, lean, declared)
+        if status == 200:
+            assert lean == declared, r
+        else:  # the same field; pydantic words some errors differently for JSON input
+            assert lean.get("field") == declared.get("field"), (r, lean, declared)
+            assert lean["error"].split(":")[0] == declared["error"].split(":")[0], r
+    # and the answers are the Python API's
+    rec = load(arts["mf"])
+    for (status, got), _, r in answers[:3]:
+        q = dict(p.split("=") for p in r[1].split("?")[1].split("&"))
+        flag = q.get("exclude_seen", "true") in ("true", "1")
+        want = rec.recommend([q["user"]], k=int(q.get("k", 10)), exclude_seen=flag)[0]
+        assert status == 200 and got["user"] == q["user"]
+        same(got, want)
 
 
 def test_opted_out_user_is_never_served_nor_logged(arts, mf):
@@ -324,6 +463,20 @@ def test_health_metrics_docs(arts, mf):
     assert {"/v1/recommend", "/v1/recommend/history", "/v1/similar", "/health"} <= set(
         spec["paths"]
     )
+    # the lean path's routes are described as they are validated
+    get = spec["paths"]["/v1/recommend"]["get"]
+    params = {p["name"]: p for p in get["parameters"]}
+    assert set(params) == {"user", "k", "exclude_seen"} and params["user"]["required"]
+    assert params["k"]["schema"]["type"] == "integer"
+    post = spec["paths"]["/v1/recommend/history"]["post"]
+    ref = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    body = spec["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    assert {"items", "k", "exclude_seen", "attributes", "new_items"} == set(body["properties"])
+    assert body["additionalProperties"] is False and body["properties"]["k"]["type"] == "integer"
+    answer = post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert set(spec["components"]["schemas"][answer.rsplit("/", 1)[-1]]["properties"]) == {
+        "user", "items", "scores", "fallback"
+    }  # fmt: skip
 
 
 # -- SASRec: histories, token, fallback -------------------------------------------------------

@@ -269,3 +269,36 @@ def test_every_rendered_line_parses_and_buckets_are_cumulative():
         if key[0] == "lat_seconds":
             total += values[-1]
     assert total == 500
+
+
+def test_bound_label_sets_update_as_the_keyword_form_and_are_checked_once():
+    reg = Registry()
+    c = reg.counter("req_total", "R.", ["endpoint", "status"])
+    g = reg.gauge("g", "G.", ["name"])
+    h = reg.histogram("lat_seconds", "L.", ["endpoint"], buckets=(0.1, 1.0))
+    bound = c.bind(endpoint="/a", status="200")
+    assert "req_total{" not in reg.render()  # a bound label set shows once updated
+    bound.inc()
+    bound.inc(2)
+    c.inc(endpoint="/a", status="200")
+    g.bind(name="x").set(3)
+    g.bind(name="x").inc(-1)
+    timer = h.bind(endpoint="/a")
+    timer.observe(0.05)
+    timer.observe(0.5)
+    h.observe(5.0, endpoint="/a")
+    samples = {(name, labels): value for name, labels, value in parse(reg.render())}
+    assert samples[("req_total", (("endpoint", "/a"), ("status", "200")))] == 4.0
+    assert samples[("g", (("name", "x"),))] == 2.0
+    a = (("endpoint", "/a"),)
+    assert samples[("lat_seconds_bucket", (*a, ("le", "0.1")))] == 1
+    assert samples[("lat_seconds_bucket", (*a, ("le", "1.0")))] == 2
+    assert samples[("lat_seconds_count", a)] == 3 and samples[("lat_seconds_sum", a)] == 5.55
+    with pytest.raises(ValueError, match="missing labels"):
+        c.bind(endpoint="/a")
+    with pytest.raises(ValueError, match="only goes up"):
+        bound.inc(-1)
+    with pytest.raises(AttributeError):
+        bound.set(1)  # a counter has no set, bound or not
+    with pytest.raises(AttributeError):
+        timer.inc()
