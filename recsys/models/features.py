@@ -321,7 +321,10 @@ class AttributeEmbedding(nn.Module):
     def encode(self, codes: Sequence[Tensor], numeric: Tensor | None) -> Tensor:
         """(m, d) attribute vectors of ``m`` rows: ``codes[k]`` (m, w_k) int64 codes of field
         ``k``, ``numeric`` (m, F_num) float32 (None when there are no numeric fields)."""
-        parts = [bag(c) for bag, c in zip(self.bags, codes, strict=True)]  # each (m, d)
+        onnx = torch.onnx.is_in_onnx_export()  # no EmbeddingBag with a padding index there
+        parts = [  # each (m, d)
+            _bag_mean(bag, c) if onnx else bag(c) for bag, c in zip(self.bags, codes, strict=True)
+        ]
         if self.num is not None and numeric is not None:
             parts.append(self.num(numeric))
         if self.proj is not None:
@@ -357,6 +360,16 @@ class AttributeEmbedding(nn.Module):
                 device=device,
             )
         return self.encode(codes, numeric)
+
+
+def _bag_mean(bag: nn.EmbeddingBag, codes: Tensor) -> Tensor:
+    """(m, d) what ``bag(codes)`` computes (the mean of each row's non-padding codes' embeddings,
+    zero for a row without any), as a gather, a mask and a sum: ONNX has no ``EmbeddingBag`` with
+    a padding index. Used while exporting to ONNX only; training and eager scoring keep the
+    fused ``EmbeddingBag``."""
+    mask = (codes != bag.padding_idx).to(bag.weight.dtype)  # (m, w)
+    total = (bag.weight[codes] * mask[..., None]).sum(1)  # (m, d)
+    return total / mask.sum(1, keepdim=True).clamp_min(1.0)
 
 
 def entity_table(
@@ -535,16 +548,19 @@ class HistoryMatch(nn.Module):
 
     def idf(self, attrs: AttributeEmbedding) -> list[Tensor]:
         """Per field, (size_k + 1,) the IDF of each code over the seen items (code 0: 0)."""
-        seen = attrs.seen > 0
+        seen = (attrs.seen > 0).to(attrs.seen.dtype)  # (n,)
         out = []
         for k, codes in enumerate(attrs.codes()):
-            c = codes[seen]
             size = self.offsets[k + 1] - self.offsets[k] + 1
-            n = float((c > 0).any(1).sum())
-            df = torch.bincount(c[c > 0], minlength=size)[:size].float()
+            n = ((codes > 0).to(seen.dtype).amax(1) * seen).sum()  # seen items with a value
+            valid = (codes > 0) & (codes < size)
+            held = valid.to(seen.dtype) * seen[:, None]  # (n, w): a seen item's codes
+            # df: a count per code over the seen items, as a scatter-add (exports to ONNX,
+            # unlike bincount); exact in float32 below 2^24 items
+            c = torch.where(valid, codes, torch.zeros_like(codes)).reshape(-1)
+            df = held.new_zeros(size).scatter_add_(0, c, held.reshape(-1))
             idf = torch.log((1.0 + n) / (1.0 + df)) + 1.0
-            idf[0] = 0.0
-            out.append(idf)
+            out.append(idf * (torch.arange(size, device=idf.device) > 0))  # code 0: 0
         return out
 
     def rows(

@@ -19,6 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from recsys.cli import CONFIG_DIR
+from recsys.data.batches import UserBatch
 from recsys.data.datamodule import RecDataModule
 from recsys.models.base import build_model
 from recsys.serving.artifact import load, read_manifest
@@ -203,3 +204,120 @@ def test_models_without_traced_scorers_say_why(name, data):
     assert rec.backend == "eager"
     users = [int(u) for u in np.flatnonzero(np.diff(rec.indptr) > 0)[:3]]
     assert np.isfinite(rec.score(users, [rec.history(u) for u in users])).all()
+
+
+# SASRec with item attributes: the synthetic log's genre and brand, a cold-item split (some
+# catalogue items have no training event: attributes alone), with and without the history match
+FEATURE_DATA = [
+    "data.n_users=80",
+    "data.n_items=100",
+    "data.mean_length=10",
+    "data.n_groups=3",
+    "data.split=cold_items",
+    "data.cold_item_ratio=0.4",
+    "data.cache=false",
+    "++data.item_features=auto",
+]
+SASREC_FEATURES = {
+    "attributes": "{item: all}",
+    "history_match": "{item: all, history_match: true, negatives: seen}",
+}
+
+
+@pytest.fixture(scope="module", params=sorted(SASREC_FEATURES))
+def feature_artifact(request, tmp_path_factory):
+    """(name, artifact, model in memory, cold items) of a SASRec with item attributes whose
+    weights (match weights and decay included) are moved away from their initial values."""
+    from recsys.data.features import SplitFeatures
+
+    root = tmp_path_factory.mktemp(f"onnx_{request.param}")
+    overrides = [*FEATURE_DATA, "model=sasrec", *SEQ]
+    overrides.append(f"model.features={SASREC_FEATURES[request.param]}")
+    config = OmegaConf.to_container(compose_config("train", overrides, root), resolve=True)
+    dm = RecDataModule(config["data"], seed=0)
+    dm.setup()
+    features = SplitFeatures.of(dm.data)
+    torch.manual_seed(0)
+    model = build_model(config["model"], dm.n_users, dm.n_items, feature_schema=features.schema())
+    model.set_features(features)
+    with torch.no_grad():
+        for p in model.parameters():  # away from the zero / unit initial values
+            p.add_(0.3 * torch.randn_like(p))
+    model.eval()
+    path = export_model(
+        model, config, dm.data, dm.fingerprint, root / "art", rows=ROWS, torchscript=True, onnx=True
+    )
+    cold = np.flatnonzero(~features.item_seen)
+    return request.param, path, model, cold, (config, dm)
+
+
+def test_sasrec_with_attributes_exports_onnx_with_the_eager_scores(feature_artifact):
+    """The attribute pooling (a gather and a mask instead of ``EmbeddingBag``'s padding index)
+    and the history match (IDF by a scatter-add instead of ``bincount``) export: onnxruntime
+    gives the eager model's scores for known users, new histories with cold items in them and
+    anonymous histories, cold items' columns included."""
+    name, path, model, cold, _ = feature_artifact
+    scorer = read_manifest(path)["scorer"]
+    assert scorer["onnx"] == "scorer.onnx", f"{name}: no ONNX scorer ({scorer.get('onnx_error')})"
+    assert scorer["torchscript"] == "scorer.ts", scorer.get("torchscript_error")
+    assert (model.match is not None) is (name == "history_match")
+    assert len(cold) > 5
+    onnx = load(path, backend="onnx")
+    assert onnx.backend == "onnx"
+    ts, eager = load(path, backend="torchscript"), load(path, backend="eager")
+    users = [int(u) for u in np.flatnonzero(np.diff(onnx.indptr) > 0)[:N_USERS]]
+    rng = np.random.default_rng(1)
+    warm = np.setdiff1d(np.arange(onnx.num_items), cold)
+    new = [
+        rng.choice(warm, size=3, replace=False),
+        np.concatenate([rng.choice(warm, size=6, replace=False), cold[:2]]),
+        rng.choice(onnx.num_items, size=15, replace=False),
+    ]
+    cases = {
+        "known users": (users, [onnx.history(u) for u in users]),
+        "new histories": (users[:3], new),
+        "anonymous histories": ([-1] * len(new), new),
+    }
+    for case, (u, hist) in cases.items():
+        got = onnx.score(u, hist)
+        assert got.shape == (len(u), onnx.num_items) and np.isfinite(got).all(), case
+        # the model in memory, one user at a time
+        with torch.no_grad():
+            want = model.score(
+                UserBatch.from_lists(list(range(len(hist))), [h.tolist() for h in hist])
+            )
+        _close(got, want.numpy(), f"{name}, {case}: onnx vs the model in memory")
+        _close(got, ts.score(u, hist), f"{name}, {case}: onnx vs torchscript")
+        _close(got, eager.score(u, hist), f"{name}, {case}: onnx vs eager")
+        assert np.ptp(got[:, cold], axis=1).min() > 0, f"{name}, {case}: cold columns constant"
+    items = onnx.item_ids[new[1]].tolist()
+    assert onnx.recommend_history(items, k=5)["items"] == ts.recommend_history(items, k=5)["items"]
+
+
+def test_onnx_export_first_traces_the_match_from_the_buffers(feature_artifact, tmp_path):
+    """Exported before anything else computed the items' attribute rows (ONNX only, the match's
+    cache empty), the graph computes the IDF from the code buffers itself (a scatter-add, not
+    ``bincount``, which ONNX lacks) and scores as the first artifact does."""
+    name, path, model, _, (config, dm) = feature_artifact
+    if model.match is not None:
+        model.match._cache_key, model.match._cache = None, {}
+    again = export_model(
+        model, config, dm.data, dm.fingerprint, tmp_path / "art", rows=ROWS, torchscript=False
+    )
+    scorer = read_manifest(again)["scorer"]
+    assert scorer["onnx"] == "scorer.onnx", f"{name}: no ONNX scorer ({scorer.get('onnx_error')})"
+    first, second = load(path, backend="onnx"), load(again, backend="onnx")
+    users = [int(u) for u in np.flatnonzero(np.diff(first.indptr) > 0)[:N_USERS]]
+    hist = [first.history(u) for u in users]
+    _close(second.score(users, hist), first.score(users, hist), f"{name}: onnx first vs after")
+
+
+def test_bag_mean_is_the_embedding_bag():
+    """The ONNX form of the attribute pooling equals ``EmbeddingBag(mode="mean",
+    padding_idx=0)``: rows with repeats, padding anywhere, and none at all."""
+    from recsys.models.features import _bag_mean
+
+    torch.manual_seed(0)
+    bag = torch.nn.EmbeddingBag(7, 5, mode="mean", padding_idx=0)
+    codes = torch.tensor([[1, 2, 0, 0], [3, 3, 6, 0], [0, 0, 0, 0], [0, 4, 0, 5], [6, 1, 2, 3]])
+    torch.testing.assert_close(_bag_mean(bag, codes), bag(codes), rtol=1e-6, atol=1e-7)
