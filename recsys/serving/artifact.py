@@ -438,7 +438,7 @@ class _SimilarItems:
             sims = self._item_cosine(i) if use_emb else self._cooccurrence(i)
             sims = sims.astype(np.float64)
             sims[i] = -np.inf
-            top, scores = self._top(sims, None, k)
+            top, scores = self._top(sims, None, k, own=True)  # sims: a new float64 copy
             out.append(
                 {
                     "item": ext,
@@ -748,11 +748,18 @@ class LoadedRecommender(_SimilarItems, NewEntities):
         return out
 
     def _top(
-        self, scores: np.ndarray, seen: np.ndarray | None, k: int, ids: np.ndarray | None = None
+        self,
+        scores: np.ndarray,
+        seen: np.ndarray | None,
+        k: int,
+        ids: np.ndarray | None = None,
+        own: bool = False,
     ) -> tuple[list[Any], list[float]]:
         """The ``k`` best of ``scores`` (``seen`` excluded) as ids (``ids``: of each column;
-        None: the catalogue's items) and scores."""
-        scores = np.array(scores, copy=True)  # float32 stays float32: the same order, 2x less
+        None: the catalogue's items) and scores. ``own``: the caller's ``scores`` may be
+        changed (the seen items set to -inf) instead of copied first."""
+        if not own:  # float32 stays float32: the same order, 2x less
+            scores = np.array(scores, copy=True)
         if seen is not None and len(seen):
             scores[seen] = -np.inf
         n = len(scores)
@@ -769,7 +776,7 @@ class LoadedRecommender(_SimilarItems, NewEntities):
         return (self.item_ids if ids is None else ids)[cand].tolist(), scores[cand].tolist()
 
     def _popular(self, exclude: np.ndarray | None, k: int) -> dict[str, Any]:
-        items, scores = self._top(self.item_counts.astype(np.float64), exclude, k)
+        items, scores = self._top(self.item_counts.astype(np.float64), exclude, k, own=True)
         return {"items": items, "scores": scores, "fallback": "popular"}
 
     def recommend(
@@ -827,7 +834,8 @@ class LoadedRecommender(_SimilarItems, NewEntities):
             if i is None:
                 out.append({"user": u, **self._popular(None, k)})
                 continue
-            items, s = self._top(scores[j], self.history(i) if exclude_seen else None, k, ids)
+            seen = self.history(i) if exclude_seen else None
+            items, s = self._top(scores[j], seen, k, ids, own=True)  # scores: computed here
             j += 1
             out.append({"user": u, "items": items, "scores": s})
         return out
@@ -868,7 +876,7 @@ class LoadedRecommender(_SimilarItems, NewEntities):
             scores = self.score([-1], [hist])
             q = self._user_vectors([-1], [hist]) if new_items else None
         scores, ids = self._with_new_items(scores, q, new_items)
-        top, s = self._top(scores[0], seen, k, ids)
+        top, s = self._top(scores[0], seen, k, ids, own=True)  # scores: computed here
         return {"items": top, "scores": s}
 
     def recommend_history(

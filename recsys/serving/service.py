@@ -235,17 +235,12 @@ class Served:
                     }
                 )
             return out
-        scores = rec.score(users, hists)
-        return [
-            dict(
-                zip(
-                    ("items", "scores"),
-                    rec._top(row, j.history if j.exclude_seen else None, j.k),
-                    strict=True,
-                )
-            )
-            for j, row in zip(jobs, scores, strict=True)
-        ]
+        scores = rec.score(users, hists)  # a new array: each row is changed by its top-k
+        out = []
+        for j, row in zip(jobs, scores, strict=True):
+            items, top = rec._top(row, j.history if j.exclude_seen else None, j.k, own=True)
+            out.append({"items": items, "scores": top})
+        return out
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
