@@ -18,8 +18,6 @@ Shared by the feature-aware models (SASRec, BERT4Rec, GRU4Rec, MF, NCF). A model
 - ``history_match`` (SASRec, full-softmax ``ce``): add to every score a learned history–candidate
   attribute match, :class:`HistoryMatch` (default false: the scores are ``h · v`` alone);
   ``history_match_init``: the initial weight ``α_f`` of every field's match (default 1);
-  ``history_match_weight``: ``field`` (default: one learned ``α_f`` per field) or ``value`` (one
-  learned weight per attribute value, each starting at ``history_match_init``);
 - ``negatives``: ``all`` (default) or ``seen``: with ``seen`` the training softmax (SASRec,
   ``ce``) ranks each target among the items with a training event only, so an item that training
   never saw (a cold item) is never pushed down as a negative.
@@ -57,11 +55,9 @@ OPTIONS = (
     "context",
     "history_match",
     "history_match_init",
-    "history_match_weight",
     "negatives",
 )
 NEGATIVES = ("all", "seen")
-MATCH_WEIGHTS = ("field", "value")
 
 
 @dataclass(frozen=True)
@@ -76,7 +72,6 @@ class FeatureSettings:
     context: tuple[str, ...] = ()  # the event context fields used (CONTEXT_FIELDS order)
     history_match: bool = False  # the history-candidate attribute match term (HistoryMatch)
     history_match_init: float = 1.0  # the initial weight of each field's match
-    history_match_weight: str = "field"  # one learned match weight per field or per value
     negatives: str = "all"  # the training softmax's items: all, or those seen in training
 
     @property
@@ -151,7 +146,6 @@ class FeatureSettings:
             id_dropout=float(value.get("id_dropout", 0.0)),
             history_match=bool(value.get("history_match", False)),
             history_match_init=float(value.get("history_match_init", 1.0)),
-            history_match_weight=str(value.get("history_match_weight", "field")),
             negatives=str(value.get("negatives", "all")),
         )
         if s.negatives not in NEGATIVES:
@@ -159,14 +153,8 @@ class FeatureSettings:
                 f"model.features.negatives must be one of {', '.join(NEGATIVES)}, "
                 f"got {s.negatives!r}"
             )
-        for key in ("history_match_init", "history_match_weight"):
-            if key in value and not s.history_match:
-                raise ConfigError(f"model.features.{key} needs history_match: true")
-        if s.history_match_weight not in MATCH_WEIGHTS:
-            raise ConfigError(
-                f"model.features.history_match_weight must be one of {', '.join(MATCH_WEIGHTS)}, "
-                f"got {s.history_match_weight!r}"
-            )
+        if "history_match_init" in value and not s.history_match:
+            raise ConfigError("model.features.history_match_init needs history_match: true")
         for key, on in (("history_match", s.history_match), ("negatives", s.negatives != "all")):
             if on and not history_match:
                 raise ConfigError(
@@ -489,9 +477,8 @@ class HistoryMatch(nn.Module):
     .. math:: m(u, i) = \sum_f \alpha_f \, x_f(i) \cdot c_f(u), \qquad
               c_f(u) = \sum_{j} \gamma^{\,t - j} x_f(s_j)
 
-    over the categorical item fields ``f`` (``weight="value"``: a learned weight per attribute
-    value instead, ``\sum_v \alpha_v x_v(i) c_v(u)``). ``x_f(i)`` is item ``i``'s multi-hot over
-    field ``f``'s values, each value weighted by its inverse document frequency over the items seen in
+    over the categorical item fields ``f``. ``x_f(i)`` is item ``i``'s multi-hot over field
+    ``f``'s values, each value weighted by its inverse document frequency over the items seen in
     training, ``idf(v) = ln((1 + N_f) / (1 + df(v))) + 1`` (``N_f`` seen items holding a value of
     ``f``, ``df(v)`` of them holding ``v``; attr-kNN's weighting), scaled to unit length;
     ``c_f(u)`` sums the ``x_f`` of the history's items ``s_j`` up to position ``t``, each
@@ -507,26 +494,14 @@ class HistoryMatch(nn.Module):
     the :class:`AttributeEmbedding` (no parameters or buffers of its own beyond ``α``, ``γ``).
     """
 
-    def __init__(
-        self,
-        attrs: AttributeEmbedding,
-        init: float = 1.0,
-        decay: float = 0.95,
-        weight: str = "field",
-    ):
+    def __init__(self, attrs: AttributeEmbedding, init: float = 1.0, decay: float = 0.95):
         super().__init__()
-        if weight not in MATCH_WEIGHTS:
-            raise ConfigError(
-                f"history_match_weight must be one of {MATCH_WEIGHTS}, got {weight!r}"
-            )
         sizes = [bag.num_embeddings - 1 for bag in attrs.bags]
         if not sizes:
             raise ConfigError("model.features.history_match needs a categorical item field")
         self.offsets = [int(x) for x in np.cumsum([0, *sizes])]  # column of field k's code 1
         self.dim = self.offsets[-1]
-        self.per_value = weight == "value"
-        n_weights = self.offsets[-1] if self.per_value else len(sizes)
-        self.alpha = nn.Parameter(torch.full((n_weights,), float(init)))
+        self.alpha = nn.Parameter(torch.full((len(sizes),), float(init)))
         self.decay = nn.Parameter(torch.tensor(float(np.log(decay / (1.0 - decay)))))
         field = np.repeat(np.arange(len(sizes)), sizes)
         self.register_buffer("field_of", torch.as_tensor(field, dtype=torch.long), persistent=False)
@@ -617,8 +592,8 @@ class HistoryMatch(nn.Module):
         return out[..., : self.dim]
 
     def scale(self) -> Tensor:
-        """(dim,) the match weight of each value column: its field's ``α_f``, or its own."""
-        return self.alpha if self.per_value else self.alpha[self.field_of]
+        """(dim,) ``α_f`` of each value column's field."""
+        return self.alpha[self.field_of]
 
     def history(self, attrs: AttributeEmbedding, seq: Tensor) -> Tensor:
         """(B, L, dim) ``α ⊙ c`` at every position of the (B, L) sequences: the discounted sum

@@ -110,11 +110,7 @@ class SASRec(Recommender):
                 )
         if self.feats.history_match:
             assert self.item_attrs is not None
-            self.match = HistoryMatch(
-                self.item_attrs,
-                self.feats.history_match_init,
-                weight=self.feats.history_match_weight,
-            )
+            self.match = HistoryMatch(self.item_attrs, self.feats.history_match_init)
 
     def set_features(self, features: Any) -> None:
         if self.item_attrs is not None:

@@ -62,14 +62,6 @@ def brute_match(model, raw, feats, histories: list[list[int]]) -> np.ndarray:
     xs = reference_x(raw, feats.item_seen, vocab)
     alpha = model.match.alpha.detach().numpy()
     gamma = float(torch.sigmoid(model.match.decay.detach()))
-    # per field, the weight of each of its values: alpha[k] for all (one per field), or (one
-    # per value) the field's slice of alpha, its values in vocabulary order
-    start = np.cumsum([0] + [len(vocab[f]) for f in attrs.cat_names])
-    per_value = len(alpha) == start[-1] and model.feats.history_match_weight == "value"
-    weights = [
-        alpha[start[k] : start[k + 1]] if per_value else np.full(len(vocab[f]), alpha[k])
-        for k, f in enumerate(attrs.cat_names)
-    ]
     out = np.zeros((len(histories), N_ITEMS))
     for b, hist in enumerate(histories):
         window = hist[-model.max_len :]
@@ -78,7 +70,7 @@ def brute_match(model, raw, feats, histories: list[list[int]]) -> np.ndarray:
             for k, f in enumerate(attrs.cat_names):
                 for j, item in enumerate(window):
                     w = gamma ** (len(window) - 1 - j)
-                    total += w * float((xs[f][item] * weights[k]) @ xs[f][i])
+                    total += alpha[k] * w * float(xs[f][item] @ xs[f][i])
             out[b, i] = total
     return out
 
@@ -106,40 +98,6 @@ def test_the_term_is_its_brute_force_definition() -> None:
     want = brute_match(model, items, feats, hists)
     np.testing.assert_allclose(term.numpy(), want, rtol=1e-4, atol=1e-5)
     assert np.abs(want).max() > 0.1
-
-
-def test_a_weight_per_value_is_its_brute_force_definition() -> None:
-    """``history_match_weight: value``: one learned weight per attribute value, each starting
-    at ``history_match_init``; the term weighs each shared value by its own weight."""
-    items, _, feats, hist = world()
-    model = make(
-        "sasrec", {**HM, "history_match_weight": "value", "history_match_init": 2.0}, feats
-    )
-    dim = model.match.dim
-    assert model.match.alpha.shape == (dim,) and dim > 2
-    torch.testing.assert_close(model.match.alpha.detach(), torch.full((dim,), 2.0))
-    with torch.no_grad():
-        model.match.alpha.copy_(torch.linspace(-1.5, 2.0, dim))
-        model.match.decay.fill_(0.4)
-    model.eval()
-    hists = [hist[0] + [N_WARM + 3, 2], hist[1][:3], [N_WARM + 1, N_WARM + 1, 4]]
-    batch = UserBatch.from_lists([0, 1, 5], hists)
-    with torch.no_grad():
-        table = model.item_table()
-        term = model.score(batch) - model._states(batch, table) @ table[:N_ITEMS].T
-        dot = model.user_representation(batch) @ model.item_vectors().T
-    want = brute_match(model, items, feats, hists)
-    np.testing.assert_allclose(term.numpy(), want, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(dot.numpy(), model.score(batch).detach().numpy(), atol=1e-5)
-    # the fused training loss gives every value's weight its own gradient
-    model.train()
-    model.loss(train_batch("sasrec", model, hist, [0, 1, 2, 3], torch.Generator())).backward()
-    assert model.match.alpha.grad is not None
-    assert int((model.match.alpha.grad != 0).sum()) > 2
-    with pytest.raises(ConfigError, match="history_match_weight must be one of"):
-        make("sasrec", {**HM, "history_match_weight": "item"}, feats)
-    with pytest.raises(ConfigError, match="history_match_weight needs history_match"):
-        make("sasrec", {"item": "all", "history_match_weight": "value"}, feats)
 
 
 def test_training_loss_and_gradients_equal_the_unfused_reference() -> None:
