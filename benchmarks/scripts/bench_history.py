@@ -8,6 +8,11 @@ shared machine counts less than in wall time), with the two paths alternated in 
 - ``answer B=n``: the service's batched path (``Served.answer``, what one micro-batch of ``n``
   history jobs costs the scoring thread), per request.
 
+``--parts`` also times one call's parts on the traced path: the encoder alone, the encoder
+followed by the item product (the product's cost with the table partly out of cache, as in
+serving), the product repeated (warm), top-10, and ``score()`` (encoder + product + its own
+Python).
+
 Histories are drawn as ``bench_serve`` draws them: a uniformly chosen user's most recent 1-50
 items. Run with ``OMP_NUM_THREADS=1``::
 
@@ -30,6 +35,11 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=400, help="requests per measurement")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--parts",
+        action="store_true",
+        help="also time the traced call's parts: encoder, item product, top-10, score()",
+    )
     args = p.parse_args()
 
     import torch
@@ -75,6 +85,28 @@ def main() -> None:
             for b in batches:
                 results[name].setdefault(f"answer B={b}", []).append(answer(b, args.calls))
     rec._traced = traced if traced is not None else False
+    if args.parts and traced is not None:  # where one B=1 scoring call goes (traced path)
+        table = rec._dot_table()
+        q = traced([hists[0]])
+        scores = (q @ table)[0]
+        parts = {
+            "encoder": lambda i: traced([hists[i]]),
+            "encoder + product": lambda i: traced([hists[i]]) @ table,
+            "product (warm)": lambda i: q @ table,
+            "top-10": lambda i: rec._top(scores, hists[i], 10),
+            "score()": lambda i: rec.score([-1], [hists[i]]),
+        }
+        split: dict[str, list[float]] = {}
+        for _ in range(args.rounds):
+            for name, fn in parts.items():
+                t = time.thread_time()
+                for i in range(args.calls):
+                    fn(i % len(hists))
+                split.setdefault(name, []).append((time.thread_time() - t) / args.calls * 1e3)
+        print(
+            "parts, ms of CPU per call:",
+            json.dumps({k: round(float(np.median(v)), 3) for k, v in split.items()}),
+        )
     print(f"history path: {rec.history_path}; ms of CPU per request, median of {args.rounds}")
     summary = {
         p: {k: round(float(np.median(v)), 3) for k, v in r.items()} for p, r in results.items()
