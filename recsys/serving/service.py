@@ -11,7 +11,11 @@ HTTP answer compares directly with ``recsys.load(...)``'s):
 - ``GET /v1/similar?item=&k=`` and ``POST /v1/similar`` (a new product's ``attributes``);
 - ``GET /metrics`` (Prometheus text), ``POST /admin/reload``, OpenAPI docs at ``/docs``.
 
-How a request is answered. The handler (on the event loop) checks the request and turns ids
+How a request is answered. The served app is :class:`_Gate`, a pure ASGI layer in front of the
+FastAPI app: token, body limit, metrics, access log, and for the hot routes (recommend, history,
+similar) the whole request, validated with the routes' own pydantic models and answered with
+pre-serialised JSON, without FastAPI's routing (FastAPI declares the same routes for ``/docs``).
+The handler (on the event loop) checks the request and turns ids
 into the artifact's indices, then hands a job to a :class:`~recsys.serving.microbatch.MicroBatcher`:
 concurrent jobs become one scoring call in one worker thread, off the event loop. Each job
 carries the :class:`Served` artifact it was checked against, so a reload that swaps in a new
