@@ -310,14 +310,3 @@ def test_onnx_export_first_traces_the_match_from_the_buffers(feature_artifact, t
     users = [int(u) for u in np.flatnonzero(np.diff(first.indptr) > 0)[:N_USERS]]
     hist = [first.history(u) for u in users]
     _close(second.score(users, hist), first.score(users, hist), f"{name}: onnx first vs after")
-
-
-def test_bag_mean_is_the_embedding_bag():
-    """The ONNX form of the attribute pooling equals ``EmbeddingBag(mode="mean",
-    padding_idx=0)``: rows with repeats, padding anywhere, and none at all."""
-    from recsys.models.features import _bag_mean
-
-    torch.manual_seed(0)
-    bag = torch.nn.EmbeddingBag(7, 5, mode="mean", padding_idx=0)
-    codes = torch.tensor([[1, 2, 0, 0], [3, 3, 6, 0], [0, 0, 0, 0], [0, 4, 0, 5], [6, 1, 2, 3]])
-    torch.testing.assert_close(_bag_mean(bag, codes), bag(codes), rtol=1e-6, atol=1e-7)

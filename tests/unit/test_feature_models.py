@@ -19,7 +19,7 @@ from recsys.data.batches import PairBatch, SeqBatch, UserBatch
 from recsys.data.features import RawFeatures, SplitFeatures, encode
 from recsys.errors import ConfigError
 from recsys.models.base import build_model
-from recsys.models.features import AttributeEmbedding, entity_rows, entity_table
+from recsys.models.features import AttributeEmbedding, _bag_mean, entity_rows, entity_table
 from recsys.trust import resolve
 from tests.conftest import compose_config
 
@@ -480,3 +480,12 @@ def test_id_only_configs_build_no_attribute_modules() -> None:
         assert names_b[: len(names_a)] == names_a  # attribute modules come after the id ones
         for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=False):
             assert torch.equal(p, q), f"{name}: {n} initialised differently with features"
+
+
+def test_bag_mean_is_the_embedding_bag():
+    """The ONNX form of the attribute pooling equals ``EmbeddingBag(mode="mean",
+    padding_idx=0)``: rows with repeats, padding anywhere, and none at all."""
+    torch.manual_seed(0)
+    bag = torch.nn.EmbeddingBag(7, 5, mode="mean", padding_idx=0)
+    codes = torch.tensor([[1, 2, 0, 0], [3, 3, 6, 0], [0, 0, 0, 0], [0, 4, 0, 5], [6, 1, 2, 3]])
+    torch.testing.assert_close(_bag_mean(bag, codes), bag(codes), rtol=1e-6, atol=1e-7)
