@@ -161,8 +161,14 @@ class RecModule(pl.LightningModule):
 
     # -- training -----------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        # in-model randomness (dropout, masking) depends only on (seed, epoch): resume-exact
-        torch.manual_seed(int(self.hparams.seed) * 1_000_003 + self.current_epoch)
+        # in-model randomness (dropout, masking) depends only on (seed, epoch): resume-exact.
+        # On the CPU only its generator is used: seeding it alone costs 1 us, where
+        # ``torch.manual_seed`` (every device's generators) costs ~0.2 ms, 1% of a small MF epoch
+        seed = int(self.hparams.seed) * 1_000_003 + self.current_epoch
+        if self.device.type == "cpu":
+            torch.default_generator.manual_seed(seed)
+        else:
+            torch.manual_seed(seed)
         self._loss_sums: dict[str, Tensor] = {}
         self._loss_n = 0
 
@@ -261,8 +267,10 @@ class RecModule(pl.LightningModule):
         if not sums or not n:
             return
         means = {f"train/{name}": total / n for name, total in sums.items()}
-        for key, value in means.items():  # for the callbacks; the loggers get them at epoch end
-            self.log(key, value, on_step=False, on_epoch=True, batch_size=n, logger=False)
+        watched = self._watched()  # for the callbacks; the loggers get them all at epoch end
+        for key, value in means.items():
+            if key in watched:  # ``self.log`` costs ~0.8 ms a key: 5% of a small MF epoch
+                self.log(key, value, on_step=False, on_epoch=True, batch_size=n, logger=False)
         self._epoch_losses = {k: float(v) for k, v in means.items()}
         self._loss_sums, self._loss_n = {}, 0
 
@@ -488,15 +496,21 @@ class RecModule(pl.LightningModule):
         ``self.log`` only the ones a callback reads from ``trainer.callback_metrics`` (a
         ``monitor`` of any callback, ``eval.monitor``, the epoch summary line)."""
         named = {f"{stage}/{k}": v for k, v in means.items()}
+        watched = self._watched()
+        self.log_dict(
+            {k: v for k, v in named.items() if k in watched}, sync_dist=False, logger=False
+        )
+        self._to_loggers(named)
+
+    def _watched(self) -> set[str]:
+        """The metric names a callback reads from ``trainer.callback_metrics``: ``eval.monitor``,
+        any callback's ``monitor``, the epoch summary line's."""
         watched = {str(self.eval_cfg.get("monitor"))}
         for cb in self.trainer.callbacks:
             watched.update(m for m in [getattr(cb, "monitor", None)] if isinstance(m, str))
             if isinstance(cb, EpochSummary):
                 watched.update(cb.metrics)
-        self.log_dict(
-            {k: v for k, v in named.items() if k in watched}, sync_dist=False, logger=False
-        )
-        self._to_loggers(named)
+        return watched
 
     def _gather_users(self, cat: dict[str, Tensor]) -> dict[str, Tensor]:
         """Every rank's per-user values, concatenated and sorted by user id.

@@ -57,7 +57,14 @@ def _add_rows(param: Tensor, rows: Tensor, values: Tensor) -> None:
 def _adagrad_rows(
     p: Tensor, acc: Tensor, rows: Tensor, values: Tensor, lr: float, eps: float
 ) -> None:
-    acc.index_add_(0, rows, values.square().mean(1))
+    _adagrad_rows_sq(p, acc, rows, values, values.square().mean(1), lr, eps)
+
+
+def _adagrad_rows_sq(
+    p: Tensor, acc: Tensor, rows: Tensor, values: Tensor, sq: Tensor, lr: float, eps: float
+) -> None:
+    """:func:`_adagrad_rows` given each row's mean squared gradient ``sq`` (n,)."""
+    acc.index_add_(0, rows, sq)
     p.index_add_(0, rows, values * (-lr / (acc[rows].sqrt() + eps))[:, None])
 
 
@@ -79,6 +86,11 @@ class RowUpdate:
     group: dict
     state_keys: tuple[str, ...]
     hyper_keys: tuple[str, ...]
+    # ``fn`` given each row's mean squared gradient as well, ``(param, *state, rows, values,
+    # sq, *hyper)`` with ``sq`` (n,) = ``values.square().mean(1)``, for a caller that knows it
+    # without a pass over ``values`` (MF's BPR: from the norms its forward computed); None if
+    # the update needs no such statistic
+    fn_sq: Callable[..., None] | None = None
 
     def state(self) -> tuple[Tensor, ...]:
         st = self.optimizer.state[self.param]
@@ -156,7 +168,14 @@ class RowAdagrad(torch.optim.Optimizer):
                     self._state(p, group)
                     fn = _COMPILED_ADAGRAD if self.compile and p.device.type == "cpu" else None
                     out[p] = RowUpdate(
-                        _adagrad_rows, fn or _adagrad_rows, self, p, group, ("sum",), ("lr", "eps")
+                        _adagrad_rows,
+                        fn or _adagrad_rows,
+                        self,
+                        p,
+                        group,
+                        ("sum",),
+                        ("lr", "eps"),
+                        _adagrad_rows_sq,
                     )
         return out
 

@@ -8,6 +8,7 @@ import torch
 
 from recsys.data.batches import PairBatch
 from recsys.data.loaders import PairSet, sample_negatives
+from recsys.models import mf
 from recsys.models.mf import MF
 from recsys.training.optimizers import RowAdagrad, row_updates_of
 from recsys.training.train import train
@@ -91,17 +92,19 @@ def test_row_adagrad_counts_each_occurrence_and_leaves_other_rows_alone(compiled
         RowAdagrad([q], lr=0.0)
 
 
-def _adagrad_steps(fused: bool, compiled: bool, n_neg: int, model=None):
+def _adagrad_steps(fused: bool, compiled: bool, n_neg: int, model=None, n_users: int = 9):
     """Three steps of sparse BPR-MF with RowAdagrad, its update in the backward (``fused``) or
-    in ``step``; the tables, the accumulators and the losses after them."""
+    in ``step``; the tables, the accumulators and the losses after them. ``n_users`` < 5 (the
+    batch): the compiled fused step gathers the rows again instead of keeping them."""
     torch.manual_seed(0)
-    m = model or MF(9, 11, 5, loss="bpr", num_negatives=n_neg, sparse=True, compile=compiled)
+    m = model or MF(n_users, 11, 5, loss="bpr", num_negatives=n_neg, sparse=True, compile=compiled)
     opt = RowAdagrad(m.parameters(), lr=0.1, compile=compiled, fused=fused)
     assert m.use_row_updates(row_updates_of(opt)) is fused
     losses = []
     for step in range(3):
         b = _batch(n_neg)
         b.neg.add_(step).remainder_(11)
+        b.user.remainder_(n_users)
         loss = m.loss(b)["loss"]
         opt.zero_grad()
         loss.backward()
@@ -114,15 +117,24 @@ def _adagrad_steps(fused: bool, compiled: bool, n_neg: int, model=None):
 
 
 @pytest.mark.parametrize(
-    ("n_neg", "compiled"),
-    [(1, False), (3, False), pytest.param(3, True, marks=pytest.mark.slow, id="3-compiled")],
+    ("n_neg", "compiled", "n_users"),
+    [
+        (1, False, 9),
+        (3, False, 9),
+        pytest.param(3, True, 9, marks=pytest.mark.slow, id="3-compiled-kept"),
+        pytest.param(3, True, 4, marks=pytest.mark.slow, id="3-compiled-regathered"),
+    ],
 )
-def test_row_adagrad_in_the_backward_takes_the_same_steps(n_neg, compiled):
+def test_row_adagrad_in_the_backward_takes_the_same_steps(n_neg, compiled, n_users):
     """``fused=True``: MF applies the optimizer's row updates to the gradient rows in its
     backward; tables, accumulators and losses equal those of the ordinary sparse step (the same
-    arithmetic, the rows' sums in another order: 1e-6)."""
-    fused, fused_losses = _adagrad_steps(True, compiled, n_neg)
-    plain, plain_losses = _adagrad_steps(False, compiled, n_neg)
+    arithmetic, the rows' sums in another order: 1e-6). Compiled, both ways of getting the rows
+    (kept from the forward: more users than the batch; gathered again: fewer)."""
+    mf._UPDATE_STEPS.clear()
+    fused, fused_losses = _adagrad_steps(True, compiled, n_neg, n_users=n_users)
+    if compiled:  # the way named in the test's id was taken
+        assert [kept for *_, kept in mf._UPDATE_STEPS] == [n_users > 5]
+    plain, plain_losses = _adagrad_steps(False, compiled, n_neg, n_users=n_users)
     for a, b in zip(fused, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert fused_losses == pytest.approx(plain_losses, rel=1e-6)
