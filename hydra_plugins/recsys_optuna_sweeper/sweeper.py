@@ -9,7 +9,7 @@ with joblib, or on SLURM through submitit), ``n_jobs`` at a time:
    marked failed (``interrupted``) and their parameters run again, and the study stops once it
    holds ``n_trials`` finished trials;
 2. each trial's overrides are the fixed command-line ones, the sampled values and, with a
-   pruner, ``callbacks.optuna_pruning`` (:class:`recsys.training.sweep.OptunaPruning`), which
+   pruner, ``callbacks.optuna_pruning`` (:class:`recsys.training.pruning.OptunaPruning`), which
    reports the validation metric of every epoch to the trial through the storage and stops the
    run when the pruner says so;
 3. the run's return value (``optimized_metric``) completes the trial; a pruned run makes it
@@ -165,7 +165,7 @@ class OptunaSweeper(Sweeper):
         if not self.pruner_cfg:
             return []
         node = {
-            "_target_": "recsys.training.sweep.OptunaPruning",
+            "_target_": "recsys.training.pruning.OptunaPruning",
             "storage": url,
             "study_name": name,
             "trial": number,

@@ -12,14 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from recsys.errors import ConfigError
-from recsys.serving.artifact import KEY_ENV, VERIFIED, read_artifact
-from recsys.serving.export import export
-from recsys.serving.features import FILE as FEATURES
-from recsys.serving.features import read as read_features
 
 
 def _main(cfg) -> None:
+    # imported here, not at the top: ``--help``, ``--cfg`` and Hydra's override errors answer
+    # without loading torch and Lightning (~8 s of a CLI call's 9)
     from omegaconf import OmegaConf
+
+    from recsys.serving.artifact import KEY_ENV, VERIFIED, read_artifact
+    from recsys.serving.export import export
+    from recsys.serving.features import FILE as FEATURES
+    from recsys.serving.features import read as read_features
 
     c = OmegaConf.to_container(cfg, resolve=True)
     ckpt, run = c.get("ckpt_path"), c.get("run")

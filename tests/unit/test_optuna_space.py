@@ -77,7 +77,7 @@ def test_sampled_values_round_trip_through_hydra():
 
 def test_pruning_override_parses_to_the_same_node():
     node = {
-        "_target_": "recsys.training.sweep.OptunaPruning",
+        "_target_": "recsys.training.pruning.OptunaPruning",
         "storage": "sqlite:////tmp/a b/optuna.db",
         "study_name": "it's",
         "trial": 3,
