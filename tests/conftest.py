@@ -24,6 +24,19 @@ TINY_DATA = [
     "data.mean_length=25",
     "data.n_groups=4",
 ]
+# a small synthetic log with item attributes (genre, brand) and a cold-item split: some
+# catalogue items have no training event, only attributes (the export tests with features)
+COLD_ITEM_FEATURE_DATA = [
+    "data.n_users=80",
+    "data.n_items=100",
+    "data.mean_length=10",
+    "data.n_groups=3",
+    "data.split=cold_items",
+    "data.cold_item_ratio=0.4",
+    "data.cache=false",
+    "++data.item_features=auto",
+]
+
 FAST_TRAINER = [
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",

@@ -31,18 +31,9 @@ from recsys.models.base import build_model
 from recsys.serving.artifact import KEY_ENV, MANIFEST, SIGNATURE, load, signature_record
 from recsys.serving.export import _history_csr, export_model
 from recsys.serving.features import FILE
-from tests.conftest import compose_config
+from tests.conftest import COLD_ITEM_FEATURE_DATA, compose_config
 
-DATA = [
-    "data.n_users=80",
-    "data.n_items=100",
-    "data.mean_length=10",
-    "data.n_groups=3",
-    "data.split=cold_items",
-    "data.cold_item_ratio=0.4",
-    "data.cache=false",
-    "++data.item_features=auto",
-]
+DATA = COLD_ITEM_FEATURE_DATA
 SASREC = [
     "model=sasrec",
     "model.features={item: all}",

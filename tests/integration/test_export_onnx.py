@@ -24,7 +24,7 @@ from recsys.data.datamodule import RecDataModule
 from recsys.models.base import build_model
 from recsys.serving.artifact import load, read_manifest
 from recsys.serving.export import export_model
-from tests.conftest import compose_config
+from tests.conftest import COLD_ITEM_FEATURE_DATA, compose_config
 
 HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
 pytestmark = pytest.mark.skipif(
@@ -208,16 +208,7 @@ def test_models_without_traced_scorers_say_why(name, data):
 
 # SASRec with item attributes: the synthetic log's genre and brand, a cold-item split (some
 # catalogue items have no training event: attributes alone), with and without the history match
-FEATURE_DATA = [
-    "data.n_users=80",
-    "data.n_items=100",
-    "data.mean_length=10",
-    "data.n_groups=3",
-    "data.split=cold_items",
-    "data.cold_item_ratio=0.4",
-    "data.cache=false",
-    "++data.item_features=auto",
-]
+FEATURE_DATA = COLD_ITEM_FEATURE_DATA
 SASREC_FEATURES = {
     "attributes": "{item: all}",
     "history_match": "{item: all, history_match: true, negatives: seen}",
