@@ -161,8 +161,8 @@ def _update_step(update_users: Any, update_items: Any, kept: bool) -> Compiled:
     from the forward's norms ``nu`` = |p_u|^2, ``nd`` = |q_i - q_j|^2 instead of a pass over
     the rows: an item's gradient row is a multiple of p_u (the positive's by the sum of the
     negatives' coefficients), a user's is ``c * (q_i - q_j)`` with one negative (with more it
-    is a sum of differences, whose squares the plain update takes). Both together: 35% less
-    CPU per step at ml-100k's shape (benchmarks/scale.md)."""
+    is a sum of differences, whose squares the plain update takes). Both together: 12-15% less
+    CPU per step at ml-100k's and ML-1M's shapes (benchmarks/scale.md)."""
     fu, fu_sq, fi, fi_sq = update_users.fn, update_users.fn_sq, update_items.fn, update_items.fn_sq
     key = (fu, fu_sq, fi, fi_sq, kept)
     if key not in _UPDATE_STEPS:
