@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recsys.cli import CONFIG_DIR
 
@@ -55,6 +55,24 @@ def compose_config(
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+def feature_model(overrides: list[str], root: Path):
+    """``(config, datamodule, split features, model)`` for train-config ``overrides``: the data
+    prepared (seed 0), the model built with the split's feature schema (torch seed 0) and its
+    features set."""
+    from recsys.data.datamodule import RecDataModule
+    from recsys.data.features import SplitFeatures
+    from recsys.models.base import build_model
+
+    config = OmegaConf.to_container(compose_config("train", overrides, root), resolve=True)
+    dm = RecDataModule(config["data"], seed=0)
+    dm.setup()
+    features = SplitFeatures.of(dm.data)
+    torch.manual_seed(0)
+    model = build_model(config["model"], dm.n_users, dm.n_items, feature_schema=features.schema())
+    model.set_features(features)
+    return config, dm, features, model
 
 
 @pytest.fixture

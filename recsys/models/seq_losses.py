@@ -49,8 +49,8 @@ def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
 class _GradInForward(torch.autograd.Function):
     """A mean loss whose forward already computed the gradients of its summed value with
     respect to its first inputs (``h``, ``weight``, ...) and saved them in that order, with
-    ``ctx.n`` positions, the inputs' ``ctx.dtypes`` and ``ctx.inputs`` (how many inputs the
-    forward takes): backward only scales them by the incoming gradient."""
+    ``ctx.n`` positions and the inputs' ``ctx.dtypes``: backward only scales them by the
+    incoming gradient (None for the other inputs)."""
 
     @staticmethod
     @once_differentiable
@@ -60,7 +60,7 @@ class _GradInForward(torch.autograd.Function):
             None if g is None else (g * scale).to(dt)
             for g, dt in zip(ctx.saved_tensors, ctx.dtypes, strict=True)
         ]
-        return (*out, *(None,) * (ctx.inputs - len(out)))
+        return (*out, *(None,) * (len(ctx.needs_input_grad) - len(out)))
 
 
 class _FusedLinearCE(_GradInForward):
@@ -83,7 +83,6 @@ class _FusedLinearCE(_GradInForward):
         whose gradient with respect to ``c`` is ``(p - onehot) @ x`` per chunk."""
         want_h, want_w, want_c = ctx.needs_input_grad[:3]
         ctx.dtypes = (h.dtype, weight.dtype, None if c is None else c.dtype)
-        ctx.inputs = 8
         h, weight = h.float(), weight.float()
         c = None if c is None else c.float()
         N, n_items = h.shape[0], weight.shape[0]
@@ -150,7 +149,7 @@ class _FusedSampledCE(_GradInForward):
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, cand: Tensor, valid: Tensor, rows: int) -> Tensor:
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        ctx.dtypes, ctx.inputs = (h.dtype, weight.dtype), 5
+        ctx.dtypes = (h.dtype, weight.dtype)
         h, weight = h.float(), weight.float()
         N, d = h.shape
         gh = torch.empty_like(h) if want_h else None

@@ -114,9 +114,6 @@ class _Scalar(_Metric):
         super().__init__(name, help, labels)
         self._values: dict[tuple[str, ...], float] = {} if labels else {(): 0.0}
 
-    def _add(self, amount: float, labels: dict[str, object]) -> None:
-        self._add_key(amount, self._key(labels))
-
     def _add_key(self, amount: float, key: tuple[str, ...]) -> None:
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + float(amount)

@@ -484,8 +484,13 @@ def _error(status: int, message: str, field_name: str | None = None, headers=Non
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _raw(payload: bytes) -> Response:
+    """A 200 answer of JSON bytes already serialised."""
+    return Response(payload, media_type="application/json")
+
+
 def _json(content: Any):
-    return Response(_bytes(content), media_type="application/json")
+    return _raw(_bytes(content))
 
 
 def _invalid(errors: Sequence[Any]) -> JSONResponse:
@@ -546,7 +551,7 @@ class _Gate:
     bytes. Everything else (docs, metrics, admin, 404, 405) goes on to FastAPI."""
 
     def __init__(self, app: FastAPI, service: Service, fast: dict[tuple[str, str], FastRoute]):
-        self.app = self.api = app
+        self.api = app
         self.state = app.state  # the FastAPI app's: .service
         self.service = service
         self.fast = fast
@@ -555,7 +560,7 @@ class _Gate:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            return await self.api(scope, receive, send)
         start = time.perf_counter()
         path = scope["path"]
         endpoint = path if path in ROUTES else "other"
@@ -599,7 +604,7 @@ class _Gate:
                 await send(message)
 
             try:
-                await self.app(scope, receive, send_wrapper)
+                await self.api(scope, receive, send_wrapper)
             finally:
                 status = statuses[0]
         finally:
@@ -888,11 +893,11 @@ def create_app(settings: ServeSettings, served: Served | None = None):
 
     @app.get("/v1/recommend", response_model=Row, summary="top-k items for one known user")
     async def recommend(q: Annotated[UserQuery, Query()]):
-        return Response(await do_recommend(q), media_type="application/json")
+        return _raw(await do_recommend(q))
 
     @app.post("/v1/recommend", response_model=Rows, summary="top-k items for a batch of users")
     async def recommend_batch(body: Users):
-        return Response(await do_recommend_batch(body), media_type="application/json")
+        return _raw(await do_recommend_batch(body))
 
     @app.post(
         "/v1/recommend/history",
@@ -900,15 +905,15 @@ def create_app(settings: ServeSettings, served: Served | None = None):
         summary="top-k items for a session or a new customer",
     )
     async def recommend_history(body: History):
-        return Response(await do_history(body), media_type="application/json")
+        return _raw(await do_history(body))
 
     @app.get("/v1/similar", response_model=Similar, summary="items similar to a catalogue item")
     async def similar(q: Annotated[ItemQuery, Query()]):
-        return Response(await do_similar(q), media_type="application/json")
+        return _raw(await do_similar(q))
 
     @app.post("/v1/similar", response_model=Similar, summary="catalogue items like a new product")
     async def similar_new(body: NewItem):
-        return Response(await do_similar_new(body), media_type="application/json")
+        return _raw(await do_similar_new(body))
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics():

@@ -12,10 +12,11 @@ and the trial side of Optuna searches.
   the sweep ends and exits with status 1 if there were any.
 - Optuna searches (``hparams_search=...``, the sweeper in ``hydra_plugins/recsys_optuna_sweeper``)
   keep their study in a storage that both the sweeper and every trial open
-  (:func:`open_storage`); :class:`recsys.training.pruning.OptunaPruning`, a Lightning callback the sweeper adds to each
-  trial, reports the monitored validation metric after every epoch and stops a trial its pruner
-  finds unpromising. The trial may run in another process or on another machine (joblib, SLURM),
-  so it reaches the study through the storage, never through an in-memory object.
+  (:func:`open_storage`); :class:`recsys.training.pruning.OptunaPruning`, a Lightning
+  callback the sweeper adds to each trial, reports the monitored validation metric after every
+  epoch and stops a trial its pruner finds unpromising. The trial may run in another process or
+  on another machine (joblib, SLURM), so it reaches the study through the storage, never through
+  an in-memory object.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from recsys.models.base import build_model
 from recsys.serving.artifact import KEY_ENV, MANIFEST, SIGNATURE, load, signature_record
 from recsys.serving.export import _history_csr, export_model
 from recsys.serving.features import FILE
-from tests.conftest import COLD_ITEM_FEATURE_DATA, compose_config
+from tests.conftest import COLD_ITEM_FEATURE_DATA, compose_config, feature_model
 
 DATA = COLD_ITEM_FEATURE_DATA
 SASREC = [
@@ -57,13 +57,7 @@ def exported(tmp_path_factory):
     """(artifact, model in memory, split features, histories) of a randomly initialised
     SASRec with item attributes, and an id-only SASRec's artifact beside it."""
     root = tmp_path_factory.mktemp("features")
-    config = OmegaConf.to_container(compose_config("train", DATA + SASREC, root), resolve=True)
-    dm = RecDataModule(config["data"], seed=0)
-    dm.setup()
-    features = SplitFeatures.of(dm.data)
-    torch.manual_seed(0)
-    model = build_model(config["model"], dm.n_users, dm.n_items, feature_schema=features.schema())
-    model.set_features(features)
+    config, dm, features, model = feature_model(DATA + SASREC, root)
     model.eval()
     art = export_model(model, config, dm.data, dm.fingerprint, root / "art", rows=9, onnx=False)
     plain_cfg = {**config, "model": {**config["model"], "features": None}}

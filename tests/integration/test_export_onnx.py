@@ -24,7 +24,7 @@ from recsys.data.datamodule import RecDataModule
 from recsys.models.base import build_model
 from recsys.serving.artifact import load, read_manifest
 from recsys.serving.export import export_model
-from tests.conftest import COLD_ITEM_FEATURE_DATA, compose_config
+from tests.conftest import COLD_ITEM_FEATURE_DATA, compose_config, feature_model
 
 HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
 pytestmark = pytest.mark.skipif(
@@ -208,7 +208,6 @@ def test_models_without_traced_scorers_say_why(name, data):
 
 # SASRec with item attributes: the synthetic log's genre and brand, a cold-item split (some
 # catalogue items have no training event: attributes alone), with and without the history match
-FEATURE_DATA = COLD_ITEM_FEATURE_DATA
 SASREC_FEATURES = {
     "attributes": "{item: all}",
     "history_match": "{item: all, history_match: true, negatives: seen}",
@@ -219,18 +218,10 @@ SASREC_FEATURES = {
 def feature_artifact(request, tmp_path_factory):
     """(name, artifact, model in memory, cold items) of a SASRec with item attributes whose
     weights (match weights and decay included) are moved away from their initial values."""
-    from recsys.data.features import SplitFeatures
-
     root = tmp_path_factory.mktemp(f"onnx_{request.param}")
-    overrides = [*FEATURE_DATA, "model=sasrec", *SEQ]
+    overrides = [*COLD_ITEM_FEATURE_DATA, "model=sasrec", *SEQ]
     overrides.append(f"model.features={SASREC_FEATURES[request.param]}")
-    config = OmegaConf.to_container(compose_config("train", overrides, root), resolve=True)
-    dm = RecDataModule(config["data"], seed=0)
-    dm.setup()
-    features = SplitFeatures.of(dm.data)
-    torch.manual_seed(0)
-    model = build_model(config["model"], dm.n_users, dm.n_items, feature_schema=features.schema())
-    model.set_features(features)
+    config, dm, features, model = feature_model(overrides, root)
     with torch.no_grad():
         for p in model.parameters():  # away from the zero / unit initial values
             p.add_(0.3 * torch.randn_like(p))
