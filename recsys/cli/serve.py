@@ -107,8 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         "--no-trace",
         dest="trace",
         action="store_false",
-        help="score histories with the eager model instead of the graph traced from it at load "
-        "(SASRec; for comparisons: the answers are the same)",
+        help="score histories with the eager model instead of the fast path built from it at "
+        "load (SASRec: a closed form for one block, else a traced graph; for comparisons: the "
+        "answers are the same)",
     )
     parser.add_argument(
         "--log-level",

@@ -511,10 +511,11 @@ class LoadedRecommender(_SimilarItems, NewEntities):
     trust, e.g. signed ones). ``trust``: packages besides recsys whose models ``artifact.json``
     may name (as :mod:`recsys.trust`; also ``$RECSYS_TRUSTED_PACKAGES``).
 
-    ``trace``: history models of the transformer family (SASRec) score histories with a graph
-    traced here, at first use, from the eager model, after checking that it reproduces the
-    model (:mod:`recsys.serving.history`; ``history_path`` says whether it is used, or why
-    not); ``False`` keeps the eager encoder. Nothing from the artifact is traced or run.
+    ``trace``: history models of the transformer family (SASRec) score histories with a fast
+    path built here, at first use, from the eager model, after checking that it reproduces the
+    model: a closed form for one-block models, else a traced graph
+    (:mod:`recsys.serving.history`; ``history_path`` says which is used, or why neither);
+    ``False`` keeps the eager encoder. Nothing from the artifact is traced or run.
 
     ``signature``: :data:`VERIFIED`, :data:`UNSIGNED` or :data:`NOT_CHECKED` (see
     :func:`read_artifact`; with ``$RECSYS_ARTIFACT_KEY`` set, anything but a valid signature is
@@ -572,10 +573,10 @@ class LoadedRecommender(_SimilarItems, NewEntities):
         self.supports_history = bool(self.meta.get("supports_history"))
         self.backend = "eager" if backend == "auto" else backend
         self._torch = torch
-        # history models of the transformer family: user vectors from a graph traced here from
-        # the eager model (recsys.serving.history), when it reproduces the model; history_path
-        # says which path scores histories ("eager (why)" or "traced") once one was needed
-        self._traced = None if trace else False
+        # history models of the transformer family: user vectors from a fast path built here
+        # from the eager model (recsys.serving.history), when it reproduces the model;
+        # history_path says which path scores histories once one was needed
+        self._histories = None if trace else False
         self.history_path = "not used yet" if trace else "eager (trace=False)"
         self.model = None  # the eager model (built here for eager, on first need otherwise)
         if self.backend == "torchscript":

@@ -368,10 +368,10 @@ class NewEntities:
 
         self._item_table()
         torch, out = self._torch, []
-        traced = self._traced_histories()
-        if traced is not None and len(users):  # one TorchScript call per 256 rows
+        fast = self._history_encoder()
+        if fast is not None and len(users):  # one call per 256 rows
             for s in range(0, len(users), 256):
-                out.append(torch.from_numpy(traced(histories[s : s + 256])))
+                out.append(torch.from_numpy(fast(histories[s : s + 256])))
             return torch.cat(out) if len(out) != 1 else out[0]
         with torch.inference_mode():  # less per-op overhead than no_grad: the request path
             for s in range(0, len(users), 256):
@@ -382,14 +382,15 @@ class NewEntities:
                 out.append(self.model.user_representation(b).detach().float())
         return torch.cat(out) if out else torch.zeros(0, self._items_d.shape[1])
 
-    def _traced_histories(self):
-        """The traced history encoder (:class:`~recsys.serving.history.TracedHistories`) for
-        models it reproduces exactly, built and checked on real users at first use; None for
-        the others (``history_path`` says which, and why)."""
-        if getattr(self, "_traced", None) is None:
-            from recsys.serving.history import TracedHistories
+    def _history_encoder(self):
+        """The fast history encoder (:func:`~recsys.serving.history.history_encoder`: the
+        closed form of a one-block model, else a traced graph) for models it reproduces, built
+        and checked on real users at first use; None for the others (``history_path`` says
+        which path scores histories, and why)."""
+        if getattr(self, "_histories", None) is None:
+            from recsys.serving.history import history_encoder
 
-            self._traced = False
+            self._histories = False
             model = self._eager()
             self.history_path = "eager (not a history model)"
             if self.supports_history and getattr(model, "scores_history", False):
@@ -408,13 +409,13 @@ class NewEntities:
                     else by_length
                 )
                 probes = [(int(u), self.history(int(u))[-self.length :]) for u in pick]
-                traced, why = TracedHistories.of(model, probes)
-                self.history_path = "traced" if traced is not None else f"eager ({why})"
-                if traced is not None:
-                    self._traced = traced
+                encoder, path = history_encoder(model, probes)
+                self.history_path = path if encoder is not None else f"eager ({path})"
+                if encoder is not None:
+                    self._histories = encoder
                 else:
-                    log.info("%s: history vectors stay eager: %s", self._name(), why)
-        return None if self._traced is False else self._traced
+                    log.info("%s: history vectors stay eager: %s", self._name(), path)
+        return None if self._histories is False else self._histories
 
     # -- public ----------------------------------------------------------------------------
     def score_new_items(

@@ -486,7 +486,8 @@ def test_sasrec_history_token_and_fallback(arts):
     with serve(arts["sasrec"], "--fallback", "popular", env={"RECSYS_SERVE_TOKEN": "s3cret"}) as s:
         status, health = s.get("/health")
         assert status == 200  # open: probes carry no token
-        assert health["history_path"] == "traced"  # built and checked at load, before requests
+        # built and checked at load, before requests (one block: recsys.serving.history)
+        assert health["history_path"] == "one block, closed form"
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             status, got = s.get("/v1/recommend?user=1", headers=headers)
             assert status == 401 and "bearer token" in got["error"], got
@@ -526,25 +527,26 @@ def test_sasrec_history_token_and_fallback(arts):
         same(got, rec.similar_items([rec.item_ids[3].item()], k=4)[0])
 
 
-def test_traced_history_encoder_answers_as_the_eager_model(arts):
-    """SASRec's histories are scored by a graph traced at load (recsys.serving.history); its
-    answers equal the eager model's (same items; scores within 1e-5 relative, 1e-6 absolute),
-    item attributes included, for single histories and batches (known users and none)."""
-    traced, eager = load(arts["sasrec"]), load(arts["sasrec"], trace=False)
-    n = traced.num_users
-    hists = [traced.item_ids[traced.history(u)].tolist() for u in range(n)]
+def test_fast_history_encoder_answers_as_the_eager_model(arts):
+    """SASRec's histories are scored by a fast path built at load (recsys.serving.history: the
+    closed form, for this one-block model); its answers equal the eager model's (same items;
+    scores within 1e-5 relative, 1e-6 absolute), item attributes included, for single
+    histories and batches (known users and none)."""
+    fast, eager = load(arts["sasrec"]), load(arts["sasrec"], trace=False)
+    n = fast.num_users
+    hists = [fast.item_ids[fast.history(u)].tolist() for u in range(n)]
     for h in hists[:20]:
-        same(traced.recommend(history=h, k=10)[0], eager.recommend(history=h, k=10)[0])
-        same(traced.recommend_history(h, k=3), eager.recommend_history(h, k=3))
-    assert traced.history_path == "traced"
+        same(fast.recommend(history=h, k=10)[0], eager.recommend(history=h, k=10)[0])
+        same(fast.recommend_history(h, k=3), eager.recommend_history(h, k=3))
+    assert fast.history_path == "one block, closed form"
     assert eager.history_path == "eager (trace=False)"
-    assert traced.score([], []).shape == (0, traced.num_items)
-    users = traced.user_ids[: min(n, 40)].tolist()
-    for a, b in zip(traced.recommend(users, k=10), eager.recommend(users, k=10), strict=True):
+    assert fast.score([], []).shape == (0, fast.num_items)
+    users = fast.user_ids[: min(n, 40)].tolist()
+    for a, b in zip(fast.recommend(users, k=10), eager.recommend(users, k=10), strict=True):
         same(a, b)
     idx = list(range(min(n, 40)))
     np.testing.assert_allclose(
-        traced.score([-1] * len(idx), [traced.history(u) for u in idx]),
+        fast.score([-1] * len(idx), [fast.history(u) for u in idx]),
         eager.score([-1] * len(idx), [eager.history(u) for u in idx]),
         rtol=1e-5,
         atol=1e-6,
