@@ -359,6 +359,21 @@ def _npz(path: Path, keys: Sequence[str] = ()) -> dict[str, np.ndarray]:
     return arrays
 
 
+def dot_rows(q: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
+    """``out = q @ table`` for (n, d) user vectors and a (d, I) item table. Below
+    :data:`GEMV_ROWS` rows, one matrix-vector product per row: OpenBLAS multiplies 2-3 rows by a
+    large table 1.5-1.8x slower than 2-3 matrix-vector products do, and a micro-batch of the
+    service is mostly that small (benchmarks/serving.md)."""
+    if len(q) < GEMV_ROWS:
+        for r in range(len(q)):
+            np.matmul(q[r], table, out=out[r])
+    else:
+        np.matmul(q, table, out=out)
+
+
+GEMV_ROWS = 4
+
+
 def _id_key(value: Any, dtype: np.dtype) -> Any:
     """Normalize an external id given by a caller (often a string from a shell) to the map's type."""
     if dtype.kind in "iu":
@@ -718,7 +733,7 @@ class LoadedRecommender(_SimilarItems, NewEntities):
         if self.backend == "eager" and self._dot_table() is not None:  # user vectors · items
             for s in range(0, len(users), 256):
                 q = self._query_vectors(users[s : s + 256], histories[s : s + 256])
-                np.matmul(q, self._dot, out=out[s : s + 256])
+                dot_rows(q, self._dot, out[s : s + 256])
             return out
         if self.backend == "eager":
             from recsys.data.batches import UserBatch
