@@ -153,17 +153,35 @@ class _Norm:
         var = (centred * centred).sum(-1, keepdims=True) * inv
         return centred, mean, 1.0 / np.sqrt(var + self.eps)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def standard(self, x: np.ndarray) -> np.ndarray:
+        """``(x - mean) / sqrt(var + eps)``: the norm without its weight and bias (for a
+        :class:`_Linear` that folded them in)."""
         centred, _, rstd = self.stats(x)
-        return centred * rstd * self.weight + self.bias
+        return centred * rstd
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.standard(x) * self.weight + self.bias
 
 
 class _Linear:
-    """``x @ W.T + b`` with ``W.T`` stored contiguous (a BLAS matrix-vector product per call)."""
+    """``x @ W.T + b`` with ``W.T`` stored contiguous (a BLAS matrix-vector product per call).
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
-        self.wt = np.ascontiguousarray(weight.detach().float().numpy().T)
-        self.bias = bias.detach().float().numpy().copy()
+    ``norm``: a layer norm in front, folded in (the call then takes :meth:`_Norm.standard`'s
+    output): ``W (γ ⊙ x̂ + β) + b = (W diag γ) x̂ + (W β + b)``; ``scale`` multiplies the output
+    (folded in too). The folds are computed in float64."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        norm: torch.nn.LayerNorm | None = None,
+        scale: float = 1.0,
+    ):
+        w, b = weight.detach().double(), bias.detach().double()
+        if norm is not None:
+            w, b = w * norm.weight.detach().double(), w @ norm.bias.detach().double() + b
+        self.wt = np.ascontiguousarray((w * scale).float().numpy().T)
+        self.bias = (b * scale).float().numpy()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return x @ self.wt + self.bias
@@ -197,25 +215,30 @@ class OneBlockHistories:
         self.pre = isinstance(block, PreLNBlock)  # pre-LN: residual from the raw sum, final LN
         d = enc.item.weight.shape[1]
         self.heads = int(block.n_heads)
-        self.scale = np.float32(1.0 / math.sqrt(d // self.heads))
+        scale = 1.0 / math.sqrt(d // self.heads)  # the attention's, folded into the query
         with torch.no_grad():
-            table = model.item_table().detach().double() * enc.emb_scale  # (I + 1, d)
+            table = model.item_table().detach().float() * enc.emb_scale  # (I + 1, d) s·e_i
             # the layer norm in front of the attention: the block's own (pre-LN) or the
             # encoder's input norm (post-LN)
             ln_in = block.ln1 if self.pre else enc.emb_ln
             gamma, beta = ln_in.weight.double(), ln_in.bias.double()
             w, b = block.qkv.weight.double(), block.qkv.bias.double()
             g = w[d:] * gamma  # (2d, d): keys and values of a centred, unscaled input
-            self.item_in = table.float().numpy()  # (I + 1, d) s·e_i
+            self.item_in = table.numpy()
             self.pos_in = enc.pos.weight.detach().float().numpy().copy()  # (max_len, d)
-            self.item_kv = (table @ g.T).float().numpy()  # (I + 1, 2d)
+            self.item_kv = np.empty((len(table), 2 * d), dtype=np.float32)  # (I + 1, 2d)
+            for s in range(0, len(table), 4096):  # float64 products, a block at a time
+                self.item_kv[s : s + 4096] = (table[s : s + 4096].double() @ g.T).numpy()
             self.pos_kv = (enc.pos.weight.double() @ g.T).float().numpy()  # (max_len, 2d)
             self.centre_kv = g.sum(1).float().numpy()  # (2d,)
             self.bias_kv = (w[d:] @ beta + b[d:]).float().numpy()  # (2d,)
-            self.query = _Linear(block.qkv.weight[:d], block.qkv.bias[:d])
+        # pre-LN: the query and the feed-forward's first layer take standardised inputs, their
+        # norms folded in (post-LN needs the normed vectors themselves, as residuals)
+        fold_in, fold_2 = (ln_in, block.ln2) if self.pre else (None, None)
+        self.query = _Linear(block.qkv.weight[:d], block.qkv.bias[:d], fold_in, scale)
         self.ln_in = _Norm(ln_in)
         self.out = _Linear(block.out.weight, block.out.bias)
-        self.ff1 = _Linear(block.ff1.weight, block.ff1.bias)
+        self.ff1 = _Linear(block.ff1.weight, block.ff1.bias, fold_2)
         self.ff2 = _Linear(block.ff2.weight, block.ff2.bias)
         self.act = _ACTIVATIONS[act[0]]
         self.ln1, self.ln2 = _Norm(block.ln1), _Norm(block.ln2)
@@ -250,27 +273,31 @@ class OneBlockHistories:
         n, L = seq.shape
         pos = slice(self.max_len - L, self.max_len)
         real = seq != self.pad
-        raw = self.item_in[seq] + self.pos_in[pos]  # (n, L, d) s·e_i + p_t
+        raw = np.take(self.item_in, seq, 0) + self.pos_in[pos]  # (n, L, d) s·e_i + p_t
         centred, mean, rstd = self.ln_in.stats(raw)
-        kv = (self.item_kv[seq] + self.pos_kv[pos] - mean * self.centre_kv) * rstd
+        kv = np.take(self.item_kv, seq, 0) + self.pos_kv[pos]
+        kv -= mean * self.centre_kv
+        kv *= rstd
         kv += self.bias_kv  # (n, L, 2d): the keys and values of every position
         d, h = raw.shape[2], self.heads
         k, v = (
             part.reshape(n, L, h, d // h).transpose(0, 2, 1, 3)
             for part in (kv[..., :d], kv[..., d:])
         )
-        x = centred[:, -1] * rstd[:, -1] * self.ln_in.weight + self.ln_in.bias  # (n, d)
-        q = self.query(x).reshape(n, h, d // h, 1) * self.scale
-        logits = (k @ q)[..., 0]  # (n, h, L)
-        visible = real.copy()
-        visible[:, -1] = True  # every query sees itself (an empty row's output is zeroed)
-        logits = np.where(visible[:, None, :], logits, -np.inf)
+        x = centred[:, -1] * rstd[:, -1]  # (n, d) the last input, standardised
+        if not self.pre:
+            x = x * self.ln_in.weight + self.ln_in.bias  # normed: the block's input
+        logits = (k @ self.query(x).reshape(n, h, d // h, 1))[..., 0]  # (n, h, L), scaled
+        if not real.all():  # padding keys are hidden; every query sees itself
+            visible = real.copy()
+            visible[:, -1] = True  # (an empty row's output is zeroed below)
+            logits = np.where(visible[:, None, :], logits, -np.inf)
         weights = np.exp(logits - logits.max(-1, keepdims=True))
         weights /= weights.sum(-1, keepdims=True)
         y = (weights[:, :, None, :] @ v).reshape(n, d)  # (n, h, 1, d/h) -> (n, d)
         if self.pre:  # x + attn(LN1(x)), then + ff(LN2(.)), then the final norm
             y = raw[:, -1] + self.out(y)
-            y = y + self.ff2(self.act(self.ff1(self.ln2(y))))
+            y = y + self.ff2(self.act(self.ff1(self.ln2.standard(y))))
             y = self.final_ln(y)
         else:  # LN1(x + attn(x)), then LN2(. + ff(.)), with x the normed input
             y = self.ln1(x + self.out(y))
