@@ -14,8 +14,8 @@ the weights and code then leave the caches between calls, which the back-to-back
 
 ``--parts`` also times one call's parts on the served path: the encoder alone, the encoder
 followed by the item product (the product's cost with the table partly out of cache, as in
-serving), the product repeated (warm), top-10, and ``score()`` (encoder + product + its own
-Python).
+serving), the product alone (the same query each call), top-10, and ``score()`` (encoder +
+product + its own Python).
 
 Histories are drawn as ``bench_serve`` draws them: a uniformly chosen user's most recent 1-50
 items. Run with ``OMP_NUM_THREADS=1``::
@@ -118,7 +118,7 @@ def main() -> None:
         parts = {
             "encoder": lambda i: served_path([hists[i]]),
             "encoder + product": lambda i: served_path([hists[i]]) @ table,
-            "product (warm)": lambda i: q @ table,
+            "product alone": lambda i: q @ table,
             "top-10": lambda i: rec._top(scores, hists[i], 10),
             "score()": lambda i: rec.score([-1], [hists[i]]),
         }
