@@ -11,9 +11,9 @@ Two paths, each used only after it reproduced the eager model at load:
   diag(γ) E`` (one row per item, computed once), ``P`` the same for the positions,
   ``c = W_kv γ`` and ``b = W_kv β + b_kv``. A request then gathers its items' rows instead of
   projecting its whole window, and the rest (one query, one attention row, one feed-forward) is a
-  few matrix-vector products: ~30 numpy calls that touch ~1 MB of weights. It costs the catalogue
-  ``(I + 1) × 2d`` float32 of memory (25 MB for Amazon Beauty at d = 256), and is not used
-  above :data:`KV_TABLE_LIMIT` bytes.
+  few matrix-vector products: ~70 small numpy operations that touch ~1 MB of weights. It costs
+  the catalogue ``(I + 1) × 2d`` float32 of memory (25 MB for Amazon Beauty at d = 256), and is
+  not used above :data:`KV_TABLE_LIMIT` bytes.
 - :class:`TracedHistories`, for the others (several blocks): ``torch.jit.trace`` of
   :class:`~recsys.models.transformer.LastState`, the same operations as the eager model in one
   TorchScript call that runs them in C++ with the GIL released for the whole graph.

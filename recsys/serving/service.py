@@ -22,9 +22,9 @@ carries the :class:`Served` artifact it was checked against, so a reload that sw
 artifact never mixes one artifact's ids with another's scores, and requests in flight finish on
 the artifact they started with. The worker holds the GIL as little as it can, since the event
 loop needs it for every request: a SASRec history is encoded by a fast path built at load
-(:mod:`recsys.serving.history`: a closed form of ~30 numpy calls for one-block models, else one
-TorchScript call that releases the GIL once) rather than ~100 Python-level torch calls, each a
-point where the two threads trade the GIL.
+(:mod:`recsys.serving.history`: a closed form of ~70 small numpy operations for one-block
+models, else one TorchScript call that releases the GIL once) rather than ~100 Python-level
+torch calls, each a point where the two threads trade the GIL.
 
 Errors are JSON, ``{"error": <one line>}`` plus ``"field"`` where one field is at fault: 400 a
 body that is not JSON, 401 no or a wrong bearer token, 404 an unknown user or item (named) unless
