@@ -359,6 +359,9 @@ def _npz(path: Path, keys: Sequence[str] = ()) -> dict[str, np.ndarray]:
     return arrays
 
 
+GEMV_ROWS = 4  # dot_rows: below this many rows, one matrix-vector product per row
+
+
 def dot_rows(q: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
     """``out = q @ table`` for (n, d) user vectors and a (d, I) item table. Below
     :data:`GEMV_ROWS` rows, one matrix-vector product per row: OpenBLAS multiplies 2-3 rows by a
@@ -369,9 +372,6 @@ def dot_rows(q: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
             np.matmul(q[r], table, out=out[r])
     else:
         np.matmul(q, table, out=out)
-
-
-GEMV_ROWS = 4
 
 
 def _id_key(value: Any, dtype: np.dtype) -> Any:
