@@ -2,6 +2,7 @@
 
     make bench-serve                                   # = .venv/bin/python -m benchmarks.scripts.bench_serve
     make bench-serve ARGS="--duration 5 --rates mf=250,500 sasrec=200"
+    make bench-serve ARGS="--passes 4"                 # recsys and floor alternated, pooled
     python -m benchmarks.scripts.bench_serve --mf-artifact <dir> --sasrec-artifact <dir>
 
 Scenarios (benchmarks/serving.md holds the numbers and the targets):
@@ -20,7 +21,10 @@ Each (server, rate) pair is one run: a client process (aiohttp, keep-alive, a po
 loop. A timer thread sleeps to each request's scheduled time and hands it to the event loop;
 latency runs from the *scheduled* time to the last byte of the response, so a server that stalls
 or a client that falls behind shows in the tail (no coordinated omission). The first
-``--warmup`` seconds are left out. While the client runs, this process samples the server's
+``--warmup`` seconds are left out. ``--passes N`` splits the measured time into N runs per
+server, alternated with the floor's (recsys, floor, floor, recsys, ...), and the table pools the
+requests of each server's passes: the p50 ratio then compares two servers measured over the
+same stretch of the machine's load, not one 20 s run after another (the JSON keeps every pass). While the client runs, this process samples the server's
 VmRSS (/proc/<pid>/status) every 0.1 s; before and after, it reads the server's CPU time, how
 busy the server's core was (/proc/stat: what other processes took) and, from recsys-serve's
 ``/metrics``, the micro-batch sizes and scoring time.
@@ -544,6 +548,18 @@ def _pct(x: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(x, q)), 3) if len(x) else None
 
 
+def _latency(lat: np.ndarray) -> dict[str, float | None]:
+    return {
+        "p50": _pct(lat, 50),
+        "p90": _pct(lat, 90),
+        "p95": _pct(lat, 95),
+        "p99": _pct(lat, 99),
+        "p99.9": _pct(lat, 99.9),
+        "max": round(float(lat.max()), 3) if len(lat) else None,
+        "mean": round(float(lat.mean()), 3) if len(lat) else None,
+    }
+
+
 def _summarize(
     results: list[tuple[float, float, float, int, str]], t_meas: float
 ) -> dict[str, Any]:
@@ -565,15 +581,8 @@ def _summarize(
         "errors": sum(errors.values()),
         "error_kinds": errors,
         "achieved_rps": round(len(ok) / span, 1) if span > 0 else 0.0,
-        "latency_ms": {
-            "p50": _pct(lat, 50),
-            "p90": _pct(lat, 90),
-            "p95": _pct(lat, 95),
-            "p99": _pct(lat, 99),
-            "p99.9": _pct(lat, 99.9),
-            "max": round(float(lat.max()), 3) if len(lat) else None,
-            "mean": round(float(lat.mean()), 3) if len(lat) else None,
-        },
+        "latency_ms": _latency(lat),
+        "latencies_ms": np.round(lat, 4).tolist(),  # pooled over passes, then dropped
         # from the moment the client really sent (not the schedule): the server's share
         "service_ms": {"p50": _pct(service, 50), "p99": _pct(service, 99)},
         # how late the client sent: large values mean the client, not the server, fell behind
@@ -607,7 +616,7 @@ def measure(
         "requests": requests,
         "rate": rate,
         "warmup": args.warmup,
-        "duration": args.duration,
+        "duration": args.duration / args.passes,
         "arrivals": args.arrivals,
         "seed": args.seed,
         "pool": args.pool,
@@ -655,6 +664,62 @@ def measure(
         "batching": batching(metrics0, metrics1),
         "load_avg_before": load0,
         "load_avg_after": load_avg(),
+    }
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the passes of one server at one rate: latency percentiles over every
+    measured request of every pass; counts and CPU summed; RSS the peak; the rest averaged."""
+    first = runs[0]
+    lat = np.concatenate([np.asarray(r["latencies_ms"], dtype=float) for r in runs])
+    kinds: dict[str, int] = {}
+    for r in runs:
+        for k, v in r["error_kinds"].items():
+            kinds[k] = kinds.get(k, 0) + v
+    sent = sum(r["requests_sent"] for r in runs)
+    cpu = [r["server_cpu_s"] for r in runs]
+    others = [r["server_core_busy_with_others_pct"] for r in runs]
+    calls = [r["batching"] for r in runs if r["batching"]]
+    n_calls = sum(b["scoring_calls"] for b in calls)
+
+    def per_call(key: str) -> float | None:
+        values = [(b[key], b["scoring_calls"]) for b in calls if b[key] is not None]
+        if not values or not n_calls:
+            return None
+        return round(sum(v * c for v, c in values) / sum(c for _, c in values), 3)
+
+    return {
+        "server": first["server"],
+        "rate": first["rate"],
+        "passes": len(runs),
+        "measured": sum(r["measured"] for r in runs),
+        "ok": sum(r["ok"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "error_kinds": kinds,
+        "achieved_rps": round(float(np.mean([r["achieved_rps"] for r in runs])), 1),
+        "latency_ms": _latency(lat),
+        "service_ms_p50_by_pass": [r["service_ms"]["p50"] for r in runs],
+        "client_cpu_s": round(sum(r["client_cpu_s"] for r in runs), 2),
+        "requests_sent": sent,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "server_cpu_s": round(sum(cpu), 2) if None not in cpu else None,
+        "server_cpu_ms_per_request": round(1e3 * sum(cpu) / sent, 3)
+        if None not in cpu and sent
+        else None,
+        "server_alive": all(r["server_alive"] for r in runs),
+        "server_core_busy_with_others_pct": round(float(np.mean(others)), 1)
+        if None not in others
+        else None,
+        "batching": {
+            "scoring_calls": n_calls,
+            "mean_batch_size": per_call("mean_batch_size"),
+            "mean_scoring_call_ms": per_call("mean_scoring_call_ms"),
+            "mean_in_server_ms": per_call("mean_in_server_ms"),
+        }
+        if calls
+        else None,
+        "load_avg_before": first["load_avg_before"],
+        "load_avg_after": runs[-1]["load_avg_after"],
     }
 
 
@@ -746,8 +811,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         help="500 (every scenario) or mf=250,500 sasrec=200 (default: the target rates)",
     )
-    p.add_argument("--duration", type=float, default=20.0, help="measured s per run (default 20)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=20.0,
+        help="measured s per server and rate, split over --passes (default 20)",
+    )
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured s before (default 3)")
+    p.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="split --duration into N runs per server, alternated with the floor's; the table "
+        "pools their requests (default 1)",
+    )
     p.add_argument(
         "--arrivals", choices=("uniform", "poisson"), default="uniform", help="default uniform"
     )
@@ -782,6 +859,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.passes < 1:
+        raise SystemExit(f"--passes: must be >= 1, got {args.passes}")
     names = [n for n in args.scenarios.split(",") if n]
     for n in names:
         if n not in SCENARIOS:
@@ -805,6 +884,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "settings": {
             "duration_s": args.duration,
+            "passes": args.passes,
             "warmup_s": args.warmup,
             "arrivals": args.arrivals,
             "seed": args.seed,
@@ -939,16 +1019,35 @@ def run_scenario(
 
     rows: list[dict[str, Any]] = []
     out["rows"] = rows
+    if args.passes > 1:
+        out["passes"] = []
     for rate in rates:
-        for server in (recsys, floor):
-            if server is None:
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for n in range(args.passes):
+            # passes alternate the order (recsys, floor, floor, recsys, ...): drift in the
+            # machine's load falls on both servers alike
+            order = (recsys, floor) if n % 2 == 0 else (floor, recsys)
+            for server in order:
+                if server is None:
+                    continue
+                what = f" (pass {n + 1}/{args.passes})" if args.passes > 1 else ""
+                print(f"{sc.name}: {server.label} at {rate:g} req/s{what} ...", end=" ", flush=True)
+                row = measure(server, requests, rate, args, server_cores, client_cores, tmp)
+                lat = row["latency_ms"]
+                print(f"p50 {lat['p50']} p99 {lat['p99']} ms, {row['errors']} errors", flush=True)
+                runs.setdefault(server.label, []).append(row)
+                time.sleep(1.0)
+        for label in ("recsys", "floor"):
+            if label not in runs:
                 continue
-            print(f"{sc.name}: {server.label} at {rate:g} req/s ...", end=" ", flush=True)
-            row = measure(server, requests, rate, args, server_cores, client_cores, tmp)
-            lat = row["latency_ms"]
-            print(f"p50 {lat['p50']} p99 {lat['p99']} ms, {row['errors']} errors", flush=True)
-            rows.append(row)
-            time.sleep(1.0)
+            if args.passes > 1:
+                rows.append(pooled(runs[label]))
+                for n, row in enumerate(runs[label]):
+                    row.pop("latencies_ms")
+                    out["passes"].append({"pass": n + 1, **row})
+            else:
+                runs[label][0].pop("latencies_ms")
+                rows.append(runs[label][0])
     for row in rows:
         floor_row = next(
             (r for r in rows if r["server"] == "floor" and r["rate"] == row["rate"]), None
