@@ -113,8 +113,11 @@ def _differs(
                     UserBatch.from_lists(users, [h.tolist() for h in hists])
                 ).float()
                 got = torch.from_numpy(encode(hists))
-                if got.shape != want.shape or not torch.allclose(got, want, rtol=RTOL, atol=ATOL):
-                    diff = (got - want).abs().max().item() if got.shape == want.shape else 0
+                if got.shape != want.shape:  # e.g. a history match's extra coordinates
+                    shapes = f"{tuple(got.shape)} against {tuple(want.shape)}"
+                    return f"its vectors differ from the model's in shape ({shapes})"
+                if not torch.allclose(got, want, rtol=RTOL, atol=ATOL):
+                    diff = (got - want).abs().max().item()
                     return f"its vectors differ from the model's ({diff:.2e})"
     return None
 

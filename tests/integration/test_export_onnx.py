@@ -272,6 +272,13 @@ def test_sasrec_with_attributes_exports_onnx_with_the_eager_scores(feature_artif
         _close(got, ts.score(u, hist), f"{name}, {case}: onnx vs torchscript")
         _close(got, eager.score(u, hist), f"{name}, {case}: onnx vs eager")
         assert np.ptp(got[:, cold], axis=1).min() > 0, f"{name}, {case}: cold columns constant"
+    # how the eager artifact encoded the histories: the closed form for the one-block attribute
+    # model; the history match's vectors carry coordinates the encoder does not make, so
+    # neither fast path reproduces them and the eager model stays
+    if name == "attributes":
+        assert eager.history_path == "one block, closed form"
+    else:
+        assert eager.history_path.startswith("eager (") and "in shape" in eager.history_path
     items = onnx.item_ids[new[1]].tolist()
     assert onnx.recommend_history(items, k=5)["items"] == ts.recommend_history(items, k=5)["items"]
 
