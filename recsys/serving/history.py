@@ -122,9 +122,25 @@ def _differs(
     return None
 
 
-def _why_failed(e: Exception) -> str:
-    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-    return f"{type(e).__name__}: {first}"
+def _checked(
+    build: Callable[[list[tuple[int, np.ndarray]]], Any],
+    model: Any,
+    probes: Sequence[tuple[int, np.ndarray]],
+    name: str,
+    failing: str,
+) -> tuple[Any, str]:
+    """``(build(probes), name)`` when it reproduces ``model`` on the probes with a history, else
+    None and why not (``failing``: what a ``build`` that raised was doing)."""
+    probes = [(int(u), np.asarray(h, dtype=np.int64)) for u, h in probes if len(h)]
+    if not probes:
+        return None, "no history to check it on"
+    try:
+        fast = build(probes)
+        why = _differs(fast, model, probes)
+    except Exception as e:  # noqa: BLE001 - a model it does not fit keeps another path
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        return None, f"{failing} ({type(e).__name__}: {first})"
+    return (None, why) if why is not None else (fast, name)
 
 
 def padded(histories: Sequence[np.ndarray], max_len: int, pad: int) -> np.ndarray:
@@ -190,13 +206,17 @@ class _Linear:
         return x @ self.wt + self.bias
 
 
-def _gelu(x: np.ndarray) -> np.ndarray:
-    from scipy.special import erf
+def _activation(name: str) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The transformer's activation ``name`` (``ACTIVATIONS``) on numpy arrays; None if this
+    module has no such form. GELU is the exact (erf) one, as ``F.gelu``'s default."""
+    if name == "relu":
+        return lambda x: np.maximum(x, 0)
+    if name == "gelu":
+        from scipy.special import erf  # ~0.5 s to import: once, when a GELU model is built
 
-    return 0.5 * x * (1.0 + erf(x * np.float32(1.0 / math.sqrt(2.0))))
-
-
-_ACTIVATIONS = {"gelu": _gelu, "relu": lambda x: np.maximum(x, 0)}
+        half = np.float32(1.0 / math.sqrt(2.0))
+        return lambda x: 0.5 * x * (1.0 + erf(x * half))
+    return None
 
 
 class OneBlockHistories:
@@ -211,8 +231,9 @@ class OneBlockHistories:
         (block,) = enc.blocks
         if type(block) not in (PreLNBlock, PostLNBlock):
             raise ValueError(f"an unknown block {type(block).__name__}")
-        act = [name for name, fn in ACTIVATIONS.items() if fn is block.act]
-        if len(act) != 1 or act[0] not in _ACTIVATIONS:
+        names = [name for name, fn in ACTIVATIONS.items() if fn is block.act]
+        act = _activation(names[0]) if len(names) == 1 else None
+        if act is None:
             raise ValueError("an unknown activation")
         self.max_len, self.pad = int(model.max_len), int(model.pad)
         self.pre = isinstance(block, PreLNBlock)  # pre-LN: residual from the raw sum, final LN
@@ -243,7 +264,7 @@ class OneBlockHistories:
         self.out = _Linear(block.out.weight, block.out.bias)
         self.ff1 = _Linear(block.ff1.weight, block.ff1.bias, fold_2)
         self.ff2 = _Linear(block.ff2.weight, block.ff2.bias)
-        self.act = _ACTIVATIONS[act[0]]
+        self.act = act
         self.ln1, self.ln2 = _Norm(block.ln1), _Norm(block.ln2)
         self.final_ln = _Norm(enc.final_ln) if self.pre else None
 
@@ -261,15 +282,7 @@ class OneBlockHistories:
         size = model.encoder.item.weight.shape
         if size[0] * size[1] * 2 * 4 > KV_TABLE_LIMIT:
             return None, f"its key/value table would exceed {KV_TABLE_LIMIT} bytes"
-        probes = [(int(u), np.asarray(h, dtype=np.int64)) for u, h in probes if len(h)]
-        if not probes:
-            return None, "no history to check it on"
-        try:
-            self = cls(model)
-            why = _differs(self, model, probes)
-        except Exception as e:  # noqa: BLE001 - a model it does not fit keeps another path
-            return None, f"building it failed ({_why_failed(e)})"
-        return (None, why) if why is not None else (self, "closed form")
+        return _checked(lambda _: cls(model), model, probes, "closed form", "building it failed")
 
     def __call__(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         seq = padded(histories, self.max_len, self.pad)  # (n, L)
@@ -326,24 +339,18 @@ class TracedHistories:
         why = _not_a_history_transformer(model)
         if why is not None:
             return None, why
-        probes = [(int(u), np.asarray(h, dtype=np.int64)) for u, h in probes if len(h)]
-        if not probes:
-            return None, "no history to check it on"
-        try:
+
+        def trace(probes: list[tuple[int, np.ndarray]]) -> TracedHistories:
             with torch.inference_mode():
                 table = model.item_table().detach()  # the weights themselves, no copy
                 module = LastState(model.encoder, table, causal=True)
-                self = cls(None, model.max_len, model.pad)
-                example = torch.from_numpy(
-                    padded([h for _, h in probes[:3]], model.max_len, model.pad)
-                )
+                example = padded([h for _, h in probes[:3]], model.max_len, model.pad)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # TracerWarnings: sizes are read from seq
-                    self.graph = torch.jit.trace(module, example, check_trace=False)
-            why = _differs(self, model, probes)
-        except Exception as e:  # noqa: BLE001 - a model that does not trace keeps the eager path
-            return None, f"tracing failed ({_why_failed(e)})"
-        return (None, why) if why is not None else (self, "traced")
+                    graph = torch.jit.trace(module, torch.from_numpy(example), check_trace=False)
+            return cls(graph, model.max_len, model.pad)
+
+        return _checked(trace, model, probes, "traced", "tracing failed")
 
     def __call__(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         seq = torch.from_numpy(padded(histories, self.max_len, self.pad))
