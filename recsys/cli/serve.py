@@ -112,6 +112,13 @@ def main(argv: list[str] | None = None) -> None:
         "answers are the same)",
     )
     parser.add_argument(
+        "--no-screen",
+        dest="screen",
+        action="store_false",
+        help="rank by the whole float32 product instead of the exact int8 screen that "
+        "dot-product models with a large catalogue use (for comparisons: the same top-k)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -157,6 +164,7 @@ def _serve(args) -> None:
         threads=args.threads,
         workers=args.workers,
         trace=args.trace,
+        screen=args.screen,
     ).check()
     if not 0 <= args.port <= 65535:
         raise RecsysError(f"--port must be 0..65535, got {args.port}")
@@ -170,6 +178,7 @@ def _serve(args) -> None:
     token = "token required" if os.environ.get(settings.token_env) else "no token"
     rec = served.rec
     histories = f"; histories: {rec.history_path}" if rec.supports_history else ""
+    histories += f"; ranking: {rec.scan_path}"
     print(
         f"serving {served.model} ({rec.num_items} items, {rec.num_users} users, "
         f"digest {served.digest[:12]}, {token}; {signature_note(rec.signature)}{histories}) "

@@ -532,6 +532,12 @@ class LoadedRecommender(_SimilarItems, NewEntities):
     (:mod:`recsys.serving.history`; ``history_path`` says which is used, or why neither);
     ``False`` keeps the eager encoder. Nothing from the artifact is traced or run.
 
+    ``screen``: dot-product models with a large catalogue (eager backend) rank one to three
+    queries at a time through an int8 copy of the item table and rescore the few candidates
+    it cannot rule out in float32 (:mod:`recsys.serving.screen`): the same top-k as the whole
+    float32 product from a quarter of the bytes; ``scan_path`` says which path ranks.
+    ``False`` keeps the whole product.
+
     ``signature``: :data:`VERIFIED`, :data:`UNSIGNED` or :data:`NOT_CHECKED` (see
     :func:`read_artifact`; with ``$RECSYS_ARTIFACT_KEY`` set, anything but a valid signature is
     refused).
@@ -554,6 +560,7 @@ class LoadedRecommender(_SimilarItems, NewEntities):
         backend: str = "auto",
         trust: Iterable[str] | str | None = None,
         trace: bool = True,
+        screen: bool = True,
     ):
         import torch
 
@@ -593,6 +600,8 @@ class LoadedRecommender(_SimilarItems, NewEntities):
         # history_path says which path scores histories once one was needed
         self._histories = None if trace else False
         self.history_path = "not used yet" if trace else "eager (trace=False)"
+        self._scan = None if screen else False
+        self.scan_path = "not used yet" if screen else "float32 product (screen=False)"
         self.model = None  # the eager model (built here for eager, on first need otherwise)
         if self.backend == "torchscript":
             name = self._scorer_file("torchscript")
@@ -791,6 +800,35 @@ class LoadedRecommender(_SimilarItems, NewEntities):
         cand = cand[np.lexsort((cand, -scores[cand]))][:k]
         return (self.item_ids if ids is None else ids)[cand].tolist(), scores[cand].tolist()
 
+    def ranked(
+        self,
+        users: Sequence[int],
+        histories: Sequence[np.ndarray],
+        ks: Sequence[int],
+        seen: Sequence[np.ndarray | None],
+    ) -> list[tuple[list[Any], list[float]]]:
+        """The top ``ks[r]`` catalogue items (ids, scores) of each internal user (-1: a history
+        alone) with ``histories``, ``seen[r]`` excluded (None: nothing), as :meth:`_top` ranks
+        :meth:`score`'s rows. Fewer than :data:`GEMV_ROWS` queries of a model with a screen
+        (:meth:`_screen`) are ranked through it: the same items from a quarter of the bytes."""
+        screen = self._screen() if 0 < len(users) < GEMV_ROWS else None
+        if screen is None:
+            scores = self.score(users, histories)  # a new array: each row is changed by its top
+            rows = zip(scores, seen, ks, strict=True)
+            return [self._top(row, s, k, own=True) for row, s, k in rows]
+        histories = [np.asarray(h, dtype=np.int64)[-self.length :] for h in histories]
+        q = self._query_vectors(users, histories)  # (n, d)
+        out = []
+        for r, (k, s) in enumerate(zip(ks, seen, strict=True)):
+            hit = screen.top(q[r], k, s)
+            if hit is None:  # not certified cheaply: the whole product
+                row = np.matmul(q[r], self._dot)
+                out.append(self._top(row, s, k, own=True))
+            else:  # candidates, ascending: ties stay ordered by item index
+                cand, exact = hit
+                out.append(self._top(exact, None, k, self.item_ids[cand], own=True))
+        return out
+
     def _popular(self, exclude: np.ndarray | None, k: int) -> dict[str, Any]:
         items, scores = self._top(self.item_counts.astype(np.float64), exclude, k, own=True)
         return {"items": items, "scores": scores, "fallback": "popular"}
@@ -841,17 +879,19 @@ class LoadedRecommender(_SimilarItems, NewEntities):
         idx = self.user_index(users, allow_unknown=fallback == "popular")
         known = [i for i in idx if i is not None]
         hists = [self.history(i) for i in known]
-        scores = self.score(known, hists) if known else None
-        ids = None
+        seen = [h if exclude_seen else None for h in hists]
         if new_items and known:
+            scores = self.score(known, hists)
             scores, ids = self._with_new_items(scores, self._user_vectors(known, hists), new_items)
+            rows = [self._top(r, s, k, ids, own=True) for r, s in zip(scores, seen, strict=True)]
+        else:
+            rows = self.ranked(known, hists, [k] * len(known), seen) if known else []
         out, j = [], 0
         for u, i in zip(users, idx, strict=False):
             if i is None:
                 out.append({"user": u, **self._popular(None, k)})
                 continue
-            seen = self.history(i) if exclude_seen else None
-            items, s = self._top(scores[j], seen, k, ids, own=True)  # scores: computed here
+            items, s = rows[j]
             j += 1
             out.append({"user": u, "items": items, "scores": s})
         return out
@@ -889,8 +929,11 @@ class LoadedRecommender(_SimilarItems, NewEntities):
                     "on the user id, not only on the history); use recommend(users=...)"
                     + (" or attributes=..." if self.features and self.features.user else "")
                 )
+            if not new_items:
+                top, s = self.ranked([-1], [hist], [k], [seen])[0]
+                return {"items": top, "scores": s}
             scores = self.score([-1], [hist])
-            q = self._user_vectors([-1], [hist]) if new_items else None
+            q = self._user_vectors([-1], [hist])
         scores, ids = self._with_new_items(scores, q, new_items)
         top, s = self._top(scores[0], seen, k, ids, own=True)  # scores: computed here
         return {"items": top, "scores": s}
@@ -924,13 +967,15 @@ def load(
     backend: str = "auto",
     trust: Iterable[str] | str | None = None,
     trace: bool = True,
+    screen: bool = True,
 ) -> LoadedRecommender:
     """Load an artifact written by ``recsys-export``: digest, signature (with
     ``$RECSYS_ARTIFACT_KEY`` set) and checksums verified; see :class:`LoadedRecommender` for
     ``backend`` (``auto``: nothing from the file runs as code) and ``trust``. ``trace=False``
-    keeps the eager encoder for histories (:mod:`recsys.serving.history`; for comparisons).
+    keeps the eager encoder for histories (:mod:`recsys.serving.history`; for comparisons);
+    ``screen=False`` ranks by the whole float32 product (:mod:`recsys.serving.screen`).
 
     >>> rec = recsys.load("artifacts/mf")                       # doctest: +SKIP
     >>> rec.recommend(users=[42], k=10)[0]["items"]              # doctest: +SKIP
     """
-    return LoadedRecommender(directory, backend=backend, trust=trust, trace=trace)
+    return LoadedRecommender(directory, backend=backend, trust=trust, trace=trace, screen=screen)

@@ -417,6 +417,29 @@ class NewEntities:
                     log.info("%s: history vectors stay eager: %s", self._name(), path)
         return None if self._histories is False else self._histories
 
+    def _screen(self):
+        """The int8 screen of the item table (:mod:`recsys.serving.screen`: exact top-k from
+        a quarter of the bytes) for an eager dot-product model with a large catalogue, built
+        at first use; None otherwise (``scan_path`` says which path ranks, and why)."""
+        if getattr(self, "_scan", None) is None:
+            from recsys.serving import screen as screens
+
+            self._scan = False
+            if self.backend != "eager" or self._dot_table() is None:
+                self.scan_path = "float32 product (not an eager dot-product model)"
+            elif self._items_d.numel() < screens.SCREEN_MIN_ELEMENTS:
+                self.scan_path = "float32 product (a catalogue small enough for the cache)"
+            elif screens.kernels() is None:
+                self.scan_path = "float32 product (numba is not installed)"
+            else:
+                screen = screens.build_screen(self._items_d.numpy())
+                if screen is None:
+                    self.scan_path = "float32 product (the item table is not finite)"
+                else:
+                    self._scan = screen
+                    self.scan_path = "int8 screen, exact"
+        return None if self._scan is False else self._scan
+
     # -- public ----------------------------------------------------------------------------
     def score_new_items(
         self, items: Sequence[Mapping[str, Any]], users: Sequence[Any]

@@ -106,6 +106,7 @@ class ServeSettings:
     threads: int = 1
     workers: int = 1
     trace: bool = True  # history models: the fast encoder (recsys.serving.history)
+    screen: bool = True  # dot-product models: the int8 screen (recsys.serving.screen)
 
     def check(self) -> ServeSettings:
         for name, low in (
@@ -213,6 +214,7 @@ class Served:
             "features": rec.features.schema() if rec.features is not None else None,
             "backend": rec.backend,
             "history_path": rec.history_path if rec.supports_history else None,
+            "scan_path": rec.scan_path,
             "ann": self.ann_info,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
             "load_seconds": round(self.load_seconds, 3),
@@ -240,12 +242,9 @@ class Served:
                     }
                 )
             return out
-        scores = rec.score(users, hists)  # a new array: each row is changed by its top-k
-        out = []
-        for j, row in zip(jobs, scores, strict=True):
-            items, top = rec._top(row, j.history if j.exclude_seen else None, j.k, own=True)
-            out.append({"items": items, "scores": top})
-        return out
+        seen = [j.history if j.exclude_seen else None for j in jobs]
+        rows = rec.ranked(users, hists, [j.k for j in jobs], seen)
+        return [{"items": items, "scores": top} for items, top in rows]
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -298,7 +297,11 @@ def load_served(settings: ServeSettings) -> Served:
     start = time.perf_counter()
     path = Path(settings.artifact).expanduser().resolve()  # one directory, even mid symlink flip
     rec = LoadedRecommender(
-        path, backend=settings.backend, trust=settings.trust or None, trace=settings.trace
+        path,
+        backend=settings.backend,
+        trust=settings.trust or None,
+        trace=settings.trace,
+        screen=settings.screen,
     )
     digest = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
     ann = None

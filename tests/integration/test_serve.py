@@ -681,6 +681,40 @@ def test_ann_index_serves_approximately_exact_answers(arts):
             same(got, want)  # ef_search above the catalogue size: the exact answer
 
 
+def test_a_large_catalogue_is_ranked_through_the_exact_screen(tmp_path):
+    """Above ``SCREEN_MIN_ELEMENTS`` item numbers, single users and histories are ranked
+    through the int8 screen (recsys.serving.screen), from Python and over HTTP; the reference is
+    the same artifact ranked by the whole float32 product (``screen=False``)."""
+    pytest.importorskip("numba")
+    from recsys.serving.screen import SCREEN_MIN_ELEMENTS
+
+    data = ["data.n_users=300", "data.n_items=2400", "data.mean_length=30", "data.cache=false"]
+    mf = _export([*data, "model=mf", "model.embedding_size=768"], tmp_path, tmp_path / "mf")
+    whole = load(mf, screen=False)
+    assert whole.num_items * 768 >= SCREEN_MIN_ELEMENTS
+    screened = load(mf)
+    users = whole.user_ids[:30].tolist()
+    for u in users:
+        for k, exclude in ((10, True), (25, False)):
+            same(screened.recommend([u], k, exclude)[0], whole.recommend([u], k, exclude)[0])
+    assert screened.scan_path == "int8 screen, exact"
+    assert whole.scan_path == "float32 product (screen=False)"
+    with serve(mf) as s:
+        assert s.get("/health")[1]["scan_path"] == "int8 screen, exact"
+        assert "ranking: int8 screen, exact" in s.log()
+        for u, want in zip(users, whole.recommend(users, k=10), strict=True):
+            status, got = s.get(f"/v1/recommend?user={u}&k=10")
+            assert status == 200, got
+            same(got, want)
+    sasrec = [*data, *SASREC[:1], "model.max_len=20", "model.hidden_size=768", "model.n_layers=1"]
+    art = _export(sasrec, tmp_path, tmp_path / "sasrec")
+    whole, screened = load(art, screen=False), load(art)
+    for u in range(20):
+        h = whole.item_ids[whole.history(u)].tolist()
+        same(screened.recommend(history=h, k=10)[0], whole.recommend(history=h, k=10)[0])
+    assert screened.scan_path == "int8 screen, exact"
+
+
 @pytest.mark.slow
 def test_workers_reload_together_and_keep_serving_a_refused_artifact(arts, tmp_path):
     """--workers 2: a reload checks the new artifact, then uvicorn's parent replaces each worker
