@@ -33,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
-# float32 items * dim from which a screen is built (4 MiB of float32): below, the table stays
-# in cache between requests and the float32 product is as fast (benchmarks/serving.md)
-SCREEN_MIN_ELEMENTS = 1 << 20
+# items * dim from which a screen is built (8 MiB of float32): at 4.5 MiB (17,632 items at d 64)
+# the float32 product was as fast as the screen, at 12-17 MiB 1.6-1.7x slower
+# (benchmarks/serving.md)
+SCREEN_MIN_ELEMENTS = 1 << 21
 # more candidates than this share of the catalogue: the whole product is cheaper
 _MAX_SHARE = 0.125
 _Q_MAX = 32767  # int16 query

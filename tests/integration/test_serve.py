@@ -689,9 +689,9 @@ def test_a_large_catalogue_is_ranked_through_the_exact_screen(tmp_path):
     from recsys.serving.screen import SCREEN_MIN_ELEMENTS
 
     data = ["data.n_users=300", "data.n_items=2400", "data.mean_length=30", "data.cache=false"]
-    mf = _export([*data, "model=mf", "model.embedding_size=768"], tmp_path, tmp_path / "mf")
+    mf = _export([*data, "model=mf", "model.embedding_size=1280"], tmp_path, tmp_path / "mf")
     whole = load(mf, screen=False)
-    assert whole.num_items * 768 >= SCREEN_MIN_ELEMENTS
+    assert whole.num_items * 1280 >= SCREEN_MIN_ELEMENTS
     screened = load(mf)
     users = whole.user_ids[:30].tolist()
     for u in users:
@@ -706,7 +706,7 @@ def test_a_large_catalogue_is_ranked_through_the_exact_screen(tmp_path):
             status, got = s.get(f"/v1/recommend?user={u}&k=10")
             assert status == 200, got
             same(got, want)
-    sasrec = [*data, *SASREC[:1], "model.max_len=20", "model.hidden_size=768", "model.n_layers=1"]
+    sasrec = [*data, *SASREC[:1], "model.max_len=20", "model.hidden_size=1280", "model.n_layers=1"]
     art = _export(sasrec, tmp_path, tmp_path / "sasrec")
     whole, screened = load(art, screen=False), load(art)
     for u in range(20):
