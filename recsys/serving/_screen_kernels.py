@@ -1,5 +1,6 @@
-"""The compiled loops of :mod:`recsys.serving.screen` (numba; importing this module compiles
-them, ~1 s). Kept apart so that recsys imports without numba."""
+"""The compiled loops of :mod:`recsys.serving.screen` (numba: importing this module compiles
+them, or loads them from numba's cache of an earlier compile). Kept apart so that recsys
+imports without numba."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ _SKIP = np.int32(-(2**31))  # never a real sum: |sum| <= d * 127 * q_max < 2**31
     "int64[::1], int64, int64)",
     nogil=True,
     boundscheck=False,
-    cache=False,
+    cache=True,
 )
 def screen(q, codes, scale, residual_term, code_norm, seen, k, q_max):  # pragma: no cover
     """Sorted indices of the items whose score bound reaches the k-th largest lower bound

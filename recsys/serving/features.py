@@ -430,7 +430,7 @@ class NewEntities:
             elif self._items_d.numel() < screens.SCREEN_MIN_ELEMENTS:
                 self.scan_path = "float32 product (a catalogue small enough for the cache)"
             elif screens.kernels() is None:
-                self.scan_path = "float32 product (numba is not installed)"
+                self.scan_path = f"float32 product ({screens.unavailable})"
             else:
                 screen = screens.build_screen(self._items_d.numpy())
                 if screen is None:

@@ -18,10 +18,11 @@ per query:
    items of the exact top-k (ties included) all do;
 4. scores the candidates exactly (float32, their rows gathered) and ranks them.
 
-So the answer is the exact float32 ranking, not an approximation; only scores may differ from
-a whole-table BLAS product in the last bits (a different order of summation). A query the screen
-cannot certify cheaply (not finite, k near the catalogue size, too many candidates) returns
-None and the caller scores the whole table.
+So the answer is the exact ranking, not an approximation: the candidates' float32 scores may
+differ from a whole-table BLAS product's in the last bits (another order of summation), so two
+items whose scores agree to those bits may swap, nothing else. A query the screen cannot
+certify cheaply (not finite, k above an eighth of the catalogue, more candidates than that)
+returns None and the caller scores the whole table.
 
 numba (``pip install -e '.[serve]'``) is imported where used: without it there is no screen
 and scoring reads the float32 table, as before.
@@ -41,19 +42,25 @@ SCREEN_MIN_ELEMENTS = 1 << 21
 _MAX_SHARE = 0.125
 _Q_MAX = 32767  # int16 query
 _EPS32 = 2.0**-24  # float32 unit roundoff
+_BUILD_ROWS = 2048
 
 _kernels: Any = None
+unavailable = ""  # why there are no compiled loops, once :func:`kernels` found none
 
 
 def kernels() -> Any:
-    """The compiled loops (numba, compiled once per process on first use: ~1 s), or None
-    when numba is not installed."""
-    global _kernels
+    """The compiled loops (numba; compiled on first use, ~1.5 s, then cached beside the module
+    or in numba's user cache: ~0.4 s), or None when numba is not installed or cannot compile
+    them (:data:`unavailable` says which)."""
+    global _kernels, unavailable
     if _kernels is None:
         try:
             from recsys.serving import _screen_kernels
         except ImportError:
+            _kernels, unavailable = False, "numba is not installed"
+        except Exception as e:  # noqa: BLE001 - no screen is a slower path, not an error
             _kernels = False
+            unavailable = f"the screen's loops did not compile: {type(e).__name__}: {e}"
         else:
             _kernels = _screen_kernels
     return _kernels or None
@@ -78,21 +85,26 @@ class Int8Screen:
         n, d = items.shape
         # the int16 query's largest magnitude: d int8 x int16 products must fit int32
         self.q_max = min(_Q_MAX, (2**31 - 1) // (127 * d))
-        top = np.abs(items).max(axis=1)
-        scale = np.where(top > 0, top / 127, 1).astype(np.float32)  # (I,)
-        self.codes = np.rint(items / scale[:, None]).clip(-127, 127).astype(np.int8)  # (I, d)
-        self.scale = scale
-        approx = self.codes.astype(np.float64) * scale.astype(np.float64)[:, None]
-        residual = np.linalg.norm(items.astype(np.float64) - approx, axis=1)
-        norm = np.linalg.norm(items.astype(np.float64), axis=1)
+        self.codes = np.empty((n, d), np.int8)
+        self.scale = np.empty(n, np.float32)
+        self.residual_term = np.empty(n, np.float32)
+        self.code_norm = np.empty(n, np.float32)
         gamma = d * _EPS32 * 1.01 / (1 - d * _EPS32)  # float32 dot product error, any order
-        # |q . v_j - a_j| <= |q| * residual_term_j + |e| * code_norm_j (both rounded up)
-        self.residual_term = _up(residual + gamma * norm)  # (I,)
-        self.code_norm = _up(np.linalg.norm(approx, axis=1))  # (I,)
-
-    @property
-    def nbytes(self) -> int:
-        return self.codes.nbytes + self.scale.nbytes + 16 * len(self.scale)
+        for s in range(0, n, _BUILD_ROWS):  # in blocks: no table-sized float64 temporaries
+            block = items[s : s + _BUILD_ROWS]
+            top = np.abs(block).max(axis=1)
+            scale = np.where(top > 0, top / 127, 1).astype(np.float32)
+            codes = np.rint(block / scale[:, None]).clip(-127, 127).astype(np.int8)
+            exact = block.astype(np.float64)
+            approx = codes * scale.astype(np.float64)[:, None]
+            residual = np.linalg.norm(exact - approx, axis=1)
+            # |q . v_j - a_j| <= |q| * residual_term_j + |e| * code_norm_j (rounded up)
+            self.codes[s : s + len(block)] = codes
+            self.scale[s : s + len(block)] = scale
+            self.residual_term[s : s + len(block)] = _up(
+                residual + gamma * np.linalg.norm(exact, axis=1)
+            )
+            self.code_norm[s : s + len(block)] = _up(np.linalg.norm(approx, axis=1))
 
     def candidates(self, q: np.ndarray, k: int, seen: np.ndarray | None) -> np.ndarray | None:
         """Sorted item indices that hold the exact top-``k`` of ``q`` (``seen`` left out, ties
