@@ -15,13 +15,8 @@ import time
 
 import numpy as np
 
+from benchmarks.scripts.dot_rows_timing import spin
 from recsys.serving.artifact import load
-
-
-def _spin(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
 
 
 def main() -> None:
@@ -47,11 +42,11 @@ def main() -> None:
         kept = []
         for n, u in enumerate(users):
             seen = rec.history(int(u))
-            _spin(args.gap_ms / 1e3)
+            spin(args.gap_ms / 1e3)
             t = time.perf_counter()
             whole = rec._top(np.matmul(q[n], rec._dot), seen, args.k, own=True)
             times["whole product"].append(time.perf_counter() - t)
-            _spin(args.gap_ms / 1e3)
+            spin(args.gap_ms / 1e3)
             t = time.perf_counter()
             cand, exact = screen.top(q[n], args.k, seen)
             got = rec._top(exact, None, args.k, rec.item_ids[cand], own=True)
