@@ -681,7 +681,7 @@ def test_ann_index_serves_approximately_exact_answers(arts):
             same(got, want)  # ef_search above the catalogue size: the exact answer
 
 
-def test_a_large_catalogue_is_ranked_through_the_exact_screen(tmp_path):
+def test_a_large_catalogue_is_ranked_through_the_exact_screen(tmp_path, monkeypatch):
     """Above ``SCREEN_MIN_ELEMENTS`` item numbers, single users and histories are ranked
     through the int8 screen (recsys.serving.screen), from Python and over HTTP; the reference is
     the same artifact ranked by the whole float32 product (``screen=False``)."""
@@ -699,6 +699,14 @@ def test_a_large_catalogue_is_ranked_through_the_exact_screen(tmp_path):
             same(screened.recommend([u], k, exclude)[0], whole.recommend([u], k, exclude)[0])
     assert screened.scan_path == "int8 screen, exact"
     assert whole.scan_path == "float32 product (screen=False)"
+    from recsys.serving import screen as screens
+
+    with monkeypatch.context() as m:  # no compiled loops (numba absent): the product, named
+        m.setattr(screens, "_kernels", False)
+        m.setattr(screens, "unavailable", "numba is not installed")
+        plain = load(mf)
+        same(plain.recommend(users[:1], 10)[0], whole.recommend(users[:1], 10)[0])
+        assert plain.scan_path == "float32 product (numba is not installed)"
     with serve(mf) as s:
         assert s.get("/health")[1]["scan_path"] == "int8 screen, exact"
         assert "ranking: int8 screen, exact" in s.log()
