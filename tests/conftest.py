@@ -57,10 +57,10 @@ def compose_config(
     return cfg
 
 
-def feature_model(overrides: list[str], root: Path):
+def feature_model(overrides: list[str], root: Path, seed: int = 0):
     """``(config, datamodule, split features, model)`` for train-config ``overrides``: the data
-    prepared (seed 0), the model built with the split's feature schema (torch seed 0) and its
-    features set."""
+    prepared (seed 0), the model built with the split's feature schema (torch seed ``seed``) and
+    its features set where it uses any."""
     from recsys.data.datamodule import RecDataModule
     from recsys.data.features import SplitFeatures
     from recsys.models.base import build_model
@@ -69,9 +69,10 @@ def feature_model(overrides: list[str], root: Path):
     dm = RecDataModule(config["data"], seed=0)
     dm.setup()
     features = SplitFeatures.of(dm.data)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_model(config["model"], dm.n_users, dm.n_items, feature_schema=features.schema())
-    model.set_features(features)
+    if model.uses_features and model.feats.active:
+        model.set_features(features)
     return config, dm, features, model
 
 

@@ -138,6 +138,9 @@ def build_screen(items: np.ndarray) -> Int8Screen | None:
     table is not finite (whether the catalogue is large enough to gain, at least
     :data:`SCREEN_MIN_ELEMENTS`, is the caller's choice)."""
     compiled = kernels()
-    if compiled is None or not np.isfinite(items).all():
+    if compiled is None:
         return None
-    return Int8Screen(items, compiled)
+    try:
+        return Int8Screen(items, compiled)
+    except ValueError:  # not finite, or empty: Int8Screen checks
+        return None

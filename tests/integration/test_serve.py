@@ -27,18 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from omegaconf import OmegaConf
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from recsys.data.datamodule import RecDataModule  # noqa: E402
-from recsys.data.features import SplitFeatures  # noqa: E402
-from recsys.models.base import build_model  # noqa: E402
 from recsys.serving.artifact import load, pseudonym  # noqa: E402
 from recsys.serving.export import export_model  # noqa: E402
-from tests.conftest import compose_config  # noqa: E402
+from tests.conftest import feature_model  # noqa: E402
 from tests.integration.test_export_features import SASREC  # noqa: E402
 
 PSEUDONYM_KEY = "serve test pseudonym key"
@@ -62,14 +57,7 @@ def _csv_log(root: Path) -> dict[str, Path]:
 
 
 def _export(overrides: list[str], root: Path, out: Path, seed: int = 0, **kw) -> Path:
-    config = OmegaConf.to_container(compose_config("train", overrides, root), resolve=True)
-    dm = RecDataModule(config["data"], seed=0)
-    dm.setup()
-    features = SplitFeatures.of(dm.data)
-    torch.manual_seed(seed)
-    model = build_model(config["model"], dm.n_users, dm.n_items, feature_schema=features.schema())
-    if model.uses_features and model.feats.active:
-        model.set_features(features)
+    config, dm, _, model = feature_model(overrides, root, seed)
     model.eval()
     return export_model(
         model, config, dm.data, dm.fingerprint, out, torchscript=False, onnx=False, **kw
